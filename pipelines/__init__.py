@@ -1,0 +1,1 @@
+"""Beam jobs (preprocess, predict, evaluate) and the pure numpy code they share."""

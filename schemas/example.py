@@ -1,0 +1,105 @@
+"""The tile example: the one definition that preprocessing writes and training reads.
+
+A dataset holds examples of one task:
+
+- ``segmentation``: ``image`` (T, T, C) and ``mask`` (T, T, 1) with class ids, 255 = ignore.
+- ``classification``: ``image`` (T, T, C) and ``label`` (class index).
+
+T is the network input size: ``core + 2 * margin`` for tiles, the set size for whole images.
+Every example also carries where it came from, so it can be traced and stitched back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+IGNORE_LABEL = 255
+SEGMENTATION = "segmentation"
+CLASSIFICATION = "classification"
+TASKS = (SEGMENTATION, CLASSIFICATION)
+
+# Provenance carried by every example (name -> numpy dtype name).
+PROVENANCE_FIELDS: dict[str, str] = {
+    "id": "str",            # unique example id: "<source_id>#y<core_y>x<core_x>#a<copy>"
+    "source_id": "str",     # relative path of the source image without extension
+    "core_y": "int32",      # core origin in source pixel coordinates
+    "core_x": "int32",
+    "core_h": "int32",      # valid core size (smaller than `core` at the bottom/right edge)
+    "core_w": "int32",
+    "margin": "int32",      # context margin on every side of the core
+    "source_h": "int32",    # source image size
+    "source_w": "int32",
+    "copy": "int32",        # 0 = original, 1..K = static augmentation copies
+    "augmentation": "str",  # JSON description of the static transform ("{}" for copy 0)
+    "fg_fraction": "float32",  # fraction of labelled pixels that are not class 0
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset's examples look like; written to ``tessera_dataset.json``."""
+
+    task: str
+    core: int                 # core size C (equals tile_size for whole-image classification)
+    margin: int               # margin M
+    channels: int             # 1 (grayscale) or 3 (RGB)
+    dtype: str = "uint8"      # "uint8", or "uint16" when 16-bit inputs are kept
+    class_names: tuple[str, ...] = ("background", "foreground")
+    whole_image: bool = False  # classification of whole images resized/padded to core
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.dtype not in ("uint8", "uint16"):
+            raise ValueError(f"dtype must be uint8 or uint16, got {self.dtype}")
+        if self.core < 1 or self.margin < 0:
+            raise ValueError(f"need core >= 1 and margin >= 0, got {self.core}, {self.margin}")
+        if len(self.class_names) < 2:
+            raise ValueError("need at least two classes")
+
+    @property
+    def tile_size(self) -> int:
+        return self.core + 2 * self.margin
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["tile_size"] = self.tile_size
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DatasetSpec":
+        d = json.loads(text)
+        d.pop("tile_size", None)
+        d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
+
+
+def tfds_features(spec: DatasetSpec):
+    """The TFDS ``FeaturesDict`` for ``spec`` (imports tensorflow_datasets lazily)."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    t = spec.tile_size
+    feats: dict[str, Any] = {
+        "image": tfds.features.Image(
+            shape=(t, t, spec.channels), dtype=np.dtype(spec.dtype), encoding_format="png"
+        ),
+    }
+    if spec.task == SEGMENTATION:
+        feats["mask"] = tfds.features.Image(shape=(t, t, 1), dtype=np.uint8, encoding_format="png")
+    else:
+        feats["label"] = tfds.features.ClassLabel(names=list(spec.class_names))
+    for name, dtype in PROVENANCE_FIELDS.items():
+        feats[name] = tfds.features.Text() if dtype == "str" else tfds.features.Scalar(dtype=np.dtype(dtype))
+    return tfds.features.FeaturesDict(feats)
+
+
+def example_id(source_id: str, core_y: int, core_x: int, copy: int) -> str:
+    return f"{source_id}#y{core_y}x{core_x}#a{copy}"

@@ -1,0 +1,58 @@
+"""Directory layouts and the small records every job writes (rejected, manifest, success).
+
+Dataset directory (written by ``tessera preprocess``)::
+
+    dataset/
+      dataset_info.json, features.json      TFDS metadata (tfds.builder_from_directory)
+      tessera-<split>.tfrecord-NNNNN-of-MMMMM   shards
+      tessera_dataset.json                  DatasetSpec (task, core, margin, classes, ...)
+      config.json                           the resolved job configuration
+      manifest.parquet                      one row per example (MANIFEST_SCHEMA)
+      stats.json                            examples per split, class pixel frequencies, rejections
+      rejected.jsonl                        one JSON object per rejected input (REJECTED_FIELDS)
+      _SUCCESS                              JSON with the counts; written last
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+DATASET_NAME = "tessera"
+SPLITS = ("train", "val", "test")
+SPEC_FILE = "tessera_dataset.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.parquet"
+STATS_FILE = "stats.json"
+REJECTED_FILE = "rejected.jsonl"
+SUCCESS_FILE = "_SUCCESS"
+SHARD_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{count:05d}"
+
+
+# A rejected input: which file(s), why (a short stable reason code) and the detail.
+REJECTED_FIELDS = ("source", "reason", "detail")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("shard", pa.string()),
+        ("source_id", pa.string()),
+        ("image_path", pa.string()),
+        ("mask_path", pa.string()),
+        ("label", pa.string()),
+        ("core_y", pa.int32()),
+        ("core_x", pa.int32()),
+        ("core_h", pa.int32()),
+        ("core_w", pa.int32()),
+        ("margin", pa.int32()),
+        ("source_h", pa.int32()),
+        ("source_w", pa.int32()),
+        ("copy", pa.int32()),
+        ("augmentation", pa.string()),
+        ("fg_fraction", pa.float32()),
+        ("num_bytes", pa.int64()),
+    ]
+)

@@ -1,0 +1,86 @@
+"""The model card: what ``tessera train`` exports and ``tessera predict`` reads.
+
+Model directory::
+
+    model/
+      model_card.json     ModelCard below
+      saved_model/        SavedModel, signature "serving_default":
+                            input  "tiles": uint8 [N, input_size, input_size, channels]
+                            output "probabilities": float32 [N, output_size, output_size, K]
+                                    (segmentation) or [N, K] (classification)
+      model.keras         the Keras model
+      config.json         resolved training configuration
+      history.csv         per-epoch metrics
+      checkpoints/ backup/ logs/   best checkpoint, preemption backup, TensorBoard
+
+Geometry: a tile is ``core + 2 * margin`` pixels (``input_size``). A model with 'valid'
+convolutions outputs only the core (``output_size == core``); one with 'same'
+convolutions outputs the whole tile (``output_size == input_size``) and predict crops it.
+Normalisation: the network sees ``pixels * scale + offset`` (done inside the SavedModel;
+recorded here so other consumers can reproduce it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from schemas.example import TASKS
+
+MODEL_CARD_FILE = "model_card.json"
+SAVED_MODEL_DIR = "saved_model"
+KERAS_FILE = "model.keras"
+SERVING_INPUT = "tiles"
+SERVING_OUTPUT = "probabilities"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    task: str
+    model_name: str
+    core: int
+    margin: int
+    input_size: int
+    output_size: int
+    channels: int
+    class_names: tuple[str, ...]
+    input_dtype: str = "uint8"
+    normalization: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"scale": 1.0 / 255.0, "offset": 0.0})
+    threshold: float | None = None        # binary decision threshold on P(foreground)
+    threshold_rule: str = ""              # e.g. "max F1 on val" or "recall >= 0.95 on val"
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset_fingerprint: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.input_size != self.core + 2 * self.margin:
+            raise ValueError(
+                f"input_size {self.input_size} != core {self.core} + 2 * margin {self.margin}")
+        if self.task == "segmentation" and self.output_size not in (self.core, self.input_size):
+            raise ValueError(
+                f"output_size {self.output_size} must equal core ({self.core}) or input_size ({self.input_size})")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def geometry(self) -> tuple[int, int, int, int]:
+        """(core, margin, input_size, output_size): what ensembles must agree on."""
+        return (self.core, self.margin, self.input_size, self.output_size)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        d = json.loads(text)
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported model card format_version {d.get('format_version')}")
+        d["class_names"] = tuple(d["class_names"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

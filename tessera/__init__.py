@@ -1,0 +1,1 @@
+"""Tessera: the ``tessera`` command and the demo flow."""

@@ -1,0 +1,1 @@
+"""Training: tf.data input, dynamic augmentation, models, losses, metrics, task, export."""
