@@ -11,6 +11,19 @@ Dataset directory (written by ``tessera preprocess``)::
       stats.json                            examples per split, class pixel frequencies, rejections
       rejected.jsonl                        one JSON object per rejected input (REJECTED_FIELDS)
       _SUCCESS                              JSON with the counts; written last
+
+stats.json::
+
+    {"examples": {split: n}, "sources": {split: n},
+     "class_pixels": {class_name: n},        # labelled (non-255) mask pixels of train copy-0 tiles
+     "class_frequencies": {class_name: f},   # the same, normalised to sum 1
+     "labels": {class_name: n},              # classification: train examples per class
+     "rejected": {reason: n}, "fg_fraction_mean": {split: f}}
+
+_SUCCESS::
+
+    {"sources_in": n, "sources_written": n, "rejected": n, "examples": {split: n},
+     "fingerprint": "<sha256 over shard names and their sha256>", "completed_at": "<UTC ISO>"}
 """
 from __future__ import annotations
 
