@@ -1,0 +1,185 @@
+"""``tessera preprocess``: raw image folders -> overlap-tiled, augmented, sharded TFDS dataset.
+
+Run locally (DirectRunner, all cores)::
+
+    tessera preprocess --input ./raw --output ./dataset --tile-size 256 --margin 32 --augment-copies 4
+
+On Dataflow, add the runner and its options; they pass through to Beam untouched::
+
+    tessera preprocess --input gs://b/raw --output gs://b/ds --runner DataflowRunner \\
+        --project P --region R --temp_location gs://b/tmp
+
+Our flags are parsed with ``parse_known_args``; everything else goes to ``PipelineOptions``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import logging
+import os
+import sys
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import augment, dataset_writer, images, preprocess_stats, runner
+from pipelines import preprocess_transforms as pt
+from pipelines.dataset_writer import PARTS
+from schemas import layout
+from schemas.example import CLASSIFICATION, SEGMENTATION, DatasetSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    input: str
+    output: str
+    layout: str = SEGMENTATION
+    tile_size: int = 256                 # core size C
+    margin: int = 32                     # context margin M
+    augment_copies: int = 0
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    split_salt: str = ""
+    mask_values: str = "auto"
+    class_names: tuple[str, ...] = ()    # segmentation default: background, foreground
+    color_mode: str = "rgb"
+    bit_depth: str = "scale8"
+    max_pixels: int = 100_000_000
+    image_size: int = 0                  # classification whole images: 0 -> tile_size
+    fit: str = "resize"
+    tiles: bool = False                  # classification: cut tiles instead of whole images
+    max_rejected_fraction: float = 0.1
+    shard_bytes: int = 128 * 2**20
+    png_compression: int = 1
+    overwrite: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = PreprocessConfig("", "")
+    p = argparse.ArgumentParser(prog="tessera preprocess", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--input", required=True, help="raw folder (local or gs://)")
+    p.add_argument("--output", required=True, help="dataset folder to create (local or gs://)")
+    p.add_argument("--layout", choices=[SEGMENTATION, CLASSIFICATION], default=d.layout)
+    p.add_argument("--tile-size", type=int, default=d.tile_size, help="core size C of each tile")
+    p.add_argument("--margin", type=int, default=d.margin, help="mirrored context M around each core")
+    p.add_argument("--augment-copies", type=int, default=d.augment_copies, help="static augmented copies per train tile")
+    p.add_argument("--split-fractions", default="0.8,0.1,0.1", help="train,val,test fractions")
+    p.add_argument("--split-salt", default=d.split_salt, help="changes the hash split (keep it fixed across runs)")
+    p.add_argument("--mask-values", default=d.mask_values, help="auto | binary | ids | v:c,v:c,...")
+    p.add_argument("--class-names", default="", help="comma-separated class names (segmentation: background first)")
+    p.add_argument("--color-mode", choices=["rgb", "grayscale"], default=d.color_mode)
+    p.add_argument("--bit-depth", choices=["scale8", "keep16"], default=d.bit_depth)
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse larger images before decoding")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="classification whole-image size (0: tile size)")
+    p.add_argument("--fit", choices=["resize", "pad", "crop"], default=d.fit)
+    p.add_argument("--tiles", action="store_true", help="classification: tiles inheriting the label")
+    p.add_argument("--max-rejected-fraction", type=float, default=d.max_rejected_fraction)
+    p.add_argument("--shard-bytes", type=int, default=d.shard_bytes, help="target shard size in bytes")
+    p.add_argument("--png-compression", type=int, default=d.png_compression, choices=range(10))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PreprocessConfig) if hasattr(args, f.name)}
+    values["split_fractions"] = tuple(float(x) for x in args.split_fractions.split(","))
+    values["class_names"] = tuple(c.strip() for c in args.class_names.split(",") if c.strip())
+    config = PreprocessConfig(**values)
+    if len(config.split_fractions) != 3 or abs(sum(config.split_fractions) - 1) > 1e-6 or min(config.split_fractions) < 0:
+        raise SystemExit(f"--split-fractions must be three non-negative numbers summing to 1, got {args.split_fractions}")
+    if config.tile_size < 1 or config.margin < 0 or config.augment_copies < 0:
+        raise SystemExit("--tile-size must be >= 1, --margin and --augment-copies >= 0")
+    return config
+
+
+def class_folders(root: str) -> tuple[list[str], list[str]]:
+    """(class names with files, empty class folders) of a classification input."""
+    root = root.rstrip("/")
+    names: set[str] = set()
+    for m in FileSystems.match([f"{root}/**"])[0].metadata_list:
+        parts = m.path[len(root) + 1:].split("/")
+        parts = parts[1:] if len(parts) > 2 and parts[0] in layout.SPLITS else parts
+        if len(parts) >= 2:
+            names.add(parts[0])
+    empty = []
+    if not root.startswith("gs://") and os.path.isdir(root):
+        tops = [e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e))]
+        dirs = [os.path.join(root, t, c) for t in tops if t in layout.SPLITS
+                for c in os.listdir(os.path.join(root, t))] + [os.path.join(root, t) for t in tops if t not in layout.SPLITS]
+        empty = sorted(os.path.relpath(d, root) for d in dirs if os.path.isdir(d) and not any(os.scandir(d)))
+    return sorted(names), empty
+
+
+def dataset_spec(config: PreprocessConfig, class_names: tuple[str, ...]) -> DatasetSpec:
+    channels = 1 if config.color_mode == "grayscale" else 3
+    dtype = "uint16" if config.bit_depth == "keep16" else "uint8"
+    if config.layout == CLASSIFICATION and not config.tiles:
+        size = config.image_size or config.tile_size
+        return DatasetSpec(CLASSIFICATION, size, 0, channels, dtype, class_names, whole_image=True)
+    return DatasetSpec(config.layout, config.tile_size, config.margin, channels, dtype, class_names)
+
+
+def check_input(config: PreprocessConfig) -> None:
+    root = config.input.rstrip("/")
+    pattern = f"{root}/images/**" if config.layout == SEGMENTATION else f"{root}/**"
+    if not FileSystems.match([pattern], limits=[1])[0].metadata_list:
+        raise SystemExit(f"tessera preprocess: no input files match {pattern} "
+                         f"(expected layout: {config.layout}; see `tessera preprocess --help`)")
+
+
+def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec, work: str) -> None:
+    image_policy = images.ImagePolicy(color_mode=config.color_mode, bit_depth=config.bit_depth,
+                                      max_pixels=config.max_pixels)
+    if config.layout == SEGMENTATION:
+        listed = p | "ReadImagePairs" >> pt.ReadImagePairs(config.input)
+        mask_policy = images.parse_mask_values(config.mask_values, spec.num_classes)
+    else:
+        listed = p | "ReadClassFolders" >> pt.ReadClassFolders(config.input, spec.class_names)
+        mask_policy = None
+    split = listed.sources | "AssignSplits" >> pt.AssignSplits(
+        config.split_fractions, stratify=config.layout == CLASSIFICATION, salt=config.split_salt)
+    decoded = split | "DecodeSources" >> pt.DecodeSources(image_policy, mask_policy)
+    cut = decoded.decoded | "CutTiles" >> pt.CutTiles(pt.TileSettings(
+        spec=spec, augment_copies=config.augment_copies, augment_config=augment.AugmentConfig(), fit=config.fit))
+    encoded = cut.examples | "EncodeExamples" >> dataset_writer.EncodeExamples(spec, config.png_compression)
+    shards = encoded | "WriteShards" >> dataset_writer.WriteShards(work, config.shard_bytes)
+    _ = shards | "WriteShardInfo" >> dataset_writer.WriteJson(f"{work}/{PARTS}/shards.json")
+    _ = cut.source_stats | "WriteSourceStats" >> preprocess_stats.SummariseSources(f"{work}/{PARTS}/sources.json")
+    rejected = (listed.rejected, decoded.rejected) | "AllRejected" >> beam.Flatten()
+    _ = rejected | "WriteRejected" >> dataset_writer.WriteJson(f"{work}/{PARTS}/rejected.json")
+
+
+def run(argv: list[str] | None = None) -> int:
+    args, beam_args = build_parser().parse_known_args(argv)
+    config = config_from_args(args)
+    logging.getLogger().setLevel(logging.INFO)
+    if dataset_writer.output_exists(config.output) and not config.overwrite:
+        raise SystemExit(f"tessera preprocess: {config.output} exists; pass --overwrite to replace it")
+    check_input(config)
+    empty_folders: list[str] = []
+    if config.layout == CLASSIFICATION:
+        found, empty_folders = class_folders(config.input)
+        class_names = config.class_names or tuple(found)
+    else:
+        class_names = config.class_names or ("background", "foreground")
+    spec = dataset_spec(config, class_names)
+    work = dataset_writer.temporary_output(config.output)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    print(f"tessera preprocess: {config.input} -> {config.output} (working in {work})", flush=True)
+    with runner.make_pipeline(beam_args) as p:
+        build_pipeline(p, config, spec, work)
+    summary = preprocess_stats.finalise(work, config, spec, empty_folders, started)
+    if summary["rejected_fraction"] > config.max_rejected_fraction:
+        print(preprocess_stats.describe(summary, config.output), file=sys.stderr)
+        raise SystemExit(
+            f"tessera preprocess: {summary['rejected']} of {summary['sources_in']} inputs rejected "
+            f"({summary['rejected_fraction']:.1%} > --max-rejected-fraction {config.max_rejected_fraction:.1%}); "
+            f"nothing was published. Rejected records with reasons: {work}/{layout.REJECTED_FILE}")
+    dataset_writer.commit(work, config.output, config.overwrite)
+    print(preprocess_stats.describe(summary, config.output), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
