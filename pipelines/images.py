@@ -1,0 +1,455 @@
+"""Reading and validating images and masks from bytes, under explicit policies (no Beam, no TF).
+
+Every refusal is a ``RejectedInput`` with a short stable ``reason`` code and a sentence.
+Size limits are checked by us from the header *before* any pixel is decoded: files are
+opened through Pillow's format plugins directly, so Pillow's process-wide
+``MAX_IMAGE_PIXELS`` (and its DecompressionBomb warning/error) is neither relied on nor
+changed. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False: truncated files are refused.
+
+Images: alpha is dropped (not composited); 16-bit RGB(A) TIFFs are read with tifffile and
+16-bit RGB(A) PNGs exactly (Pillow alone would keep only the high byte); multi-frame files
+(GIF, multi-page TIFF) give their first frame.
+
+Masks hold class ids (uint8, 255 = ignore). ``mode="auto"`` decides per mask, from that
+mask's values only (deterministic; see ``auto_mask_mode``); a job that wants one decision
+per dataset can call ``auto_mask_mode`` on the union of its masks' values and pass the
+result as an explicit mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+import zlib
+
+import numpy as np
+import tifffile
+from PIL import (BmpImagePlugin, GifImagePlugin, Image,  # noqa: F401 (registers plugins)
+                 JpegImagePlugin, PngImagePlugin, TiffImagePlugin)
+
+IGNORE = 255
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
+PILLOW_DEFAULT_MAX_PIXELS = 178_956_970
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_ORIENTATION_TAG = 0x0112
+# Pillow modes reduced to "L" or "RGB" by Pillow itself (alpha dropped, colour spaces converted).
+_PILLOW_REDUCE = {"1": "L", "LA": "L", "La": "L", "P": "RGB", "PA": "RGB", "RGBA": "RGB",
+                  "RGBa": "RGB", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB"}
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+class RejectedInput(Exception):
+    """An input refused with a stable ``reason`` code and a human ``detail``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePolicy:
+    color_mode: str = "rgb"        # "rgb" (gray replicated) | "grayscale" (ITU-R 601-2 luma)
+    bit_depth: str = "scale8"      # "scale8" (16-bit -> round(v*255/65535)) | "keep16" (8-bit -> v*257)
+    max_pixels: int = PILLOW_DEFAULT_MAX_PIXELS
+    apply_exif: bool = True        # apply the EXIF orientation (as ImageOps.exif_transpose)
+
+    def __post_init__(self) -> None:
+        if self.color_mode not in ("rgb", "grayscale"):
+            raise ValueError(f"color_mode must be 'rgb' or 'grayscale', got {self.color_mode!r}")
+        if self.bit_depth not in ("scale8", "keep16"):
+            raise ValueError(f"bit_depth must be 'scale8' or 'keep16', got {self.bit_depth!r}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color_mode == "rgb" else 1
+
+    @property
+    def dtype(self) -> str:
+        return "uint8" if self.bit_depth == "scale8" else "uint16"
+
+    def describe(self) -> dict:
+        return {**dataclasses.asdict(self), "channels": self.channels, "dtype": self.dtype,
+                "alpha": "dropped (not composited)",
+                "sixteen_bit": "round(v*255/65535)" if self.bit_depth == "scale8" else "kept",
+                "eight_bit": "kept" if self.bit_depth == "scale8" else "v*257",
+                "grayscale_from_rgb": "ITU-R 601-2 luma, as Pillow 'L'"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskPolicy:
+    mode: str = "auto"             # "auto" | "binary" | "ids" | "map"
+    num_classes: int = 2
+    mapping: dict[int, int] = dataclasses.field(default_factory=dict, hash=False)  # mode "map"
+    ignore_values: tuple[int, ...] = ()   # on-disk values that become IGNORE
+    max_pixels: int = PILLOW_DEFAULT_MAX_PIXELS
+    apply_exif: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "binary", "ids", "map"):
+            raise ValueError(f"mask mode must be auto, binary, ids or map, got {self.mode!r}")
+        if not 2 <= self.num_classes <= 255:
+            raise ValueError(f"num_classes must be in 2..255 (255 is ignore), got {self.num_classes}")
+        if (self.mode == "map") != bool(self.mapping):
+            raise ValueError("a mapping is required with mode 'map' and only then")
+        bad = {v: c for v, c in self.mapping.items()
+               if not 0 <= v <= 65535 or not (0 <= c < self.num_classes or c == IGNORE)}
+        if bad:
+            raise ValueError(f"mapping entries out of range (values 0..65535, classes "
+                             f"0..{self.num_classes - 1} or {IGNORE}): {bad}")
+        if any(not 0 <= v <= 65535 for v in self.ignore_values):
+            raise ValueError(f"ignore_values must be in 0..65535, got {self.ignore_values}")
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "num_classes": self.num_classes, "ignore_label": IGNORE,
+                "mapping": {str(v): c for v, c in sorted(self.mapping.items())},
+                "ignore_values": list(self.ignore_values), "max_pixels": self.max_pixels,
+                "apply_exif": self.apply_exif,
+                "auto": "per mask: palette -> ids; {0,255} with 2 classes -> binary; "
+                        "values < num_classes -> ids; otherwise refused" if self.mode == "auto" else ""}
+
+
+def parse_mask_values(text: str, num_classes: int) -> MaskPolicy:
+    """``--mask-values``: "auto", "binary", "ids" or "v:c,v:c,..." (c may be "ignore")."""
+    text = text.strip()
+    if text in ("auto", "binary", "ids"):
+        return MaskPolicy(mode=text, num_classes=num_classes)
+    mapping: dict[int, int] = {}
+    for item in text.split(","):
+        value, sep, cls = item.strip().partition(":")
+        try:
+            v, c = int(value), (IGNORE if cls.strip() == "ignore" else int(cls))
+        except ValueError:
+            raise ValueError(f"--mask-values: expected auto, binary, ids or v:c,v:c,... ; bad item {item!r}") from None
+        if not sep or v in mapping:
+            raise ValueError(f"--mask-values: bad or repeated item {item!r} in {text!r}")
+        mapping[v] = c
+    return MaskPolicy(mode="map", num_classes=num_classes, mapping=mapping)
+
+
+def _open(data: bytes, name: str) -> Image.Image:
+    """Open lazily (header only) with the plugins of FORMATS; no Pillow bomb check."""
+    if not data:
+        raise RejectedInput("empty_file", f"{name}: the file is empty (0 bytes)")
+    prefix = data[:16]
+    for fmt in FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and accept(prefix) is not True:
+            continue
+        try:
+            return factory(io.BytesIO(data), name)
+        except (OSError, EOFError, SyntaxError, ValueError, IndexError, TypeError, struct.error,
+                Image.DecompressionBombError) as e:
+            raise _decode_error(name, fmt, e) from e
+    if data.startswith(_MAGIC):
+        raise RejectedInput("unreadable", f"{name}: looks like an image but no reader accepts its header")
+    raise RejectedInput("not_an_image", f"{name}: not a {'/'.join(FORMATS)} image "
+                        f"(starts with {data[:8]!r})")
+
+
+def _decode_error(name: str, fmt: str, e: BaseException) -> RejectedInput:
+    if isinstance(e, Image.DecompressionBombError):
+        return RejectedInput("too_large", f"{name}: {e}")
+    if isinstance(e, EOFError) or "truncated" in str(e).lower():
+        return RejectedInput("truncated", f"{name}: {fmt} file is truncated ({e})")
+    return RejectedInput("unreadable", f"{name}: {fmt} file is damaged ({type(e).__name__}: {e})")
+
+
+def _load(im: Image.Image, data: bytes, name: str) -> None:
+    """Decode every pixel now, so damage surfaces here and not later."""
+    try:
+        im.load()
+    except (OSError, EOFError, SyntaxError, ValueError, struct.error, zlib.error,
+            Image.DecompressionBombError) as e:
+        raise _decode_error(name, im.format, e) from e
+    if im.format == "PNG" and data.rfind(_PNG_IEND) < 0:
+        raise RejectedInput("truncated", f"{name}: PNG file is truncated (no IEND chunk)")
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation known from the header. Pillow's PNG ``getexif()`` decodes every
+    pixel to look for an eXIf chunk after IDAT, so for PNG only a chunk before IDAT counts."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    return int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
+
+
+def _orient(im: Image.Image, orientation: int) -> Image.Image:
+    """Apply an EXIF orientation: ``ImageOps.exif_transpose``'s table, our header's value."""
+    method = _TRANSPOSE.get(orientation)
+    return im if method is None else im.transpose(method)
+
+
+def _check_pixels(im: Image.Image, max_pixels: int, name: str) -> None:
+    w, h = im.size
+    if h * w > max_pixels:
+        raise RejectedInput("too_large", f"{name}: {w}x{h} = {h * w} pixels exceeds the limit "
+                            f"of {max_pixels} (max_pixels); refused before decoding")
+
+
+def image_size(data: bytes, name: str, policy: ImagePolicy | None = None) -> tuple[int, int]:
+    """(height, width) from the header only, as ``read_image`` would return it (EXIF applied)."""
+    im = _open(data, name)
+    w, h = im.size
+    if (policy or ImagePolicy()).apply_exif and _orientation(im) in (5, 6, 7, 8):
+        h, w = w, h
+    return h, w
+
+
+def _wide_rawmode(im: Image.Image) -> str | None:
+    """The 16-bit-per-sample layout of a colour image Pillow would narrow to 8 bits, if any."""
+    if im.format == "TIFF" and im.mode in ("RGB", "RGBA"):
+        bits = im.tag_v2.get(258, 8)
+        return "tiff16" if max(bits if isinstance(bits, tuple) else (bits,)) > 8 else None
+    if im.format == "PNG" and im.tile and im.tile[0][3] in ("RGB;16B", "RGBA;16B", "LA;16B"):
+        return im.tile[0][3]
+    return None
+
+
+def _read_wide(im: Image.Image, data: bytes, name: str, wide: str, apply_exif: bool) -> np.ndarray:
+    """Exact uint16 (H, W, 3) for 16-bit colour TIFF (tifffile) and PNG (two Pillow passes)."""
+    if wide == "tiff16":
+        if apply_exif and _orientation(im) != 1:
+            raise RejectedInput("unsupported_mode", f"{name}: 16-bit colour TIFF with an orientation tag")
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page = tif.pages.first
+                arr = page.asarray()
+        except (tifffile.TiffFileError, OSError, EOFError, ValueError, struct.error) as e:
+            raise _decode_error(name, "TIFF", e) from e
+        if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
+            arr = np.moveaxis(arr, 0, -1)
+        if arr.dtype != np.uint16 or arr.ndim != 3:
+            raise RejectedInput("unsupported_mode", f"{name}: TIFF of {arr.dtype} {arr.shape}")
+        return arr[..., :3]
+    if wide == "LA;16B":
+        raise RejectedInput("unsupported_mode", f"{name}: 16-bit grayscale+alpha PNG cannot be read "
+                            "exactly; save it without alpha")
+    # Same unfiltered rows unpacked twice: ";16B" keeps each sample's high byte, ";16L" its low one.
+    halves, orientation = [], _orientation(im) if apply_exif else 1
+    for raw in (wide, wide[:-1] + "L"):
+        part = _open(data, name) if halves else im
+        part.tile = [(t[0], t[1], t[2], raw) for t in part.tile]
+        _load(part, data, name)
+        halves.append(np.asarray(_orient(part, orientation))[..., :3].astype(np.uint16))
+    return halves[0] << 8 | halves[1]
+
+
+def _read_native(im: Image.Image, data: bytes, name: str, apply_exif: bool) -> np.ndarray:
+    """(H, W, C) uint8 or uint16 with C in (1, 3), alpha dropped, orientation applied."""
+    wide = _wide_rawmode(im)
+    if wide:
+        return _read_wide(im, data, name, wide, apply_exif)
+    orientation = _orientation(im) if apply_exif else 1
+    _load(im, data, name)
+    im = _orient(im, orientation)
+    if im.mode in _PILLOW_REDUCE:
+        im = im.convert(_PILLOW_REDUCE[im.mode])
+    if im.mode in ("L", "RGB"):
+        arr = np.asarray(im)
+    elif im.mode in _UINT16_MODES:
+        arr = np.asarray(im).astype(np.uint16)
+    elif im.mode == "I":
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise RejectedInput("unsupported_mode", f"{name}: 32-bit integer image with values in "
+                                f"[{arr.min()}, {arr.max()}], outside 16-bit range")
+        arr = arr.astype(np.uint16)
+    else:
+        raise RejectedInput("unsupported_mode", f"{name}: pixel mode {im.mode!r} is not supported "
+                            "(floating point or unusual colour space)")
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma with Pillow's fixed-point rounding (equal to convert('L') for uint8)."""
+    r, g, b = (rgb[..., i].astype(np.int64) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(rgb.dtype)[..., None]
+
+
+def read_image(data: bytes, name: str, policy: ImagePolicy | None = None) -> np.ndarray:
+    """Decode ``data`` to (H, W, policy.channels) of policy.dtype, or raise RejectedInput."""
+    policy = policy or ImagePolicy()
+    im = _open(data, name)
+    _check_pixels(im, policy.max_pixels, name)
+    arr = _read_native(im, data, name, policy.apply_exif)
+    if policy.color_mode == "rgb" and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif policy.color_mode == "grayscale" and arr.shape[2] == 3:
+        arr = _luma(arr)
+    if policy.bit_depth == "scale8" and arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif policy.bit_depth == "keep16" and arr.dtype == np.uint8:
+        arr = arr.astype(np.uint16) * 257
+    return np.ascontiguousarray(arr)
+
+
+def auto_mask_mode(values, num_classes: int, name: str = "mask", *, palette: bool = False) -> str:
+    """"binary" or "ids" for on-disk ``values`` (ignore_values already removed), or refuse."""
+    v = sorted(int(x) for x in values)
+    if palette:
+        return "ids"
+    if num_classes == 2 and IGNORE in v and set(v) <= {0, IGNORE}:
+        return "binary"
+    if set(v) <= set(range(num_classes)):
+        return "ids"
+    example = ",".join(f"{x}:{i}" for i, x in enumerate(v[:50]))
+    more = f" (that one needs {len(v)} classes; map a value to 'ignore' instead)" if len(v) > num_classes else ""
+    raise RejectedInput("mask_values", f"{name}: mask values {v[:50]} are ambiguous for {num_classes} classes; "
+                        "pass --mask-values ids (values are class ids, 255 = ignore), --mask-values "
+                        f"binary (0/255 or 0/1) or an explicit map such as --mask-values {example}{more}")
+
+
+def _mask_lut(mode: str, values: list[int], policy: MaskPolicy, name: str) -> np.ndarray:
+    """Lookup table on-disk value -> class id (IGNORE allowed), -1 where a value is not allowed."""
+    lut = np.full(65536, -1, np.int16)
+    if mode == "binary":
+        if 1 in values and IGNORE in values:
+            raise RejectedInput("mask_values", f"{name}: a binary mask uses 0/255 or 0/1, this one has "
+                                f"both 1 and 255 (values {values}); pass an explicit --mask-values map")
+        lut[0], lut[1], lut[IGNORE] = 0, 1, 1
+    elif mode == "ids":
+        lut[:policy.num_classes], lut[IGNORE] = np.arange(policy.num_classes), IGNORE
+    else:
+        for v, c in policy.mapping.items():
+            lut[v] = c
+    lut[np.asarray(policy.ignore_values, dtype=np.intp)] = IGNORE
+    return lut
+
+
+def _mask_native(im: Image.Image, data: bytes, name: str, apply_exif: bool) -> np.ndarray:
+    if _wide_rawmode(im):
+        raise RejectedInput("unsupported_mode", f"{name}: 16-bit colour mask; save class ids as a "
+                            "grayscale or palette PNG")
+    orientation = _orientation(im) if apply_exif else 1
+    _load(im, data, name)
+    im = _orient(im, orientation)
+    if im.mode in ("1", "La"):
+        im = im.convert("L")
+    if im.mode not in ("L", "P", "LA", "PA", "RGB", "RGBA", "I") + _UINT16_MODES:
+        raise RejectedInput("unsupported_mode", f"{name}: mask pixel mode {im.mode!r} is not supported")
+    arr = np.asarray(im)
+    if im.mode in ("RGB", "RGBA"):
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise RejectedInput("mask_values", f"{name}: colour mask (RGB channels differ); convert it to "
+                                "a palette PNG or a grayscale PNG of class ids")
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    if arr.dtype.itemsize > 1:
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise RejectedInput("mask_values", f"{name}: mask values in [{arr.min()}, {arr.max()}] "
+                                "exceed 16 bits")
+        arr = arr.astype(np.uint16)
+    return arr
+
+
+def read_mask(data: bytes, name: str, policy: MaskPolicy | None = None) -> np.ndarray:
+    """Decode a mask to (H, W) uint8 class ids (255 = ignore), or raise RejectedInput."""
+    policy = policy or MaskPolicy()
+    im = _open(data, name)
+    _check_pixels(im, policy.max_pixels, name)
+    palette = im.mode in ("P", "PA")
+    raw = _mask_native(im, data, name, policy.apply_exif)
+    values = np.flatnonzero(np.bincount(raw.ravel(), minlength=1)).tolist()
+    kept = [v for v in values if v not in policy.ignore_values]
+    mode = policy.mode
+    if mode == "auto":
+        mode = auto_mask_mode(kept, policy.num_classes, name, palette=palette)
+    lut = _mask_lut(mode, kept, policy, name)
+    bad = [v for v in values if lut[v] < 0]
+    if bad:
+        allowed = np.flatnonzero(lut >= 0).tolist()
+        raise RejectedInput("mask_values", f"{name}: mask values {bad[:10]}{' ...' if len(bad) > 10 else ''} "
+                            f"are outside the declared classes ({mode} mode, {policy.num_classes} classes "
+                            f"expects on-disk values {allowed[:20]})")
+    return lut[raw].astype(np.uint8)
+
+
+def check_pair(image, mask, name: str) -> None:
+    """Refuse a pair whose (H, W) differ; takes arrays or (H, W) tuples."""
+    hw = [tuple(x[:2]) if isinstance(x, tuple) else tuple(x.shape[:2]) for x in (image, mask)]
+    if hw[0] != hw[1]:
+        raise RejectedInput("size_mismatch", f"{name}: image is {hw[0][0]}x{hw[0][1]} (HxW) but its "
+                            f"mask is {hw[1][0]}x{hw[1][1]}")
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    if image.dtype == np.uint8:
+        pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+        return np.asarray(pil.resize((w, h), Image.Resampling.LANCZOS)).reshape(h, w, -1)
+    channels = [np.asarray(Image.fromarray(image[..., c].astype(np.float32), "F")
+                           .resize((w, h), Image.Resampling.LANCZOS)) for c in range(image.shape[2])]
+    hi = np.iinfo(image.dtype).max
+    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, hi).astype(image.dtype)
+
+
+def _center(image: np.ndarray, size: int) -> np.ndarray:
+    """Center-crop or zero-pad each spatial axis to ``size``."""
+    out = np.zeros((size, size) + image.shape[2:], image.dtype)
+    src, dst = [], []
+    for n in image.shape[:2]:
+        a = abs(n - size) // 2
+        src.append(slice(a, a + size) if n >= size else slice(0, n))
+        dst.append(slice(0, size) if n >= size else slice(a, a + n))
+    out[tuple(dst)] = image[tuple(src)]
+    return out
+
+
+def fit_to_size(image: np.ndarray, size: int, mode: str = "resize") -> np.ndarray:
+    """(size, size, C) for whole-image classification; dtype kept.
+
+    "resize": scale the long side to ``size`` keeping the aspect ratio, zero-pad (letterbox);
+    "pad": no scaling, zero-pad or center-crop; "crop": scale the short side, center-crop.
+    """
+    if mode not in ("resize", "pad", "crop"):
+        raise ValueError(f"fit mode must be resize, pad or crop, got {mode!r}")
+    squeeze = image.ndim == 2
+    image = image[..., None] if squeeze else image
+    h, w = image.shape[:2]
+    if mode != "pad":
+        scale = size / (max(h, w) if mode == "resize" else min(h, w))
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        if (nh, nw) != (h, w):
+            image = _resize(image, nh, nw)
+    out = _center(image, size)
+    return out[..., 0] if squeeze else out
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of (H, W) or (H, W, 1|3) uint8/uint16 pixels."""
+    a = array[..., None] if array.ndim == 2 else array
+    if a.ndim != 3 or a.shape[2] not in (1, 3) or a.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png takes (H, W[, 1|3]) uint8/uint16, got {array.shape} {array.dtype}")
+    if a.dtype == np.uint16 and a.shape[2] == 3:  # Pillow cannot write 16-bit RGB: filter-0 rows
+        h, w, _ = a.shape
+        rows = np.zeros((h, 1 + 6 * w), np.uint8)
+        rows[:, 1:] = np.ascontiguousarray(a, ">u2").view(np.uint8).reshape(h, -1)
+        ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+        return (_PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr)
+                + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + _png_chunk(b"IEND", b""))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[2] == 1 else a)).save(
+        buf, "PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes, name: str = "png") -> np.ndarray:
+    """(H, W, C) uint8/uint16 exactly as stored (alpha dropped, no EXIF, no conversion)."""
+    im = _open(data, name)
+    if im.format != "PNG":
+        raise RejectedInput("not_an_image", f"{name}: expected PNG, got {im.format}")
+    return _read_native(im, data, name, apply_exif=False)
