@@ -13,7 +13,7 @@ from collections import Counter
 
 import apache_beam as beam
 
-from pipelines import dataset_writer
+from pipelines import dataset_writer, sources
 from pipelines.dataset_writer import PARTS, read_json, write_bytes
 from schemas import layout
 from schemas.example import DatasetSpec
@@ -94,8 +94,8 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
     summary = read_json(f"{work}/{PARTS}/sources.json") if _exists(f"{work}/{PARTS}/sources.json") else {
         "sources": {}, "class_pixels": None, "labels": {}}
     rejected = read_json(f"{work}/{PARTS}/rejected.json")
-    rejected += [{"source": f"{config.input.rstrip('/')}/{folder}", "reason": "empty_folder",
-                  "detail": "class folder holds no files; the class is left out of the dataset"}
+    rejected += [sources.rejected(f"{config.input.rstrip('/')}/{folder}", "empty_folder",
+                                  "class folder holds no files; the class is left out of the dataset", [])
                  for folder in empty_folders]
     rejected.sort(key=lambda r: (r["source"], r["reason"]))
     dataset_writer.write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")

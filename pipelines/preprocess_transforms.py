@@ -147,10 +147,10 @@ class _Decode(beam.DoFn):
                 mask = images.read_mask(self._read(source.mask_path), source.mask_path, self.mask_policy)
                 images.check_pair(image, mask, source.id)
         except images.RejectedInput as error:
-            yield _reject(dict(sources.rejected(" + ".join(files), error.reason, error.detail), files=files))
+            yield _reject(sources.rejected(" + ".join(files), error.reason, error.detail, files))
             return
         except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
-            yield _reject(dict(sources.rejected(" + ".join(files), "unreadable", str(error)), files=files))
+            yield _reject(sources.rejected(" + ".join(files), "unreadable", str(error), files))
             return
         Metrics.counter(NAMESPACE, "sources_decoded").inc()
         Metrics.distribution(NAMESPACE, "source_megapixels_x1000").update(int(image.shape[0] * image.shape[1] / 1000))

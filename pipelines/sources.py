@@ -34,9 +34,9 @@ class Source:
     split: str | None = None     # set by a split folder, else assigned by hash
 
 
-def rejected(source: str, reason: str, detail: str) -> dict:
-    """A dead-letter record: what was refused, a stable reason code, and why."""
-    return {"source": source, "reason": reason, "detail": detail}
+def rejected(source: str, reason: str, detail: str, files: Sequence[str] | None = None) -> dict:
+    """A dead-letter record: what was refused, a stable reason code, why, and the files it covers."""
+    return {"source": source, "reason": reason, "detail": detail, "files": list(files or [source])}
 
 
 def relative_parts(path: str, root: str) -> list[str]:

@@ -44,8 +44,8 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{count:05d}"
 
 
-# A rejected input: which file(s), why (a short stable reason code) and the detail.
-REJECTED_FIELDS = ("source", "reason", "detail")
+# A rejected input: what, why (a short stable reason code), the detail, and the files it covers.
+REJECTED_FIELDS = ("source", "reason", "detail", "files")
 
 MANIFEST_SCHEMA = pa.schema(
     [

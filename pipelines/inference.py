@@ -1,0 +1,196 @@
+"""Exported models for prediction: cards, loading, TTA + ensemble combination, the RunInference handler.
+
+A model directory follows ``schemas/model_card.py``. Several directories form an ensemble;
+they must agree on task, geometry, channels, input dtype and class names.
+
+``combine="mean"``: the mean of the models' (TTA-averaged) probabilities, decided by the
+card threshold for binary models (the mean of the cards' thresholds; argmax when none
+has one). ``combine="vote"``: each model decides on its own (its threshold or argmax),
+the scores are the fraction of models voting for each class, and the majority wins
+(ties go to the lower class id).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from pipelines import predict_tta
+from pipelines.predict_plan import StripTask, task_tiles
+from schemas.model_card import MODEL_CARD_FILE, SAVED_MODEL_DIR, SERVING_INPUT, SERVING_OUTPUT, ModelCard
+
+ENSEMBLES = ("mean", "vote")
+
+
+def read_card(model_dir: str) -> tuple[ModelCard, str]:
+    """(card, model id) of a model directory (local or any FileSystems scheme)."""
+    path = f"{model_dir.rstrip('/')}/{MODEL_CARD_FILE}"
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{model_dir}: no {MODEL_CARD_FILE}; is this a `tessera train` model directory?")
+    with FileSystems.open(path) as handle:
+        raw = handle.read()
+    card = ModelCard.from_json(raw.decode("utf-8"))
+    return card, f"{card.model_name}-{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def check_compatible(cards: Sequence[ModelCard], model_dirs: Sequence[str]) -> None:
+    """Refuse an ensemble whose members disagree on what a tile and a prediction are."""
+    first = cards[0]
+
+    def key(c: ModelCard) -> tuple:
+        return (c.task, c.geometry(), c.channels, c.input_dtype, c.class_names)
+
+    for card, model_dir in zip(cards[1:], model_dirs[1:]):
+        if key(card) != key(first):
+            raise ValueError(
+                f"models disagree and cannot form an ensemble: {model_dirs[0]} has (task, (core, margin, "
+                f"input, output), channels, dtype, classes) = {key(first)} but {model_dir} has {key(card)}")
+
+
+def local_model_dir(model_dir: str) -> str:
+    """A local path of the SavedModel: the directory itself, or a temp copy of a remote one.
+
+    TensorFlow's own gs:// support cannot be redirected (emulators, other clouds), so
+    remote SavedModels are copied through Beam's FileSystems once per worker.
+    """
+    saved = f"{model_dir.rstrip('/')}/{SAVED_MODEL_DIR}"
+    if FileSystems.get_scheme(saved) in (None, "file"):
+        return saved
+    target = tempfile.mkdtemp(prefix="tessera-model-")
+    files = FileSystems.match([f"{saved}/**"])[0].metadata_list
+    if not files:
+        raise FileNotFoundError(f"{saved}: no SavedModel files")
+    for meta in files:
+        relative = meta.path[len(saved) + 1:]
+        local = os.path.join(target, *relative.split("/"))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with FileSystems.open(meta.path) as src, open(local, "wb") as dst:
+            while chunk := src.read(1 << 24):
+                dst.write(chunk)
+    return target
+
+
+def decide(scores: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Class ids (uint8) from scores (..., K): P(class 1) >= threshold for binary, else argmax."""
+    if threshold is not None and scores.shape[-1] == 2:
+        return (scores[..., 1] >= threshold).astype(np.uint8)
+    return np.argmax(scores, axis=-1).astype(np.uint8)
+
+
+def one_hot(ids: np.ndarray, classes: int) -> np.ndarray:
+    return (ids[..., None] == np.arange(classes, dtype=ids.dtype)).astype(np.float32)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    card: ModelCard
+    model_id: str
+    signature: Any  # a concrete function: tiles -> {"probabilities": ...}
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        out = self.signature(**{SERVING_INPUT: tf.constant(tiles)})[SERVING_OUTPUT].numpy()
+        c = self.card
+        if c.task == "segmentation" and c.output_size == c.input_size and c.margin:
+            out = out[:, c.margin:c.margin + c.core, c.margin:c.margin + c.core]
+        return out
+
+
+class EnsemblePredictor:
+    """Tiles (N, T, T, C) -> combined scores (N, core, core, K) or (N, K) and decisions."""
+
+    def __init__(self, models: Sequence[LoadedModel], tta: str = "none", combine: str = "mean"):
+        if combine not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {combine!r}")
+        check_compatible([m.card for m in models], [m.model_id for m in models])
+        self.models, self.combine, self.tta = list(models), combine, tta
+        self.transforms = predict_tta.transforms(tta)
+        self.card = models[0].card
+        thresholds = [m.card.threshold for m in models]
+        known = [t for t in thresholds if t is not None]
+        self.threshold = float(np.mean([0.5 if t is None else t for t in thresholds])) if known else None
+
+    @property
+    def spatial(self) -> bool:
+        return self.card.task == "segmentation"
+
+    @property
+    def passes(self) -> int:
+        """Forward passes per tile (TTA transforms x models)."""
+        return len(self.transforms) * len(self.models)
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        total = None
+        for model in self.models:
+            probs = predict_tta.augmented_mean(tiles, self.transforms, model, self.spatial)
+            if self.combine == "vote":
+                probs = one_hot(decide(probs, model.card.threshold), self.card.num_classes)
+            total = probs if total is None else total + probs
+        return total / np.float32(len(self.models))
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        return decide(scores, self.threshold if self.combine == "mean" else None)
+
+
+def load_predictor(model_dirs: Sequence[str], tta: str, combine: str) -> EnsemblePredictor:
+    import tensorflow as tf
+
+    models = []
+    for model_dir in model_dirs:
+        card, model_id = read_card(model_dir)
+        loaded = tf.saved_model.load(local_model_dir(model_dir))
+        if "serving_default" not in loaded.signatures:
+            raise ValueError(f"{model_dir}: the SavedModel has no 'serving_default' signature")
+        models.append(LoadedModel(card, model_id, loaded.signatures["serving_default"]))
+    return EnsemblePredictor(models, tta, combine)
+
+
+def predict_tasks(predictor: EnsemblePredictor, tasks: Sequence[StripTask], batch_size: int) -> list[np.ndarray]:
+    """Scores of every tile of ``tasks``, in batches of ``batch_size`` tiles across tasks."""
+    index = [(t, i) for t, task in enumerate(tasks) for i in range(task.num_tiles)]
+    outputs: list[Optional[np.ndarray]] = [None] * len(tasks)
+    for start in range(0, len(index), batch_size):
+        chunk = index[start:start + batch_size]
+        scores = predictor.predict(np.stack([tasks[t].tile(i) for t, i in chunk]))
+        for (t, i), score in zip(chunk, scores):
+            if outputs[t] is None:
+                outputs[t] = np.empty((tasks[t].num_tiles,) + score.shape, np.float32)
+            outputs[t][i] = score
+    return outputs
+
+
+class TileModelHandler(ModelHandler[StripTask, PredictionResult, EnsemblePredictor]):
+    """Loads the model(s) once per worker and predicts the tiles of StripTasks in fixed-size batches.
+
+    Batches are counted in tiles (``element_size_fn``), so small images share a batch and
+    a large strip is cut into ``batch_size``-tile calls.
+    """
+
+    def __init__(self, model_dirs: Sequence[str], tta: str = "none", combine: str = "mean",
+                 batch_size: int = 16):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, element_size_fn=task_tiles)
+        self.model_dirs, self.tta, self.combine, self.batch_size = list(model_dirs), tta, combine, batch_size
+
+    def load_model(self) -> EnsemblePredictor:
+        return load_predictor(self.model_dirs, self.tta, self.combine)
+
+    def run_inference(self, batch: Sequence[StripTask], model: EnsemblePredictor,
+                      inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        scores = predict_tasks(model, batch, self.batch_size)
+        return [PredictionResult(task, score, model_id=",".join(m.model_id for m in model.models))
+                for task, score in zip(batch, scores)]
+
+    def get_num_bytes(self, batch: Sequence[StripTask]) -> int:
+        return sum(task.pixels.nbytes for task in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "tessera.predict.inference"

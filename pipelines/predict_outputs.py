@@ -1,0 +1,245 @@
+"""The prediction directory: its layout, atomic writers, per-image outputs and the Parquet row.
+
+::
+
+    pred/
+      masks/<image_id>.png            class ids (uint8 grayscale); 0/255 with --binary-255
+      probabilities/<image_id>.npy    float16 (H, W, K), with --save-probabilities
+      overlays/<image_id>.png         preview (long side <= 1024 px): classes coloured over the image
+      rows/<settings>/<image_id>.json the image's Parquet row; written last = the image is done
+      rejected/<sha1(source)>.json    one rejected input (source, reason, detail)
+      _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
+      predictions.parquet, rejected.jsonl, config.json, _SUCCESS
+      (sharded runs: predictions-SSSSS-of-NNNNN.parquet, _SUCCESS-SSSSS-of-NNNNN, merged when all are done)
+
+``<settings>`` is a fingerprint of everything that changes outputs (models, TTA, ensemble,
+overlap, blending, mask encoding, probabilities), so a rerun with other settings
+recomputes instead of mixing. Every file is written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import struct
+import uuid
+import zlib
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import images
+from pipelines.predict_stitch import StripResult, count_components
+
+PREDICTIONS_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("source", pa.string()), ("task", pa.string()),
+    ("height", pa.int32()), ("width", pa.int32()),
+    ("class_names", pa.list_(pa.string())), ("class_fractions", pa.list_(pa.float32())),
+    ("class_components", pa.list_(pa.int32())), ("components", pa.int32()),
+    ("mean_confidence", pa.float32()), ("label", pa.string()), ("probabilities", pa.list_(pa.float32())),
+    ("mask_path", pa.string()), ("overlay_path", pa.string()), ("probabilities_path", pa.string()),
+    ("model_ids", pa.list_(pa.string())), ("ensemble", pa.string()), ("tta", pa.string()),
+    ("overlap", pa.float32()), ("blend", pa.string()),
+    ("tiles", pa.int32()), ("strips", pa.int32()), ("seconds", pa.float64()),
+])
+TIMING_COLUMNS = ("seconds",)
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSettings:
+    """What changes the per-image outputs (and therefore the settings fingerprint)."""
+
+    task: str
+    class_names: tuple[str, ...]
+    model_ids: tuple[str, ...]
+    ensemble: str = "mean"
+    tta: str = "none"
+    overlap: float = 0.0
+    blend: str = "gaussian"
+    binary_255: bool = False
+    save_probabilities: bool = False
+
+    def fingerprint(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputLayout:
+    root: str
+    settings: OutputSettings
+
+    def path(self, relative: str) -> str:
+        return f"{self.root.rstrip('/')}/{relative}"
+
+    def mask(self, image_id: str) -> str:
+        return f"masks/{image_id}.png"
+
+    def overlay(self, image_id: str) -> str:
+        return f"overlays/{image_id}.png"
+
+    def probabilities(self, image_id: str) -> str:
+        return f"probabilities/{image_id}.npy"
+
+    def row(self, image_id: str) -> str:
+        return f"rows/{self.settings.fingerprint()}/{image_id}.json"
+
+    def part(self, image_id: str, strip: int, strips: int) -> str:
+        return f"_tmp/{self.settings.fingerprint()}/{image_id}/strip-{strip:05d}-of-{strips:05d}.npz"
+
+    @staticmethod
+    def rejected(source: str) -> str:
+        return f"rejected/{hashlib.sha1(source.encode()).hexdigest()[:20]}.json"
+
+    def outputs(self, image_id: str) -> list[str]:
+        """Relative paths an image must have, besides its row, to count as done."""
+        if self.settings.task != "segmentation":
+            return []
+        paths = [self.mask(image_id), self.overlay(image_id)]
+        return paths + ([self.probabilities(image_id)] if self.settings.save_probabilities else [])
+
+
+@contextlib.contextmanager
+def atomic_create(path: str) -> Iterator:
+    """A writable handle whose content appears at ``path`` only once complete."""
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    handle = FileSystems.create(temporary)
+    try:
+        yield handle
+    except BaseException:
+        handle.close()
+        FileSystems.delete([temporary])
+        raise
+    handle.close()
+    FileSystems.rename([temporary], [path])
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with atomic_create(path) as handle:
+        handle.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as handle:
+        return handle.read()
+
+
+def write_json(path: str, value) -> None:
+    write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: str):
+    return json.loads(read_bytes(path).decode("utf-8"))
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndarray], level: int = 6) -> None:
+    """A grayscale 8-bit PNG streamed block by block of (rows, width) uint8, filter 0."""
+    handle.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
+    packer, written = zlib.compressobj(level), 0
+    for block in row_blocks:
+        if block.shape[1:] != (width,) or block.dtype != np.uint8:
+            raise ValueError(f"expected (rows, {width}) uint8 rows, got {block.shape} {block.dtype}")
+        rows = np.zeros((block.shape[0], width + 1), np.uint8)
+        rows[:, 1:] = block
+        written += block.shape[0]
+        data = packer.compress(rows.tobytes())
+        if data:
+            handle.write(_chunk(b"IDAT", data))
+    if written != height:
+        raise ValueError(f"PNG of height {height} received {written} rows")
+    handle.write(_chunk(b"IDAT", packer.flush()) + _chunk(b"IEND", b""))
+
+
+def npy_header(shape: tuple[int, ...], dtype) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Classes > 0 tinted over the (h, w, 3) uint8 preview."""
+    colours = PALETTE[np.minimum(mask, len(PALETTE) - 1)]
+    blended = (image.astype(np.uint16) + colours) // 2
+    return np.where(mask[..., None] > 0, blended, image).astype(np.uint8)
+
+
+def write_image_outputs(layout: OutputLayout, strips: list[StripResult] | Iterable[StripResult],
+                        reload: callable = None) -> dict:
+    """Write mask, probabilities and overlay of one image from its strips (in order); return its row.
+
+    ``strips`` may be a one-element list, or a re-iterable that loads parts one at a time
+    (``reload()`` returns a fresh iterator for each pass, so a large image is never whole in memory).
+    """
+    passes = reload or (lambda: iter(strips))
+    first = next(passes())
+    s, height, width = layout.settings, first.height, first.width
+    scale = 255 if s.binary_255 else 1
+    with atomic_create(layout.path(layout.mask(first.image_id))) as handle:
+        write_png_rows(handle, width, height, (r.mask * np.uint8(scale) for r in passes()))
+    if s.save_probabilities:
+        with atomic_create(layout.path(layout.probabilities(first.image_id))) as handle:
+            handle.write(npy_header((height, width, len(s.class_names)), np.float16))
+            for r in passes():
+                handle.write(np.ascontiguousarray(r.probabilities, "<f2").tobytes())
+    counts, confidence, tiles, previews, masks = np.zeros(len(s.class_names), np.int64), 0.0, 0, [], []
+    for r in passes():
+        counts += r.class_counts
+        confidence += r.confidence_sum
+        tiles += r.tiles
+        previews.append(r.preview_image)
+        masks.append(r.preview_mask)
+    write_bytes(layout.path(layout.overlay(first.image_id)),
+                images.encode_png(overlay(np.concatenate(previews), np.concatenate(masks)), compress_level=6))
+    components = count_components((r.mask for r in passes()), len(s.class_names))
+    pixels = height * width
+    return {
+        "image_id": first.image_id, "source": first.source, "task": s.task, "height": height, "width": width,
+        "class_names": list(s.class_names), "class_fractions": [float(c) / pixels for c in counts],
+        "class_components": components, "components": int(sum(components[1:])),
+        "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
+        "mask_path": layout.mask(first.image_id), "overlay_path": layout.overlay(first.image_id),
+        "probabilities_path": layout.probabilities(first.image_id) if s.save_probabilities else None,
+        "tiles": tiles, "strips": first.strips, **_common(s),
+    }
+
+
+def classification_row(settings: OutputSettings, image_id: str, source: str, height: int, width: int,
+                       scores: np.ndarray, decision: int) -> dict:
+    return {
+        "image_id": image_id, "source": source, "task": settings.task, "height": height, "width": width,
+        "class_names": list(settings.class_names), "class_fractions": None, "class_components": None,
+        "components": None, "mean_confidence": float(scores[decision]),
+        "label": settings.class_names[decision], "probabilities": [float(p) for p in scores],
+        "mask_path": None, "overlay_path": None, "probabilities_path": None,
+        "tiles": 1, "strips": 1, **_common(settings),
+    }
+
+
+def _common(s: OutputSettings) -> dict:
+    return {"model_ids": list(s.model_ids), "ensemble": s.ensemble if len(s.model_ids) > 1 else "none",
+            "tta": s.tta, "overlap": s.overlap, "blend": s.blend}
+
+
+def write_parquet(path: str, rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: r["image_id"])
+    table = pa.Table.from_pylist([{name: row.get(name) for name in PREDICTIONS_SCHEMA.names} for row in rows],
+                                 schema=PREDICTIONS_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes(path, buf.getvalue())
+
+
+def read_parquet(path: str) -> pa.Table:
+    return pq.read_table(io.BytesIO(read_bytes(path)))

@@ -1,0 +1,146 @@
+"""From per-tile scores to per-strip results: blended stitching, decisions, statistics, previews.
+
+Pure numpy. A strip's result covers its output rows [a, b) at full width; a whole image is
+its strips in order. Connected components are counted per class with
+``scipy.ndimage.label`` (4-connectivity) strip by strip, merging labels that touch across
+strip boundaries, so the count equals labelling the whole mask at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Callable, Iterable
+
+import numpy as np
+from scipy import ndimage
+
+from pipelines import tiling
+from pipelines.predict_plan import StripTask
+
+PREVIEW_SIDE = 1024  # the overlay preview's longest side is at most this many pixels
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StripResult:
+    image_id: str
+    source: str
+    height: int
+    width: int
+    strip: int
+    strips: int
+    rows: tuple[int, int]
+    mask: np.ndarray                   # (o, W) uint8 class ids
+    class_counts: tuple[int, ...]
+    confidence_sum: float
+    probabilities: np.ndarray | None   # (o, W, K) float16 when kept
+    preview_image: np.ndarray          # (po, pw, 3) uint8, every ``preview_step``-th row/column
+    preview_mask: np.ndarray           # (po, pw) uint8
+    tiles: int
+    started: float
+
+    def to_bytes(self) -> bytes:
+        arrays = {"mask": self.mask, "preview_image": self.preview_image, "preview_mask": self.preview_mask}
+        if self.probabilities is not None:
+            arrays["probabilities"] = self.probabilities
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    def summary(self) -> dict:
+        """Everything but the arrays (what travels through the shuffle beside a part file)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not isinstance(getattr(self, f.name), np.ndarray) and f.name != "probabilities"}
+
+    @classmethod
+    def from_parts(cls, summary: dict, data: bytes) -> "StripResult":
+        with np.load(io.BytesIO(data)) as arrays:
+            loaded = {k: arrays[k] for k in arrays.files}
+        return cls(**summary, mask=loaded["mask"], probabilities=loaded.get("probabilities"),
+                   preview_image=loaded["preview_image"], preview_mask=loaded["preview_mask"])
+
+
+def stitch_strip(task: StripTask, scores: np.ndarray, blend: str) -> np.ndarray:
+    """Blend the cores of ``task`` into its output rows: (b - a, W, K) float32."""
+    top = min(y for y, _, _, _ in task.boxes)
+    bottom = max(y + h for y, _, h, _ in task.boxes)
+    stitcher = tiling.Stitcher(bottom - top, task.width, scores.shape[-1], mode=blend)
+    for (y, x, h, w), score in zip(task.boxes, scores):
+        stitcher.add(y - top, x, score[:h, :w])
+    a, b = task.rows
+    return stitcher.result()[a - top:b - top]
+
+
+def preview_step(height: int, width: int, side: int = PREVIEW_SIDE) -> int:
+    return max(1, -(-max(height, width) // side))
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """(h, w, 1|3) uint8/uint16 -> (h, w, 3) uint8 for display."""
+    if pixels.dtype == np.uint16:
+        pixels = (pixels >> 8).astype(np.uint8)
+    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+
+
+def preview_rows(a: int, b: int, step: int) -> slice:
+    """Local rows of [a, b) that fall on the preview grid (image rows divisible by ``step``)."""
+    return slice((-a) % step, b - a, step)
+
+
+def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
+                 blend: str, keep_probabilities: bool) -> StripResult:
+    stitched = stitch_strip(task, scores, blend)
+    mask = decide(stitched)
+    classes = stitched.shape[-1]
+    confidence = np.take_along_axis(stitched, mask[..., None].astype(np.intp), axis=-1)
+    step = preview_step(task.height, task.width)
+    rows = preview_rows(*task.rows, step)
+    return StripResult(
+        task.image_id, task.source, task.height, task.width, task.strip, task.strips, task.rows,
+        mask=mask,
+        class_counts=tuple(int(c) for c in np.bincount(mask.ravel(), minlength=classes)[:classes]),
+        confidence_sum=float(confidence.sum(dtype=np.float64)),
+        probabilities=stitched.astype(np.float16) if keep_probabilities else None,
+        preview_image=to_rgb8(task.image_rows()[rows, ::step]),
+        preview_mask=mask[rows, ::step],
+        tiles=task.num_tiles, started=task.started)
+
+
+class _Unions:
+    """Union-find over the labels that touch a strip boundary."""
+
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, a: int) -> int:
+        root = a
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while a != root:
+            self.parent[a], a = root, self.parent.get(a, a)
+        return root
+
+    def union(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        self.parent[max(ra, rb)] = min(ra, rb)
+        return True
+
+
+def count_components(masks: Iterable[np.ndarray], classes: int) -> list[int]:
+    """Connected components (4-connectivity) of every class over vertically stacked strips."""
+    counts, merges = [0] * classes, [0] * classes
+    unions = [_Unions() for _ in range(classes)]
+    previous: list[np.ndarray | None] = [None] * classes
+    for mask in masks:
+        for c in range(classes):
+            labels, n = ndimage.label(mask == c)
+            labels = np.where(labels > 0, labels + counts[c], 0)
+            if previous[c] is not None and len(labels):
+                touching = (previous[c] > 0) & (labels[0] > 0)
+                pairs = set(zip(previous[c][touching].tolist(), labels[0][touching].tolist()))
+                merges[c] += sum(unions[c].union(a, b) for a, b in sorted(pairs))
+            counts[c] += n
+            if len(labels):
+                previous[c] = labels[-1]
+    return [n - m for n, m in zip(counts, merges)]

@@ -1,0 +1,282 @@
+"""The preprocessing job: composite transforms, the whole job on real runners, bad inputs, gs://."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to, is_not_empty
+
+from pipelines import augment, images, preprocess, sources, tiling
+from pipelines import preprocess_transforms as pt
+from schemas.example import SEGMENTATION, DatasetSpec
+from tessera import synthetic
+from tests import corpus
+from tests.conftest import upload_tree
+
+IN_PROCESS = ["--direct_running_mode=in_memory"]
+MULTI_PROCESS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+def run_job(raw, out, *extra, beam_args=IN_PROCESS) -> int:
+    return preprocess.run(["--input", str(raw), "--output", str(out), *map(str, extra), *beam_args])
+
+
+def read_rejected(dataset) -> list[dict]:
+    with open(os.path.join(dataset, "rejected.jsonl")) as handle:
+        return [json.loads(line) for line in handle]
+
+
+# ------------------------------------------------------------------ composite transforms
+
+def test_read_image_pairs_pairs_by_stem_and_rejects_the_rest(tmp_path):
+    for rel in ["images/a.png", "images/b.jpg", "masks/a.png", "masks/b.png", "images/c.png",
+                "masks/d.png", "images/train/e.png", "masks/train/e.tif", "images/readme.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    root = str(tmp_path)
+    with test_pipeline.TestPipeline() as p:
+        out = p | pt.ReadImagePairs(root)
+        assert_that(out.sources | beam.Map(lambda s: (s.id, s.split, os.path.basename(s.mask_path))),
+                    equal_to([("a", None, "a.png"), ("b", None, "b.png"), ("train/e", "train", "e.tif")]),
+                    label="pairs")
+        assert_that(out.rejected | beam.Map(lambda r: (os.path.relpath(r["source"], root), r["reason"])),
+                    equal_to([("images/c.png", "missing_mask"), ("masks/d.png", "missing_image"),
+                              ("images/readme.txt", "not_an_image")]), label="rejected")
+
+
+def test_assign_splits_hash_is_stable_and_stratified_covers_every_split():
+    ids = [f"img_{i}" for i in range(200)]
+    fractions = (0.8, 0.1, 0.1)
+    splits = {i: sources.assign_split(i, fractions) for i in ids}
+    more = {i: sources.assign_split(i, fractions) for i in ids + [f"new_{i}" for i in range(50)]}
+    assert all(more[i] == splits[i] for i in ids)  # adding sources moves nothing
+    assert 0.65 < sum(s == "train" for s in splits.values()) / len(ids) < 0.95
+    strat = sources.stratified_splits(["a", "b", "c"], fractions)
+    assert sorted(strat.values()) == ["test", "train", "val"]
+    with test_pipeline.TestPipeline() as p:
+        srcs = [sources.Source(id=f"{c}/{i}", image_path="x", label=c) for c in "xyz" for i in range(4)]
+        srcs.append(sources.Source(id="test/x/fixed", image_path="x", label="x", split="test"))
+        out = p | beam.Create(srcs) | pt.AssignSplits(fractions, stratify=True)
+        assert_that(out | beam.Map(lambda s: (s.label, s.split)) | beam.Distinct(),
+                    equal_to([(c, s) for c in "xyz" for s in ("train", "val", "test")]))
+
+
+def test_decode_sources_sends_bad_files_to_dead_letters(tmp_path):
+    rng = np.random.default_rng(0)
+    image, mask = synthetic.segmentation_pair(rng, 20, 30)
+    (tmp_path / "good.png").write_bytes(images.encode_png(image))
+    (tmp_path / "mask.png").write_bytes(images.encode_png((mask * 255)[..., None]))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    good = sources.Source("good", str(tmp_path / "good.png"), str(tmp_path / "mask.png"))
+    bad = sources.Source("bad", str(tmp_path / "bad.png"), str(tmp_path / "mask.png"))
+    missing = sources.Source("gone", str(tmp_path / "gone.png"), str(tmp_path / "mask.png"))
+    with test_pipeline.TestPipeline() as p:
+        out = p | beam.Create([good, bad, missing]) | pt.DecodeSources(
+            images.ImagePolicy(), images.parse_mask_values("binary", 2))
+        assert_that(out.decoded | beam.Map(lambda d: (d[0].id, d[1].shape, int(d[2].max()))),
+                    equal_to([("good", (20, 30, 3), 1)]), label="decoded")
+        assert_that(out.rejected | beam.Map(lambda r: (os.path.basename(r["files"][0]), r["reason"])),
+                    equal_to([("bad.png", "not_an_image"), ("gone.png", "unreadable")]), label="rejected")
+
+
+def test_cut_tiles_emits_cores_copies_and_source_stats():
+    spec = DatasetSpec(SEGMENTATION, core=16, margin=4, channels=3)
+    settings = pt.TileSettings(spec=spec, augment_copies=2)
+    rng = np.random.default_rng(1)
+    image, mask = synthetic.segmentation_pair(rng, 20, 40)
+    train = sources.Source("t", "t.png", "t_mask.png", split="train")
+    val = sources.Source("v", "v.png", "v_mask.png", split="val")
+    with test_pipeline.TestPipeline() as p:
+        out = p | beam.Create([(train, image, mask), (val, image, mask)]) | pt.CutTiles(settings)
+        # 2 x 3 cores; train gets 1 + 2 copies of each, val only the originals
+        assert_that(out.examples | beam.Map(lambda e: (e["split"], e["copy"])) | beam.combiners.Count.PerElement(),
+                    equal_to([(("train", 0), 6), (("train", 1), 6), (("train", 2), 6), (("val", 0), 6)]),
+                    label="counts")
+        assert_that(out.examples | beam.Map(lambda e: e["image"].shape + e["mask"].shape),
+                    is_not_empty(), label="shapes")
+        total = int((mask != 255).sum())
+        assert_that(out.source_stats | beam.Map(lambda s: (s["split"], sum(s["class_pixels"]))),
+                    equal_to([("train", total), ("val", total)]), label="stats")
+
+
+def test_tile_examples_match_the_source_at_the_recorded_coordinates():
+    spec = DatasetSpec(SEGMENTATION, core=16, margin=6, channels=3)
+    rng = np.random.default_rng(2)
+    image, mask = synthetic.segmentation_pair(rng, 23, 37)
+    source = sources.Source("s", "s.png", "m.png", split="val")
+    examples = list(pt.tile_examples(source, image, mask, pt.TileSettings(spec)))
+    assert len(examples) == len(tiling.core_grid(23, 37, 16))
+    for e in examples:
+        y, x, h, w, m = e["core_y"], e["core_x"], e["core_h"], e["core_w"], e["margin"]
+        np.testing.assert_array_equal(e["image"][m:m + h, m:m + w], image[y:y + h, x:x + w])
+        np.testing.assert_array_equal(e["mask"][m:m + h, m:m + w, 0], mask[y:y + h, x:x + w])
+        assert (e["mask"] == 255).sum() == e["mask"].size - np.count_nonzero(
+            tiling.cut_mask_tile(np.zeros((23, 37, 1), np.uint8), y, x, 16, 6) != 255)
+
+
+# ------------------------------------------------------------------ the whole job
+
+@pytest.fixture(scope="module")
+def raw_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    synthetic.write_segmentation_folder(root, count=10, size=(40, 56), seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(raw_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "ds"
+    assert run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2) == 0
+    return out
+
+
+def test_job_writes_a_tfds_dataset_whose_tiles_equal_the_source_pixels(dataset, raw_folder):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(str(dataset))
+    manifest = pq.read_table(dataset / "manifest.parquet").to_pylist()
+    assert sum(builder.info.splits[s].num_examples for s in builder.info.splits) == len(manifest)
+    success = json.loads((dataset / "_SUCCESS").read_text())
+    assert success["sources_in"] == 10 == success["sources_written"] + success["rejected"]
+    checked = 0
+    for split in builder.info.splits:
+        for e in tfds.as_numpy(builder.as_dataset(split=split)):
+            sid = e["source_id"].decode()
+            image = images.read_image((raw_folder / "images" / f"{sid}.png").read_bytes(), sid)
+            mask = images.read_mask((raw_folder / "masks" / f"{sid}.png").read_bytes(), sid,
+                                    images.parse_mask_values("binary", 2))
+            y, x, m = int(e["core_y"]), int(e["core_x"]), int(e["margin"])
+            if e["copy"] == 0:
+                np.testing.assert_array_equal(e["image"], tiling.cut_tile(image, y, x, 24, m))
+                np.testing.assert_array_equal(e["mask"], tiling.cut_mask_tile(mask[..., None], y, x, 24, m))
+                checked += 1
+            else:  # the recorded transform reproduces the augmented tile
+                params = json.loads(e["augmentation"])
+                expected, _ = augment.apply_transform(tiling.cut_tile(image, y, x, 24, m), None, params)
+                np.testing.assert_array_equal(e["image"], expected)
+    assert checked == sum(1 for r in manifest if r["copy"] == 0)
+
+
+def test_no_split_leakage_and_augmentation_only_in_train(dataset):
+    rows = pq.read_table(dataset / "manifest.parquet").to_pylist()
+    split_of: dict[str, set] = {}
+    for r in rows:
+        split_of.setdefault(r["source_id"], set()).add(r["split"])
+        assert r["copy"] == 0 or r["split"] == "train"
+    assert all(len(s) == 1 for s in split_of.values())
+    assert len({r["id"] for r in rows}) == len(rows)
+    stats = json.loads((dataset / "stats.json").read_text())
+    assert abs(sum(stats["class_frequencies"].values()) - 1) < 1e-9
+    assert stats["examples"] == {s: sum(r["split"] == s for r in rows) for s in stats["examples"]}
+
+
+def test_multi_process_run_is_byte_identical_to_in_process(dataset, raw_folder, tmp_path):
+    out = tmp_path / "ds"
+    run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2, beam_args=MULTI_PROCESS)
+    shards = sorted(p.name for p in dataset.glob("tessera-*.tfrecord-*"))
+    assert shards == sorted(p.name for p in out.glob("tessera-*.tfrecord-*"))
+    for name in shards:
+        assert (out / name).read_bytes() == (dataset / name).read_bytes(), name
+    assert json.loads((out / "_SUCCESS").read_text())["fingerprint"] == json.loads(
+        (dataset / "_SUCCESS").read_text())["fingerprint"]
+
+
+def test_shards_follow_the_byte_target(raw_folder, tmp_path):
+    out = tmp_path / "ds"
+    run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--shard-bytes", 20_000,
+            "--split-fractions", "1,0,0")
+    shards = sorted(out.glob("tessera-train.tfrecord-*"))
+    total = sum(p.stat().st_size for p in shards)
+    assert len(shards) == -(-total // 20_000) > 1
+
+
+def test_existing_output_is_refused_without_overwrite_and_replaced_with_it(dataset, raw_folder, tmp_path):
+    out = tmp_path / "ds"
+    run_job(raw_folder, out, "--tile-size", 32, "--margin", 0)
+    with pytest.raises(SystemExit, match="--overwrite"):
+        run_job(raw_folder, out, "--tile-size", 32, "--margin", 0)
+    run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2, "--overwrite")
+    assert json.loads((out / "tessera_dataset.json").read_text())["core"] == 24
+    assert not list(tmp_path.glob("ds.*"))  # no temporary or old directories left behind
+
+
+def test_empty_input_fails_clearly(tmp_path):
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no input files"):
+        run_job(tmp_path / "raw", tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+# ------------------------------------------------------------------ bad inputs
+
+def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_path):
+    info = corpus.write_segmentation_corpus(tmp_path / "raw")
+    out = tmp_path / "ds"
+    run_job(tmp_path / "raw", out, "--tile-size", 32, "--margin", 4, "--mask-values", "binary",
+            "--max-rejected-fraction", "0.9", "--max-pixels", 10_000_000)
+    rejected = read_rejected(out)
+    reasons_by_file = {f: r["reason"] for r in rejected for f in r["files"]}
+    for sid, reason in info["bad"].items():
+        for rel in info["sources"][sid]:
+            path = str(tmp_path / "raw" / rel)
+            assert reasons_by_file.get(path) == reason, (sid, path, reasons_by_file.get(path))
+    written = set(pq.read_table(out / "manifest.parquet").column("source_id").to_pylist())
+    assert written == set(info["good"])
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success["sources_in"] == success["sources_written"] + success["rejected"] == len(written) + len(rejected)
+    every_file = {str(p) for p in (tmp_path / "raw").rglob("*") if p.is_file()}
+    good_files = {str(p) for p in (tmp_path / "raw").rglob("*") if p.is_file() and p.stem in info["good"]}
+    assert every_file == good_files | set(reasons_by_file)  # every file is accounted for
+
+
+def test_too_many_rejections_fail_the_job_and_publish_nothing(tmp_path):
+    corpus.write_segmentation_corpus(tmp_path / "raw", good=2)
+    with pytest.raises(SystemExit, match="max-rejected-fraction"):
+        run_job(tmp_path / "raw", tmp_path / "ds", "--tile-size", 32, "--margin", 4, "--max-rejected-fraction", 0.1)
+    assert not (tmp_path / "ds").exists()
+    kept = list(tmp_path.glob("ds.tmp-*/rejected.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text().count("\n") > 5
+
+
+def test_classification_layout_standardises_inputs_and_stratifies(tmp_path):
+    import tensorflow_datasets as tfds
+
+    info = corpus.write_classification_corpus(tmp_path / "raw", per_class=4)
+    out = tmp_path / "ds"
+    run_job(tmp_path / "raw", out, "--layout", "classification", "--image-size", 32, "--augment-copies", 1,
+            "--max-rejected-fraction", 0.5)
+    spec = DatasetSpec.from_json((out / "tessera_dataset.json").read_text())
+    assert spec.class_names == tuple(sorted(info["classes"])) and spec.whole_image
+    reasons = {r["reason"] for r in read_rejected(out)}
+    assert reasons == {"not_an_image", "empty_folder"}
+    builder = tfds.builder_from_directory(str(out))
+    labels_per_split = {s: {int(e["label"]) for e in tfds.as_numpy(builder.as_dataset(split=s))}
+                        for s in builder.info.splits}
+    assert all(labels == set(range(len(spec.class_names))) for labels in labels_per_split.values())
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert {r["source_id"] for r in rows} == set(info["good"])
+    assert all(r["label"] == info["labels"][r["source_id"]] for r in rows)
+    for e in tfds.as_numpy(builder.as_dataset(split="train").take(3)):
+        assert e["image"].shape == (32, 32, 3) and e["image"].dtype == np.uint8
+
+
+# ------------------------------------------------------------------ gs://
+
+def test_gs_input_and_output_through_the_emulator(raw_folder, dataset, gcs_prefix, tmp_path):
+    from apache_beam.io.filesystems import FileSystems
+
+    upload_tree(raw_folder, f"{gcs_prefix}/raw")
+    run_job(f"{gcs_prefix}/raw", f"{gcs_prefix}/ds", "--tile-size", 24, "--margin", 8, "--augment-copies", 2)
+    listed = {m.path[len(gcs_prefix) + 4:] for m in FileSystems.match([f"{gcs_prefix}/ds/**"])[0].metadata_list}
+    assert "_SUCCESS" in listed and not any(p.startswith("_parts") for p in listed)
+    for name in listed:
+        if "tfrecord" in name:
+            with FileSystems.open(f"{gcs_prefix}/ds/{name}") as handle:
+                assert handle.read() == (dataset / name).read_bytes(), name
+    assert not FileSystems.match([f"{gcs_prefix}/ds.tmp-*"])[0].metadata_list
