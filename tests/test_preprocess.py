@@ -280,3 +280,15 @@ def test_gs_input_and_output_through_the_emulator(raw_folder, dataset, gcs_prefi
             with FileSystems.open(f"{gcs_prefix}/ds/{name}") as handle:
                 assert handle.read() == (dataset / name).read_bytes(), name
     assert not FileSystems.match([f"{gcs_prefix}/ds.tmp-*"])[0].metadata_list
+
+
+def test_inspect_renders_a_contact_sheet(dataset, tmp_path):
+    from PIL import Image
+
+    from pipelines import inspect
+
+    out = tmp_path / "tiles.png"
+    assert inspect.run([str(dataset), "--output", str(out), "--count", "6", "--columns", "3", "--cell", "64"]) == 0
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape == (2 * (64 + 32), 3 * (64 + 4), 3)
+    assert sheet.std() > 10  # tiles were drawn, not a blank canvas

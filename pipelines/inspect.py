@@ -1,0 +1,103 @@
+"""``tessera inspect DATASET``: a PNG contact sheet of sample tiles, for a person to look at.
+
+Each cell shows one tile: the image, the mask drawn over it in colour (ignore pixels
+hatched grey), and the core outlined in yellow inside its mirrored margin (cyan border),
+with the tile's source and position underneath::
+
+    tessera inspect ./dataset --output tiles.png --split train --count 16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from schemas import layout
+from schemas.example import IGNORE_LABEL, SEGMENTATION, DatasetSpec
+
+PALETTE = np.array([[0, 0, 0], [255, 60, 60], [60, 200, 60], [60, 120, 255], [255, 200, 0],
+                    [200, 60, 255], [0, 220, 220], [255, 140, 0]], np.float32)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tessera inspect", description=__doc__.split("\n")[0])
+    p.add_argument("dataset", help="dataset directory written by tessera preprocess")
+    p.add_argument("--output", default="tiles.png", help="PNG to write")
+    p.add_argument("--split", default="train")
+    p.add_argument("--count", type=int, default=16, help="number of tiles")
+    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--cell", type=int, default=192, help="cell size in pixels")
+    return p
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257).round().astype(np.uint8)
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 image with class colours blended in; ignore pixels hatched grey."""
+    rgb = to_rgb8(image).astype(np.float32)
+    if mask is None:
+        return rgb.astype(np.uint8)
+    ids = mask[..., 0]
+    labelled = (ids != IGNORE_LABEL) & (ids != 0)
+    colours = PALETTE[np.minimum(ids, len(PALETTE) - 1) % len(PALETTE)]
+    rgb[labelled] = (1 - alpha) * rgb[labelled] + alpha * colours[labelled]
+    yy, xx = np.indices(ids.shape)
+    hatch = (ids == IGNORE_LABEL) & ((yy + xx) % 6 < 2)
+    rgb[hatch] = 128
+    return rgb.astype(np.uint8)
+
+
+def render_cell(example: dict, spec: DatasetSpec, cell: int) -> Image.Image:
+    tile = overlay(example["image"], example.get("mask"))
+    t = tile.shape[0]
+    scale = cell / t
+    picture = Image.fromarray(tile).resize((cell, cell), Image.NEAREST)
+    draw = ImageDraw.Draw(picture)
+    m, h, w = int(example["margin"]), int(example["core_h"]), int(example["core_w"])
+    if not spec.whole_image:
+        draw.rectangle([0, 0, cell - 1, cell - 1], outline=(0, 220, 220))
+        draw.rectangle([m * scale, m * scale, (m + w) * scale - 1, (m + h) * scale - 1], outline=(255, 230, 0), width=2)
+    canvas = Image.new("RGB", (cell, cell + 28), (24, 24, 24))
+    canvas.paste(picture, (0, 0))
+    text = ImageDraw.Draw(canvas)
+    source = example["source_id"].decode() if isinstance(example["source_id"], bytes) else example["source_id"]
+    label = f"{source[-22:]}" + (f"  [{spec.class_names[int(example['label'])]}]" if "label" in example else "")
+    text.text((3, cell + 1), label, fill=(230, 230, 230))
+    text.text((3, cell + 14), f"y{example['core_y']} x{example['core_x']} copy {example['copy']}", fill=(170, 170, 170))
+    return canvas
+
+
+def contact_sheet(examples: list[dict], spec: DatasetSpec, columns: int, cell: int) -> Image.Image:
+    rows = max(1, -(-len(examples) // columns))
+    sheet = Image.new("RGB", (columns * (cell + 4), rows * (cell + 32)), (0, 0, 0))
+    for i, example in enumerate(examples):
+        sheet.paste(render_cell(example, spec, cell), ((i % columns) * (cell + 4), (i // columns) * (cell + 32)))
+    return sheet
+
+
+def run(argv: list[str] | None = None) -> int:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    args = build_parser().parse_args(argv)
+    spec = DatasetSpec.from_json(tf.io.gfile.GFile(f"{args.dataset.rstrip('/')}/{layout.SPEC_FILE}").read())
+    builder = tfds.builder_from_directory(args.dataset)
+    if args.split not in builder.info.splits:
+        raise SystemExit(f"tessera inspect: no split {args.split!r}; the dataset has {list(builder.info.splits)}")
+    examples = list(tfds.as_numpy(builder.as_dataset(split=args.split).take(args.count)))
+    if not examples:
+        raise SystemExit(f"tessera inspect: split {args.split!r} is empty")
+    contact_sheet(examples, spec, args.columns, args.cell).save(args.output)
+    kind = "image | mask overlay | core outline" if spec.task == SEGMENTATION else "image [label]"
+    print(f"tessera inspect: {len(examples)} {args.split} tiles ({kind}) -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
