@@ -144,7 +144,8 @@ def _open(data: bytes, name: str) -> Image.Image:
     prefix = data[:16]
     for fmt in FORMATS:
         factory, accept = Image.OPEN[fmt]
-        if accept is not None and accept(prefix) is not True:
+        accepted = accept is None or accept(prefix)
+        if not accepted or isinstance(accepted, str):  # a str is Pillow's "looks like, but ..."
             continue
         try:
             return factory(io.BytesIO(data), name)

@@ -42,6 +42,10 @@ def raw_png(array: np.ndarray, color_type: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
+def flip_byte(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
 def reason(fn, *args, **kw) -> str:
     with pytest.raises(RejectedInput) as info:
         fn(*args, **kw)
@@ -126,6 +130,7 @@ def test_max_pixels_is_the_policy_limit():
     (save(np.zeros((4, 4), np.float32), "TIFF"), "unsupported_mode"),    # mode 'F'
     (save(Image.fromarray(np.full((4, 4), 70000, np.int32)), "TIFF"), "unsupported_mode"),
     (raw_png(np.zeros((3, 4, 2), np.uint16), 4), "unsupported_mode"),    # 16-bit gray + alpha
+    (flip_byte(save(np.arange(400, dtype=np.uint8).reshape(20, 20)), 60), "unreadable"),  # damaged IDAT
 ])
 def test_bad_bytes_reasons(data, expected):
     assert reason(images.read_image, data, "f") == expected
@@ -172,11 +177,11 @@ def test_sixteen_bit_colour_png_is_read_exactly():
 
 
 def test_color_modes_alpha_and_luma():
-    rgb = np.random.default_rng(2).integers(0, 256, (6, 5, 3)).astype(np.uint8)
+    rgb = np.random.default_rng(2).integers(0, 256, (60, 50, 3)).astype(np.uint8)
     gray = images.read_image(save(rgb), "c", GRAY)
-    assert gray.shape == (6, 5, 1)
+    assert gray.shape == (60, 50, 1)
     np.testing.assert_array_equal(gray[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
-    rgba = np.dstack([rgb, np.arange(30, dtype=np.uint8).reshape(6, 5)])
+    rgba = np.dstack([rgb, np.arange(3000).astype(np.uint8).reshape(60, 50)])
     np.testing.assert_array_equal(images.read_image(save(rgba), "c"), rgb)   # alpha dropped, not composited
     np.testing.assert_array_equal(images.read_image(save(rgb[..., 0]), "c"), np.repeat(rgb[..., :1], 3, 2))
     np.testing.assert_array_equal(images.read_image(save(rgb), "c", KEEP16), rgb.astype(np.uint16) * 257)
@@ -330,6 +335,9 @@ def test_fit_to_size_modes():
     wide = images.fit_to_size(np.full((20, 40, 3), 60000, np.uint16), 8)
     assert wide.dtype == np.uint16 and (wide[2:6] == 60000).all() and (wide[:2] == 0).all()
     assert images.fit_to_size(np.ones((3, 3), np.uint8), 4, "pad").shape == (4, 4)
+    checker = (np.indices((32, 32)).sum(axis=0) % 2 * 255).astype(np.uint8)[..., None]
+    smooth = images.fit_to_size(checker, 16)  # an antialiasing filter, not nearest-neighbour
+    assert 100 < smooth[4:12, 4:12].min() and smooth[4:12, 4:12].max() < 155
     with pytest.raises(ValueError):
         images.fit_to_size(img, 16, "stretch")
 
