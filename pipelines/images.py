@@ -296,7 +296,7 @@ def read_image(data: bytes, name: str, policy: ImagePolicy | None = None) -> np.
 
 
 def auto_mask_mode(values, num_classes: int, name: str = "mask", *, palette: bool = False) -> str:
-    """"binary" or "ids" for on-disk ``values`` (ignore_values already removed), or refuse."""
+    """The mode ("binary" or "ids") for on-disk ``values`` (ignore_values removed), or refuse."""
     v = sorted(int(x) for x in values)
     if palette:
         return "ids"
