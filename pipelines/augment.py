@@ -164,8 +164,7 @@ def augment(
     if copy < 0:
         raise ValueError(f"copy must be >= 0, got {copy}")
     if copy == 0:
-        params: dict[str, Any] = {}
-    else:
-        params = sample_transform(np.random.default_rng(seed_for(source_id, core_y, core_x, copy)), config)
+        return image, mask, {}
+    params = sample_transform(np.random.default_rng(seed_for(source_id, core_y, core_x, copy)), config)
     out_image, out_mask = apply_transform(image, mask, params)
     return out_image, out_mask, params

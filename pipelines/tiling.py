@@ -67,6 +67,8 @@ def cut_tile(image: np.ndarray, y: int, x: int, core: int, margin: int) -> np.nd
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     height, width = image.shape[:2]
+    if y - margin >= 0 and x - margin >= 0 and y + core + margin <= height and x + core + margin <= width:
+        return image[y - margin:y + core + margin, x - margin:x + core + margin].copy()
     rows = mirror_index(_window(y, core, margin), height)
     cols = mirror_index(_window(x, core, margin), width)
     return image[np.ix_(rows, cols)]
