@@ -83,6 +83,15 @@ def decide(scores: np.ndarray, threshold: float | None) -> np.ndarray:
     return np.argmax(scores, axis=-1).astype(np.uint8)
 
 
+def ensemble_threshold(cards: Sequence[ModelCard], combine: str) -> float | None:
+    """The binary threshold applied to combined scores: mean of the cards' (0.5 for a card
+    without one) under "mean"; None (majority of votes) under "vote" or when no card has one."""
+    thresholds = [c.threshold for c in cards]
+    if combine == "vote" or all(t is None for t in thresholds):
+        return None
+    return float(np.mean([0.5 if t is None else t for t in thresholds]))
+
+
 def one_hot(ids: np.ndarray, classes: int) -> np.ndarray:
     return (ids[..., None] == np.arange(classes, dtype=ids.dtype)).astype(np.float32)
 
@@ -113,9 +122,7 @@ class EnsemblePredictor:
         self.models, self.combine, self.tta = list(models), combine, tta
         self.transforms = predict_tta.transforms(tta)
         self.card = models[0].card
-        thresholds = [m.card.threshold for m in models]
-        known = [t for t in thresholds if t is not None]
-        self.threshold = float(np.mean([0.5 if t is None else t for t in thresholds])) if known else None
+        self.threshold = ensemble_threshold([m.card for m in models], combine)
 
     @property
     def spatial(self) -> bool:

@@ -26,7 +26,7 @@ import json
 import struct
 import uuid
 import zlib
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import images
-from pipelines.predict_stitch import StripResult, count_components
+from pipelines.predict_stitch import ComponentCounter, StripResult
 
 PREDICTIONS_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("source", pa.string()), ("task", pa.string()),
@@ -131,6 +131,12 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+def delete_if_present(paths: list[str]) -> None:
+    present = [p for p in paths if FileSystems.exists(p)]
+    if present:
+        FileSystems.delete(present)
+
+
 def write_json(path: str, value) -> None:
     write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
@@ -175,42 +181,47 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask[..., None] > 0, blended, image).astype(np.uint8)
 
 
-def write_image_outputs(layout: OutputLayout, strips: list[StripResult] | Iterable[StripResult],
-                        reload: callable = None) -> dict:
-    """Write mask, probabilities and overlay of one image from its strips (in order); return its row.
+def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[StripResult]]) -> dict:
+    """Write mask, overlay (and probabilities) of one image from its strips; return its row.
 
-    ``strips`` may be a one-element list, or a re-iterable that loads parts one at a time
-    (``reload()`` returns a fresh iterator for each pass, so a large image is never whole in memory).
+    ``strips()`` yields the image's strips in order and may be called twice (mask pass,
+    probabilities pass); multi-strip images load one part at a time, so a large image is
+    never whole in memory.
     """
-    passes = reload or (lambda: iter(strips))
-    first = next(passes())
-    s, height, width = layout.settings, first.height, first.width
-    scale = 255 if s.binary_255 else 1
-    with atomic_create(layout.path(layout.mask(first.image_id))) as handle:
-        write_png_rows(handle, width, height, (r.mask * np.uint8(scale) for r in passes()))
-    if s.save_probabilities:
-        with atomic_create(layout.path(layout.probabilities(first.image_id))) as handle:
-            handle.write(npy_header((height, width, len(s.class_names)), np.float16))
-            for r in passes():
-                handle.write(np.ascontiguousarray(r.probabilities, "<f2").tobytes())
+    s, first = layout.settings, None
     counts, confidence, tiles, previews, masks = np.zeros(len(s.class_names), np.int64), 0.0, 0, [], []
-    for r in passes():
-        counts += r.class_counts
-        confidence += r.confidence_sum
-        tiles += r.tiles
-        previews.append(r.preview_image)
-        masks.append(r.preview_mask)
-    write_bytes(layout.path(layout.overlay(first.image_id)),
+    components = ComponentCounter(len(s.class_names))
+
+    def mask_rows() -> Iterator[np.ndarray]:
+        nonlocal counts, confidence, tiles
+        for r in strips():
+            counts += r.class_counts
+            confidence += r.confidence_sum
+            tiles += r.tiles
+            previews.append(r.preview_image)
+            masks.append(r.preview_mask)
+            components.add(r.mask)
+            yield r.mask * np.uint8(255 if s.binary_255 else 1)
+
+    first = next(strips())
+    image_id, height, width = first.image_id, first.height, first.width
+    with atomic_create(layout.path(layout.mask(image_id))) as handle:
+        write_png_rows(handle, width, height, mask_rows())
+    if s.save_probabilities:
+        with atomic_create(layout.path(layout.probabilities(image_id))) as handle:
+            handle.write(npy_header((height, width, len(s.class_names)), np.float16))
+            for r in strips():
+                handle.write(np.ascontiguousarray(r.probabilities, "<f2").tobytes())
+    write_bytes(layout.path(layout.overlay(image_id)),
                 images.encode_png(overlay(np.concatenate(previews), np.concatenate(masks)), compress_level=6))
-    components = count_components((r.mask for r in passes()), len(s.class_names))
-    pixels = height * width
+    pixels, per_class = height * width, components.result()
     return {
-        "image_id": first.image_id, "source": first.source, "task": s.task, "height": height, "width": width,
+        "image_id": image_id, "source": first.source, "task": s.task, "height": height, "width": width,
         "class_names": list(s.class_names), "class_fractions": [float(c) / pixels for c in counts],
-        "class_components": components, "components": int(sum(components[1:])),
+        "class_components": per_class, "components": int(sum(per_class[1:])),
         "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
-        "mask_path": layout.mask(first.image_id), "overlay_path": layout.overlay(first.image_id),
-        "probabilities_path": layout.probabilities(first.image_id) if s.save_probabilities else None,
+        "mask_path": layout.mask(image_id), "overlay_path": layout.overlay(image_id),
+        "probabilities_path": layout.probabilities(image_id) if s.save_probabilities else None,
         "tiles": tiles, "strips": first.strips, **_common(s),
     }
 

@@ -166,7 +166,7 @@ class StripTask:
         if self.whole:
             return self.pixels
         y, x, _, _ = self.boxes[i]
-        return tiling.cut_tile(self.pixels, y - self.origin + self.margin, x, self.core, self.margin)
+        return tiling.cut_tile(self.pixels, y - self.origin, x, self.core, self.margin)
 
     def image_rows(self) -> np.ndarray:
         """The source pixels of the output rows [a, b) (segmentation)."""

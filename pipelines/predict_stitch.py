@@ -127,20 +127,33 @@ class _Unions:
         return True
 
 
-def count_components(masks: Iterable[np.ndarray], classes: int) -> list[int]:
-    """Connected components (4-connectivity) of every class over vertically stacked strips."""
-    counts, merges = [0] * classes, [0] * classes
-    unions = [_Unions() for _ in range(classes)]
-    previous: list[np.ndarray | None] = [None] * classes
-    for mask in masks:
-        for c in range(classes):
+class ComponentCounter:
+    """Connected components (4-connectivity) of every class over strips added top to bottom."""
+
+    def __init__(self, classes: int):
+        self.counts, self.merges = [0] * classes, [0] * classes
+        self.unions = [_Unions() for _ in range(classes)]
+        self.previous: list[np.ndarray | None] = [None] * classes
+
+    def add(self, mask: np.ndarray) -> None:
+        if not len(mask):
+            return
+        for c in range(len(self.counts)):
             labels, n = ndimage.label(mask == c)
-            labels = np.where(labels > 0, labels + counts[c], 0)
-            if previous[c] is not None and len(labels):
-                touching = (previous[c] > 0) & (labels[0] > 0)
-                pairs = set(zip(previous[c][touching].tolist(), labels[0][touching].tolist()))
-                merges[c] += sum(unions[c].union(a, b) for a, b in sorted(pairs))
-            counts[c] += n
-            if len(labels):
-                previous[c] = labels[-1]
-    return [n - m for n, m in zip(counts, merges)]
+            labels = np.where(labels > 0, labels + self.counts[c], 0)
+            if self.previous[c] is not None:
+                touching = (self.previous[c] > 0) & (labels[0] > 0)
+                pairs = set(zip(self.previous[c][touching].tolist(), labels[0][touching].tolist()))
+                self.merges[c] += sum(self.unions[c].union(a, b) for a, b in sorted(pairs))
+            self.counts[c] += n
+            self.previous[c] = labels[-1]
+
+    def result(self) -> list[int]:
+        return [n - m for n, m in zip(self.counts, self.merges)]
+
+
+def count_components(masks: Iterable[np.ndarray], classes: int) -> list[int]:
+    counter = ComponentCounter(classes)
+    for mask in masks:
+        counter.add(mask)
+    return counter.result()

@@ -1,0 +1,183 @@
+"""``tessera predict``: batch prediction of exported models over images (Beam RunInference).
+
+Geometry (core, margin, input size) and normalisation come from the model card; images are
+cut into overlap tiles, predicted in batches (with optional test-time augmentation and an
+ensemble of models), stitched back per image to exactly its size, and written as masks,
+overlays, optional probabilities and ``predictions.parquet`` (see ``predict_outputs``).
+
+Run locally (DirectRunner, in-process; progress is printed while it works)::
+
+    python -m pipelines.predict --model-dir ./model --input ./new-images --output ./pred --tta flips
+
+or on several local processes::
+
+    tessera predict --model-dir ./model --input ./imgs --output ./pred \\
+        --direct_running_mode=multi_processing --direct_num_workers=2
+
+An ensemble on Dataflow (flags we do not know pass through to Beam untouched)::
+
+    tessera predict --model-dir gs://m/a --model-dir gs://m/b --ensemble mean \\
+        --input gs://bucket/images --output gs://bucket/pred --runner DataflowRunner ...
+
+Rerunning the same command skips images whose outputs are complete; an interrupted run
+resumes. ``--num-shards N --shard-index I`` (default ``$JOB_COMPLETION_INDEX``) predicts
+only shard I of the inputs, for Kubernetes Indexed Jobs; the last shard to finish merges.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import apache_beam as beam
+
+from pipelines import images, inference, predict_finish, predict_inputs, predict_tta, runner
+from pipelines import predict_outputs as outputs
+from pipelines import predict_plan as plan
+from pipelines import predict_transforms as pt
+from schemas.layout import SUCCESS_FILE
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    model_dirs: tuple[str, ...]
+    input: str
+    output: str
+    ensemble: str = "mean"
+    tta: str = "none"
+    batch_size: int = 16
+    overlap: float = 0.0
+    blend: str = "gaussian"
+    binary_255: bool = False
+    save_probabilities: bool = False
+    num_shards: int = 1
+    shard_index: int = 0
+    max_image_pixels: int = 400_000_000
+    memory_limit_mb: int = 2048
+
+    def __post_init__(self) -> None:
+        if not self.model_dirs:
+            raise ValueError("at least one --model-dir is required")
+        if self.ensemble not in inference.ENSEMBLES:
+            raise ValueError(f"--ensemble must be one of {inference.ENSEMBLES}")
+        predict_tta.transforms(self.tta)
+        plan.stride_for(1, self.overlap)
+        if self.blend not in ("gaussian", "linear"):
+            raise ValueError(f"--blend must be gaussian or linear, got {self.blend!r}")
+        if self.batch_size < 1 or self.memory_limit_mb < 1 or self.max_image_pixels < 1:
+            raise ValueError("--batch-size, --memory-limit-mb and --max-image-pixels must be positive")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise ValueError(f"--shard-index must be in [0, --num-shards={self.num_shards}), got {self.shard_index}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = PredictConfig(("-",), "", "")
+    p = argparse.ArgumentParser(prog="tessera predict", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model-dir", action="append", required=True, dest="model_dirs",
+                   help="a `tessera train` model directory; repeat for an ensemble")
+    p.add_argument("--ensemble", choices=inference.ENSEMBLES, default=d.ensemble,
+                   help="combine several models by mean probability or majority vote")
+    p.add_argument("--input", required=True, help="folder, glob, or .txt list of images (local or gs://)")
+    p.add_argument("--output", required=True, help="prediction directory (local or gs://)")
+    p.add_argument("--tta", choices=tuple(predict_tta.TTA_MODES), default=d.tta,
+                   help="test-time augmentation: none, flips (identity + mirror) or dihedral (8)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tiles per inference call")
+    p.add_argument("--overlap", type=float, default=d.overlap, help="fraction of the core shared by neighbours (0..0.5)")
+    p.add_argument("--blend", choices=("gaussian", "linear"), default=d.blend, help="weights of overlapping cores")
+    p.add_argument("--binary-255", action="store_true", help="binary masks as 0/255 instead of class ids 0/1")
+    p.add_argument("--save-probabilities", action="store_true", help="also write float16 (H, W, K) .npy maps")
+    p.add_argument("--num-shards", type=int, default=d.num_shards, help="split the inputs into N shards")
+    p.add_argument("--shard-index", type=int, default=int(os.environ.get("JOB_COMPLETION_INDEX", d.shard_index)),
+                   help="the shard this run predicts (default $JOB_COMPLETION_INDEX or 0)")
+    p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="larger images are rejected")
+    p.add_argument("--memory-limit-mb", type=int, default=d.memory_limit_mb,
+                   help="per-worker bound for one image's arrays: larger images go in strips, or are rejected")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PredictConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PredictConfig)}
+    return PredictConfig(**{**values, "model_dirs": tuple(args.model_dirs)})
+
+
+def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
+    """The workers' spec from the model cards (geometry is never typed by the user)."""
+    read = [inference.read_card(d) for d in config.model_dirs]
+    cards = [card for card, _ in read]
+    inference.check_compatible(cards, config.model_dirs)
+    card = cards[0]
+    if config.binary_255 and card.num_classes != 2:
+        raise ValueError(f"--binary-255 needs a binary model; {config.model_dirs[0]} has {card.num_classes} classes")
+    settings = outputs.OutputSettings(
+        task=card.task, class_names=card.class_names, model_ids=tuple(model_id for _, model_id in read),
+        ensemble=config.ensemble, tta=config.tta, overlap=config.overlap, blend=config.blend,
+        binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation")
+    geometry = plan.Geometry(card.task, card.core, card.margin, card.channels, 2 if card.input_dtype == "uint16" else 1,
+                             card.num_classes, plan.stride_for(card.core, config.overlap), config.batch_size,
+                             settings.save_probabilities)
+    policy = images.ImagePolicy(color_mode="rgb" if card.channels == 3 else "grayscale",
+                                bit_depth="keep16" if card.input_dtype == "uint16" else "scale8",
+                                max_pixels=config.max_image_pixels)
+    spec = pt.JobSpec(geometry, policy, outputs.OutputLayout(config.output, settings), config.memory_limit_mb * 2**20,
+                      inference.ensemble_threshold(cards, config.ensemble), card.config.get("fit", "resize"),
+                      card.input_size)
+    return spec, cards
+
+
+def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, todo: list[pt.ImageInput]) -> None:
+    handler = inference.TileModelHandler(config.model_dirs, config.tta, config.ensemble, config.batch_size)
+    cut = (p | "Inputs" >> beam.Create(todo) | "Spread" >> beam.Reshuffle() | "CutStrips" >> pt.CutStrips(spec))
+    _ = cut.tasks | "PredictTiles" >> pt.PredictTiles(handler) | "StitchImages" >> pt.StitchImages(spec)
+    _ = cut[pt.REJECTED] | "WriteRejected" >> pt.WriteRejected(spec.layout)
+
+
+def local_args(beam_args: list[str]) -> list[str]:
+    """In-process DirectRunner unless told otherwise: TensorFlow already uses every core."""
+    if any(a.startswith(("--runner", "--direct_running_mode", "--direct_num_workers")) for a in beam_args):
+        return list(beam_args)
+    return list(beam_args) + ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def run(argv: list[str] | None = None) -> int:
+    started = time.time()
+    args, beam_args = build_parser().parse_known_args(argv)
+    config = config_from_args(args)
+    spec, _ = job_spec(config)
+    layout = spec.layout
+    inputs, listing_rejected = predict_inputs.list_inputs(config.input)
+    mine = lambda key: predict_inputs.in_shard(key, config.num_shards, config.shard_index)  # noqa: E731
+    inputs = [i for i in inputs if mine(i.image_id)]
+    listing_rejected = [r for r in listing_rejected if mine(r["image_id"] or r["source"])]
+    done = predict_inputs.completed(layout, inputs)
+    todo = [i for i in inputs if i.image_id not in done]
+    suffix = predict_finish.shard_suffix(config.num_shards, config.shard_index)
+    stale = [layout.path(f"{SUCCESS_FILE}{s}") for s in {suffix, ""}]
+    outputs.delete_if_present(stale)
+    config_record = {**dataclasses.asdict(config), "shard_index": None, "settings": dataclasses.asdict(layout.settings),
+                     "fingerprint": layout.settings.fingerprint(), "geometry": dataclasses.asdict(spec.geometry),
+                     "threshold": spec.threshold, "image_policy": spec.policy.describe(),
+                     "memory_limit_bytes": spec.memory_limit_bytes}
+    outputs.write_json(layout.path("config.json"), config_record)
+    print(f"tessera predict: {len(inputs)} images in shard {config.shard_index + 1}/{config.num_shards}, "
+          f"{len(done)} already done, {len(todo)} to predict -> {config.output}", flush=True)
+    if todo:
+        pipeline = runner.make_pipeline(local_args(beam_args))
+        build_pipeline(pipeline, config, spec, todo)
+        progress = predict_finish.Progress(layout, todo)
+        progress.start()
+        try:
+            pipeline.run().wait_until_finish()
+        finally:
+            progress.stop()
+    summary = predict_finish.finish(layout, inputs, listing_rejected, done, config.num_shards,
+                                    config.shard_index, started)
+    print(f"tessera predict: {summary['predicted']} predicted, {summary['skipped_done']} already done, "
+          f"{summary['rejected']} rejected {summary['rejected_reasons'] or ''} -> {config.output}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,138 @@
+"""After (and while) the prediction pipeline runs: progress lines, the Parquet, rejected.jsonl, _SUCCESS.
+
+Everything here reads the per-image files the workers wrote, so the summary is the same
+whichever runner ran the job, and nothing is counted twice: in = predicted +
+skipped_done + rejected, checked before ``_SUCCESS`` is written.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import datetime
+import json
+import sys
+import threading
+import time
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import predict_outputs as outputs
+from pipelines.predict_inputs import existing
+from pipelines.predict_transforms import ImageInput
+from schemas.layout import REJECTED_FILE, SUCCESS_FILE
+
+PARQUET_FILE = "predictions.parquet"
+
+
+def shard_suffix(num_shards: int, shard_index: int) -> str:
+    return f"-{shard_index:05d}-of-{num_shards:05d}" if num_shards > 1 else ""
+
+
+def _read_all(paths: list[str]) -> list:
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(outputs.read_json, paths))
+
+
+class Progress(threading.Thread):
+    """Prints "images done of total, tiles/s" every ``interval`` seconds while a local run works."""
+
+    def __init__(self, layout: outputs.OutputLayout, pending: list[ImageInput], interval: float = 5.0, stream=None):
+        super().__init__(daemon=True)
+        self.layout, self.pending, self.total = layout, {i.image_id: i.path for i in pending}, len(pending)
+        self.interval, self.stream = interval, stream or sys.stderr
+        self.done, self.rejected, self.tiles, self.started = 0, 0, 0, time.time()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.report()
+
+    def report(self) -> None:
+        files = existing(self.layout.root, f"rows/{self.layout.settings.fingerprint()}")
+        bad = existing(self.layout.root, "rejected")
+        new = sorted(i for i in self.pending if self.layout.row(i) in files)
+        rows = _read_all([self.layout.path(self.layout.row(i)) for i in new])
+        for i in new:
+            del self.pending[i]
+        rejected = [i for i, path in self.pending.items() if self.layout.rejected(path) in bad]
+        for i in rejected:
+            del self.pending[i]
+        self.done += len(new)
+        self.rejected += len(rejected)
+        self.tiles += sum(r["tiles"] for r in rows)
+        elapsed = max(time.time() - self.started, 1e-9)
+        print(f"tessera predict: {self.done + self.rejected}/{self.total} images done ({self.rejected} rejected), "
+              f"{self.tiles} tiles, {self.tiles / elapsed:.1f} tiles/s, {elapsed:.0f} s",
+              file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.report()
+
+
+def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejected: list[dict],
+           skipped: set[str], num_shards: int, shard_index: int, started: float) -> dict:
+    """Collect the shard's rows and rejections into its Parquet, rejected JSONL and _SUCCESS."""
+    rows_present = existing(layout.root, f"rows/{layout.settings.fingerprint()}")
+    rejected_present = existing(layout.root, "rejected")
+    done = [i for i in inputs if layout.row(i.image_id) in rows_present]
+    rows = _read_all([layout.path(layout.row(i.image_id)) for i in done])
+    done_ids = {i.image_id for i in done}
+    stale = [layout.path(layout.rejected(i.path)) for i in done if layout.rejected(i.path) in rejected_present]
+    if stale:
+        FileSystems.delete(stale)
+    failed = [i for i in inputs if i.image_id not in done_ids]
+    lost = [i.path for i in failed if layout.rejected(i.path) not in rejected_present]
+    if lost:
+        raise RuntimeError(f"{len(lost)} inputs have neither outputs nor a rejected record (first: {lost[:5]}); "
+                           "the run did not complete; rerun the same command to resume")
+    rejected = sorted(_read_all([layout.path(layout.rejected(i.path)) for i in failed]) + listing_rejected,
+                      key=lambda r: r["source"])
+    suffix = shard_suffix(num_shards, shard_index)
+    outputs.write_parquet(layout.path(f"predictions{suffix}.parquet"), rows)
+    _write_jsonl(layout.path(f"rejected{suffix}.jsonl"), rejected)
+    summary = {
+        "sources_in": len(inputs) + len(listing_rejected),
+        "predicted": len(done_ids - skipped), "skipped_done": len(done_ids & skipped), "rejected": len(rejected),
+        "rejected_reasons": dict(sorted(collections.Counter(r["reason"] for r in rejected).items())),
+        "tiles": sum(r["tiles"] for r in rows if r["image_id"] not in skipped),
+        "seconds": round(time.time() - started, 3), "settings": layout.settings.fingerprint(),
+        "num_shards": num_shards, "shard_index": shard_index,
+        "completed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    assert summary["sources_in"] == summary["predicted"] + summary["skipped_done"] + summary["rejected"]
+    outputs.write_json(layout.path(f"{SUCCESS_FILE}{suffix}"), summary)
+    if num_shards > 1:
+        merge_shards(layout, num_shards)
+    return summary
+
+
+def _write_jsonl(path: str, records: list[dict]) -> None:
+    outputs.write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8"))
+
+
+def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:
+    """When every shard has its _SUCCESS, write the merged Parquet, rejected.jsonl and _SUCCESS.
+
+    Shards finishing at the same time may both merge; they write the same content.
+    """
+    suffixes = [shard_suffix(num_shards, i) for i in range(num_shards)]
+    if not all(FileSystems.exists(layout.path(f"{SUCCESS_FILE}{s}")) for s in suffixes):
+        return False
+    summaries = [outputs.read_json(layout.path(f"{SUCCESS_FILE}{s}")) for s in suffixes]
+    if len({s["settings"] for s in summaries}) != 1:
+        return False
+    rows = [row for s in suffixes for row in outputs.read_parquet(layout.path(f"predictions{s}.parquet")).to_pylist()]
+    outputs.write_parquet(layout.path(PARQUET_FILE), rows)
+    lines = b"".join(outputs.read_bytes(layout.path(f"rejected{s}.jsonl")) for s in suffixes)
+    records = sorted((json.loads(line) for line in lines.decode("utf-8").splitlines()), key=lambda r: r["source"])
+    _write_jsonl(layout.path(REJECTED_FILE), records)
+    counts = ("sources_in", "predicted", "skipped_done", "rejected", "tiles")
+    merged = {k: sum(s[k] for s in summaries) for k in counts}
+    merged["rejected_reasons"] = dict(sorted(sum((collections.Counter(s["rejected_reasons"]) for s in summaries),
+                                                 collections.Counter()).items()))
+    merged.update(settings=summaries[0]["settings"], num_shards=num_shards,
+                  completed_at=max(s["completed_at"] for s in summaries))
+    outputs.write_json(layout.path(SUCCESS_FILE), merged)
+    return True

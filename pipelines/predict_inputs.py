@@ -1,0 +1,121 @@
+"""What a prediction run works on: listing the inputs, image ids, shards, and what is already done.
+
+``--input`` is a folder (every file below it), a glob (``*``, ``?``, ``[``), or a ``.txt``
+file listing one path per line (blank lines and ``#`` comments ignored); local or any
+Beam FileSystems scheme. An image's id is its path relative to the folder (the glob's
+fixed prefix, or the listed paths' common folder), without extension, '/'-separated; its
+outputs are named by it. Files without an image extension and ids that two files share
+become rejected records here.
+
+Shards: an image belongs to shard ``int(sha256(id)[:8]) % N``. This depends on the id
+alone, so every image is in exactly one shard for any N, and pods that list the input at
+slightly different moments still agree on who does what.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import predict_outputs as outputs
+from pipelines.predict_transforms import ImageInput
+from pipelines.sources import has_image_extension, rejected
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _match(pattern: str) -> list:
+    return FileSystems.match([pattern])[0].metadata_list
+
+
+def _common_folder(paths: list[str]) -> str:
+    parts = [p.split("/")[:-1] for p in paths]
+    common = parts[0]
+    for other in parts[1:]:
+        n = 0
+        while n < min(len(common), len(other)) and common[n] == other[n]:
+            n += 1
+        common = common[:n]
+    return "/".join(common)
+
+
+def _listed(list_file: str) -> list[tuple[str, int]]:
+    """Paths named in a list file (relative ones resolved against its folder); sizes unknown (0).
+
+    They are not checked here (one request per file would dominate large lists on object
+    stores); a missing one is rejected by the worker that reads it.
+    """
+    text = outputs.read_bytes(list_file).decode("utf-8")
+    base = posixpath.dirname(list_file)
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            relative = not (FileSystems.get_scheme(line) or line.startswith("/"))
+            found.append((posixpath.normpath(posixpath.join(base, line)) if relative else line, 0))
+    return found
+
+
+def list_files(spec: str) -> tuple[list[tuple[str, int]], str, list[dict]]:
+    """(sorted [(path, bytes)], root folder, rejected records) for ``--input``."""
+    if _GLOB.search(spec):
+        root = spec[:_GLOB.search(spec).start()].rsplit("/", 1)[0]
+        files, bad = [(m.path, m.size_in_bytes) for m in _match(spec)], []
+    elif spec.endswith(".txt") and not spec.endswith("/"):
+        files, bad = _listed(spec), []
+        root = _common_folder([p for p, _ in files]) if files else posixpath.dirname(spec)
+    else:
+        root = spec.rstrip("/")
+        files, bad = [(m.path, m.size_in_bytes) for m in _match(f"{root}/**")], []
+    if not files and not bad:
+        raise FileNotFoundError(f"--input {spec}: no files found")
+    return sorted(set(files)), root, bad
+
+
+def image_id(path: str, root: str) -> str:
+    relative = path[len(root.rstrip("/")) + 1:] if root and path.startswith(root.rstrip("/") + "/") else path
+    return posixpath.splitext(relative.lstrip("/"))[0]
+
+
+def list_inputs(spec: str) -> tuple[list[ImageInput], list[dict]]:
+    """Images to predict (sorted by id) and rejected records (not images, shared ids, missing)."""
+    files, root, bad = list_files(spec)
+    seen: dict[str, str] = {}
+    good = []
+    for path, size in files:
+        key = image_id(path, root)
+        if not has_image_extension(path):
+            bad.append({**rejected(path, "not_an_image", "not an image file extension"), "image_id": key})
+        elif key in seen:
+            bad.append({**rejected(path, "duplicate_id", f"{seen[key]} has the same id {key!r}"), "image_id": key})
+        else:
+            seen[key] = path
+            good.append(ImageInput(key, path, size))
+    return sorted(good, key=lambda i: i.image_id), bad
+
+
+def shard_of(key: str, num_shards: int) -> int:
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % num_shards
+
+
+def in_shard(key: str, num_shards: int, shard_index: int) -> bool:
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+    return shard_of(key, num_shards) == shard_index
+
+
+def existing(root: str, folder: str) -> set[str]:
+    """Relative paths of the files under ``root/folder`` (one listing)."""
+    prefix = f"{root.rstrip('/')}/"
+    return {m.path[len(prefix):] for m in _match(f"{prefix}{folder}/**")} if FileSystems.exists(prefix + folder) else set()
+
+
+def completed(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> set[str]:
+    """Ids whose row (for these settings) and every output file exist."""
+    files = existing(layout.root, f"rows/{layout.settings.fingerprint()}")
+    for folder in ("masks", "overlays", "probabilities"):
+        files |= existing(layout.root, folder)
+    return {i.image_id for i in inputs
+            if layout.row(i.image_id) in files and all(p in files for p in layout.outputs(i.image_id))}

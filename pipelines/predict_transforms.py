@@ -1,0 +1,203 @@
+"""Beam transforms of the prediction job: read and cut strips, predict tiles, stitch and write images.
+
+    inputs --CutStrips--> StripTasks --PredictTiles (RunInference)--> scored strips
+           \\-> rejected --WriteRejected                               --StitchImages--> rows
+
+Single-strip images are stitched and written right after inference, in the same fused
+stage; images cut into several strips (memory bound) write one part file per strip and
+meet again after a GroupByKey on the image id that carries only the parts' summaries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+
+from pipelines import images, inference, predict_outputs as outputs, predict_plan as plan
+from pipelines.predict_stitch import StripResult, strip_result
+from pipelines.sources import rejected as rejected_record
+
+REJECTED = "rejected"
+PARTS = "parts"
+NAMESPACE = "tessera.predict"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    image_id: str
+    path: str
+    size_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """What the workers need besides the model itself."""
+
+    geometry: plan.Geometry
+    policy: images.ImagePolicy
+    layout: outputs.OutputLayout
+    memory_limit_bytes: int
+    threshold: float | None = None   # applied to combined scores (see inference.ensemble_threshold)
+    fit: str = "resize"              # classification: how a photo becomes input_size x input_size
+    input_size: int = 0
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        return inference.decide(scores, self.threshold)
+
+
+def reject(image_id: str, source: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+    Metrics.counter(NAMESPACE, "rejected").inc()
+    Metrics.counter(NAMESPACE, f"rejected_{reason}").inc()
+    return beam.pvalue.TaggedOutput(REJECTED, {**rejected_record(source, reason, detail), "image_id": image_id})
+
+
+class _ReadAndCut(beam.DoFn):
+    """ImageInput -> StripTasks (validated, planned under the memory bound), or a rejected record."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+
+    def process(self, item: ImageInput) -> Iterator[Any]:
+        started, spec, g = time.time(), self.spec, self.spec.geometry
+        try:
+            if not FileSystems.exists(item.path):
+                raise images.RejectedInput("missing_file", f"{item.path}: no such file")
+            with FileSystems.open(item.path) as handle:
+                data = handle.read()
+            height, width = images.image_size(data, item.path, spec.policy)
+            if height * width > spec.policy.max_pixels:
+                raise images.RejectedInput("too_large", (
+                    f"{item.path}: {width}x{height} = {height * width} pixels exceeds "
+                    f"--max-image-pixels {spec.policy.max_pixels}"))
+            strips = plan.plan_strips(height, width, len(data), g, spec.memory_limit_bytes, item.path)
+            image = images.read_image(data, item.path, spec.policy)
+        except images.RejectedInput as e:
+            yield reject(item.image_id, item.path, e.reason, e.detail)
+            return
+        del data
+        if g.task != "segmentation":
+            fitted = images.fit_to_size(image, spec.input_size, spec.fit)
+            yield plan.whole_image_task(item.image_id, item.path, fitted, height, width, started)
+            return
+        Metrics.counter(NAMESPACE, "strips").inc(len(strips))
+        yield from plan.strip_tasks(item.image_id, item.path, image, g, strips, started)
+
+
+class CutStrips(beam.PTransform):
+    """ImageInputs -> (StripTasks, rejected records)."""
+
+    def __init__(self, spec: JobSpec):
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, inputs):
+        return inputs | "ReadAndCut" >> beam.ParDo(_ReadAndCut(self.spec)).with_outputs(REJECTED, main="tasks")
+
+
+class PredictTiles(beam.PTransform):
+    """StripTasks -> PredictionResult(task, scores of its tiles), batched across tasks by tile count."""
+
+    def __init__(self, handler: inference.TileModelHandler):
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, tasks):
+        return tasks | "RunInference" >> RunInference(self.handler)
+
+
+def finish_row(layout: outputs.OutputLayout, row: dict, started: float) -> dict:
+    """Time the image and write its row: the last file of an image, which marks it done."""
+    row = {**row, "seconds": time.time() - started}
+    outputs.write_json(layout.path(layout.row(row["image_id"])), row)
+    Metrics.counter(NAMESPACE, "images_predicted").inc()
+    Metrics.counter(NAMESPACE, "tiles_predicted").inc(row["tiles"])
+    return row
+
+
+class _StitchStrip(beam.DoFn):
+    """A scored strip -> the image's row (single strip / classification) or a part for later."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+
+    def process(self, result: PredictionResult) -> Iterator[Any]:
+        task, scores, layout = result.example, result.inference, self.spec.layout
+        if task.whole:
+            decision = int(self.spec.decide(scores[0]))
+            row = outputs.classification_row(layout.settings, task.image_id, task.source, task.height,
+                                             task.width, scores[0], decision)
+            yield finish_row(layout, row, task.started)
+            return
+        strip = strip_result(task, scores, self.spec.decide, layout.settings.blend,
+                             layout.settings.save_probabilities)
+        if task.strips == 1:
+            yield finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started)
+            return
+        path = layout.path(layout.part(task.image_id, task.strip, task.strips))
+        outputs.write_bytes(path, strip.to_bytes())
+        yield beam.pvalue.TaggedOutput(PARTS, (task.image_id, {**strip.summary(), "part": path}))
+
+
+class _FinishParts(beam.DoFn):
+    """(image id, part summaries) -> the image's outputs and row; the parts are then deleted."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+
+    def process(self, keyed: tuple[str, list[dict]]) -> Iterator[dict]:
+        image_id, parts = keyed
+        parts = sorted(parts, key=lambda p: p["strip"])
+        if [p["strip"] for p in parts] != list(range(parts[0]["strips"])):
+            raise RuntimeError(f"{image_id}: expected strips 0..{parts[0]['strips'] - 1}, "
+                               f"got {[p['strip'] for p in parts]}")
+
+        def strips() -> Iterator[StripResult]:
+            for part in parts:
+                summary = {k: v for k, v in part.items() if k != "part"}
+                yield StripResult.from_parts(summary, outputs.read_bytes(part["part"]))
+
+        layout = self.spec.layout
+        row = outputs.write_image_outputs(layout, strips)
+        yield finish_row(layout, row, min(p["started"] for p in parts))
+        FileSystems.delete([p["part"] for p in parts])
+
+
+class StitchImages(beam.PTransform):
+    """Scored strips -> one row per image, after writing its mask, overlay and probabilities."""
+
+    def __init__(self, spec: JobSpec):
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, scored):
+        stitched = scored | "Stitch" >> beam.ParDo(_StitchStrip(self.spec)).with_outputs(PARTS, main="rows")
+        finished = (stitched[PARTS]
+                    | "GroupStrips" >> beam.GroupByKey()
+                    | "FinishStrips" >> beam.ParDo(_FinishParts(self.spec)))
+        return (stitched.rows, finished) | "Rows" >> beam.Flatten()
+
+
+class _WriteRejectedRecord(beam.DoFn):
+    def __init__(self, layout: outputs.OutputLayout):
+        self.layout = layout
+
+    def process(self, record: dict) -> Iterator[dict]:
+        outputs.write_json(self.layout.path(self.layout.rejected(record["source"])), record)
+        yield record
+
+
+class WriteRejected(beam.PTransform):
+    """Rejected records -> one JSON file each under rejected/ (collected into rejected.jsonl at the end)."""
+
+    def __init__(self, layout: outputs.OutputLayout):
+        super().__init__()
+        self.layout = layout
+
+    def expand(self, records):
+        return records | "WriteRecord" >> beam.ParDo(_WriteRejectedRecord(self.layout))

@@ -1,0 +1,88 @@
+"""Tiny exported models honouring the model-card contract, for the prediction tests and bench.
+
+Each is a ``tf.Module`` with fixed random weights, saved with ``tf.saved_model.save`` and a
+``serving_default`` signature taking uint8 ``tiles`` [N, T, T, C] and returning float32
+``probabilities`` [N, O, O, K] (segmentation) or [N, K] (classification), beside a
+``model_card.json``. ``forward`` runs the same network on an image of any size, which is
+what the seamlessness tests compare tiled prediction with.
+
+Kinds:
+- ``same``: ``layers`` 3x3 'SAME' convolutions (receptive-field radius = layers), O = T;
+- ``valid``: the same with 'VALID' convolutions, so margin = layers and O = core;
+- ``pixel``: one 1x1 convolution (per-pixel, hence equivariant to every flip and turn);
+- ``classify``: global mean of the normalised pixels through a dense layer.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from schemas.model_card import ModelCard
+
+
+class ToyModel(tf.Module):
+    def __init__(self, kind: str, channels: int, classes: int, layers: int, width: int, seed: int,
+                 scale: float, offset: float):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.kind, self.scale, self.offset = kind, scale, offset
+        self.padding = "VALID" if kind == "valid" else "SAME"
+        if kind == "classify":
+            self.dense = tf.Variable(rng.normal(0, 2.0, (channels, classes)).astype(np.float32))
+            self.kernels = []
+            return
+        sizes = [channels] + [width] * (layers if kind in ("same", "valid") else 0)
+        self.kernels = [tf.Variable(rng.normal(0, 0.5, (3, 3, a, b)).astype(np.float32))
+                        for a, b in zip(sizes[:-1], sizes[1:])]
+        self.head = tf.Variable(rng.normal(0, 1.0, (1, 1, sizes[-1], classes)).astype(np.float32))
+
+    def forward(self, pixels):
+        x = tf.cast(pixels, tf.float32) * self.scale + self.offset
+        if self.kind == "classify":
+            return tf.nn.softmax(tf.reduce_mean(x, axis=(1, 2)) @ self.dense)
+        for kernel in self.kernels:
+            x = tf.tanh(tf.nn.conv2d(x, kernel, 1, self.padding))
+        return tf.nn.softmax(tf.nn.conv2d(x, self.head, 1, "SAME"))
+
+
+def export_model(directory: str, kind: str = "same", core: int = 8, margin: int = 3, channels: int = 3,
+                 classes: int = 2, layers: int = 3, width: int = 4, seed: int = 0,
+                 threshold: float | None = None, name: str | None = None,
+                 input_size: int | None = None) -> ToyModel:
+    """Write a model directory (saved_model/ + model_card.json); returns the module."""
+    scale, offset = 1.0 / 255.0, -0.5
+    model = ToyModel(kind, channels, classes, layers, width, seed, scale, offset)
+    task = "classification" if kind == "classify" else "segmentation"
+    tile = input_size or core + 2 * margin
+    if kind == "valid":
+        assert margin == layers, "a valid-conv model's margin is its receptive-field radius"
+    output_size = core if kind == "valid" else tile
+    signature = tf.function(lambda tiles: {"probabilities": model.forward(tiles)},
+                            input_signature=[tf.TensorSpec([None, tile, tile, channels], tf.uint8, name="tiles")])
+    os.makedirs(directory, exist_ok=True)
+    tf.saved_model.save(model, os.path.join(directory, "saved_model"), signatures={"serving_default": signature})
+    names = ("background", "foreground") if classes == 2 else tuple(f"class{i}" for i in range(classes))
+    card = ModelCard(task=task, model_name=name or f"toy-{kind}", core=tile if task == "classification" else core,
+                     margin=0 if task == "classification" else margin, input_size=tile,
+                     output_size=output_size, channels=channels,
+                     class_names=names, normalization={"scale": scale, "offset": offset}, threshold=threshold,
+                     config={"seed": seed, "fit": "resize"})
+    with open(os.path.join(directory, "model_card.json"), "w") as f:
+        f.write(card.to_json())
+    return model
+
+
+def whole_image_probabilities(model: ToyModel, image: np.ndarray, pad: int) -> np.ndarray:
+    """The network on the whole image mirror-padded by ``pad`` (repeated reflection), cropped back."""
+    from pipelines.tiling import mirror_index
+
+    h, w = image.shape[:2]
+    rows = mirror_index(np.arange(-pad, h + pad), h)
+    cols = mirror_index(np.arange(-pad, w + pad), w)
+    padded = image[np.ix_(rows, cols)]
+    out = model.forward(padded[None]).numpy()[0]
+    if model.padding == "VALID":
+        return out
+    return out[pad:pad + h, pad:pad + w]
