@@ -1,0 +1,306 @@
+"""``tessera evaluate``: score a prediction directory against ground truth.
+
+    tessera evaluate --predictions ./pred --truth ./labels --output report.json
+    tessera evaluate --predictions ./pred --truth ./photos --output cls.json   # class folders
+    tessera evaluate --predictions ./pred --truth labels.csv --output cls.json # image_id,label
+
+Segmentation: ``--truth`` is a folder of masks paired with ``<predictions>/masks/<id>.png``
+by relative path without extension, read with the preprocessing mask mapping
+(``--mask-values``). Classification (``predictions.parquet`` has a ``label`` column, or
+``--task classification``): truth is a class-per-folder tree or a CSV ``image_id,label``.
+
+Writes ``report.json``, ``report.parquet`` (one row per image id seen on either side, with
+its ``status``), ``report_confusion.parquet`` (truth, predicted, count) and
+``report_confusion.png`` beside it, and prints a table. Metric conventions: pipelines/scores.py.
+A plain Python command (no Beam pipeline); ``--workers N`` scores images in N processes.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import io
+import json
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import scores
+from pipelines.confusion_plot import render_confusion_png
+from pipelines.evaluate_inputs import (
+    PREDICTIONS_FILE, detect_task, exists, list_files, predicted_labels, prediction_mask_paths, read_bytes,
+    read_prediction, read_predictions_table, read_truth_labels, match_ids, resolve_class_names, write_bytes)
+from pipelines.images import MaskPolicy, RejectedInput, parse_mask_values, read_mask
+from pipelines.sources import rejected
+from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    predictions: str
+    truth: str
+    output: str = "report.json"
+    mask_values: str = "auto"
+    class_names: tuple[str, ...] = ()
+    beta: float = 1.0
+    task: str = "auto"
+    workers: int = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tessera evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="directory written by tessera predict")
+    p.add_argument("--truth", required=True, help="mask folder, class-per-folder tree, or CSV image_id,label")
+    p.add_argument("--output", default="report.json", help="report JSON; .parquet/.png are written beside it")
+    p.add_argument("--mask-values", default="auto", help="truth mask mapping, as in preprocess")
+    p.add_argument("--class-names", default="", help="a,b,...; default: from the predictions")
+    p.add_argument("--beta", type=float, default=1.0, help="beta of the F-beta score")
+    p.add_argument("--task", choices=("auto", SEGMENTATION, CLASSIFICATION), default="auto")
+    p.add_argument("--workers", type=int, default=1, help="processes scoring images (0: all cores)")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = EvaluateConfig(
+        predictions=args.predictions.rstrip("/"), truth=args.truth.rstrip("/"), output=args.output,
+        mask_values=args.mask_values, beta=args.beta, task=args.task, workers=args.workers,
+        class_names=tuple(n.strip() for n in args.class_names.split(",") if n.strip()))
+    report = evaluate(config)
+    return 0 if report["counts"]["evaluated"] > 0 else 1
+
+
+# ---------------------------------------------------------------- segmentation
+
+@dataclasses.dataclass(frozen=True)
+class PairTask:
+    image_id: str
+    truth_path: str
+    prediction_path: str
+    policy: MaskPolicy
+
+
+def score_pair(task: PairTask) -> dict:
+    """Confusion counts and the adapted-Rand contingency table of one image, or a rejection."""
+    if not exists(task.prediction_path):
+        return {"image_id": task.image_id, "status": "rejected", "reason": "prediction_file_missing",
+                "detail": f"{PREDICTIONS_FILE} lists {task.prediction_path}, which does not exist"}
+    try:
+        truth = read_mask(read_bytes(task.truth_path), task.truth_path, task.policy)
+        pred = read_prediction(read_bytes(task.prediction_path), task.prediction_path, task.policy.num_classes)
+    except RejectedInput as e:
+        return {"image_id": task.image_id, "status": "rejected", "reason": e.reason, "detail": e.detail}
+    if truth.shape != pred.shape:
+        return {"image_id": task.image_id, "status": "rejected", "reason": "size_mismatch",
+                "detail": f"truth {truth.shape} vs prediction {pred.shape}"}
+    return {"image_id": task.image_id, "status": "evaluated",
+            "confusion": scores.confusion_matrix(truth, pred, task.policy.num_classes),
+            "rand_table": scores.rand_table(truth, pred),
+            "height": truth.shape[0], "width": truth.shape[1],
+            "ignored_pixels": int(np.sum(truth == IGNORE_LABEL))}
+
+
+def map_tasks(fn, tasks: list, workers: int) -> list:
+    if workers == 1 or len(tasks) < 2:
+        return [fn(t) for t in tasks]
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers or None) as pool:
+        return list(pool.map(fn, tasks, chunksize=max(1, len(tasks) // (8 * (workers or 4)))))
+
+
+def flat_scores(confusion: np.ndarray, class_names: tuple[str, ...], beta: float) -> dict:
+    row = scores.segmentation_summary(confusion, beta)
+    per_class = scores.class_scores(confusion, beta)
+    for i, name in enumerate(class_names):
+        row.update({f"{metric}:{name}": float(per_class[metric][i]) for metric in scores.CLASS_METRICS})
+    return row
+
+
+def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad):
+    k = len(class_names)
+    policy = parse_mask_values(config.mask_values, k)
+    tasks = [PairTask(i, truth[i], preds[i], policy) for i in sorted(truth.keys() & preds.keys())]
+    results = map_tasks(score_pair, tasks, config.workers)
+    rows, tables, micro = [], [], np.zeros((k, k), dtype=np.int64)
+    for task, res in zip(tasks, results):
+        row = {"image_id": task.image_id, "status": res["status"], "reason": res.get("reason"),
+               "truth_path": task.truth_path, "prediction_path": task.prediction_path}
+        if res["status"] == "rejected":
+            bad.append(rejected(task.truth_path, res["reason"], res["detail"]))
+        else:
+            micro += res["confusion"]
+            tables.append(res["rand_table"])
+            row.update(height=res["height"], width=res["width"], ignored_pixels=res["ignored_pixels"],
+                       labelled_pixels=int(res["confusion"].sum()), **flat_scores(res["confusion"], class_names, config.beta),
+                       adapted_rand_error=scores.adapted_rand(res["rand_table"]), confusion=res["confusion"].tolist())
+        rows.append(row)
+    done = [r for r in rows if r["status"] == "evaluated"]
+    metric_names = (*scores.CLASS_METRICS, "pixel_error", "adapted_rand_error")
+    overall = {
+        "micro": {**scores.segmentation_summary(micro, config.beta),
+                  "adapted_rand_error": scores.adapted_rand(scores.combined_table(tables))},
+        "per_image_mean": {m: _nanmean([r[m] for r in done]) for m in metric_names},
+    }
+    per_class = scores.class_scores(micro, config.beta)
+    overall["per_class"] = {name: {**{m: float(per_class[m][i]) for m in scores.CLASS_METRICS},
+                                   "support": int(per_class["support"][i])} for i, name in enumerate(class_names)}
+    if not done:  # nothing scored: no number, rather than the 1.0 of "both empty"
+        overall["micro"] = dict.fromkeys(overall["micro"], float("nan"))
+    return rows, overall, micro
+
+
+def _nanmean(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
+
+
+# ---------------------------------------------------------------- classification
+
+def evaluate_classification(config: EvaluateConfig, table, class_names, truth, preds, bad):
+    confidence = {}
+    if "probabilities" in table.column_names:
+        confidence = {i: (max(p) if p else None) for i, p in
+                      zip(table["image_id"].to_pylist(), table["probabilities"].to_pylist())}
+    matched = match_ids(truth.keys(), preds.keys())
+    rows, pairs = [], []
+    for pred_id, truth_id in sorted(matched.items()):
+        row = {"image_id": pred_id, "truth_id": truth_id, "truth_label": truth[truth_id],
+               "predicted_label": preds[pred_id], "confidence": confidence.get(pred_id)}
+        if preds[pred_id] is None:
+            bad.append(rejected(pred_id, "no_predicted_label", "the predictions row has no label"))
+            rows.append({**row, "status": "rejected", "reason": "no_predicted_label"})
+            continue
+        pairs.append((row["truth_label"], row["predicted_label"]))
+        rows.append({**row, "status": "evaluated", "correct": row["truth_label"] == row["predicted_label"]})
+    if not class_names:
+        class_names = tuple(sorted({x for pair in pairs for x in pair}))
+    confusion = scores.label_confusion([t for t, _ in pairs], [p for _, p in pairs], list(class_names))
+    summary = scores.classification_summary(confusion)
+    overall = {"accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"], "per_class": {
+        name: {m: summary[m][i] for m in ("precision", "recall", "f1", "support")}
+        for i, name in enumerate(class_names)}}
+    missing_pred = sorted(set(truth) - set(matched.values()))
+    missing_truth = sorted(set(preds) - set(matched))
+    return rows, overall, confusion, class_names, missing_pred, missing_truth
+
+
+# ---------------------------------------------------------------- the command
+
+def evaluate(config: EvaluateConfig, out=None) -> dict:
+    """Score, write the report files, print the table; returns the report dict."""
+    table = read_predictions_table(config.predictions)
+    task = detect_task(config.task, config.truth, table)
+    class_names = resolve_class_names(config.class_names, config.predictions, table)
+    if task == CLASSIFICATION:
+        if table is None or "label" not in table.column_names:
+            raise ValueError(f"{config.predictions}: no {PREDICTIONS_FILE} with a label column")
+        truth, bad = read_truth_labels(config.truth)
+        preds = predicted_labels(table, class_names)
+        rows, overall, confusion, class_names, missing_pred, missing_truth = evaluate_classification(
+            config, table, class_names, truth, preds, bad)
+    else:
+        class_names = class_names or ("background", "foreground")
+        truth, bad = list_files(config.truth)
+        preds, pred_bad = prediction_mask_paths(config.predictions, table)
+        bad += pred_bad
+        missing_pred, missing_truth = sorted(truth.keys() - preds.keys()), sorted(preds.keys() - truth.keys())
+        rows, overall, confusion = evaluate_segmentation(config, class_names, truth, preds, bad)
+    rows += [{"image_id": i, "status": "missing_prediction"} for i in missing_pred]
+    rows += [{"image_id": i, "status": "missing_truth"} for i in missing_truth]
+    paths = output_paths(config.output)
+    report = {
+        "task": task, "class_names": list(class_names), "config": dataclasses.asdict(config),
+        "counts": {"truth": len(truth), "predictions": len(preds),
+                   "evaluated": sum(r["status"] == "evaluated" for r in rows),
+                   "missing_predictions": len(missing_pred), "missing_truth": len(missing_truth),
+                   "rejected": len(bad)},
+        "overall": overall,
+        "confusion_matrix": {"rows": "truth", "columns": "prediction", "counts": confusion.tolist()},
+        "missing_predictions": missing_pred, "missing_truth": missing_truth, "rejected": bad,
+        "files": paths, "conventions": "see pipelines/scores.py (zero-division rule, foreground mean, Rand)",
+    }
+    write_outputs(report, rows, confusion, class_names, paths)
+    print_report(report, out or sys.stdout)
+    return report
+
+
+def output_paths(output: str) -> dict[str, str]:
+    stem = output[:-5] if output.endswith(".json") else output
+    return {"json": output, "parquet": stem + ".parquet",
+            "confusion_parquet": stem + "_confusion.parquet", "confusion_png": stem + "_confusion.png"}
+
+
+def write_outputs(report: dict, rows: list[dict], confusion: np.ndarray, class_names, paths) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    write_parquet(paths["parquet"], pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows]))
+    k = len(class_names)
+    write_parquet(paths["confusion_parquet"], pa.table({
+        "truth": [class_names[i] for i in range(k) for _ in range(k)],
+        "predicted": [class_names[j] for _ in range(k) for j in range(k)],
+        "count": pa.array(confusion.ravel().tolist(), type=pa.int64())}))
+    title = "pixels" if report["task"] == SEGMENTATION else "images"
+    write_bytes(paths["confusion_png"], render_confusion_png(confusion, class_names, f"{title}: truth vs predicted"))
+    write_bytes(paths["json"], json.dumps(_json_safe(report), indent=2).encode("utf-8"))
+
+
+def write_parquet(path: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def _json_safe(value):
+    """NaN (an undefined score) becomes null; numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------- the printed table
+
+def print_report(report: dict, out) -> None:
+    c = report["counts"]
+    w = lambda line="": print(line, file=out)  # noqa: E731
+    w(f"tessera evaluate ({report['task']}): {c['evaluated']} evaluated; truth {c['truth']}, "
+      f"predictions {c['predictions']}, missing predictions {c['missing_predictions']}, "
+      f"missing truth {c['missing_truth']}, rejected {c['rejected']}")
+    overall = report["overall"]
+    names = report["class_names"]
+    width = max([12, *(len(n) + 2 for n in names)])
+    if report["task"] == SEGMENTATION:
+        w(f"\n{'metric':<20}{'overall':>10}{'per-image mean':>16}")
+        for metric, value in overall["micro"].items():
+            w(f"{metric:<20}{_fmt(value):>10}{_fmt(overall['per_image_mean'][metric]):>16}")
+        cols = (*scores.CLASS_METRICS, "support")
+    else:
+        w(f"\naccuracy {_fmt(overall['accuracy'])}   macro-F1 {_fmt(overall['macro_f1'])}")
+        cols = ("precision", "recall", "f1", "support")
+    w("\n" + f"{'class':<{width}}" + "".join(f"{col:>11}" for col in cols))
+    for name, values in overall["per_class"].items():
+        w(f"{name:<{width}}" + "".join(f"{_fmt(values[col]):>11}" for col in cols))
+    w(f"\nconfusion matrix (rows truth, columns predicted):")
+    w(" " * width + "".join(f"{n[:10]:>11}" for n in names))
+    for name, row in zip(names, report["confusion_matrix"]["counts"]):
+        w(f"{name:<{width}}" + "".join(f"{v:>11}" for v in row))
+    for key in ("missing_predictions", "missing_truth"):
+        if report[key]:
+            more = f" (+{len(report[key]) - 10} more)" if len(report[key]) > 10 else ""
+            w(f"\n{key.replace('_', ' ')}: {', '.join(report[key][:10])}{more}")
+    for item in report["rejected"][:10]:
+        w(f"rejected {item['source']}: {item['reason']} ({item['detail']})")
+    w(f"\nreport: {report['files']['json']}  rows: {report['files']['parquet']}  "
+      f"confusion plot: {report['files']['confusion_png']}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (int, np.integer)):
+        return str(value)
+    return "n/a" if value is None or np.isnan(value) else f"{value:.4f}"

@@ -1,0 +1,181 @@
+"""What ``tessera evaluate`` reads: prediction directories, truth folders, label CSVs.
+
+Ids follow preprocessing (pipelines/sources.py): a file's id is its path relative to the
+root, without extension. Files are read through Beam's ``FileSystems`` (local or gs://).
+Every file that cannot be used comes back as a rejected record with a reason.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.images import RejectedInput, decode_png
+from pipelines.sources import classification_source, has_image_extension, rejected, relative_parts, stem_key
+from schemas.example import CLASSIFICATION, SEGMENTATION
+
+PREDICTIONS_FILE = "predictions.parquet"
+MASKS_DIR = "masks"
+CLASS_NAME_FILES = ("model_card.json", "config.json")
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with FileSystems.create(path) as f:
+        f.write(data)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def list_files(root: str) -> tuple[dict[str, str], list[dict]]:
+    """{relative id without extension: path} of the image files under ``root``, and rejections."""
+    found: dict[str, list[str]] = {}
+    bad = []
+    for meta in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
+        if not has_image_extension(meta.path):
+            bad.append(rejected(meta.path, "not_an_image", "extension is not an image format"))
+            continue
+        found.setdefault(stem_key(relative_parts(meta.path, root)), []).append(meta.path)
+    for key, paths in found.items():
+        if len(paths) > 1:
+            bad += [rejected(p, "duplicate_id", f"{len(paths)} files share the id {key!r}") for p in paths]
+    return {k: v[0] for k, v in found.items() if len(v) == 1}, bad
+
+
+def read_predictions_table(pred_dir: str) -> pa.Table | None:
+    path = FileSystems.join(pred_dir, PREDICTIONS_FILE)
+    return pq.read_table(io.BytesIO(read_bytes(path))) if exists(path) else None
+
+
+def detect_task(task: str, truth: str, table: pa.Table | None) -> str:
+    """``task`` unless "auto": classification for a CSV truth or predictions with labels."""
+    if task != "auto":
+        return task
+    if truth.lower().endswith(".csv"):
+        return CLASSIFICATION
+    has_labels = table is not None and "label" in table.column_names and table["label"].null_count < len(table)
+    return CLASSIFICATION if has_labels else SEGMENTATION
+
+
+def resolve_class_names(given: tuple[str, ...], pred_dir: str, table: pa.Table | None) -> tuple[str, ...]:
+    """``given``, else ``class_names`` in the Parquet metadata or a model card / config
+    beside the predictions; () when nothing says."""
+    if given:
+        return given
+    meta = (table.schema.metadata or {}) if table is not None else {}
+    if b"class_names" in meta:
+        return tuple(json.loads(meta[b"class_names"]))
+    for name in CLASS_NAME_FILES:
+        path = FileSystems.join(pred_dir, name)
+        if exists(path):
+            names = json.loads(read_bytes(path)).get("class_names")
+            if names:
+                return tuple(names)
+    return ()
+
+
+def prediction_mask_paths(pred_dir: str, table: pa.Table | None) -> tuple[dict[str, str], list[dict]]:
+    """{image id: mask path} from predictions.parquet, or by listing ``masks/`` without one."""
+    if table is None:
+        return list_files(FileSystems.join(pred_dir, MASKS_DIR))
+    ids = table["image_id"].to_pylist()
+    paths = table["mask_path"].to_pylist() if "mask_path" in table.column_names else [None] * len(ids)
+    out, bad = {}, []
+    for image_id, path in zip(ids, paths):
+        if not path:
+            path = FileSystems.join(pred_dir, MASKS_DIR, image_id + ".png")
+        elif "://" not in path and not path.startswith("/"):
+            path = FileSystems.join(pred_dir, path)
+        if image_id in out:
+            bad.append(rejected(path, "duplicate_id", f"{PREDICTIONS_FILE} lists {image_id!r} twice"))
+        out[image_id] = path
+    return out, bad
+
+
+def read_prediction(data: bytes, name: str, num_classes: int) -> np.ndarray:
+    """Class ids of a predicted mask PNG; a binary model's 0/255 masks (--binary-255) -> 0/1.
+
+    A class-id mask never holds 255, so with two classes 255 can only mean foreground.
+    """
+    mask = decode_png(data, name)
+    if mask.shape[2] != 1 or mask.dtype != np.uint8:
+        raise RejectedInput("prediction_not_class_ids", f"{name}: {mask.shape[2]}-channel {mask.dtype} PNG; "
+                            "expected one 8-bit channel of class ids")
+    mask = mask[..., 0]
+    if num_classes == 2:
+        mask = np.where(mask == 255, np.uint8(1), mask)
+    if mask.size and int(mask.max()) >= num_classes:
+        raise RejectedInput("prediction_out_of_range", f"{name}: class id {int(mask.max())} but only "
+                            f"{num_classes} classes; pass --class-names")
+    return mask
+
+
+# ---------------------------------------------------------------- classification
+
+def read_truth_labels(truth: str) -> tuple[dict[str, str], list[dict]]:
+    """{image id: label} from a CSV ``image_id,label`` or a class-per-folder tree."""
+    labels: dict[str, list[str]] = {}
+    bad = []
+    if truth.lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(read_bytes(truth).decode("utf-8-sig")))
+        if not {"image_id", "label"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{truth}: need a header with image_id,label; got {reader.fieldnames}")
+        for line in reader:
+            image_id = line["image_id"].strip()
+            if has_image_extension(image_id):
+                image_id = posixpath.splitext(image_id)[0]
+            labels.setdefault(image_id, []).append(line["label"].strip())
+    else:
+        for meta in FileSystems.match([FileSystems.join(truth, "**")])[0].metadata_list:
+            if not has_image_extension(meta.path):
+                bad.append(rejected(meta.path, "not_an_image", "extension is not an image format"))
+                continue
+            try:
+                source = classification_source(meta.path, truth)
+            except ValueError as e:
+                bad.append(rejected(meta.path, "no_class_folder", str(e)))
+                continue
+            labels.setdefault(source.id, []).append(source.label)
+    for image_id, found in labels.items():
+        if len(found) > 1:
+            bad.append(rejected(f"{truth}#{image_id}", "duplicate_id", f"{len(found)} truth entries: {found}"))
+    return {k: v[0] for k, v in labels.items() if len(v) == 1}, bad
+
+
+def match_ids(truth_ids, pred_ids) -> dict[str, str]:
+    """{prediction id: truth id}: exact ids, else the truth id without its class folder."""
+    by_stripped: dict[str, list[str]] = {}
+    for t in truth_ids:
+        if "/" in t:
+            _, tail = t.split("/", 1)
+            by_stripped.setdefault(tail, []).append(t)
+    out = {}
+    for p in pred_ids:
+        if p in truth_ids:
+            out[p] = p
+        elif len(by_stripped.get(p, ())) == 1:
+            out[p] = by_stripped[p][0]
+    return out
+
+
+def predicted_labels(table: pa.Table, class_names: tuple[str, ...]) -> dict[str, str | None]:
+    values = table["label"].to_pylist()
+    if pa.types.is_integer(table.schema.field("label").type):
+        if not class_names:
+            raise ValueError("predicted labels are class indices; pass --class-names")
+        values = [None if v is None else class_names[v] for v in values]
+    return dict(zip(table["image_id"].to_pylist(), values))
+
+
