@@ -1,0 +1,271 @@
+"""Training configuration: frozen dataclasses (the defaults live here and only here), the
+``tessera train`` flags that override them, and the resolved JSON written beside the model.
+
+Precedence: dataclass defaults < ``--config`` JSON file < command-line flags. Output
+directories default to the ``AIP_MODEL_DIR`` / ``AIP_CHECKPOINT_DIR`` /
+``AIP_TENSORBOARD_LOG_DIR`` variables that managed training services set.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from trainer.augment import AugmentConfig
+
+SEGMENTATION_MODELS = ("unet", "res-attention-unet")
+CLASSIFICATION_MODELS = ("small-cnn", "transfer")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = ""                  # "" = unet for segmentation, small-cnn for classification
+    depth: int = 4                  # poolings (U-Nets) or conv stages (small CNN)
+    filters: int = 32               # filters of the first level, doubled per level
+    batchnorm: bool = True
+    dropout: float = 0.0
+    padding: str = "same"           # "same" or "valid" (U-Net only: overlap-tile geometry)
+    upsampling: str = "transpose"   # "transpose" or "bilinear"
+    attention: str = "cbam"         # res-attention-unet: "se", "eca" or "cbam"
+    deep_supervision: bool = False  # res-attention-unet: supervised side outputs, learned fusion
+    backbone: str = "mobilenetv2"   # transfer: mobilenetv2, resnet50, efficientnetb0
+    backbone_weights: str = ""      # transfer: local weights file; "" = random init (never downloads)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    loss: str = ""                  # "" = "ce+dice" (segmentation) or "ce" (classification)
+    class_weights: str = "auto"     # "auto" (balanced, from stats.json), "none" or "w0,w1,..."
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3      # weight of false positives
+    tversky_beta: float = 0.7       # weight of false negatives (> alpha favours recall)
+    smooth: float = 1.0             # dice / Tversky smoothing
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adam"         # adam, sgd (Nesterov momentum), rmsprop
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    schedule: str = "cosine"        # constant, cosine, step
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10           # step schedule: multiply by step_factor every step_epochs
+    step_factor: float = 0.1
+    clipnorm: float = 0.0           # global gradient norm clip (0 = off)
+    weight_decay: float = 0.0       # decoupled weight decay (0 = off)
+    freeze_epochs: int = 0          # transfer: epochs with a frozen backbone before fine-tuning
+    fine_tune_lr_factor: float = 0.1  # transfer: learning-rate factor once the backbone trains
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data: str = ""
+    model_dir: str = ""
+    checkpoint_dir: str = ""        # best-model checkpoint; "" = $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints
+    backup_dir: str = ""            # preemption backup; "" = CHECKPOINT_DIR/../backup or MODEL_DIR/backup
+    log_dir: str = ""               # TensorBoard; "" = $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs
+    epochs: int = 10
+    batch_size: int = 8             # per replica
+    steps_per_epoch: int = 0        # 0 = train examples // global batch
+    seed: int = 0
+    mixed_precision: str = "auto"   # auto (on with a GPU), on, off
+    xla: bool = False
+    checkpoint_every: int = 100     # steps between preemption backups (and every epoch end)
+    patience: int = 0               # early stopping after this many epochs without improvement (0 = off)
+    monitor: str = ""               # "" = val_dice / val_accuracy; or val_loss, val_iou, ...
+    beta: float = 1.0               # F-beta for metrics and threshold calibration
+    target_recall: float = 0.0      # > 0: calibrate the highest threshold whose val recall reaches it
+    shuffle_buffer: int = 1024
+    image_summaries: int = 4        # validation tiles shown in TensorBoard (0 = none)
+    verbose: int = 1                # 0 quiet, 1 progress bar, 2 one line per step
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+SECTIONS = {"model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "augment": AugmentConfig}
+
+
+def from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Builds a TrainConfig from a (possibly partial) nested dict; unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    top = dict(values)
+    for section, cls in SECTIONS.items():
+        sub = top.get(section, {})
+        if isinstance(sub, cls):
+            continue
+        fields = {f.name for f in dataclasses.fields(cls)}
+        bad = set(sub) - fields
+        if bad:
+            raise ValueError(f"unknown keys in config section {section!r}: {sorted(bad)}")
+        top[section] = cls(**sub)
+    return TrainConfig(**top)
+
+
+# (flags, dest, type or action, help). Dest "section.field" addresses a nested field.
+_FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
+    (("--data",), "data", str, "dataset directory written by `tessera preprocess` (local or gs://)"),
+    (("--model-dir",), "model_dir", str, "output model directory (default $AIP_MODEL_DIR)"),
+    (("--checkpoint-dir",), "checkpoint_dir", str, "best checkpoint (default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints)"),
+    (("--backup-dir",), "backup_dir", str, "preemption backup (default MODEL_DIR/backup)"),
+    (("--log-dir",), "log_dir", str, "TensorBoard logs (default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs)"),
+    (("--model",), "model.name", str, "unet | res-attention-unet | small-cnn | transfer"),
+    (("--depth",), "model.depth", int, "U-Net poolings / CNN stages"),
+    (("--filters",), "model.filters", int, "filters of the first level"),
+    (("--batchnorm",), "model.batchnorm", argparse.BooleanOptionalAction, "batch normalisation"),
+    (("--dropout",), "model.dropout", float, "dropout rate"),
+    (("--padding",), "model.padding", str, "same | valid (U-Net overlap-tile geometry)"),
+    (("--upsampling",), "model.upsampling", str, "transpose | bilinear"),
+    (("--attention",), "model.attention", str, "se | eca | cbam"),
+    (("--deep-supervision",), "model.deep_supervision", argparse.BooleanOptionalAction, "side outputs + learned fusion"),
+    (("--backbone",), "model.backbone", str, "mobilenetv2 | resnet50 | efficientnetb0"),
+    (("--backbone-weights",), "model.backbone_weights", str, "local weights file for the backbone"),
+    (("--loss",), "loss.loss", str, "e.g. focal+dice, 0.5*ce+dice, tversky"),
+    (("--class-weights",), "loss.class_weights", str, "auto | none | w0,w1,..."),
+    (("--focal-gamma",), "loss.focal_gamma", float, "focal loss gamma"),
+    (("--tversky-alpha",), "loss.tversky_alpha", float, "Tversky false-positive weight"),
+    (("--tversky-beta",), "loss.tversky_beta", float, "Tversky false-negative weight"),
+    (("--epochs",), "epochs", int, "epochs"),
+    (("--batch-size",), "batch_size", int, "batch size per replica"),
+    (("--steps-per-epoch",), "steps_per_epoch", int, "steps per epoch (0 = one pass over train)"),
+    (("--optimizer",), "optim.optimizer", str, "adam | sgd | rmsprop"),
+    (("--learning-rate",), "optim.learning_rate", float, "peak learning rate"),
+    (("--momentum",), "optim.momentum", float, "SGD / RMSprop momentum"),
+    (("--schedule",), "optim.schedule", str, "constant | cosine | step"),
+    (("--warmup-epochs",), "optim.warmup_epochs", float, "linear warm-up epochs"),
+    (("--step-epochs",), "optim.step_epochs", int, "step schedule period in epochs"),
+    (("--step-factor",), "optim.step_factor", float, "step schedule factor"),
+    (("--clipnorm",), "optim.clipnorm", float, "clip the global gradient norm (0 = off)"),
+    (("--weight-decay",), "optim.weight_decay", float, "decoupled weight decay (0 = off)"),
+    (("--freeze-epochs",), "optim.freeze_epochs", int, "transfer: epochs with a frozen backbone"),
+    (("--fine-tune-lr-factor",), "optim.fine_tune_lr_factor", float, "transfer: learning-rate factor when fine-tuning"),
+    (("--mixed-precision",), "mixed_precision", str, "auto | on | off"),
+    (("--xla",), "xla", argparse.BooleanOptionalAction, "compile the step with XLA"),
+    (("--seed",), "seed", int, "seed of initialisation, shuffling and augmentation"),
+    (("--checkpoint-every",), "checkpoint_every", int, "steps between preemption backups"),
+    (("--patience",), "patience", int, "early-stopping patience in epochs (0 = off)"),
+    (("--monitor",), "monitor", str, "validation metric for best model / early stopping"),
+    (("--beta",), "beta", float, "F-beta"),
+    (("--target-recall",), "target_recall", float, "calibrate the threshold to reach this validation recall"),
+    (("--shuffle-buffer",), "shuffle_buffer", int, "shuffle buffer (records)"),
+    (("--image-summaries",), "image_summaries", int, "validation tiles drawn in TensorBoard"),
+    (("--verbose",), "verbose", int, "0 quiet, 1 progress bar, 2 a line per step"),
+    (("--augment",), "augment.enabled", argparse.BooleanOptionalAction, "dynamic augmentation"),
+    (("--flips",), "augment.flips", argparse.BooleanOptionalAction, "random flips"),
+    (("--rot90",), "augment.rot90", argparse.BooleanOptionalAction, "random 90 degree rotations"),
+    (("--brightness",), "augment.brightness", float, "max brightness shift (normalised units)"),
+    (("--contrast",), "augment.contrast", float, "max relative contrast change"),
+    (("--gamma",), "augment.gamma", float, "max relative gamma change"),
+    (("--noise",), "augment.noise", float, "max Gaussian noise sigma (normalised units)"),
+]
+
+
+def _get(obj: Any, dest: str) -> Any:
+    for part in dest.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tessera train", description="Train a segmentation or classification model on a Tessera dataset.")
+    parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
+                        help="JSON file with (part of) a resolved config; flags override it")
+    for flags, dest, kind, help_ in _FLAGS:
+        help_ = f"{help_} (default: {_get(TrainConfig(), dest)!r})"
+        if kind is argparse.BooleanOptionalAction:
+            parser.add_argument(*flags, dest=dest, action=kind, default=argparse.SUPPRESS, help=help_)
+        else:
+            parser.add_argument(*flags, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_)
+    return parser
+
+
+def _set(values: dict[str, Any], dest: str, value: Any) -> None:
+    *sections, name = dest.split(".")
+    for section in sections:
+        values = values.setdefault(section, {})
+    values[name] = value
+
+
+def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = None) -> TrainConfig:
+    """Flags (and ``--config``) -> TrainConfig with output paths resolved; validated."""
+    env = os.environ if env is None else env
+    given = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    if "config_file" in given:
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(given.pop("config_file")) as handle:
+            values = json.load(handle)
+    for dest, value in given.items():
+        _set(values, dest, value)
+    cfg = from_dict(values)
+    return validate(resolve_paths(cfg, env))
+
+
+def resolve_paths(cfg: TrainConfig, env: dict[str, str]) -> TrainConfig:
+    model_dir = cfg.model_dir or env.get("AIP_MODEL_DIR", "")
+    if not model_dir:
+        raise ValueError("--model-dir is required (or set AIP_MODEL_DIR)")
+    model_dir = model_dir.rstrip("/")
+    checkpoint_dir = cfg.checkpoint_dir or env.get("AIP_CHECKPOINT_DIR", "") or f"{model_dir}/checkpoints"
+    backup_dir = cfg.backup_dir or (f"{env['AIP_CHECKPOINT_DIR'].rstrip('/')}/backup"
+                                    if env.get("AIP_CHECKPOINT_DIR") and not cfg.checkpoint_dir
+                                    else f"{model_dir}/backup")
+    log_dir = cfg.log_dir or env.get("AIP_TENSORBOARD_LOG_DIR", "") or f"{model_dir}/logs"
+    return dataclasses.replace(cfg, model_dir=model_dir, checkpoint_dir=checkpoint_dir.rstrip("/"),
+                               backup_dir=backup_dir.rstrip("/"), log_dir=log_dir.rstrip("/"))
+
+
+_CHOICES = {
+    "mixed_precision": ("auto", "on", "off"),
+    "model.padding": ("same", "valid"),
+    "model.upsampling": ("transpose", "bilinear"),
+    "model.attention": ("se", "eca", "cbam"),
+    "model.backbone": ("mobilenetv2", "resnet50", "efficientnetb0"),
+    "model.name": ("",) + SEGMENTATION_MODELS + CLASSIFICATION_MODELS,
+    "optim.optimizer": ("adam", "sgd", "rmsprop"),
+    "optim.schedule": ("constant", "cosine", "step"),
+}
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    if not cfg.data:
+        raise ValueError("--data is required")
+    for dest, choices in _CHOICES.items():
+        value = _get(cfg, dest)
+        if value not in choices:
+            raise ValueError(f"--{dest.split('.')[-1].replace('_', '-')} must be one of "
+                             f"{[c for c in choices if c]}, got {value!r}")
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "checkpoint_every": cfg.checkpoint_every,
+                "depth": cfg.model.depth, "filters": cfg.model.filters, "learning_rate": cfg.optim.learning_rate}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if not 0.0 <= cfg.target_recall < 1.0:
+        raise ValueError(f"--target-recall must be in [0, 1), got {cfg.target_recall}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
+    return cfg
+
+
+def for_task(cfg: TrainConfig, task: str) -> TrainConfig:
+    """Fills the task-dependent defaults (model, loss, monitor) and checks the model fits the task."""
+    segmentation = task == "segmentation"
+    name = cfg.model.name or ("unet" if segmentation else "small-cnn")
+    allowed = SEGMENTATION_MODELS if segmentation else CLASSIFICATION_MODELS
+    if name not in allowed:
+        raise ValueError(f"model {name!r} does not fit a {task} dataset; choose one of {allowed}")
+    loss = cfg.loss.loss or ("ce+dice" if segmentation else "ce")
+    monitor = cfg.monitor or ("val_dice" if segmentation else "val_accuracy")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name),
+                               loss=dataclasses.replace(cfg.loss, loss=loss), monitor=monitor)

@@ -1,0 +1,152 @@
+"""tf.data input from a Tessera dataset directory (local or gs://, read through tf.io.gfile).
+
+Training: the split's shards are shuffled per epoch (seeded), read with parallel
+deterministic interleave, sharded per worker (by file when there are enough files, by
+record otherwise), shuffled, decoded and augmented in parallel, batched per replica and
+prefetched. Every random choice derives from (seed, epoch, position), so a resumed epoch
+can skip the batches already trained and see exactly the rest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from schemas import layout
+from schemas.example import SEGMENTATION, DatasetSpec, tfds_features
+from trainer.augment import AugmentConfig, augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    path: str
+    spec: DatasetSpec
+    split_sizes: dict[str, int]
+    split_files: dict[str, tuple[str, ...]]
+    stats: dict
+    fingerprint: str
+
+    @property
+    def normalization(self) -> dict[str, float]:
+        """What the network sees: pixels * scale + offset, in [0, 1]."""
+        return {"scale": 1.0 / float(np.iinfo(self.spec.dtype).max), "offset": 0.0}
+
+
+def _read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path) as handle:
+        return json.load(handle)
+
+
+def open_dataset(path: str) -> DatasetInfo:
+    """Reads the dataset's spec, stats and TFDS metadata; refuses an unfinished dataset."""
+    import tensorflow_datasets as tfds
+
+    path = path.rstrip("/")
+    success = f"{path}/{layout.SUCCESS_FILE}"
+    if not tf.io.gfile.exists(success):
+        raise FileNotFoundError(f"{path} is not a finished Tessera dataset: {layout.SUCCESS_FILE} is missing")
+    with tf.io.gfile.GFile(f"{path}/{layout.SPEC_FILE}") as handle:
+        spec = DatasetSpec.from_json(handle.read())
+    stats_path = f"{path}/{layout.STATS_FILE}"
+    stats = _read_json(stats_path) if tf.io.gfile.exists(stats_path) else {}
+    splits = tfds.builder_from_directory(path).info.splits
+    sizes = {name: int(splits[name].num_examples) for name in splits.keys()}
+    files = {name: tuple(str(p) for p in splits[name].filepaths) for name in splits.keys()}
+    return DatasetInfo(path, spec, sizes, files, stats, _read_json(success).get("fingerprint", ""))
+
+
+def parse_fn(spec: DatasetSpec) -> Callable:
+    """serialized tf.train.Example -> (image float32 [T, T, C] normalised, mask uint8 [T, T, 1] | label int32)."""
+    features = tfds_features(spec)
+    target = "mask" if spec.task == SEGMENTATION else "label"
+    info = features.get_serialized_info()
+    parse_spec = {name: tf.io.FixedLenFeature(info[name].shape, info[name].tf_dtype) for name in ("image", target)}
+    scale = 1.0 / float(np.iinfo(spec.dtype).max)
+
+    def parse(serialized):
+        parsed = tf.io.parse_single_example(serialized, parse_spec)
+        image = tf.cast(features["image"].decode_example(parsed["image"]), tf.float32) * scale
+        if target == "mask":
+            return image, features["mask"].decode_example(parsed["mask"])
+        return image, tf.cast(parsed["label"], tf.int32)
+
+    return parse
+
+
+def _shard_files(files: tuple[str, ...], pipelines: int, pipeline_id: int) -> tuple[list[str], bool]:
+    """Files of this input pipeline, and whether records still need sharding."""
+    if pipelines > 1 and len(files) >= pipelines:
+        return list(files[pipeline_id::pipelines]), False
+    return list(files), pipelines > 1
+
+
+def _records(files: list[str], shard_records: bool, pipelines: int, pipeline_id: int) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20), cycle_length=max(1, min(len(files), 16)),
+        block_length=1, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.shard(pipelines, pipeline_id) if shard_records else ds
+
+
+def _context(input_context) -> tuple[int, int, int]:
+    """(pipelines, pipeline id, replicas fed by this pipeline)."""
+    if input_context is None:
+        return 1, 0, 1
+    pipelines = input_context.num_input_pipelines
+    return pipelines, input_context.input_pipeline_id, max(1, input_context.num_replicas_in_sync // pipelines)
+
+
+def train_dataset(info: DatasetInfo, batch_size: int, epoch: int, seed: int, augment_cfg: AugmentConfig,
+                  shuffle_buffer: int = 1024, skip_steps: int = 0, input_context=None,
+                  split: str = "train") -> tf.data.Dataset:
+    """Endless, deterministic stream for one epoch, batched per replica (``batch_size``), whose
+    first ``skip_steps`` global steps are skipped (resume)."""
+    pipelines, pipeline_id, replicas = _context(input_context)
+    files, shard_records = _shard_files(info.split_files[split], pipelines, pipeline_id)
+    order = np.random.default_rng([seed, epoch, pipeline_id]).permutation(len(files))
+    ds = _records([files[i] for i in order], shard_records, pipelines, pipeline_id)
+    ds = ds.shuffle(shuffle_buffer, seed=seed * 100003 + epoch, reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate().skip(skip_steps * replicas * batch_size)
+    parse = parse_fn(info.spec)
+    epoch_seed = tf.constant([seed, epoch], tf.int64)
+
+    def decode_and_augment(index, serialized):
+        image, target = parse(serialized)
+        example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
+        if info.spec.task == SEGMENTATION:
+            return augment(image, target, example_seed, augment_cfg)
+        return augment(image, None, example_seed, augment_cfg)[0], target
+
+    ds = ds.map(decode_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val", input_context=None) -> tf.data.Dataset:
+    """One pass over ``split`` (this pipeline's share), decoded, not augmented, batched."""
+    pipelines, pipeline_id, _ = _context(input_context)
+    files, shard_records = _shard_files(info.split_files[split], pipelines, pipeline_id)
+    ds = _records(files, shard_records, pipelines, pipeline_id)
+    ds = ds.map(parse_fn(info.spec), num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def sample(info: DatasetInfo, count: int, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` examples of ``split`` as numpy (image, target) arrays."""
+    images, targets = [], []
+    for image, target in eval_dataset(info, 1, split).unbatch().take(count):
+        images.append(image.numpy())
+        targets.append(target.numpy())
+    return np.stack(images), np.stack(targets)
+
+
+def crop_to(tensor, size: int):
+    """Centre crop of [N, H, W, ...] to [N, size, size, ...] (valid-convolution outputs)."""
+    height = tensor.shape[1]
+    if height is None or height == size:
+        return tensor
+    start = (height - size) // 2
+    return tensor[:, start:start + size, start:start + size]

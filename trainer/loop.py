@@ -1,0 +1,298 @@
+"""The training loop: one custom loop for every strategy (default, Mirrored, MultiWorkerMirrored).
+
+Keras 3 ``fit`` does not run under MultiWorkerMirroredStrategy, so the loop is ours:
+``distribute_datasets_from_function`` + ``strategy.run`` in a ``tf.function``, with a Keras
+model and optimiser. The loss is normalised by global counts (see ``trainer.losses``).
+A ``tf.train.CheckpointManager`` backs up model, optimiser, epoch and step every
+``checkpoint_every`` steps and at every epoch end; a rerun of the same command restores
+it and skips the batches of the current epoch already trained (the input order is a pure
+function of seed, epoch and position). The best model by the monitored validation metric
+is checkpointed separately and exported at the end by the chief.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from schemas.example import SEGMENTATION
+from trainer import calibrate, distribute, export, metrics
+from trainer.config import TrainConfig, for_task
+from trainer.data import DatasetInfo, crop_to, eval_dataset, open_dataset, sample, train_dataset
+from trainer.losses import LossSpec, class_weights_from_setting, combine, loss_sums
+from trainer.models import BACKBONE_NAME, build_model, output_size, primary_output
+from trainer.models.layers import ToProbabilities
+from trainer.observe import Board, History, Progress, log, triptych
+from trainer.optim import build_optimizer, make_schedule
+
+SUM = tf.distribute.ReduceOp.SUM
+# settings that may change between a run and its resumption
+RESUMABLE_CHANGES = ("epochs", "patience", "verbose", "image_summaries", "checkpoint_every", "model_dir",
+                     "checkpoint_dir", "backup_dir", "log_dir")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    history: list[dict]
+    step_losses: list[float]          # global loss of every step run by this process
+    resumed_at: int                   # global step restored from the backup (0 = fresh start)
+    best_epoch: int
+    best_value: float
+    card: object | None               # the exported ModelCard (chief) or None
+    weights_checksum: float           # sum of |w| over the final weights (compare across workers)
+
+
+def loss_spec_for(cfg: TrainConfig, info: DatasetInfo) -> LossSpec:
+    weights = class_weights_from_setting(cfg.loss.class_weights, info.stats, info.spec.class_names, info.spec.task)
+    return LossSpec.from_text(cfg.loss.loss, info.spec.task, class_weights=weights, focal_gamma=cfg.loss.focal_gamma,
+                              tversky_alpha=cfg.loss.tversky_alpha, tversky_beta=cfg.loss.tversky_beta,
+                              smooth=cfg.loss.smooth)
+
+
+def output_loss_sums(y, outputs, spec: LossSpec):
+    """Loss sums of the primary output plus, under deep supervision, the mean of the side outputs'."""
+    if not isinstance(outputs, (list, tuple)):
+        return loss_sums(y, outputs, spec)
+    sums, counts = loss_sums(y, outputs[0], spec)
+    sides = [loss_sums(y, side, spec)[0] for side in outputs[1:]]
+    return sums + tf.add_n(sides) / len(sides), counts
+
+
+def make_train_step(strategy, model, optimizer, spec: LossSpec, out_size, clipnorm: float, xla: bool):
+    variables = list(model.trainable_variables)
+
+    def replica_step(x, y):
+        ctx = tf.distribute.get_replica_context()
+        if out_size:
+            y = crop_to(y, out_size)
+        with tf.GradientTape() as tape:
+            sums, counts = output_loss_sums(y, model(x, training=True), spec)
+            loss = combine(sums, ctx.all_reduce(SUM, tf.stop_gradient(counts)), spec)
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        if clipnorm:
+            # clip the *global* gradient: sum over replicas first, hand the optimiser 1/n of
+            # it per replica (it sums again)
+            scale = optimizer.scale_loss(tf.constant(1.0))
+            total = ctx.all_reduce(SUM, grads)
+            clipped, _ = tf.clip_by_global_norm([g / scale for g in total], clipnorm)
+            grads = [g * scale / ctx.num_replicas_in_sync for g in clipped]
+        optimizer.apply(grads, variables)
+        return loss
+
+    replica_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
+
+    @tf.function
+    def step(iterator):
+        x, y = next(iterator)
+        return strategy.reduce(SUM, strategy.run(replica_fn, args=(x, y)), axis=None)
+
+    return step
+
+
+def make_eval_step(strategy, model, spec: LossSpec, num_classes: int, out_size, binary: bool):
+    def replica_step(x, y):
+        logits = primary_output(model(x, training=False))
+        if out_size:
+            y = crop_to(y, out_size)
+        sums, counts = loss_sums(y, logits, spec)
+        hist = metrics.foreground_histograms(y, logits, export.HISTOGRAM_BINS) if binary else tf.zeros([2, 1])
+        return sums, counts, metrics.confusion_matrix(y, logits, num_classes), hist
+
+    @tf.function
+    def step(batch):
+        x, y = batch
+        return [strategy.reduce(SUM, v, axis=None) for v in strategy.run(replica_step, args=(x, y))]
+
+    return step
+
+
+def validate(strategy, eval_step, info: DatasetInfo, cfg: TrainConfig, spec: LossSpec) -> dict:
+    dist = strategy.distribute_datasets_from_function(lambda ctx: eval_dataset(info, cfg.batch_size, "val", ctx))
+    totals = None
+    for batch in dist:
+        values = [v.numpy() for v in eval_step(batch)]
+        totals = values if totals is None else [a + b for a, b in zip(totals, values)]
+    sums, counts, confusion, hist = totals
+    loss = float(combine(sums, counts, spec))
+    if info.spec.task == SEGMENTATION:
+        binary = info.spec.num_classes == 2
+        threshold = 0.5 if binary else None
+        scores = (calibrate.scores_at(hist, threshold, cfg.beta) if binary
+                  else metrics.segmentation_scores(confusion, cfg.beta))
+    else:
+        scores = metrics.classification_scores(confusion)
+    return {"val_loss": loss, **{f"val_{k}": v for k, v in scores.items()}}
+
+
+def set_backbone_trainable(model, trainable: bool) -> bool:
+    """Freezes / unfreezes the transfer backbone; True if the model has one."""
+    names = [layer.name for layer in model.layers]
+    if BACKBONE_NAME not in names:
+        return False
+    model.get_layer(BACKBONE_NAME).trainable = trainable
+    return True
+
+
+def _check_backup_config(cfg: TrainConfig, backup_dir: str, chief: bool) -> None:
+    """A backup belongs to one configuration: refuse to resume one written by another."""
+    path = f"{backup_dir}/config.json"
+    mine = {k: v for k, v in json.loads(cfg.to_json()).items() if k not in RESUMABLE_CHANGES}
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as handle:
+            theirs = json.load(handle)
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            raise ValueError(f"{backup_dir} holds the backup of a run with different settings ({diff}); "
+                             f"use another --model-dir / --backup-dir or delete the backup")
+    elif chief:
+        tf.io.gfile.makedirs(backup_dir)
+        with tf.io.gfile.GFile(path, "w") as handle:
+            handle.write(json.dumps(mine, indent=2, sort_keys=True))
+
+
+def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    info = open_dataset(cfg.data)
+    cfg = for_task(cfg, info.spec.task)
+    strategy = strategy or distribute.choose_strategy()
+    policy = distribute.mixed_precision_policy(cfg.mixed_precision)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return _train(cfg, info, strategy, policy != "float32")
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool) -> TrainResult:
+    chief = distribute.is_chief(strategy)
+    spec = info.spec
+    global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+    steps_per_epoch = cfg.steps_per_epoch or info.split_sizes.get("train", 0) // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"the train split ({info.split_sizes.get('train', 0)} examples) is smaller than one global "
+                         f"batch ({global_batch}); lower --batch-size or set --steps-per-epoch")
+    loss_spec = loss_spec_for(cfg, info)
+    transfer = cfg.model.name == "transfer"
+    if chief:
+        tf.io.gfile.makedirs(cfg.model_dir)
+        with tf.io.gfile.GFile(f"{cfg.model_dir}/config.json", "w") as handle:
+            handle.write(cfg.to_json())
+    _check_backup_config(cfg, cfg.backup_dir, chief)
+
+    keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        model = build_model(cfg.model, spec)
+        schedule = make_schedule(cfg.optim, steps_per_epoch, cfg.epochs, transfer)
+        optimizer = build_optimizer(cfg.optim, schedule, mixed)
+        optimizer.build(model.trainable_variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        mode_max = not cfg.monitor.endswith("loss")
+        best_var = tf.Variable(-np.inf if mode_max else np.inf, dtype=tf.float64, trainable=False, name="best")
+        best_epoch_var = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
+        wait_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+    state = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step=step_var, best=best_var,
+                                best_epoch=best_epoch_var, wait=wait_var)
+    backup_write = distribute.write_dir(cfg.backup_dir, strategy)
+    backup = tf.train.CheckpointManager(state, backup_write, max_to_keep=1, checkpoint_name="backup")
+    best_write = distribute.write_dir(cfg.checkpoint_dir, strategy)
+    best = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), best_write, max_to_keep=1,
+                                      checkpoint_name="best")
+    latest = tf.train.latest_checkpoint(cfg.backup_dir)
+    resumed_at = 0
+    if latest:
+        state.restore(latest).assert_existing_objects_matched()
+        resumed_at = int(epoch_var.numpy()) * steps_per_epoch + int(step_var.numpy())
+        log(f"Resumed from {latest}: epoch {int(epoch_var.numpy()) + 1}, step {int(step_var.numpy())} "
+            f"(global step {resumed_at})")
+
+    def save(manager, write_path):
+        path = manager.save(checkpoint_number=int(epoch_var.numpy()) * steps_per_epoch + int(step_var.numpy()))
+        distribute.remove_temp(write_path, strategy)
+        return path
+
+    binary = spec.task == SEGMENTATION and spec.num_classes == 2
+    out_size = output_size(model) if spec.task == SEGMENTATION else None
+    has_val = "val" in info.split_files
+    eval_step = make_eval_step(strategy, model, loss_spec, spec.num_classes, out_size, binary)
+    progress, board = Progress(cfg.verbose, chief), Board(cfg.log_dir, chief)
+    history = History(f"{cfg.model_dir}/history.csv", int(epoch_var.numpy()), chief)
+    summary_tiles = sample(info, cfg.image_summaries) if chief and has_val and cfg.image_summaries and out_size else None
+    step_losses, train_step, frozen = [], None, None
+
+    start_epoch = int(epoch_var.numpy())
+    stop = cfg.patience and int(wait_var.numpy()) >= cfg.patience
+    for epoch in range(start_epoch, cfg.epochs if not stop else start_epoch):
+        if transfer and frozen != (epoch < cfg.optim.freeze_epochs):
+            frozen = epoch < cfg.optim.freeze_epochs
+            set_backbone_trainable(model, not frozen)
+            train_step = None
+            log(f"Backbone {'frozen' if frozen else 'trainable (fine-tuning)'} from epoch {epoch + 1}")
+        if train_step is None:
+            train_step = make_train_step(strategy, model, optimizer, loss_spec, out_size, cfg.optim.clipnorm, cfg.xla)
+        first = int(step_var.numpy())
+        dist = strategy.distribute_datasets_from_function(
+            lambda ctx, e=epoch, s=first: train_dataset(info, cfg.batch_size, e, cfg.seed, cfg.augment,
+                                                         cfg.shuffle_buffer, s, ctx))
+        iterator, started, epoch_losses = iter(dist), time.time(), []
+        progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, first)
+        for step in range(first, steps_per_epoch):
+            loss = float(train_step(iterator))
+            step_var.assign(step + 1)
+            global_step = epoch * steps_per_epoch + step + 1
+            lr = float(schedule(global_step - 1))
+            epoch_losses.append(loss)
+            step_losses.append(loss)
+            progress.step(epoch, step, global_step, loss, lr)
+            board.scalars("train", {"loss": loss, "learning_rate": lr}, global_step)
+            if global_step % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                save(backup, backup_write)
+                if cfg.verbose:
+                    log(f"checkpoint saved at global step {global_step}")
+        row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+               "lr": float(schedule((epoch + 1) * steps_per_epoch - 1))}
+        if has_val:
+            row.update(validate(strategy, eval_step, info, cfg, loss_spec))
+        value = row.get(cfg.monitor, row["loss"] if not has_val else None)
+        if value is None:
+            raise ValueError(f"--monitor {cfg.monitor!r} is not one of {sorted(row)}")
+        improved = value > best_var.numpy() if mode_max else value < best_var.numpy()
+        epoch_var.assign(epoch + 1)
+        step_var.assign(0)
+        if improved or not has_val:
+            best_var.assign(value)
+            best_epoch_var.assign(epoch + 1)
+            wait_var.assign(0)
+            save(best, best_write)
+        else:
+            wait_var.assign_add(1)
+        row["seconds"] = round(time.time() - started, 3)
+        history.append(row)
+        progress.end_epoch(row)
+        board.scalars("val", {k: v for k, v in row.items() if k.startswith("val_")}, (epoch + 1) * steps_per_epoch)
+        if summary_tiles is not None:
+            probs = ToProbabilities()(primary_output(model(summary_tiles[0], training=False))).numpy()
+            board.images("input | truth | prediction",
+                         triptych(summary_tiles[0], crop_to(summary_tiles[1], out_size), probs),
+                         (epoch + 1) * steps_per_epoch)
+        save(backup, backup_write)
+        board.flush()
+        if cfg.patience and int(wait_var.numpy()) >= cfg.patience:
+            log(f"Early stopping after epoch {epoch + 1}: {cfg.monitor} did not improve for {cfg.patience} epochs")
+            break
+
+    checksum = float(sum(np.abs(w).sum() for w in model.get_weights()))
+    log(f"Finished at epoch {int(epoch_var.numpy())}; best {cfg.monitor} {float(best_var.numpy()):.4f} at epoch "
+        f"{int(best_epoch_var.numpy())}; weights checksum {checksum:.6f}")
+    card = None
+    if chief:
+        card = export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec,
+                             {"best_epoch": float(best_epoch_var.numpy())})
+        log(f"Exported {cfg.model_dir}: " + " ".join(f"{k} {v:.4f}" for k, v in card.metrics.items()))
+    return TrainResult(history.rows, step_losses, resumed_at, int(best_epoch_var.numpy()), float(best_var.numpy()),
+                       card, checksum)

@@ -1,0 +1,74 @@
+"""Model builders chosen by name from the plain dict ``MODELS``.
+
+Every builder takes (input shape, output channels, ModelConfig) and returns a Keras model
+from normalised images to float32 logits. Binary segmentation uses one sigmoid channel;
+everything else one channel per class (see ``output_channels``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+
+from schemas.example import SEGMENTATION, DatasetSpec
+from trainer.config import ModelConfig
+from trainer.models.classify import BACKBONE_NAME, build_small_cnn, build_transfer
+from trainer.models.layers import CUSTOM_OBJECTS
+from trainer.models.res_attention_unet import build_res_attention_unet
+from trainer.models.unet import build_unet, valid_input_size, valid_output_size
+
+
+def _unet(shape, channels: int, cfg: ModelConfig) -> keras.Model:
+    return build_unet(shape, channels, depth=cfg.depth, filters=cfg.filters, batchnorm=cfg.batchnorm,
+                      dropout=cfg.dropout, padding=cfg.padding, upsampling=cfg.upsampling)
+
+
+def _res_attention_unet(shape, channels: int, cfg: ModelConfig) -> keras.Model:
+    if cfg.padding != "same":
+        raise ValueError("res-attention-unet supports only --padding same")
+    return build_res_attention_unet(shape, channels, depth=cfg.depth, filters=cfg.filters,
+                                    batchnorm=cfg.batchnorm, dropout=cfg.dropout, attention=cfg.attention,
+                                    deep_supervision=cfg.deep_supervision, upsampling=cfg.upsampling)
+
+
+def _small_cnn(shape, channels: int, cfg: ModelConfig) -> keras.Model:
+    return build_small_cnn(shape, channels, depth=cfg.depth, filters=cfg.filters, batchnorm=cfg.batchnorm,
+                           dropout=cfg.dropout)
+
+
+def _transfer(shape, channels: int, cfg: ModelConfig) -> keras.Model:
+    return build_transfer(shape, channels, backbone=cfg.backbone, weights=cfg.backbone_weights,
+                          dropout=cfg.dropout)
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {
+    "unet": _unet,
+    "res-attention-unet": _res_attention_unet,
+    "small-cnn": _small_cnn,
+    "transfer": _transfer,
+}
+
+
+def output_channels(spec: DatasetSpec) -> int:
+    return 1 if spec.task == SEGMENTATION and spec.num_classes == 2 else spec.num_classes
+
+
+def build_model(cfg: ModelConfig, spec: DatasetSpec) -> keras.Model:
+    if cfg.name not in MODELS:
+        raise ValueError(f"unknown model {cfg.name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[cfg.name]((spec.tile_size, spec.tile_size, spec.channels), output_channels(spec), cfg)
+
+
+def primary_output(outputs):
+    """The output that is evaluated and exported (the fused one under deep supervision)."""
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def output_size(model: keras.Model) -> int:
+    """Spatial size of the primary output (segmentation models)."""
+    shape = model.outputs[0].shape
+    return int(shape[1])
+
+
+__all__ = ["MODELS", "CUSTOM_OBJECTS", "BACKBONE_NAME", "build_model", "output_channels", "primary_output",
+           "output_size", "valid_input_size", "valid_output_size"]

@@ -1,0 +1,31 @@
+"""``tessera train`` / ``python -m trainer.task``: train a model on a Tessera dataset and
+export it with its model card.
+
+    tessera train --data ./dataset --model-dir ./model --model res-attention-unet \\
+        --attention cbam --loss focal+dice --epochs 50 --batch-size 16
+    tensorboard --logdir ./model/logs
+
+Run the same command again after an interruption and it resumes where the last backup
+left it. With TF_CONFIG naming several workers, run it once per worker.
+"""
+from __future__ import annotations
+
+import sys
+
+from trainer.config import build_parser, parse_config  # noqa: F401  (build_parser is the CLI contract)
+
+
+def run(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(argv)
+    except ValueError as error:
+        print(f"tessera train: {error}", file=sys.stderr)
+        return 2
+    from trainer.loop import train
+
+    train(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
