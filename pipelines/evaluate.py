@@ -69,7 +69,11 @@ def run(argv: list[str] | None = None) -> int:
         predictions=args.predictions.rstrip("/"), truth=args.truth.rstrip("/"), output=args.output,
         mask_values=args.mask_values, beta=args.beta, task=args.task, workers=args.workers,
         class_names=tuple(n.strip() for n in args.class_names.split(",") if n.strip()))
-    report = evaluate(config)
+    try:
+        report = evaluate(config)
+    except ValueError as e:  # inconsistent inputs or flags: a message, not a traceback
+        print(f"tessera evaluate: error: {e}", file=sys.stderr)
+        return 2
     return 0 if report["counts"]["evaluated"] > 0 else 1
 
 
@@ -146,8 +150,6 @@ def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad
     per_class = scores.class_scores(micro, config.beta)
     overall["per_class"] = {name: {**{m: float(per_class[m][i]) for m in scores.CLASS_METRICS},
                                    "support": int(per_class["support"][i])} for i, name in enumerate(class_names)}
-    if not done:  # nothing scored: no number, rather than the 1.0 of "both empty"
-        overall["micro"] = dict.fromkeys(overall["micro"], float("nan"))
     return rows, overall, micro
 
 
@@ -207,6 +209,8 @@ def evaluate(config: EvaluateConfig, out=None) -> dict:
         bad += pred_bad
         missing_pred, missing_truth = sorted(truth.keys() - preds.keys()), sorted(preds.keys() - truth.keys())
         rows, overall, confusion = evaluate_segmentation(config, class_names, truth, preds, bad)
+    if not any(r["status"] == "evaluated" for r in rows):
+        overall = _undefined(overall)  # nothing scored: no numbers, not the 1.0 of "both empty"
     rows += [{"image_id": i, "status": "missing_prediction"} for i in missing_pred]
     rows += [{"image_id": i, "status": "missing_truth"} for i in missing_truth]
     paths = output_paths(config.output)
@@ -249,6 +253,13 @@ def write_parquet(path: str, table: pa.Table) -> None:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_bytes(path, buffer.getvalue())
+
+
+def _undefined(value):
+    """Every float score in ``value`` (nested dicts) replaced by NaN; counts stay."""
+    if isinstance(value, dict):
+        return {k: _undefined(v) for k, v in value.items()}
+    return float("nan") if isinstance(value, float) else value
 
 
 def _json_safe(value):

@@ -60,9 +60,16 @@ def read_predictions_table(pred_dir: str) -> pa.Table | None:
 
 
 def detect_task(task: str, truth: str, table: pa.Table | None) -> str:
-    """``task`` unless "auto": classification for a CSV truth or predictions with labels."""
+    """``task`` unless "auto"; else the predictions' ``task`` column; else classification
+    for a CSV truth or predictions with labels."""
     if task != "auto":
         return task
+    if table is not None and "task" in table.column_names:
+        tasks = {t for t in table["task"].to_pylist() if t}
+        if len(tasks) > 1:
+            raise ValueError(f"{PREDICTIONS_FILE} mixes tasks {sorted(tasks)}; pass --task")
+        if tasks:
+            return tasks.pop()
     if truth.lower().endswith(".csv"):
         return CLASSIFICATION
     has_labels = table is not None and "label" in table.column_names and table["label"].null_count < len(table)
@@ -70,10 +77,16 @@ def detect_task(task: str, truth: str, table: pa.Table | None) -> str:
 
 
 def resolve_class_names(given: tuple[str, ...], pred_dir: str, table: pa.Table | None) -> tuple[str, ...]:
-    """``given``, else ``class_names`` in the Parquet metadata or a model card / config
-    beside the predictions; () when nothing says."""
+    """``given``, else the predictions' ``class_names`` column or Parquet metadata, else a
+    model card / config beside the predictions; () when nothing says."""
     if given:
         return given
+    if table is not None and "class_names" in table.column_names:
+        found = {tuple(n) for n in table["class_names"].to_pylist() if n}
+        if len(found) > 1:
+            raise ValueError(f"{PREDICTIONS_FILE} rows disagree on class_names {sorted(found)}; pass --class-names")
+        if found:
+            return found.pop()
     meta = (table.schema.metadata or {}) if table is not None else {}
     if b"class_names" in meta:
         return tuple(json.loads(meta[b"class_names"]))

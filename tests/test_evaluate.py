@@ -225,11 +225,13 @@ def test_multiclass_command_and_workers_agree(tmp_path):
         t = rng.integers(0, 3, (6, 5))
         _png(truth / f"m{i}.png", t)
         _png(pred / "masks" / f"m{i}.png", np.where(rng.random((6, 5)) < 0.7, t, rng.integers(0, 3, (6, 5))))
+    # As tessera predict writes it: task and class names in every row.
+    pq.write_table(pa.table({"image_id": [f"m{i}" for i in range(4)], "task": ["segmentation"] * 4,
+                             "class_names": [["bg", "cell", "edge"]] * 4}), pred / "predictions.parquet")
     reports = []
-    for workers in ("1", "2"):
-        out = tmp_path / f"r{workers}.json"
-        assert evaluate.run(["--predictions", str(pred), "--truth", str(truth), "--output", str(out),
-                             "--class-names", "bg,cell,edge", "--workers", workers]) == 0
+    for flags in (["--workers", "1"], ["--workers", "2", "--class-names", "bg,cell,edge"]):
+        out = tmp_path / f"r{flags[1]}.json"
+        assert evaluate.run(["--predictions", str(pred), "--truth", str(truth), "--output", str(out), *flags]) == 0
         reports.append(json.loads(out.read_text()))
     assert reports[0]["overall"] == reports[1]["overall"]
     per_class = reports[0]["overall"]["per_class"]
@@ -240,7 +242,7 @@ def test_multiclass_command_and_workers_agree(tmp_path):
     assert per_class["edge"]["precision"] == pytest.approx(counts[2, 2] / counts[:, 2].sum())
 
 
-def test_classification_command(tmp_path):
+def test_classification_command(tmp_path, capsys):
     truth, pred = tmp_path / "photos", tmp_path / "pred"
     labels = {"cat": ["c1", "c2", "c3"], "dog": ["d1", "d2"], "bird": ["b1"]}
     for label, names in labels.items():
@@ -268,6 +270,12 @@ def test_classification_command(tmp_path):
     cm = {(r["truth"], r["predicted"]): r["count"] for r in pq.read_table(tmp_path / "cls_confusion.parquet").to_pylist()}
     assert cm[("cat", "dog")] == 1 and sum(cm.values()) == 6
     assert Image.open(tmp_path / "cls_confusion.png").size[0] > 100
+
+    # Names that do not cover the labels: a clear error and exit status 2, no report.
+    assert evaluate.run(["--predictions", str(pred), "--truth", str(truth), "--output", str(tmp_path / "x.json"),
+                         "--class-names", "cat,dog"]) == 2
+    assert "['bird'] are not among the classes" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
     # The same truth as a CSV (ids with extensions are accepted); one image left unlabelled.
     csv_path = tmp_path / "labels.csv"
