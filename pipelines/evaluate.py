@@ -90,15 +90,19 @@ class PairTask:
 def score_pair(task: PairTask) -> dict:
     """Confusion counts and the adapted-Rand contingency table of one image, or a rejection."""
     if not exists(task.prediction_path):
-        return {"image_id": task.image_id, "status": "rejected", "reason": "prediction_file_missing",
+        return {"image_id": task.image_id, "status": "rejected", "source": task.prediction_path,
+                "reason": "prediction_file_missing",
                 "detail": f"{PREDICTIONS_FILE} lists {task.prediction_path}, which does not exist"}
+    source = task.truth_path
     try:
-        truth = read_mask(read_bytes(task.truth_path), task.truth_path, task.policy)
-        pred = read_prediction(read_bytes(task.prediction_path), task.prediction_path, task.policy.num_classes)
+        truth = read_mask(read_bytes(source), source, task.policy)
+        source = task.prediction_path
+        pred = read_prediction(read_bytes(source), source, task.policy.num_classes)
     except RejectedInput as e:
-        return {"image_id": task.image_id, "status": "rejected", "reason": e.reason, "detail": e.detail}
+        return {"image_id": task.image_id, "status": "rejected", "source": source,
+                "reason": e.reason, "detail": e.detail}
     if truth.shape != pred.shape:
-        return {"image_id": task.image_id, "status": "rejected", "reason": "size_mismatch",
+        return {"image_id": task.image_id, "status": "rejected", "source": source, "reason": "size_mismatch",
                 "detail": f"truth {truth.shape} vs prediction {pred.shape}"}
     return {"image_id": task.image_id, "status": "evaluated",
             "confusion": scores.confusion_matrix(truth, pred, task.policy.num_classes),
@@ -132,7 +136,7 @@ def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad
         row = {"image_id": task.image_id, "status": res["status"], "reason": res.get("reason"),
                "truth_path": task.truth_path, "prediction_path": task.prediction_path}
         if res["status"] == "rejected":
-            bad.append(rejected(task.truth_path, res["reason"], res["detail"]))
+            bad.append(rejected(res["source"], res["reason"], res["detail"]))
         else:
             micro += res["confusion"]
             tables.append(res["rand_table"])

@@ -197,8 +197,8 @@ def test_segmentation_command(tmp_path, capsys):
     assert report["counts"] == {"truth": 5, "predictions": 5, "evaluated": 2, "missing_predictions": 1,
                                 "missing_truth": 1, "rejected": 3}
     assert report["missing_predictions"] == ["c"] and report["missing_truth"] == ["d"]
-    assert sorted(r["reason"] for r in report["rejected"]) == [
-        "not_an_image", "prediction_file_missing", "size_mismatch"]
+    assert sorted((r["reason"], r["source"].split("/")[-1]) for r in report["rejected"]) == [
+        ("not_an_image", "notes.txt"), ("prediction_file_missing", "f.png"), ("size_mismatch", "e.png")]
     # a: confusion [[4,1],[1,2]]; b: the ignored pixel is now background predicted 1 -> [[4,2],[1,2]]
     np.testing.assert_array_equal(report["confusion_matrix"]["counts"], [[8, 3], [2, 4]])
     micro, mean = report["overall"]["micro"], report["overall"]["per_image_mean"]
