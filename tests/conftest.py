@@ -45,6 +45,11 @@ def gcs_emulator():
             time.sleep(0.2)
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    # Beam otherwise spends ~20 s retrying a metadata-server credential lookup before it
+    # falls back to anonymous access; the emulator needs no credentials (private attributes).
+    from apache_beam.internal.gcp import auth
+
+    auth._Credentials._credentials_init, auth._Credentials._credentials = True, None
     try:
         yield f"gs://{EMULATOR_BUCKET}"
     finally:
