@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PredictConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PredictConfig)}
-    return PredictConfig(**{**values, "model_dirs": tuple(args.model_dirs)})
+    return PredictConfig(**{**values, "model_dirs": tuple(args.model_dirs),
+                            "output": predict_inputs.absolute(args.output)})
 
 
 def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:

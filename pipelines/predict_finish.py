@@ -71,9 +71,29 @@ class Progress(threading.Thread):
         self.report()
 
 
+def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> int:
+    """Delete temporary files and strip parts an interrupted run left for this shard's images.
+
+    Only files of this shard's images are touched, so concurrent shards are never disturbed.
+    """
+    fingerprint = layout.settings.fingerprint()
+    finals = {path for i in inputs for path in
+              [layout.row(i.image_id), layout.rejected(i.path), *layout.outputs(i.image_id)]}
+    parts = {f"_tmp/{fingerprint}/{i.image_id}" for i in inputs}
+    leftovers = []
+    for folder in ("masks", "overlays", "probabilities", f"rows/{fingerprint}", "rejected", f"_tmp/{fingerprint}"):
+        for relative in existing(layout.root, folder):
+            if relative.rsplit(".tmp-", 1)[0] in finals and ".tmp-" in relative or relative.rsplit("/", 1)[0] in parts:
+                leftovers.append(layout.path(relative))
+    if leftovers:
+        FileSystems.delete(leftovers)
+    return len(leftovers)
+
+
 def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejected: list[dict],
            skipped: set[str], num_shards: int, shard_index: int, started: float) -> dict:
     """Collect the shard's rows and rejections into its Parquet, rejected JSONL and _SUCCESS."""
+    remove_leftovers(layout, inputs)
     rows_present = existing(layout.root, f"rows/{layout.settings.fingerprint()}")
     rejected_present = existing(layout.root, "rejected")
     done = [i for i in inputs if layout.row(i.image_id) in rows_present]

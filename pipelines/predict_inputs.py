@@ -4,7 +4,7 @@
 file listing one path per line (blank lines and ``#`` comments ignored); local or any
 Beam FileSystems scheme. An image's id is its path relative to the folder (the glob's
 fixed prefix, or the listed paths' common folder), without extension, '/'-separated; its
-outputs are named by it. Files without an image extension and ids that two files share
+outputs are named by it. Files without an image extension and files that share an id (``a.png``, ``a.tif``)
 become rejected records here.
 
 Shards: an image belongs to shard ``int(sha256(id)[:8]) % N``. This depends on the id
@@ -14,6 +14,7 @@ slightly different moments still agree on who does what.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
 
@@ -24,6 +25,11 @@ from pipelines.predict_transforms import ImageInput
 from pipelines.sources import has_image_extension, rejected
 
 _GLOB = re.compile(r"[*?\[]")
+
+
+def absolute(path: str) -> str:
+    """Local paths made absolute (FileSystems lists them so); URLs unchanged."""
+    return path if FileSystems.get_scheme(path) not in (None, "file") else os.path.abspath(path)
 
 
 def _match(pattern: str) -> list:
@@ -60,6 +66,7 @@ def _listed(list_file: str) -> list[tuple[str, int]]:
 
 def list_files(spec: str) -> tuple[list[tuple[str, int]], str, list[dict]]:
     """(sorted [(path, bytes)], root folder, rejected records) for ``--input``."""
+    spec = absolute(spec)
     if _GLOB.search(spec):
         root = spec[:_GLOB.search(spec).start()].rsplit("/", 1)[0]
         files, bad = [(m.path, m.size_in_bytes) for m in _match(spec)], []
@@ -82,18 +89,21 @@ def image_id(path: str, root: str) -> str:
 def list_inputs(spec: str) -> tuple[list[ImageInput], list[dict]]:
     """Images to predict (sorted by id) and rejected records (not images, shared ids, missing)."""
     files, root, bad = list_files(spec)
-    seen: dict[str, str] = {}
-    good = []
-    for path, size in files:
-        key = image_id(path, root)
-        if not has_image_extension(path):
-            bad.append({**rejected(path, "not_an_image", "not an image file extension"), "image_id": key})
-        elif key in seen:
-            bad.append({**rejected(path, "duplicate_id", f"{seen[key]} has the same id {key!r}"), "image_id": key})
+    by_id: dict[str, list[str]] = {}
+    sizes = dict(files)
+    for path, _ in files:
+        if has_image_extension(path):
+            by_id.setdefault(image_id(path, root), []).append(path)
         else:
-            seen[key] = path
-            good.append(ImageInput(key, path, size))
-    return sorted(good, key=lambda i: i.image_id), bad
+            bad.append({**rejected(path, "not_an_image", "not an image file extension"), "image_id": image_id(path, root)})
+    good = []
+    for key, paths in sorted(by_id.items()):
+        if len(paths) == 1:
+            good.append(ImageInput(key, paths[0], sizes[paths[0]]))
+        else:
+            bad += [{**rejected(p, "duplicate_id", f"{len(paths)} files share the id {key!r}: {paths}"), "image_id": key}
+                    for p in paths]
+    return good, bad
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -109,7 +119,7 @@ def in_shard(key: str, num_shards: int, shard_index: int) -> bool:
 def existing(root: str, folder: str) -> set[str]:
     """Relative paths of the files under ``root/folder`` (one listing)."""
     prefix = f"{root.rstrip('/')}/"
-    return {m.path[len(prefix):] for m in _match(f"{prefix}{folder}/**")} if FileSystems.exists(prefix + folder) else set()
+    return {m.path[len(prefix):] for m in _match(f"{prefix}{folder}/**")}
 
 
 def completed(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> set[str]:

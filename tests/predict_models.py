@@ -86,3 +86,18 @@ def whole_image_probabilities(model: ToyModel, image: np.ndarray, pad: int) -> n
     if model.padding == "VALID":
         return out
     return out[pad:pad + h, pad:pad + w]
+
+
+def write_images(folder, sizes: dict, seed: int = 0, channels: int = 3) -> dict:
+    """PNG images named by id (may contain '/') of the given (h, w); returns {id: array}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for image_id, (h, w) in sizes.items():
+        pixels = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+        path = os.path.join(str(folder), *image_id.split("/")) + ".png"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(path)
+        arrays[image_id] = pixels
+    return arrays

@@ -1,0 +1,216 @@
+"""The prediction job end to end on the DirectRunner: outputs, rejections, reruns, strips, shards, runners."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from pipelines import predict
+from tests.predict_models import export_model, whole_image_probabilities, write_images
+
+SIZES = {"a": (37, 61), "b": (5, 5), "nested/c": (20, 33), "d": (1, 1)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("job")
+    module = export_model(str(root / "model"), kind="same", core=8, margin=4, layers=3)
+    images = write_images(root / "in", SIZES)
+    (root / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    (root / "in" / "notes.txt").write_text("not an image")
+    write_images(root / "in", {"dup": (4, 4), "dup2": (4, 4)})
+    os.rename(root / "in" / "dup2.png", root / "in" / "dup.jpg")  # two files with the id "dup"
+    return root, module, images
+
+
+def run_job(root, output, *extra):
+    argv = ["--model-dir", str(root / "model"), "--input", str(root / "in"), "--output", str(output),
+            "--save-probabilities", "--batch-size", "7", *extra]
+    assert predict.run(argv) == 0
+    return output
+
+
+def rows_of(output, name="predictions.parquet"):
+    return {r["image_id"]: r for r in pq.read_table(os.path.join(output, name)).to_pylist()}
+
+
+def files_of(output, skip=("config.json", "_SUCCESS")):
+    found = {}
+    for dirpath, _, names in os.walk(output):
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), output)
+            if not rel.startswith(skip):
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    found[rel] = f.read()
+    return found
+
+
+def without_timing(rows):
+    return {k: {c: v for c, v in r.items() if c != "seconds"} for k, r in rows.items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(setup, tmp_path_factory):
+    root, _, _ = setup
+    return run_job(root, tmp_path_factory.mktemp("out") / "pred")
+
+
+def test_outputs_match_whole_image_prediction(setup, first_run):
+    root, module, images = setup
+    rows = rows_of(first_run)
+    assert sorted(rows) == sorted(SIZES)
+    for image_id, pixels in images.items():
+        expected = whole_image_probabilities(module, pixels, 4)
+        probabilities = np.load(first_run / "probabilities" / f"{image_id}.npy")
+        mask = np.asarray(Image.open(first_run / "masks" / f"{image_id}.png"))
+        assert mask.shape == pixels.shape[:2] and probabilities.shape == pixels.shape[:2] + (2,)
+        np.testing.assert_allclose(probabilities, expected, atol=2e-3)  # float16 on disk
+        sure = np.abs(expected[..., 1] - expected[..., 0]) > 1e-3
+        assert np.array_equal(mask[sure], expected.argmax(-1)[sure])
+        overlay = np.asarray(Image.open(first_run / "overlays" / f"{image_id}.png"))
+        assert overlay.shape == pixels.shape[:2] + (3,)
+        row = rows[image_id]
+        assert (row["height"], row["width"]) == pixels.shape[:2] and row["source"].endswith(f"{image_id}.png")
+        np.testing.assert_allclose(row["class_fractions"], np.bincount(mask.ravel(), minlength=2) / mask.size, atol=1e-6)
+        assert row["class_components"] == [ndimage.label(mask == c)[1] for c in (0, 1)]
+        assert row["components"] == row["class_components"][1]
+        assert 0.5 <= row["mean_confidence"] <= 1.0 and row["tta"] == "none" and row["model_ids"][0].startswith("toy-same")
+
+
+def test_bad_inputs_become_rejected_records_and_counts_add_up(first_run):
+    rejected = [json.loads(line) for line in (first_run / "rejected.jsonl").read_text().splitlines()]
+    reasons = {os.path.basename(r["source"]): r["reason"] for r in rejected}
+    assert reasons == {"broken.png": reasons["broken.png"], "notes.txt": "not_an_image",
+                       "dup.png": "duplicate_id", "dup.jpg": "duplicate_id"}
+    assert reasons["broken.png"] in ("truncated", "unreadable")
+    assert all(r["detail"] for r in rejected)
+    success = json.loads((first_run / "_SUCCESS").read_text())
+    assert success["sources_in"] == 8 and success["predicted"] == 4 and success["rejected"] == 4
+    assert success["sources_in"] == success["predicted"] + success["skipped_done"] + success["rejected"]
+    assert not (first_run / "_tmp").exists() or not any((first_run / "_tmp").rglob("*.npz"))
+
+
+def test_rerun_skips_finished_images_and_never_duplicates(setup, first_run, tmp_path):
+    root, _, _ = setup
+    copy = tmp_path / "pred"
+    shutil.copytree(first_run, copy)
+    before = files_of(copy)
+    run_job(root, copy)
+    success = json.loads((copy / "_SUCCESS").read_text())
+    assert (success["predicted"], success["skipped_done"], success["rejected"]) == (0, 4, 4)
+    assert files_of(copy) == before  # identical bytes, timings of the first run kept, no duplicate rows
+
+
+def test_interrupted_run_resumes_to_identical_outputs(setup, first_run, tmp_path):
+    root, _, _ = setup
+    write_images(tmp_path / "in", {f"img{i:02d}": (48, 40 + i) for i in range(40)}, seed=7)
+    shutil.copytree(root / "model", tmp_path / "model")
+    reference = run_job(tmp_path, tmp_path / "reference")
+    interrupted = tmp_path / "interrupted"
+    argv = [sys.executable, "-m", "pipelines.predict", "--model-dir", str(tmp_path / "model"), "--input",
+            str(tmp_path / "in"), "--output", str(interrupted), "--save-probabilities", "--batch-size", "7"]
+    process = subprocess.Popen(argv, cwd=os.path.dirname(os.path.dirname(__file__)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(interrupted.glob("rows/*/*.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert not (interrupted / "_SUCCESS").exists()
+    done_before = len(list((interrupted / "rows").rglob("*.json")))
+    assert 0 < done_before < 40
+    run_job(tmp_path, interrupted)
+    success = json.loads((interrupted / "_SUCCESS").read_text())
+    assert success["skipped_done"] >= done_before and success["predicted"] + success["skipped_done"] == 40
+    assert without_timing(rows_of(interrupted)) == without_timing(rows_of(reference))
+    same = {k: v for k, v in files_of(interrupted, skip=("config.json", "_SUCCESS", "rows", "predictions")).items()}
+    assert same == files_of(reference, skip=("config.json", "_SUCCESS", "rows", "predictions"))
+
+
+def test_memory_bound_strips_give_identical_outputs_and_reject_what_cannot_fit(setup, first_run, tmp_path):
+    root, _, _ = setup
+    big = write_images(tmp_path / "in", {"tall": (1500, 100), "huge": (1500, 1500)}, seed=9)
+    shutil.copytree(root / "model", tmp_path / "model")
+    out = run_job(tmp_path, tmp_path / "strips", "--memory-limit-mb", "4")
+    rows = rows_of(out)
+    assert rows["tall"]["strips"] > 1
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(os.path.basename(r["source"]), r["reason"]) for r in rejected] == [("huge.png", "too_large_for_memory")]
+    os.remove(tmp_path / "in" / "huge.png")
+    whole = run_job(tmp_path, tmp_path / "whole", "--memory-limit-mb", "2048")
+    assert rows_of(whole)["tall"]["strips"] == 1
+    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions", "rejected")) == \
+        files_of(whole, skip=("config.json", "_SUCCESS", "rows", "predictions", "rejected"))
+    assert not list((out / "_tmp").rglob("*.npz"))
+    assert big["tall"].shape[:2] == np.asarray(Image.open(out / "masks" / "tall.png")).shape
+
+
+def test_shards_cover_every_image_once_and_merge(setup, first_run, tmp_path):
+    root, _, _ = setup
+    out = tmp_path / "sharded"
+    for index in range(3):
+        run_job(root, out, "--num-shards", "3", "--shard-index", str(index))
+        assert (out / f"_SUCCESS-{index:05d}-of-00003").exists()
+    merged = json.loads((out / "_SUCCESS").read_text())
+    assert (merged["sources_in"], merged["predicted"], merged["rejected"]) == (8, 4, 4)
+    shard_ids = [set(rows_of(out, f"predictions-{i:05d}-of-00003.parquet")) for i in range(3)]
+    assert sum(len(s) for s in shard_ids) == 4 and set().union(*shard_ids) == set(SIZES)
+    assert without_timing(rows_of(out)) == without_timing(rows_of(first_run))
+
+
+def test_multi_process_runner_gives_the_same_outputs(setup, first_run, tmp_path):
+    root, _, _ = setup
+    out = run_job(root, tmp_path / "mp", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert without_timing(rows_of(out)) == without_timing(rows_of(first_run))
+    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions")) == \
+        files_of(first_run, skip=("config.json", "_SUCCESS", "rows", "predictions"))
+
+
+def test_binary_255_masks_use_the_card_threshold(tmp_path):
+    module = export_model(str(tmp_path / "model"), kind="same", core=8, margin=4, threshold=0.8)
+    images = write_images(tmp_path / "in", {"x": (19, 23)}, seed=3)
+    out = run_job(tmp_path, tmp_path / "out", "--binary-255", "--tta", "flips", "--overlap", "0.25")
+    mask = np.asarray(Image.open(out / "masks" / "x.png"))
+    assert set(np.unique(mask)) <= {0, 255}
+    probabilities = np.load(out / "probabilities" / "x.npy").astype(np.float32)
+    sure = np.abs(probabilities[..., 1] - 0.8) > 2e-3
+    assert np.array_equal(mask[sure] == 255, probabilities[..., 1][sure] >= 0.8)
+    assert rows_of(out)["x"]["tta"] == "flips" and module is not None and images
+
+
+def test_geometry_mismatch_and_binary_255_on_multiclass_are_refused(tmp_path):
+    export_model(str(tmp_path / "a"), kind="same", core=8, margin=4)
+    export_model(str(tmp_path / "b"), kind="same", core=8, margin=2, layers=2)
+    export_model(str(tmp_path / "c"), kind="pixel", core=8, margin=4, classes=3)
+    write_images(tmp_path / "in", {"x": (9, 9)})
+    base = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="disagree"):
+        predict.run(["--model-dir", str(tmp_path / "a"), "--model-dir", str(tmp_path / "b"), *base])
+    with pytest.raises(ValueError, match="binary"):
+        predict.run(["--model-dir", str(tmp_path / "c"), "--binary-255", *base])
+
+
+def test_classification_rows_have_label_and_probabilities(tmp_path):
+    export_model(str(tmp_path / "a"), kind="classify", core=16, margin=0, classes=3, seed=1, input_size=16)
+    export_model(str(tmp_path / "b"), kind="classify", core=16, margin=0, classes=3, seed=2, input_size=16)
+    write_images(tmp_path / "in", {"cup/1": (40, 30), "cup/2": (12, 50), "book/3": (16, 16)}, seed=4)
+    out = tmp_path / "out"
+    argv = ["--model-dir", str(tmp_path / "a"), "--model-dir", str(tmp_path / "b"), "--input", str(tmp_path / "in"),
+            "--output", str(out), "--tta", "flips"]
+    assert predict.run(argv) == 0
+    rows = rows_of(out)
+    assert sorted(rows) == ["book/3", "cup/1", "cup/2"]
+    for row in rows.values():
+        assert row["task"] == "classification" and len(row["probabilities"]) == 3
+        assert abs(sum(row["probabilities"]) - 1) < 1e-5
+        assert row["label"] == row["class_names"][int(np.argmax(row["probabilities"]))]
+        assert row["mean_confidence"] == pytest.approx(max(row["probabilities"]))
+        assert row["ensemble"] == "mean" and len(row["model_ids"]) == 2 and row["mask_path"] is None
