@@ -108,3 +108,34 @@ def test_binary_threshold_and_mean_thresholds():
     assert inference.decide(scores, 0.7).tolist() == [0, 1, 0]
     assert inference.decide(scores, None).tolist() == [1, 1, 0]
     assert inference.decide(scores, 0.3).tolist() == [1, 1, 1]
+
+
+def test_a_model_exported_by_the_trainer_predicts_seamlessly(tmp_path):
+    """The trainer's real export path (Keras ExportArchive) honours the contract predict reads."""
+    import keras
+
+    from schemas.model_card import ModelCard
+    from trainer.export import inference_model, write_saved_model
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="tanh")(inputs)
+    x = keras.layers.Conv2D(2, 3, padding="same")(x)
+    net = keras.Model(inputs, x)
+    tile = 8 + 2 * 3
+    tiles = keras.Input((tile, tile, 3))
+    fixed = keras.Model(tiles, net(tiles))
+    normalization = {"scale": 1 / 255, "offset": 0.0}
+    write_saved_model(inference_model(fixed, normalization), str(tmp_path / "m" / "saved_model"), "uint8")
+    card = ModelCard(task="segmentation", model_name="keras-toy", core=8, margin=3, input_size=tile,
+                     output_size=tile, channels=3, class_names=("background", "foreground"),
+                     normalization=normalization, threshold=0.5)
+    (tmp_path / "m" / "model_card.json").write_text(card.to_json())
+    pixels = image(21, 30, seed=6)
+    predictor = inference.load_predictor([str(tmp_path / "m")], "none", "mean")
+    from pipelines.tiling import mirror_index
+
+    padded = pixels[np.ix_(mirror_index(np.arange(-3, 24), 21), mirror_index(np.arange(-3, 33), 30))]
+    logits = net(padded[None].astype("float32") / 255).numpy()[0, 3:24, 3:33]
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(predict_image(predictor, pixels), expected, atol=1e-4)
