@@ -1,8 +1,8 @@
 """Writing a TFDS-format dataset: encode examples, write sized shards, finalise, commit.
 
-Shards are deterministic: the number of shards of a split follows its total encoded
-size (``shard_bytes`` target), an example's shard follows a stable hash of its id, and
-records inside a shard are sorted by id, so a rerun writes byte-identical files.
+Shards are deterministic: the number of shards of a split follows its estimated size
+(``shard_bytes`` target), a source's shard follows a stable hash of its id, and records
+inside a shard come in source-id then tile order, so a rerun writes byte-identical files.
 Everything is written under a temporary directory beside the output and moved into
 place only when complete (see :func:`commit`).
 """
@@ -11,121 +11,161 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics import Metrics
 
 from pipelines import images, sources
+from pipelines import preprocess_transforms as pt
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec, tfds_features
 
 PARTS = "_parts"
 
 
-def manifest_row(example: dict) -> dict:
+def manifest_row(example: dict, num_bytes: int, shard: str) -> dict:
     row = {name: example.get(name) for name in layout.MANIFEST_SCHEMA.names}
-    row["label"] = example.get("label") or ""
+    row.update(label=example.get("label") or "", num_bytes=num_bytes, shard=shard)
     return row
 
 
-class _Encode(beam.DoFn):
-    """Example dict -> (split, id, serialized tf.train.Example, manifest row)."""
+class ExampleEncoder:
+    """Example dict -> serialized tf.train.Example bytes (deterministic; PNG by Pillow)."""
 
-    def __init__(self, spec: DatasetSpec, png_compression: int):
-        self.spec, self.png_compression = spec, png_compression
-
-    def setup(self):
+    def __init__(self, spec: DatasetSpec, png_compression: int = 1):
         from tensorflow_datasets.core import example_serializer
 
-        self._features = tfds_features(self.spec)
-        self._serializer = example_serializer.ExampleSerializer(self._features.get_serialized_info())
+        self.png_compression = png_compression
+        self.features = tfds_features(spec)
+        self.serializer = example_serializer.ExampleSerializer(self.features.get_serialized_info())
 
-    def process(self, example: dict):
-        feature_values = {name: example[name] for name in PROVENANCE_FIELDS}
-        feature_values["image"] = images.encode_png(example["image"], compress_level=self.png_compression)
+    def encode(self, example: dict) -> bytes:
+        values = {name: example[name] for name in PROVENANCE_FIELDS}
+        values["image"] = images.encode_png(example["image"], compress_level=self.png_compression)
         if "mask" in example:
-            feature_values["mask"] = images.encode_png(example["mask"], compress_level=self.png_compression)
+            values["mask"] = images.encode_png(example["mask"], compress_level=self.png_compression)
         else:
-            feature_values["label"] = example["label"]
-        encoded = self._features.encode_example(feature_values)
-        data = self._serializer.get_tf_example(encoded).SerializeToString(deterministic=True)
-        row = manifest_row(example)
-        row["num_bytes"] = len(data)
-        yield example["split"], example["id"], data, row
+            values["label"] = example["label"]
+        encoded = self.features.encode_example(values)
+        return self.serializer.get_tf_example(encoded).SerializeToString(deterministic=True)
 
 
-class EncodeExamples(beam.PTransform):
-    def __init__(self, spec: DatasetSpec, png_compression: int = 1):
-        super().__init__()
-        self.spec, self.png_compression = spec, png_compression
-
-    def expand(self, pcoll):
-        return pcoll | "Encode" >> beam.ParDo(_Encode(self.spec, self.png_compression))
-
-
-def shard_count(total_bytes: int, shard_bytes: int) -> int:
-    return max(1, math.ceil(total_bytes / shard_bytes))
+def estimated_bytes(source: sources.Source, spec: DatasetSpec, augment_copies: int) -> float:
+    """A rough size of a source's encoded examples, from its file size (JPEG re-encodes ~3x larger)."""
+    tile_overhead = 1.0 if spec.whole_image else (spec.tile_size / spec.core) ** 2
+    copies = 1 + (augment_copies if source.split == "train" else 0)
+    jpeg = source.image_path.lower().endswith((".jpg", ".jpeg"))
+    return source.num_bytes * tile_overhead * copies * (3.0 if jpeg else 1.0)
 
 
-def shard_of(example_id: str, count: int) -> int:
-    return int(sources.hash_fraction("shard:" + example_id) * count)
+def shard_count(estimated: float, sources_in_split: int, shard_bytes: int, min_shards: int) -> int:
+    by_size = math.ceil(estimated / shard_bytes)
+    return max(1, min(sources_in_split, max(by_size, min_shards)))
 
 
-class _WriteShard(beam.DoFn):
-    def __init__(self, directory: str):
-        self.directory = directory
+def plan_shards(split_sources: list[sources.Source], spec: DatasetSpec, augment_copies: int,
+                shard_bytes: int, min_shards: int) -> Iterator[tuple[tuple[str, int, int], sources.Source]]:
+    """((split, shard index, shard count), source) for every source of one split.
+
+    Sources are ordered by a stable hash of their id and cut into contiguous, equally
+    sized runs, so no shard is empty and the plan does not depend on the runner.
+    """
+    ordered = sorted(split_sources, key=lambda s: (sources.hash_fraction("shard:" + s.id), s.id))
+    estimated = sum(estimated_bytes(s, spec, augment_copies) for s in ordered)
+    count = shard_count(estimated, len(ordered), shard_bytes, min_shards)
+    for rank, source in enumerate(ordered):
+        yield (source.split, rank * count // len(ordered), count), source
+
+
+class _HashingWriter:
+    """Writes TFRecords to a file handle while hashing and counting what it wrote."""
+
+    def __init__(self, handle):
+        self.handle, self.digest, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+
+class _BuildShard(beam.DoFn):
+    """One shard: decode its sources in id order, cut and augment tiles, encode, stream to the file."""
+
+    def __init__(self, directory: str, settings, image_policy, mask_policy, png_compression: int):
+        self.directory, self.settings = directory, settings
+        self.image_policy, self.mask_policy, self.png_compression = image_policy, mask_policy, png_compression
+
+    def setup(self):
+        self.encoder = ExampleEncoder(self.settings.spec, self.png_compression)
 
     def process(self, keyed):
-        (split, index, count), records = keyed
-        records = sorted(records, key=lambda r: r[1])
+        (split, index, count), shard_sources = keyed
         name = layout.shard_name(split, index, count)
-        digest = hashlib.sha256()
-        buffer = io.BytesIO()
-        for _, _, data, _ in records:
-            _TFRecordUtil.write_record(buffer, data)
-        payload = buffer.getvalue()
-        digest.update(payload)
+        rows, started = [], time.monotonic()
         with FileSystems.create(f"{self.directory}/{name}") as handle:
-            handle.write(payload)
-        rows = [dict(r[3], shard=name) for r in records]
-        table = pa.Table.from_pylist(rows, schema=layout.MANIFEST_SCHEMA)
+            writer = _HashingWriter(handle)
+            for source in sorted(shard_sources, key=lambda s: s.id):
+                try:
+                    image, mask = pt.decode_source(source, self.image_policy, self.mask_policy)
+                except images.RejectedInput as error:
+                    yield pt.reject(pt.rejected_source(source, error))
+                    continue
+                for example in pt.tile_examples(source, image, mask, self.settings):
+                    data = self.encoder.encode(example)
+                    _TFRecordUtil.write_record(writer, data)
+                    rows.append(manifest_row(example, len(data), name))
+                Metrics.counter(pt.NAMESPACE, "sources_written").inc()
+                yield beam.pvalue.TaggedOutput("source_stats", pt.source_stats(source, mask, self.settings.spec))
+        Metrics.counter(pt.NAMESPACE, "examples").inc(len(rows))
+        table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["id"]), schema=layout.MANIFEST_SCHEMA)
         with FileSystems.create(f"{self.directory}/{PARTS}/manifest-{split}-{index:05d}.parquet") as handle:
             pq.write_table(table, handle)
+        logging.info("shard %s: %d examples, %.1f MB in %.1f s", name, len(rows), writer.size / 1e6,
+                     time.monotonic() - started)
         yield {"split": split, "index": index, "count": count, "name": name,
-               "num_examples": len(records), "num_bytes": len(payload), "sha256": digest.hexdigest()}
+               "num_examples": len(rows), "num_bytes": writer.size, "sha256": writer.digest.hexdigest()}
 
 
 class WriteShards(beam.PTransform):
-    """(split, id, bytes, row) -> shard files + manifest parts; yields one info dict per shard."""
+    """Sources -> shard files (+ manifest parts): info dicts, ``rejected`` and ``source_stats`` outputs.
 
-    def __init__(self, directory: str, shard_bytes: int):
+    Only the small Source records are shuffled (grouped by shard); decoded pixels and
+    encoded examples never leave the worker that makes them. A split gets
+    ``max(estimated bytes / shard_bytes, min_shards)`` shards, capped by its number of
+    sources (see :func:`plan_shards`).
+    """
+
+    def __init__(self, directory: str, settings, image_policy, mask_policy, shard_bytes: int,
+                 min_shards: int = 4, png_compression: int = 1):
         super().__init__()
-        self.directory, self.shard_bytes = directory, shard_bytes
+        self.directory, self.settings, self.shard_bytes, self.min_shards = directory, settings, shard_bytes, min_shards
+        self.image_policy, self.mask_policy, self.png_compression = image_policy, mask_policy, png_compression
 
-    def expand(self, encoded):
-        shard_bytes = self.shard_bytes
-        counts = (encoded
-                  | "SizeBySplit" >> beam.Map(lambda r: (r[0], len(r[2])))
-                  | "SumBySplit" >> beam.CombinePerKey(sum)
-                  | "ShardCount" >> beam.MapTuple(lambda split, total: (split, shard_count(total, shard_bytes))))
-
-        def key_by_shard(record, counts):
-            count = counts[record[0]]
-            return (record[0], shard_of(record[1], count), count), record
-
-        return (encoded
-                | "KeyByShard" >> beam.Map(key_by_shard, counts=beam.pvalue.AsDict(counts))
+    def expand(self, split_sources):
+        spec, copies = self.settings.spec, self.settings.augment_copies
+        shard_bytes, min_shards = self.shard_bytes, self.min_shards
+        return (split_sources
+                | "BySplit" >> beam.Map(lambda s: (s.split, s))
+                | "GroupBySplit" >> beam.GroupByKey()
+                | "PlanShards" >> beam.FlatMapTuple(
+                    lambda _, group: plan_shards(list(group), spec, copies, shard_bytes, min_shards))
                 | "GroupByShard" >> beam.GroupByKey()
-                | "WriteShard" >> beam.ParDo(_WriteShard(self.directory)))
+                | "BuildShard" >> beam.ParDo(_BuildShard(
+                    self.directory, self.settings, self.image_policy, self.mask_policy, self.png_compression)
+                ).with_outputs(pt.REJECTED, "source_stats", main="shards"))
 
 
 class WriteJson(beam.PTransform):

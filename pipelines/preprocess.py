@@ -50,6 +50,7 @@ class PreprocessConfig:
     tiles: bool = False                  # classification: cut tiles instead of whole images
     max_rejected_fraction: float = 0.1
     shard_bytes: int = 128 * 2**20
+    min_shards: int = 4                  # per split (capped by its sources): parallel writes and reads
     png_compression: int = 1
     overwrite: bool = False
 
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit", choices=["resize", "pad", "crop"], default=d.fit)
     p.add_argument("--tiles", action="store_true", help="classification: tiles inheriting the label")
     p.add_argument("--max-rejected-fraction", type=float, default=d.max_rejected_fraction)
-    p.add_argument("--shard-bytes", type=int, default=d.shard_bytes, help="target shard size in bytes")
+    p.add_argument("--shard-bytes", type=int, default=d.shard_bytes,
+                   help="target shard size in bytes (estimated from input file sizes)")
+    p.add_argument("--min-shards", type=int, default=d.min_shards,
+                   help="at least this many shards per split (capped by its number of sources)")
     p.add_argument("--png-compression", type=int, default=d.png_compression, choices=range(10))
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return p
@@ -139,14 +143,13 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
         mask_policy = None
     split = listed.sources | "AssignSplits" >> pt.AssignSplits(
         config.split_fractions, stratify=config.layout == CLASSIFICATION, salt=config.split_salt)
-    decoded = split | "DecodeSources" >> pt.DecodeSources(image_policy, mask_policy)
-    cut = decoded.decoded | "CutTiles" >> pt.CutTiles(pt.TileSettings(
-        spec=spec, augment_copies=config.augment_copies, augment_config=augment.AugmentConfig(), fit=config.fit))
-    encoded = cut.examples | "EncodeExamples" >> dataset_writer.EncodeExamples(spec, config.png_compression)
-    shards = encoded | "WriteShards" >> dataset_writer.WriteShards(work, config.shard_bytes)
-    _ = shards | "WriteShardInfo" >> dataset_writer.WriteJson(f"{work}/{PARTS}/shards.json")
-    _ = cut.source_stats | "WriteSourceStats" >> preprocess_stats.SummariseSources(f"{work}/{PARTS}/sources.json")
-    rejected = (listed.rejected, decoded.rejected) | "AllRejected" >> beam.Flatten()
+    settings = pt.TileSettings(spec=spec, augment_copies=config.augment_copies,
+                               augment_config=augment.AugmentConfig(), fit=config.fit)
+    built = split | "WriteShards" >> dataset_writer.WriteShards(
+        work, settings, image_policy, mask_policy, config.shard_bytes, config.min_shards, config.png_compression)
+    _ = built.shards | "WriteShardInfo" >> dataset_writer.WriteJson(f"{work}/{PARTS}/shards.json")
+    _ = built.source_stats | "WriteSourceStats" >> preprocess_stats.SummariseSources(f"{work}/{PARTS}/sources.json")
+    rejected = (listed.rejected, built.rejected) | "AllRejected" >> beam.Flatten()
     _ = rejected | "WriteRejected" >> dataset_writer.WriteJson(f"{work}/{PARTS}/rejected.json")
 
 

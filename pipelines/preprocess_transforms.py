@@ -1,4 +1,5 @@
-"""Beam transforms of the preprocessing job: list and pair sources, decode, cut tiles.
+"""Beam transforms of the preprocessing job: list and pair sources, assign splits;
+and the per-source work (decode, cut tiles, augment) that the shard writer calls.
 
 Each composite only wires DoFns around the pure code in ``sources``, ``images``,
 ``tiling`` and ``augment``. Bad inputs leave through the ``rejected`` tagged output
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import time
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -18,20 +17,20 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipelines import augment, images, sources, tiling
-from schemas.example import CLASSIFICATION, IGNORE_LABEL, DatasetSpec, example_id
+from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 
 REJECTED = "rejected"
 NAMESPACE = "tessera.preprocess"
 
 
-def _reject(record: dict) -> beam.pvalue.TaggedOutput:
+def reject(record: dict) -> beam.pvalue.TaggedOutput:
     Metrics.counter(NAMESPACE, "rejected").inc()
     Metrics.counter(NAMESPACE, f"rejected_{record['reason']}").inc()
     return beam.pvalue.TaggedOutput(REJECTED, record)
 
 
-def _match_files(pattern: str) -> list[str]:
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+def _match_files(pattern: str) -> list[tuple[str, int]]:
+    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
 
 
 class _PairFiles(beam.DoFn):
@@ -39,11 +38,12 @@ class _PairFiles(beam.DoFn):
 
     def process(self, keyed: tuple[str, dict]) -> Iterator[Any]:
         key, files = keyed
-        source, bad = sources.pair(key, list(files["images"]), list(files["masks"]))
+        sizes = dict(list(files["images"]) + list(files["masks"]))
+        source, bad = sources.pair(key, [p for p, _ in files["images"]], [p for p, _ in files["masks"]])
         for record in bad:
-            yield _reject(record)
+            yield reject(record)
         if source is not None:
-            yield source
+            yield dataclasses.replace(source, num_bytes=sizes[source.image_path] + sizes[source.mask_path])
 
 
 class ReadImagePairs(beam.PTransform):
@@ -58,7 +58,7 @@ class ReadImagePairs(beam.PTransform):
             return (pbegin
                     | f"Match{kind}" >> beam.Create([f"{self.root}/{kind}/**"])
                     | f"List{kind}" >> beam.FlatMap(_match_files)
-                    | f"Key{kind}" >> beam.Map(lambda p: sources.segmentation_key(p, self.root)[0:1] + (p,)))
+                    | f"Key{kind}" >> beam.Map(lambda f: (sources.segmentation_key(f[0], self.root)[0], f)))
 
         return ({"images": keyed_files("images"), "masks": keyed_files("masks")}
                 | "GroupById" >> beam.CoGroupByKey()
@@ -85,19 +85,20 @@ class _ClassSource(beam.DoFn):
     def __init__(self, root: str, class_names: tuple[str, ...]):
         self.root, self.class_names = root, class_names
 
-    def process(self, path: str) -> Iterator[Any]:
+    def process(self, listed: tuple[str, int]) -> Iterator[Any]:
+        path, size = listed
         if not sources.has_image_extension(path):
-            yield _reject(sources.rejected(path, "not_an_image", "not an image file extension"))
+            yield reject(sources.rejected(path, "not_an_image", "not an image file extension"))
             return
         try:
             source = sources.classification_source(path, self.root)
         except ValueError as error:
-            yield _reject(sources.rejected(path, "no_class_folder", str(error)))
+            yield reject(sources.rejected(path, "no_class_folder", str(error)))
             return
         if source.label not in self.class_names:
-            yield _reject(sources.rejected(path, "unknown_class", f"class {source.label!r} is not in {self.class_names}"))
+            yield reject(sources.rejected(path, "unknown_class", f"class {source.label!r} is not in {self.class_names}"))
         else:
-            yield source
+            yield dataclasses.replace(source, num_bytes=size)
 
 
 class AssignSplits(beam.PTransform):
@@ -129,44 +130,28 @@ class AssignSplits(beam.PTransform):
                 | "Stratify" >> beam.FlatMap(stratified))
 
 
-class _Decode(beam.DoFn):
-    def __init__(self, image_policy: images.ImagePolicy, mask_policy: images.MaskPolicy | None):
-        self.image_policy, self.mask_policy = image_policy, mask_policy
-
-    @staticmethod
-    def _read(path: str) -> bytes:
-        with FileSystems.open(path) as handle:
-            return handle.read()
-
-    def process(self, source: sources.Source) -> Iterator[Any]:
-        files = [source.image_path] + ([source.mask_path] if source.mask_path else [])
-        try:
-            image = images.read_image(self._read(source.image_path), source.image_path, self.image_policy)
-            mask = None
-            if source.mask_path:
-                mask = images.read_mask(self._read(source.mask_path), source.mask_path, self.mask_policy)
-                images.check_pair(image, mask, source.id)
-        except images.RejectedInput as error:
-            yield _reject(sources.rejected(" + ".join(files), error.reason, error.detail, files))
-            return
-        except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
-            yield _reject(sources.rejected(" + ".join(files), "unreadable", str(error), files))
-            return
-        Metrics.counter(NAMESPACE, "sources_decoded").inc()
-        Metrics.distribution(NAMESPACE, "source_megapixels_x1000").update(int(image.shape[0] * image.shape[1] / 1000))
-        yield source, image, mask
+def read_file(path: str) -> bytes:
+    with FileSystems.open(path) as handle:
+        return handle.read()
 
 
-class DecodeSources(beam.PTransform):
-    """Source -> (source, image (H,W,C), mask (H,W) or None); unreadable inputs -> rejected."""
+def decode_source(source: sources.Source, image_policy: images.ImagePolicy,
+                  mask_policy: images.MaskPolicy | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image (H,W,C), mask (H,W) or None); raises RejectedInput with the reason."""
+    try:
+        image = images.read_image(read_file(source.image_path), source.image_path, image_policy)
+        mask = None
+        if source.mask_path:
+            mask = images.read_mask(read_file(source.mask_path), source.mask_path, mask_policy)
+            images.check_pair(image, mask, source.id)
+    except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
+        raise images.RejectedInput("unreadable", str(error)) from error
+    return image, mask
 
-    def __init__(self, image_policy: images.ImagePolicy, mask_policy: images.MaskPolicy | None):
-        super().__init__()
-        self.image_policy, self.mask_policy = image_policy, mask_policy
 
-    def expand(self, pcoll):
-        return pcoll | "Decode" >> beam.ParDo(_Decode(self.image_policy, self.mask_policy)).with_outputs(
-            REJECTED, main="decoded")
+def rejected_source(source: sources.Source, error: images.RejectedInput) -> dict:
+    files = [source.image_path] + ([source.mask_path] if source.mask_path else [])
+    return sources.rejected(" + ".join(files), error.reason, error.detail, files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,40 +204,8 @@ def class_pixels(mask: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(labelled.ravel(), minlength=num_classes)[:num_classes].tolist()
 
 
-class _Cut(beam.DoFn):
-    def __init__(self, settings: TileSettings):
-        self.settings = settings
-
-    def setup(self):
-        self._last_log, self._sources, self._tiles = time.monotonic(), 0, 0
-
-    def process(self, decoded) -> Iterator[Any]:
-        source, image, mask = decoded
-        n = 0
-        for example in tile_examples(source, image, mask, self.settings):
-            n += 1
-            yield example
-        Metrics.counter(NAMESPACE, "examples").inc(n)
-        Metrics.counter(NAMESPACE, f"sources_{source.split}").inc()
-        stats = {"split": source.split, "label": source.label,
-                 "class_pixels": class_pixels(mask, self.settings.spec.num_classes) if mask is not None else None}
-        yield beam.pvalue.TaggedOutput("source_stats", stats)
-        self._sources, self._tiles = self._sources + 1, self._tiles + n
-        if time.monotonic() - self._last_log > 10:
-            logging.info("preprocess worker: %d sources, %d examples so far", self._sources, self._tiles)
-            self._last_log = time.monotonic()
+def source_stats(source: sources.Source, mask: np.ndarray | None, spec: DatasetSpec) -> dict:
+    return {"split": source.split, "label": source.label,
+            "class_pixels": None if mask is None else class_pixels(mask, spec.num_classes)}
 
 
-class CutTiles(beam.PTransform):
-    """(source, image, mask) -> example dicts (tiles + static augmentation) and per-source stats."""
-
-    def __init__(self, settings: TileSettings):
-        super().__init__()
-        self.settings = settings
-
-    def expand(self, pcoll):
-        return pcoll | "Cut" >> beam.ParDo(_Cut(self.settings)).with_outputs("source_stats", main="examples")
-
-
-def is_classification(spec: DatasetSpec) -> bool:
-    return spec.task == CLASSIFICATION

@@ -32,6 +32,7 @@ class Source:
     mask_path: str | None = None
     label: str | None = None     # classification: class folder name
     split: str | None = None     # set by a split folder, else assigned by hash
+    num_bytes: int = 0           # size of its file(s) on disk: the basis of shard planning
 
 
 def rejected(source: str, reason: str, detail: str, files: Sequence[str] | None = None) -> dict:

@@ -12,7 +12,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
-from pipelines import augment, images, preprocess, sources, tiling
+from pipelines import augment, dataset_writer, images, preprocess, sources, tiling
 from pipelines import preprocess_transforms as pt
 from schemas.example import SEGMENTATION, DatasetSpec
 from tessera import synthetic
@@ -67,42 +67,49 @@ def test_assign_splits_hash_is_stable_and_stratified_covers_every_split():
                     equal_to([(c, s) for c in "xyz" for s in ("train", "val", "test")]))
 
 
-def test_decode_sources_sends_bad_files_to_dead_letters(tmp_path):
+def write_pair(root: pathlib.Path, name: str, rng, h=20, w=30) -> sources.Source:
+    image, mask = synthetic.segmentation_pair(rng, h, w)
+    (root / f"{name}.png").write_bytes(images.encode_png(image))
+    (root / f"{name}_mask.png").write_bytes(images.encode_png((mask * 255)[..., None]))
+    return sources.Source(name, str(root / f"{name}.png"), str(root / f"{name}_mask.png"),
+                          num_bytes=1000, split="train" if name.startswith("t") else "val")
+
+
+def test_write_shards_builds_every_shard_and_dead_letters_bad_sources(tmp_path):
     rng = np.random.default_rng(0)
-    image, mask = synthetic.segmentation_pair(rng, 20, 30)
-    (tmp_path / "good.png").write_bytes(images.encode_png(image))
-    (tmp_path / "mask.png").write_bytes(images.encode_png((mask * 255)[..., None]))
-    (tmp_path / "bad.png").write_bytes(b"not a png")
-    good = sources.Source("good", str(tmp_path / "good.png"), str(tmp_path / "mask.png"))
-    bad = sources.Source("bad", str(tmp_path / "bad.png"), str(tmp_path / "mask.png"))
-    missing = sources.Source("gone", str(tmp_path / "gone.png"), str(tmp_path / "mask.png"))
+    good = [write_pair(tmp_path, f"t{i}", rng) for i in range(5)] + [write_pair(tmp_path, "v0", rng)]
+    (tmp_path / "tbad.png").write_bytes(b"not a png")
+    bad = sources.Source("tbad", str(tmp_path / "tbad.png"), good[0].mask_path, num_bytes=10, split="train")
+    gone = sources.Source("tgone", str(tmp_path / "gone.png"), good[0].mask_path, num_bytes=10, split="train")
+    spec = DatasetSpec(SEGMENTATION, core=16, margin=4, channels=3)
+    settings = pt.TileSettings(spec=spec, augment_copies=1)
     with test_pipeline.TestPipeline() as p:
-        out = p | beam.Create([good, bad, missing]) | pt.DecodeSources(
-            images.ImagePolicy(), images.parse_mask_values("binary", 2))
-        assert_that(out.decoded | beam.Map(lambda d: (d[0].id, d[1].shape, int(d[2].max()))),
-                    equal_to([("good", (20, 30, 3), 1)]), label="decoded")
-        assert_that(out.rejected | beam.Map(lambda r: (os.path.basename(r["files"][0]), r["reason"])),
-                    equal_to([("bad.png", "not_an_image"), ("gone.png", "unreadable")]), label="rejected")
+        out = p | beam.Create(good + [bad, gone]) | dataset_writer.WriteShards(
+            str(tmp_path / "out"), settings, images.ImagePolicy(), images.parse_mask_values("binary", 2),
+            shard_bytes=10**9, min_shards=3)
+        # 7 train sources -> 3 shards, 1 val source -> 1 shard; 2 x 2 cores, train doubled by one copy
+        assert_that(out.shards | beam.Map(lambda s: (s["name"], s["count"])),
+                    equal_to([(f"tessera-train.tfrecord-0000{i}-of-00003", 3) for i in range(3)]
+                             + [("tessera-val.tfrecord-00000-of-00001", 1)]), label="shards")
+        assert_that(out.shards | beam.Map(lambda s: s["num_examples"]) | beam.CombineGlobally(sum),
+                    equal_to([5 * 4 * 2 + 4]), label="examples")
+        assert_that(out.rejected | beam.Map(lambda r: (r["source"].split(" + ")[0][-8:], r["reason"])),
+                    equal_to([("tbad.png", "not_an_image"), ("gone.png", "unreadable")]), label="rejected")
+        assert_that(out.source_stats | beam.Map(lambda s: s["split"]), equal_to(["train"] * 5 + ["val"]),
+                    label="stats")
 
 
-def test_cut_tiles_emits_cores_copies_and_source_stats():
+def test_tile_examples_cut_cores_and_add_copies_only_in_train():
     spec = DatasetSpec(SEGMENTATION, core=16, margin=4, channels=3)
     settings = pt.TileSettings(spec=spec, augment_copies=2)
-    rng = np.random.default_rng(1)
-    image, mask = synthetic.segmentation_pair(rng, 20, 40)
-    train = sources.Source("t", "t.png", "t_mask.png", split="train")
-    val = sources.Source("v", "v.png", "v_mask.png", split="val")
-    with test_pipeline.TestPipeline() as p:
-        out = p | beam.Create([(train, image, mask), (val, image, mask)]) | pt.CutTiles(settings)
-        # 2 x 3 cores; train gets 1 + 2 copies of each, val only the originals
-        assert_that(out.examples | beam.Map(lambda e: (e["split"], e["copy"])) | beam.combiners.Count.PerElement(),
-                    equal_to([(("train", 0), 6), (("train", 1), 6), (("train", 2), 6), (("val", 0), 6)]),
-                    label="counts")
-        assert_that(out.examples | beam.Map(lambda e: e["image"].shape + e["mask"].shape),
-                    is_not_empty(), label="shapes")
-        total = int((mask != 255).sum())
-        assert_that(out.source_stats | beam.Map(lambda s: (s["split"], sum(s["class_pixels"]))),
-                    equal_to([("train", total), ("val", total)]), label="stats")
+    image, mask = synthetic.segmentation_pair(np.random.default_rng(1), 20, 40)
+    train = list(pt.tile_examples(sources.Source("t", "t.png", "m.png", split="train"), image, mask, settings))
+    val = list(pt.tile_examples(sources.Source("v", "v.png", "m.png", split="val"), image, mask, settings))
+    assert sorted(e["copy"] for e in train) == [0] * 6 + [1] * 6 + [2] * 6  # 2 x 3 cores
+    assert [e["copy"] for e in val] == [0] * 6
+    assert all(e["image"].shape == (24, 24, 3) and e["mask"].shape == (24, 24, 1) for e in train)
+    assert len({e["id"] for e in train}) == 18
+    assert len({e["augmentation"] for e in train if e["copy"]}) == 12  # every copy its own transform
 
 
 def test_tile_examples_match_the_source_at_the_recorded_coordinates():
@@ -189,11 +196,13 @@ def test_multi_process_run_is_byte_identical_to_in_process(dataset, raw_folder, 
 
 def test_shards_follow_the_byte_target(raw_folder, tmp_path):
     out = tmp_path / "ds"
-    run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--shard-bytes", 20_000,
+    run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--shard-bytes", 30_000, "--min-shards", 1,
             "--split-fractions", "1,0,0")
     shards = sorted(out.glob("tessera-train.tfrecord-*"))
-    total = sum(p.stat().st_size for p in shards)
-    assert len(shards) == -(-total // 20_000) > 1
+    sizes = [p.stat().st_size for p in shards]
+    assert len(shards) > 2 and max(sizes) < 3 * 30_000  # sized from an estimate: within a small factor
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert {r["shard"] for r in rows} == {p.name for p in shards}
 
 
 def test_existing_output_is_refused_without_overwrite_and_replaced_with_it(dataset, raw_folder, tmp_path):
