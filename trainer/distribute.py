@@ -56,6 +56,15 @@ def remove_temp(path: str, strategy: tf.distribute.Strategy) -> None:
         tf.io.gfile.rmtree(path)
 
 
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Blocks until every replica of every worker gets here (an all-reduce of a constant)."""
+    @tf.function
+    def all_reduce():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+    all_reduce().numpy()
+
+
 def mixed_precision_policy(setting: str) -> str:
     """"auto" -> mixed_float16 when a GPU is present; "on" / "off" force it."""
     if setting == "on" or (setting == "auto" and tf.config.list_logical_devices("GPU")):

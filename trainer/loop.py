@@ -155,7 +155,9 @@ def _check_backup_config(cfg: TrainConfig, backup_dir: str, chief: bool) -> None
             handle.write(json.dumps(mine, indent=2, sort_keys=True))
 
 
-def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, export_model: bool = True) -> TrainResult:
+    """Trains (resuming from the backup if there is one) and, on the chief, exports the best
+    model. ``strategy`` defaults to ``distribute.choose_strategy()``."""
     info = open_dataset(cfg.data)
     cfg = for_task(cfg, info.spec.task)
     strategy = strategy or distribute.choose_strategy()
@@ -163,12 +165,12 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> T
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(cfg, info, strategy, policy != "float32")
+        return _train(cfg, info, strategy, policy != "float32", export_model)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool) -> TrainResult:
+def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_model: bool) -> TrainResult:
     chief = distribute.is_chief(strategy)
     spec = info.spec
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
@@ -290,9 +292,11 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool) -> TrainR
     log(f"Finished at epoch {int(epoch_var.numpy())}; best {cfg.monitor} {float(best_var.numpy()):.4f} at epoch "
         f"{int(best_epoch_var.numpy())}; weights checksum {checksum:.6f}")
     card = None
-    if chief:
+    if chief and export_model:
         card = export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec,
                              {"best_epoch": float(best_epoch_var.numpy())})
         log(f"Exported {cfg.model_dir}: " + " ".join(f"{k} {v:.4f}" for k, v in card.metrics.items()))
+    if distribute.task(strategy)[0] is not None:
+        distribute.barrier(strategy)  # workers leave together, after the chief has exported
     return TrainResult(history.rows, step_losses, resumed_at, int(best_epoch_var.numpy()), float(best_var.numpy()),
                        card, checksum)

@@ -32,7 +32,7 @@ def build_small_cnn(input_shape: tuple[int, int, int], num_classes: int, depth: 
             x = layers.Conv2D(filters * 2 ** stage, 3, padding="same", use_bias=not batchnorm,
                               kernel_initializer="he_normal", name=f"stage{stage}_conv{i}")(x)
             if batchnorm:
-                x = layers.BatchNormalization(synchronized=True, name=f"stage{stage}_bn{i}")(x)
+                x = layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"stage{stage}_bn{i}")(x)
             x = layers.ReLU(name=f"stage{stage}_relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"stage{stage}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)

@@ -19,13 +19,13 @@ def residual_block(x, filters: int, batchnorm: bool, attention: str, name: str):
     if x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, use_bias=not batchnorm, name=f"{name}_proj")(x)
         if batchnorm:
-            shortcut = layers.BatchNormalization(synchronized=True, name=f"{name}_proj_bn")(shortcut)
+            shortcut = layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_proj_bn")(shortcut)
     y = x
     for i in (1, 2):
         y = layers.Conv2D(filters, 3, padding="same", use_bias=not batchnorm,
                           kernel_initializer="he_normal", name=f"{name}_conv{i}")(y)
         if batchnorm:
-            y = layers.BatchNormalization(synchronized=True, name=f"{name}_bn{i}")(y)
+            y = layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn{i}")(y)
         if i == 1:
             y = layers.ReLU(name=f"{name}_relu{i}")(y)
     y = ATTENTION[attention](name=f"{name}_{attention}")(y)

@@ -55,7 +55,7 @@ def conv_block(x, filters: int, padding: str, batchnorm: bool, name: str):
         x = layers.Conv2D(filters, 3, padding=padding, use_bias=not batchnorm,
                           kernel_initializer="he_normal", name=f"{name}_conv{i}")(x)
         if batchnorm:
-            x = layers.BatchNormalization(synchronized=True, name=f"{name}_bn{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"{name}_bn{i}")(x)
         x = layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
