@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines import predict_tta
+from pipelines.predict_decide import decide, one_hot
 from pipelines.predict_plan import StripTask, task_tiles
 from schemas.model_card import MODEL_CARD_FILE, SAVED_MODEL_DIR, SERVING_INPUT, SERVING_OUTPUT, ModelCard
 
@@ -76,13 +77,6 @@ def local_model_dir(model_dir: str) -> str:
     return target
 
 
-def decide(scores: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Class ids (uint8) from scores (..., K): P(class 1) >= threshold for binary, else argmax."""
-    if threshold is not None and scores.shape[-1] == 2:
-        return (scores[..., 1] >= threshold).astype(np.uint8)
-    return np.argmax(scores, axis=-1).astype(np.uint8)
-
-
 def ensemble_threshold(cards: Sequence[ModelCard], combine: str) -> float | None:
     """The binary threshold applied to combined scores: mean of the cards' (0.5 for a card
     without one) under "mean"; None (majority of votes) under "vote" or when no card has one."""
@@ -90,10 +84,6 @@ def ensemble_threshold(cards: Sequence[ModelCard], combine: str) -> float | None
     if combine == "vote" or all(t is None for t in thresholds):
         return None
     return float(np.mean([0.5 if t is None else t for t in thresholds]))
-
-
-def one_hot(ids: np.ndarray, classes: int) -> np.ndarray:
-    return (ids[..., None] == np.arange(classes, dtype=ids.dtype)).astype(np.float32)
 
 
 @dataclasses.dataclass

@@ -213,7 +213,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
             for r in strips():
                 handle.write(np.ascontiguousarray(r.probabilities, "<f2").tobytes())
     write_bytes(layout.path(layout.overlay(image_id)),
-                images.encode_png(overlay(np.concatenate(previews), np.concatenate(masks)), compress_level=6))
+                images.encode_png(overlay(np.concatenate(previews), np.concatenate(masks)), compress_level=1))
     pixels, per_class = height * width, components.result()
     return {
         "image_id": image_id, "source": first.source, "task": s.task, "height": height, "width": width,

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines import tiling
+from pipelines.predict_decide import chosen
 from pipelines.predict_plan import StripTask
 
 PREVIEW_SIDE = 1024  # the overlay preview's longest side is at most this many pixels
@@ -60,14 +61,27 @@ class StripResult:
 
 
 def stitch_strip(task: StripTask, scores: np.ndarray, blend: str) -> np.ndarray:
-    """Blend the cores of ``task`` into its output rows: (b - a, W, K) float32."""
+    """Blend the cores of ``task`` into its output rows: (b - a, W, K) float32.
+
+    Disjoint cores (no overlap) are placed as they are; overlapping ones are blended.
+    """
     top = min(y for y, _, _, _ in task.boxes)
     bottom = max(y + h for y, _, h, _ in task.boxes)
+    a, b = task.rows
+    if disjoint(task.boxes):
+        pieces = ((y - top, x, h, w, score) for (y, x, h, w), score in zip(task.boxes, scores))
+        return tiling.stitch(pieces, bottom - top, task.width)[a - top:b - top]
     stitcher = tiling.Stitcher(bottom - top, task.width, scores.shape[-1], mode=blend)
     for (y, x, h, w), score in zip(task.boxes, scores):
         stitcher.add(y - top, x, score[:h, :w])
-    a, b = task.rows
     return stitcher.result()[a - top:b - top]
+
+
+def disjoint(boxes) -> bool:
+    """Whether no two cores overlap (the grid's stride equals the core)."""
+    ys, xs = sorted({b[0] for b in boxes}), sorted({b[1] for b in boxes})
+    first = boxes[0]
+    return all(b - a >= first[2] for a, b in zip(ys, ys[1:])) and all(b - a >= first[3] for a, b in zip(xs, xs[1:]))
 
 
 def preview_step(height: int, width: int, side: int = PREVIEW_SIDE) -> int:
@@ -91,7 +105,7 @@ def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarr
     stitched = stitch_strip(task, scores, blend)
     mask = decide(stitched)
     classes = stitched.shape[-1]
-    confidence = np.take_along_axis(stitched, mask[..., None].astype(np.intp), axis=-1)
+    confidence = chosen(stitched, mask)
     step = preview_step(task.height, task.width)
     rows = preview_rows(*task.rows, step)
     return StripResult(

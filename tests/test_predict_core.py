@@ -184,3 +184,13 @@ def test_settings_fingerprint_changes_with_what_changes_outputs():
     for change in ({"tta": "flips"}, {"model_ids": ("m2",)}, {"overlap": 0.25}, {"binary_255": True}):
         other = predict_outputs.OutputSettings(**{**base.__dict__, **change})
         assert other.fingerprint() != base.fingerprint()
+
+
+@pytest.mark.parametrize("classes", [2, 3, 7])
+def test_decisions_equal_argmax_and_pick_the_decided_score(classes):
+    from pipelines.predict_decide import chosen, decide
+
+    scores = np.random.default_rng(classes).integers(0, 4, (40, 30, classes)).astype(np.float32)  # many ties
+    ids = decide(scores, None)
+    assert np.array_equal(ids, scores.argmax(-1))
+    assert np.array_equal(chosen(scores, ids), np.take_along_axis(scores, ids[..., None].astype(int), -1)[..., 0])

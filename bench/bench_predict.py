@@ -1,0 +1,160 @@
+"""Benchmark of ``tessera predict``, every figure measured side by side in one run.
+
+1. The job's end-to-end tiles/s (read PNGs, cut, RunInference, stitch, write masks/overlays/
+   rows/Parquet, DirectRunner in-process) vs the same SavedModel's bare ``predict`` on the
+   same tiles already in memory: the job's overhead as a ratio. Two models: a conv stack
+   whose cost dominates (the realistic case) and a tiny one that exposes the fixed cost per tile.
+2. Cost with --overlap 0 / 0.25 / 0.5 and --tta none / flips / dihedral against the ratios
+   that the tile counts (and the number of forward passes) predict.
+3. Peak memory (RSS) of a job on one 10 000 x 10 000 RGB image under --memory-limit-mb,
+   in a fresh process, against the documented bound (the planner's estimate is printed too).
+
+    python bench/bench_predict.py            # about 5 minutes on 2 cores
+    python bench/bench_predict.py --quick    # smaller inputs, a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipelines import inference, predict, predict_plan as plan, tiling  # noqa: E402
+from tests.predict_models import export_model  # noqa: E402
+
+CORE, MARGIN, BATCH = 128, 32, 16
+
+
+def synthetic(h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth RGB structure plus mild noise (compresses like a real photo, unlike pure noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.ogrid[0:h, 0:w]
+    out = np.empty((h, w, 3), np.uint8)
+    for c in range(3):
+        f = rng.uniform(0.005, 0.05, 2)
+        out[..., c] = (127 + 90 * np.sin(yy * f[0] + c) * np.cos(xx * f[1])).astype(np.uint8)
+    out[::7, ::5] ^= rng.integers(0, 32, out[::7, ::5].shape, dtype=np.uint8)
+    return out
+
+
+def write_inputs(folder: str, count: int, size: int) -> list[np.ndarray]:
+    os.makedirs(folder, exist_ok=True)
+    arrays = [synthetic(size, size, i) for i in range(count)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(os.path.join(folder, f"img{i:03d}.png"), compress_level=1)
+    return arrays
+
+
+def bare_tiles_per_second(model_dir: str, arrays: list[np.ndarray]) -> tuple[float, int]:
+    """The SavedModel signature alone on every tile of ``arrays``, cut beforehand, in batches."""
+    predictor = inference.load_predictor([model_dir], "none", "mean")
+    tiles = np.stack([t for a in arrays for _, t in tiling.cut_tiles(a, CORE, MARGIN)])
+    predictor.models[0](tiles[:BATCH])  # warm-up (graph tracing)
+    started = time.perf_counter()
+    for i in range(0, len(tiles), BATCH):
+        predictor.models[0](tiles[i:i + BATCH])
+    return len(tiles) / (time.perf_counter() - started), len(tiles)
+
+
+def job(model_dir: str, folder: str, output: str, *flags: str) -> tuple[float, int]:
+    """(seconds, tiles) of one fresh `tessera predict` run (model load and pipeline start included)."""
+    argv = ["--model-dir", model_dir, "--input", folder, "--output", output, "--batch-size", str(BATCH), *flags]
+    started = time.perf_counter()
+    predict.run(argv)
+    seconds = time.perf_counter() - started
+    with open(os.path.join(output, "_SUCCESS")) as f:
+        return seconds, json.load(f)["tiles"]
+
+
+def memory_child(model_dir: str, folder: str, output: str, limit_mb: int) -> None:
+    """Runs in a fresh process: baseline RSS after loading the model, then the job's peak RSS."""
+    predictor = inference.load_predictor([model_dir], "none", "mean")
+    predictor.predict(np.zeros((BATCH, CORE + 2 * MARGIN, CORE + 2 * MARGIN, 3), np.uint8))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    started = time.perf_counter()
+    predict.run(["--model-dir", model_dir, "--input", folder, "--output", output, "--batch-size", str(BATCH),
+                 "--memory-limit-mb", str(limit_mb)])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open(os.path.join(output, "predictions.parquet"), "rb"):
+        pass
+    print(json.dumps({"baseline": baseline, "peak": peak, "seconds": time.perf_counter() - started}))
+
+
+def memory_run(model_dir: str, work: str, side: int, limit_mb: int) -> dict:
+    folder = os.path.join(work, "huge")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "huge.png")
+    if not os.path.exists(path):
+        Image.fromarray(synthetic(side, side, 99)).save(path, compress_level=1)
+    output = os.path.join(work, f"pred-huge-{limit_mb}")
+    child = subprocess.run([sys.executable, __file__, "--memory-child", model_dir, folder, output, str(limit_mb)],
+                           capture_output=True, text=True, check=True)
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    g = plan.Geometry("segmentation", CORE, MARGIN, 3, 1, 2, CORE, BATCH)
+    strips = plan.plan_strips(side, side, os.path.getsize(path), g, limit_mb * 2**20)
+    with open(os.path.join(output, "rows", os.listdir(os.path.join(output, "rows"))[0], "huge.json")) as f:
+        row = json.load(f)
+    return {**result, "estimate": plan.peak_bytes(side, side, os.path.getsize(path), g, strips),
+            "strips": row["strips"], "limit": limit_mb * 2**20, "tiles": row["tiles"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-child", nargs=4, metavar=("MODEL", "INPUT", "OUTPUT", "LIMIT_MB"))
+    parser.add_argument("--memory-limit-mb", type=int, default=1024)
+    args = parser.parse_args()
+    if args.memory_child:
+        model_dir, folder, output, limit = args.memory_child
+        memory_child(model_dir, folder, output, int(limit))
+        return
+    count, size, side = (3, 512, 3000) if args.quick else (12, 1024, 10_000)
+    work = tempfile.mkdtemp(prefix="bench-predict-")
+    conv = os.path.join(work, "conv")
+    light = os.path.join(work, "light")
+    export_model(conv, kind="same", core=CORE, margin=MARGIN, layers=4, width=16)
+    export_model(light, kind="same", core=CORE, margin=MARGIN, layers=2, width=4)
+    folder = os.path.join(work, "images")
+    arrays = write_inputs(folder, count, size)
+    print(f"inputs: {count} RGB images of {size}x{size}; core {CORE}, margin {MARGIN}, batch {BATCH}; "
+          f"{os.cpu_count()} CPU cores", flush=True)
+
+    print("\n1. job vs bare predict on the same tiles")
+    for name, model_dir in (("conv (4x3x3x16)", conv), ("tiny (2x3x3x4)", light)):
+        bare, n = bare_tiles_per_second(model_dir, arrays)
+        seconds, tiles = job(model_dir, folder, os.path.join(work, f"pred-{os.path.basename(model_dir)}"))
+        assert tiles == n, (tiles, n)
+        print(f"   {name:16s} bare {bare:7.1f} tiles/s   job {tiles / seconds:7.1f} tiles/s   "
+              f"ratio {tiles / seconds / bare:.2f}   ({tiles} tiles, job {seconds:.1f} s)", flush=True)
+
+    print("\n2. cost vs theory (conv model; time ratio to overlap 0 / tta none)")
+    base_seconds, base_tiles = job(conv, folder, os.path.join(work, "pred-base"))
+    for flags, theory_of in ((("--overlap", "0.25"), None), (("--overlap", "0.5"), None),
+                             (("--tta", "flips"), 2), (("--tta", "dihedral"), 8)):
+        seconds, tiles = job(conv, folder, os.path.join(work, "pred-" + "-".join(flags)), *flags)
+        theory = theory_of or tiles / base_tiles
+        ratio = seconds / base_seconds
+        print(f"   {' '.join(flags):16s} tiles {tiles:6d}  theory x{theory:5.2f}  measured x{ratio:5.2f}  "
+              f"({ratio / theory - 1:+.1%})", flush=True)
+
+    print(f"\n3. peak memory, one {side}x{side} RGB image, --memory-limit-mb {args.memory_limit_mb} (tiny model)")
+    m = memory_run(light, work, side, args.memory_limit_mb)
+    mib = 2**20
+    print(f"   strips {m['strips']}, tiles {m['tiles']}, {m['seconds']:.1f} s ({m['tiles'] / m['seconds']:.0f} tiles/s)\n"
+          f"   baseline RSS (runtime + model) {m['baseline'] / mib:.0f} MiB, peak RSS {m['peak'] / mib:.0f} MiB, "
+          f"job's own {(m['peak'] - m['baseline']) / mib:.0f} MiB\n"
+          f"   planner estimate {m['estimate'] / mib:.0f} MiB, bound {m['limit'] / mib:.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
