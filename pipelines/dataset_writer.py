@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipelines import images, sources
+from pipelines import images, progress, sources
 from pipelines import preprocess_transforms as pt
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec, tfds_features
@@ -115,20 +115,25 @@ class _BuildShard(beam.DoFn):
         (split, index, count), shard_sources = keyed
         name = layout.shard_name(split, index, count)
         rows, started = [], time.monotonic()
+        counters = progress.CounterFile(f"{self.directory}/{PARTS}/progress/{name}.json")
         with FileSystems.create(f"{self.directory}/{name}") as handle:
             writer = _HashingWriter(handle)
             for source in sorted(shard_sources, key=lambda s: s.id):
                 try:
                     image, mask = pt.decode_source(source, self.image_policy, self.mask_policy)
                 except images.RejectedInput as error:
+                    counters.add(rejected=1)
                     yield pt.reject(pt.rejected_source(source, error))
                     continue
+                before = len(rows)
                 for example in pt.tile_examples(source, image, mask, self.settings):
                     data = self.encoder.encode(example)
                     _TFRecordUtil.write_record(writer, data)
                     rows.append(manifest_row(example, len(data), name))
                 Metrics.counter(pt.NAMESPACE, "sources_written").inc()
+                counters.add(sources=1, examples=len(rows) - before, pixels=int(image.shape[0] * image.shape[1]))
                 yield beam.pvalue.TaggedOutput("source_stats", pt.source_stats(source, mask, self.settings.spec))
+        counters.flush()
         Metrics.counter(pt.NAMESPACE, "examples").inc(len(rows))
         table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["id"]), schema=layout.MANIFEST_SCHEMA)
         with FileSystems.create(f"{self.directory}/{PARTS}/manifest-{split}-{index:05d}.parquet") as handle:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import logging
 import os
 import sys
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import augment, dataset_writer, images, preprocess_stats, runner
+from pipelines import augment, dataset_writer, images, preprocess_stats, progress, runner
 from pipelines import preprocess_transforms as pt
 from pipelines.dataset_writer import PARTS
 from schemas import layout
@@ -153,10 +152,15 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
     _ = rejected | "WriteRejected" >> dataset_writer.WriteJson(f"{work}/{PARTS}/rejected.json")
 
 
+def describe_progress(totals: dict, elapsed: float) -> str:
+    return (f"tessera preprocess: {totals.get('sources', 0)} sources done ({totals.get('rejected', 0)} rejected), "
+            f"{totals.get('examples', 0)} examples, {totals.get('pixels', 0) / 1e6 / max(elapsed, 1e-9):.1f} MP/s, "
+            f"{elapsed:.0f} s")
+
+
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     config = config_from_args(args)
-    logging.getLogger().setLevel(logging.INFO)
     if dataset_writer.output_exists(config.output) and not config.overwrite:
         raise SystemExit(f"tessera preprocess: {config.output} exists; pass --overwrite to replace it")
     check_input(config)
@@ -170,8 +174,13 @@ def run(argv: list[str] | None = None) -> int:
     work = dataset_writer.temporary_output(config.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     print(f"tessera preprocess: {config.input} -> {config.output} (working in {work})", flush=True)
-    with runner.make_pipeline(beam_args) as p:
-        build_pipeline(p, config, spec, work)
+    printer = progress.ProgressPrinter(f"{work}/{PARTS}/progress/*.json", describe_progress)
+    printer.start()
+    try:
+        with runner.make_pipeline(beam_args) as p:
+            build_pipeline(p, config, spec, work)
+    finally:
+        printer.stop()
     summary = preprocess_stats.finalise(work, config, spec, empty_folders, started)
     if summary["rejected_fraction"] > config.max_rejected_fraction:
         print(preprocess_stats.describe(summary, config.output), file=sys.stderr)
