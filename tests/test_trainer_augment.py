@@ -7,7 +7,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.augment import AugmentConfig, augment  # noqa: E402
+from trainer.augment import augment
+from trainer.config import AugmentConfig  # noqa: E402
 
 GEOMETRY_ONLY = AugmentConfig(brightness=0.0, contrast=0.0, gamma=0.0, noise=0.0)
 

@@ -11,7 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 from tests import trainer_data  # noqa: E402
 from trainer import data  # noqa: E402
-from trainer.augment import AugmentConfig  # noqa: E402
+from trainer.config import AugmentConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,23 @@ import json
 import os
 from typing import Any
 
-from trainer.augment import AugmentConfig
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    flips: bool = True          # horizontal and vertical, each with probability 1/2
+    rot90: bool = True          # k * 90 degrees, k uniform in 0..3
+    brightness: float = 0.1     # additive shift, uniform in [-b, b]
+    contrast: float = 0.2       # factor around the mean, uniform in [1 - c, 1 + c]
+    gamma: float = 0.2          # exponent uniform in [1 - g, 1 + g]
+    noise: float = 0.02         # Gaussian sigma uniform in [0, noise]
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "gamma", "noise"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"augment {name} must be in [0, 1), got {value}")
+
 
 SEGMENTATION_MODELS = ("unet", "res-attention-unet")
 CLASSIFICATION_MODELS = ("small-cnn", "transfer")

@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from schemas import layout
 from schemas.example import SEGMENTATION, DatasetSpec, tfds_features
-from trainer.augment import AugmentConfig, augment
+from trainer.augment import augment
+from trainer.config import AugmentConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -24,7 +24,7 @@ from trainer import calibrate, distribute, export, metrics
 from trainer.config import TrainConfig, for_task
 from trainer.data import DatasetInfo, crop_to, eval_dataset, open_dataset, sample, train_dataset
 from trainer.losses import LossSpec, class_weights_from_setting, combine, loss_sums
-from trainer.models import BACKBONE_NAME, build_model, output_size, primary_output
+from trainer.models import BACKBONE_NAME, build_model, check_geometry, output_size, primary_output
 from trainer.models.layers import ToProbabilities
 from trainer.observe import Board, History, Progress, log, triptych
 from trainer.optim import build_optimizer, make_schedule
@@ -189,6 +189,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         model = build_model(cfg.model, spec)
+        check_geometry(model, spec, cfg.model)
         schedule = make_schedule(cfg.optim, steps_per_epoch, cfg.epochs, transfer)
         optimizer = build_optimizer(cfg.optim, schedule, mixed)
         optimizer.build(model.trainable_variables)

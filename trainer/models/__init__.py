@@ -70,5 +70,20 @@ def output_size(model: keras.Model) -> int:
     return int(shape[1])
 
 
-__all__ = ["MODELS", "CUSTOM_OBJECTS", "BACKBONE_NAME", "build_model", "output_channels", "primary_output",
+def check_geometry(model: keras.Model, spec: DatasetSpec, cfg: ModelConfig) -> None:
+    """A segmentation model must output the whole tile ('same') or exactly its core ('valid')."""
+    if spec.task != SEGMENTATION:
+        return
+    size = output_size(model)
+    if size not in (spec.core, spec.tile_size):
+        try:
+            hint = (f"; preprocess with --tile-size {spec.core} --margin "
+                    f"{(valid_input_size(spec.core, cfg.depth) - spec.core) // 2}")
+        except ValueError as error:
+            hint = f" ({error})"
+        raise ValueError(f"{cfg.name} maps {spec.tile_size}-pixel tiles to {size} pixels, but the dataset's core is "
+                         f"{spec.core} pixels{hint}")
+
+
+__all__ = ["check_geometry", "MODELS", "CUSTOM_OBJECTS", "BACKBONE_NAME", "build_model", "output_channels", "primary_output",
            "output_size", "valid_input_size", "valid_output_size"]

@@ -7,6 +7,7 @@ can freeze it for the first phase and fine-tune it afterwards.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from trainer.models.layers import BackbonePreprocess
@@ -48,7 +49,7 @@ def build_transfer(input_shape: tuple[int, int, int], num_classes: int, backbone
     global average pooling, dropout and a new dense head. Grayscale inputs are repeated to RGB."""
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
-    if weights and not keras.utils.file_utils.exists(weights):
+    if weights and not tf.io.gfile.exists(weights):
         raise FileNotFoundError(f"backbone weights file {weights!r} does not exist (nothing is downloaded)")
     constructor, mode = BACKBONES[backbone]
     size = input_shape[0]
