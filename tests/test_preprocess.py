@@ -301,3 +301,53 @@ def test_inspect_renders_a_contact_sheet(dataset, tmp_path):
     sheet = np.asarray(Image.open(out))
     assert sheet.shape == (2 * (64 + 32), 3 * (64 + 4), 3)
     assert sheet.std() > 10  # tiles were drawn, not a blank canvas
+
+
+def test_read_class_folders_labels_by_folder_and_rejects_strays(tmp_path):
+    for rel in ["cup/a.jpg", "cup/sub/b.png", "book/c.png", "loose.png", "book/notes.txt", "mug/d.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"xx")
+    with test_pipeline.TestPipeline() as p:
+        out = p | pt.ReadClassFolders(str(tmp_path), ("book", "cup"))
+        assert_that(out.sources | beam.Map(lambda s: (s.id, s.label, s.num_bytes)),
+                    equal_to([("cup/a", "cup", 2), ("cup/sub/b", "cup", 2), ("book/c", "book", 2)]), label="ok")
+        assert_that(out.rejected | beam.Map(lambda r: (os.path.relpath(r["source"], tmp_path), r["reason"])),
+                    equal_to([("loose.png", "no_class_folder"), ("book/notes.txt", "not_an_image"),
+                              ("mug/d.png", "unknown_class")]), label="rejected")
+
+
+def test_summarise_sources_counts_splits_pixels_and_labels(tmp_path):
+    from pipelines import preprocess_stats
+
+    stats = [{"split": "train", "label": None, "class_pixels": [3, 1]},
+             {"split": "train", "label": None, "class_pixels": [5, 7]},
+             {"split": "val", "label": None, "class_pixels": [100, 100]}]
+    with test_pipeline.TestPipeline() as p:
+        _ = p | beam.Create(stats) | preprocess_stats.SummariseSources(str(tmp_path / "s.json"))
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary == {"sources": {"train": 2, "val": 1}, "class_pixels": [8, 8], "labels": {}}
+
+
+def test_sixteen_bit_grayscale_is_kept_when_asked(tmp_path):
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        wide = rng.integers(0, 65536, (30, 40), dtype=np.uint16)
+        Image.fromarray(wide).save(raw / "images" / f"w{i}.png")
+        Image.fromarray((rng.random((30, 40)) > 0.5).astype(np.uint8) * 255).save(raw / "masks" / f"w{i}.png")
+    out = tmp_path / "ds"
+    run_job(raw, out, "--tile-size", 16, "--margin", 4, "--bit-depth", "keep16", "--color-mode", "grayscale",
+            "--split-fractions", "1,0,0")
+    spec = DatasetSpec.from_json((out / "tessera_dataset.json").read_text())
+    assert (spec.dtype, spec.channels) == ("uint16", 1)
+    source = np.asarray(Image.open(raw / "images" / "w0.png"))
+    for e in tfds.as_numpy(tfds.builder_from_directory(str(out)).as_dataset(split="train")):
+        if e["source_id"] == b"w0":
+            y, x = int(e["core_y"]), int(e["core_x"])
+            assert e["image"].dtype == np.uint16
+            np.testing.assert_array_equal(e["image"][..., 0], tiling.cut_tile(source, y, x, 16, 4))
