@@ -66,25 +66,39 @@ def bare_tiles_per_second(model_dir: str, arrays: list[np.ndarray]) -> tuple[flo
     return len(tiles) / (time.perf_counter() - started), len(tiles)
 
 
-def job(model_dir: str, folder: str, output: str, *flags: str) -> tuple[float, int]:
-    """(seconds, tiles) of one fresh `tessera predict` run (model load and pipeline start included)."""
+def job(model_dir: str, folder: str, output: str, *flags: str) -> tuple[float, int, dict]:
+    """(seconds, tiles, seconds per stage) of one fresh job (model load and pipeline start included)."""
     argv = ["--model-dir", model_dir, "--input", folder, "--output", output, "--batch-size", str(BATCH), *flags]
+    args, beam_args = predict.build_parser().parse_known_args(argv)
     started = time.perf_counter()
-    predict.run(argv)
-    seconds = time.perf_counter() - started
-    with open(os.path.join(output, "_SUCCESS")) as f:
-        return seconds, json.load(f)["tiles"]
+    summary, stages = predict.execute(predict.config_from_args(args), beam_args, collect_metrics=True)
+    return time.perf_counter() - started, summary["tiles"], stages
+
+
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM: reset at exec, unlike ru_maxrss which Linux keeps)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def split(seconds: float, stages: dict) -> str:
+    known = sum(stages.values())
+    return (f"inference {stages.get('inference', 0):5.1f} s, read+cut {stages.get('read_cut', 0):4.1f} s, "
+            f"stitch+write {stages.get('stitch_write', 0):4.1f} s, other {seconds - known:4.1f} s")
 
 
 def memory_child(model_dir: str, folder: str, output: str, limit_mb: int) -> None:
     """Runs in a fresh process: baseline RSS after loading the model, then the job's peak RSS."""
     predictor = inference.load_predictor([model_dir], "none", "mean")
     predictor.predict(np.zeros((BATCH, CORE + 2 * MARGIN, CORE + 2 * MARGIN, 3), np.uint8))
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    baseline = peak_rss()
     started = time.perf_counter()
     predict.run(["--model-dir", model_dir, "--input", folder, "--output", output, "--batch-size", str(BATCH),
                  "--memory-limit-mb", str(limit_mb)])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     with open(os.path.join(output, "predictions.parquet"), "rb"):
         pass
     print(json.dumps({"baseline": baseline, "peak": peak, "seconds": time.perf_counter() - started}))
@@ -129,23 +143,27 @@ def main() -> None:
     print(f"inputs: {count} RGB images of {size}x{size}; core {CORE}, margin {MARGIN}, batch {BATCH}; "
           f"{os.cpu_count()} CPU cores", flush=True)
 
-    print("\n1. job vs bare predict on the same tiles")
+    print("\n1. job vs bare predict on the same tiles (job time split by stage: sums over workers)")
     for name, model_dir in (("conv (4x3x3x16)", conv), ("tiny (2x3x3x4)", light)):
         bare, n = bare_tiles_per_second(model_dir, arrays)
-        seconds, tiles = job(model_dir, folder, os.path.join(work, f"pred-{os.path.basename(model_dir)}"))
+        seconds, tiles, stages = job(model_dir, folder, os.path.join(work, f"pred-{os.path.basename(model_dir)}"))
         assert tiles == n, (tiles, n)
         print(f"   {name:16s} bare {bare:7.1f} tiles/s   job {tiles / seconds:7.1f} tiles/s   "
-              f"ratio {tiles / seconds / bare:.2f}   ({tiles} tiles, job {seconds:.1f} s)", flush=True)
+              f"ratio {tiles / seconds / bare:.2f}   ({tiles} tiles in {seconds:.1f} s: {split(seconds, stages)})",
+              flush=True)
 
-    print("\n2. cost vs theory (conv model; time ratio to overlap 0 / tta none)")
-    base_seconds, base_tiles = job(conv, folder, os.path.join(work, "pred-base"))
-    for flags, theory_of in ((("--overlap", "0.25"), None), (("--overlap", "0.5"), None),
-                             (("--tta", "flips"), 2), (("--tta", "dihedral"), 8)):
-        seconds, tiles = job(conv, folder, os.path.join(work, "pred-" + "-".join(flags)), *flags)
-        theory = theory_of or tiles / base_tiles
+    print("\n2. cost vs theory (conv model): time relative to overlap 0 / tta none, end to end and inference only")
+    base_seconds, base_tiles, base_stages = job(conv, folder, os.path.join(work, "pred-base"))
+    print(f"   {'baseline':16s} tiles {base_tiles:6d}  {base_seconds:6.1f} s  ({split(base_seconds, base_stages)})")
+    for flags, passes in ((("--overlap", "0.25"), 1), (("--overlap", "0.5"), 1),
+                          (("--tta", "flips"), 2), (("--tta", "dihedral"), 8)):
+        seconds, tiles, stages = job(conv, folder, os.path.join(work, "pred-" + "-".join(flags)), *flags)
+        theory = passes * tiles / base_tiles
         ratio = seconds / base_seconds
-        print(f"   {' '.join(flags):16s} tiles {tiles:6d}  theory x{theory:5.2f}  measured x{ratio:5.2f}  "
-              f"({ratio / theory - 1:+.1%})", flush=True)
+        inference_ratio = stages["inference"] / base_stages["inference"]
+        print(f"   {' '.join(flags):16s} tiles {tiles:6d}  {seconds:6.1f} s  theory x{theory:5.2f}  "
+              f"end-to-end x{ratio:5.2f} ({ratio / theory - 1:+.0%})  inference x{inference_ratio:5.2f} "
+              f"({inference_ratio / theory - 1:+.0%})  ({split(seconds, stages)})", flush=True)
 
     print(f"\n3. peak memory, one {side}x{side} RGB image, --memory-limit-mb {args.memory_limit_mb} (tiny model)")
     m = memory_run(light, work, side, args.memory_limit_mb)

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", help="also write float16 (H, W, K) .npy maps")
     p.add_argument("--num-shards", type=int, default=d.num_shards, help="split the inputs into N shards")
     p.add_argument("--shard-index", type=int, default=int(os.environ.get("JOB_COMPLETION_INDEX", d.shard_index)),
-                   help="the shard this run predicts (default $JOB_COMPLETION_INDEX or 0)")
+                   help="the shard this run predicts; the default is $JOB_COMPLETION_INDEX when set")
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="larger images are rejected")
     p.add_argument("--memory-limit-mb", type=int, default=d.memory_limit_mb,
                    help="per-worker bound for one image's arrays: larger images go in strips, or are rejected")
@@ -143,20 +143,30 @@ def local_args(beam_args: list[str]) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
-    started = time.time()
     args, beam_args = build_parser().parse_known_args(argv)
-    config = config_from_args(args)
+    summary, _ = execute(config_from_args(args), beam_args)
+    print(f"tessera predict: {summary['predicted']} predicted, {summary['skipped_done']} already done, "
+          f"{summary['rejected']} rejected {summary['rejected_reasons'] or ''} -> {summary['output']}", flush=True)
+    return 0
+
+
+def execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool = False) -> tuple[dict, dict]:
+    """Run one prediction job; returns its _SUCCESS summary and (when asked) time spent per stage.
+
+    The timings are sums over all workers, in seconds: "inference" (RunInference batches),
+    "read_cut" (read, validate, decode, plan) and "stitch_write" (stitch strips, write outputs).
+    """
+    started = time.time()
     spec, _ = job_spec(config)
     layout = spec.layout
-    inputs, listing_rejected = predict_inputs.list_inputs(config.input)
+    inputs, listing_rejected = predict_inputs.list_inputs(config.input, exclude=config.output)
     mine = lambda key: predict_inputs.in_shard(key, config.num_shards, config.shard_index)  # noqa: E731
     inputs = [i for i in inputs if mine(i.image_id)]
     listing_rejected = [r for r in listing_rejected if mine(r["image_id"] or r["source"])]
     done = predict_inputs.completed(layout, inputs)
     todo = [i for i in inputs if i.image_id not in done]
     suffix = predict_finish.shard_suffix(config.num_shards, config.shard_index)
-    stale = [layout.path(f"{SUCCESS_FILE}{s}") for s in {suffix, ""}]
-    outputs.delete_if_present(stale)
+    outputs.delete_if_present([layout.path(f"{SUCCESS_FILE}{s}") for s in {suffix, ""}])
     config_record = {**dataclasses.asdict(config), "shard_index": None, "settings": dataclasses.asdict(layout.settings),
                      "fingerprint": layout.settings.fingerprint(), "geometry": dataclasses.asdict(spec.geometry),
                      "threshold": spec.threshold, "image_policy": spec.policy.describe(),
@@ -164,20 +174,35 @@ def run(argv: list[str] | None = None) -> int:
     outputs.write_json(layout.path("config.json"), config_record)
     print(f"tessera predict: {len(inputs)} images in shard {config.shard_index + 1}/{config.num_shards}, "
           f"{len(done)} already done, {len(todo)} to predict -> {config.output}", flush=True)
+    timings: dict = {}
     if todo:
         pipeline = runner.make_pipeline(local_args(beam_args))
         build_pipeline(pipeline, config, spec, todo)
         progress = predict_finish.Progress(layout, todo)
         progress.start()
         try:
-            pipeline.run().wait_until_finish()
+            result = pipeline.run()
+            result.wait_until_finish()
         finally:
             progress.stop()
+        if collect_metrics:
+            timings = stage_seconds(result)
     summary = predict_finish.finish(layout, inputs, listing_rejected, done, config.num_shards,
                                     config.shard_index, started)
-    print(f"tessera predict: {summary['predicted']} predicted, {summary['skipped_done']} already done, "
-          f"{summary['rejected']} rejected {summary['rejected_reasons'] or ''} -> {config.output}", flush=True)
-    return 0
+    return {**summary, "output": config.output}, timings
+
+
+def stage_seconds(result) -> dict:
+    """Seconds per stage from the pipeline's distributions (sums over workers)."""
+    scale = {"inference_batch_latency_micro_secs": ("inference", 1e-6), "read_cut_ms": ("read_cut", 1e-3),
+             "stitch_write_ms": ("stitch_write", 1e-3)}
+    out = {}
+    for item in result.metrics().query()["distributions"]:
+        name = item.key.metric.name
+        if name in scale:
+            key, factor = scale[name]
+            out[key] = out.get(key, 0.0) + item.committed.sum * factor
+    return out
 
 
 if __name__ == "__main__":

@@ -86,9 +86,15 @@ def image_id(path: str, root: str) -> str:
     return posixpath.splitext(relative.lstrip("/"))[0]
 
 
-def list_inputs(spec: str) -> tuple[list[ImageInput], list[dict]]:
-    """Images to predict (sorted by id) and rejected records (not images, shared ids, missing)."""
+def list_inputs(spec: str, exclude: str | None = None) -> tuple[list[ImageInput], list[dict]]:
+    """Images to predict (sorted by id) and rejected records (not images, shared ids).
+
+    Files under ``exclude`` (the output directory, when it lies inside the input) are not inputs.
+    """
     files, root, bad = list_files(spec)
+    if exclude:
+        inside = absolute(exclude).rstrip("/") + "/"
+        files = [(p, n) for p, n in files if not p.startswith(inside)]
     by_id: dict[str, list[str]] = {}
     sizes = dict(files)
     for path, _ in files:

@@ -62,6 +62,7 @@ class _ReadAndCut(beam.DoFn):
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
+        self.read_ms = Metrics.distribution(NAMESPACE, "read_cut_ms")
 
     def process(self, item: ImageInput) -> Iterator[Any]:
         started, spec, g = time.time(), self.spec, self.spec.geometry
@@ -83,10 +84,14 @@ class _ReadAndCut(beam.DoFn):
         del data
         if g.task != "segmentation":
             fitted = images.fit_to_size(image, spec.input_size, spec.fit)
+            self.read_ms.update(int((time.time() - started) * 1000))
             yield plan.whole_image_task(item.image_id, item.path, fitted, height, width, started)
             return
         Metrics.counter(NAMESPACE, "strips").inc(len(strips))
-        yield from plan.strip_tasks(item.image_id, item.path, image, g, strips, started)
+        for task in plan.strip_tasks(item.image_id, item.path, image, g, strips, started):
+            self.read_ms.update(int((time.time() - started) * 1000))
+            yield task  # downstream (inference, stitching) runs inside this yield when fused
+            started = time.time()
 
 
 class CutStrips(beam.PTransform):
@@ -125,8 +130,15 @@ class _StitchStrip(beam.DoFn):
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
+        self.stitch_ms = Metrics.distribution(NAMESPACE, "stitch_write_ms")
 
     def process(self, result: PredictionResult) -> Iterator[Any]:
+        started = time.time()
+        out = list(self._stitch(result))
+        self.stitch_ms.update(int((time.time() - started) * 1000))
+        yield from out
+
+    def _stitch(self, result: PredictionResult) -> Iterator[Any]:
         task, scores, layout = result.example, result.inference, self.spec.layout
         if task.whole:
             decision = int(self.spec.decide(scores[0]))
@@ -149,8 +161,10 @@ class _FinishParts(beam.DoFn):
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
+        self.stitch_ms = Metrics.distribution(NAMESPACE, "stitch_write_ms")
 
     def process(self, keyed: tuple[str, list[dict]]) -> Iterator[dict]:
+        started = time.time()
         image_id, parts = keyed
         parts = sorted(parts, key=lambda p: p["strip"])
         if [p["strip"] for p in parts] != list(range(parts[0]["strips"])):
@@ -163,9 +177,10 @@ class _FinishParts(beam.DoFn):
                 yield StripResult.from_parts(summary, outputs.read_bytes(part["part"]))
 
         layout = self.spec.layout
-        row = outputs.write_image_outputs(layout, strips)
-        yield finish_row(layout, row, min(p["started"] for p in parts))
+        row = finish_row(layout, outputs.write_image_outputs(layout, strips), min(p["started"] for p in parts))
         FileSystems.delete([p["part"] for p in parts])
+        self.stitch_ms.update(int((time.time() - started) * 1000))
+        yield row
 
 
 class StitchImages(beam.PTransform):

@@ -214,3 +214,29 @@ def test_classification_rows_have_label_and_probabilities(tmp_path):
         assert row["label"] == row["class_names"][int(np.argmax(row["probabilities"]))]
         assert row["mean_confidence"] == pytest.approx(max(row["probabilities"]))
         assert row["ensemble"] == "mean" and len(row["model_ids"]) == 2 and row["mask_path"] is None
+
+
+def test_list_file_and_glob_inputs_grayscale_model_and_pixel_limit(setup, tmp_path):
+    root, _, _ = setup
+    export_model(str(tmp_path / "gray"), kind="same", core=8, margin=4, channels=1)
+    (tmp_path / "list.txt").write_text(f"# images\n{root}/in/a.png\n\n{root}/in/nested/c.png\n{root}/in/gone.png\n")
+    out = tmp_path / "from-list"
+    base = ["--model-dir", str(tmp_path / "gray"), "--max-image-pixels", "1000"]
+    assert predict.run([*base, "--input", str(tmp_path / "list.txt"), "--output", str(out)]) == 0
+    assert sorted(rows_of(out)) == ["nested/c"]  # ids relative to the listed files' common folder
+    reasons = {os.path.basename(json.loads(line)["source"]): json.loads(line)["reason"]
+               for line in (out / "rejected.jsonl").read_text().splitlines()}
+    assert reasons == {"a.png": "too_large", "gone.png": "missing_file"}  # a is 37 x 61 > 1000 pixels
+    mask = np.asarray(Image.open(out / "masks" / "nested" / "c.png"))
+    assert mask.shape == SIZES["nested/c"]
+    copy = tmp_path / "in"
+    shutil.copytree(root / "in", copy)
+    inside = copy / "pred"  # an output inside the input folder is never read back as input
+    for _ in range(2):
+        assert predict.run([*base, "--input", str(copy), "--output", str(inside)]) == 0
+    assert sorted(rows_of(inside)) == ["b", "d", "nested/c"]
+    success = json.loads((inside / "_SUCCESS").read_text())
+    assert (success["sources_in"], success["skipped_done"], success["predicted"]) == (8, 3, 0)
+    globbed = tmp_path / "globbed"
+    assert predict.run([*base, "--input", f"{copy}/[bd].png", "--output", str(globbed)]) == 0
+    assert sorted(rows_of(globbed)) == ["b", "d"]
