@@ -27,12 +27,16 @@ ARG BEAM_VERSION
 # Keep the base image's TensorFlow; pin Beam so the launcher and Dataflow workers agree.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     printf 'tensorflow==%s\napache-beam==%s\n' "${TF_VERSION}" "${BEAM_VERSION}" > /tmp/constraints.txt \
- && python3 -m pip install --no-cache-dir --constraint /tmp/constraints.txt /wheels/tessera-*.whl \
+ && PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+    python3 -m pip install --no-cache-dir --constraint /tmp/constraints.txt /wheels/tessera-*.whl \
  && rm /tmp/constraints.txt \
  && python3 -c "import tensorflow as tf, apache_beam as beam; \
 assert tf.__version__ == '${TF_VERSION}', tf.__version__; assert beam.__version__ == '${BEAM_VERSION}', beam.__version__"
-# A fixed non-root user (Kubernetes runAsUser/runAsGroup 1000 match it).
-RUN groupadd --gid 1000 tessera \
+# A fixed non-root user (Kubernetes runAsUser/runAsGroup 1000 match it); a base image
+# user that already holds uid/gid 1000 (e.g. `ubuntu`) makes way.
+RUN getent passwd 1000 | cut -d: -f1 | xargs -r userdel \
+ && getent group 1000 | cut -d: -f1 | xargs -r groupdel \
+ && groupadd --gid 1000 tessera \
  && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/tessera --shell /usr/sbin/nologin tessera
 # Caches go under /tmp, which the Kubernetes pods mount as a writable emptyDir (their root
 # filesystem is read-only).
