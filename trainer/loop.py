@@ -155,6 +155,16 @@ def _check_backup_config(cfg: TrainConfig, backup_dir: str, chief: bool) -> None
             handle.write(json.dumps(mine, indent=2, sort_keys=True))
 
 
+def _current_export(cfg: TrainConfig, best_epoch: int):
+    """The model card already exported from this configuration's best epoch, if any."""
+    path = f"{cfg.model_dir}/{export.mc.MODEL_CARD_FILE}"
+    if not tf.io.gfile.exists(path):
+        return None
+    card = export.load_card(cfg.model_dir)
+    same = card.config == json.loads(cfg.to_json()) and card.metrics.get("best_epoch") == best_epoch
+    return card if same else None
+
+
 def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, export_model: bool = True) -> TrainResult:
     """Trains (resuming from the backup if there is one) and, on the chief, exports the best
     model. ``strategy`` defaults to ``distribute.choose_strategy()``."""
@@ -211,8 +221,11 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
     if latest:
         state.restore(latest).assert_existing_objects_matched()
         resumed_at = int(epoch_var.numpy()) * steps_per_epoch + int(step_var.numpy())
-        log(f"Resumed from {latest}: epoch {int(epoch_var.numpy()) + 1}, step {int(step_var.numpy())} "
-            f"(global step {resumed_at})")
+        if int(epoch_var.numpy()) < cfg.epochs:
+            log(f"Resumed from {latest}: epoch {int(epoch_var.numpy()) + 1}, step {int(step_var.numpy())} "
+                f"(global step {resumed_at})")
+        else:
+            log(f"Training already complete in {latest} (global step {resumed_at})")
 
     def save(manager, write_path):
         path = manager.save(checkpoint_number=int(epoch_var.numpy()) * steps_per_epoch + int(step_var.numpy()))
@@ -294,9 +307,13 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
         f"{int(best_epoch_var.numpy())}; weights checksum {checksum:.6f}")
     card = None
     if chief and export_model:
-        card = export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec,
-                             {"best_epoch": float(best_epoch_var.numpy())})
-        log(f"Exported {cfg.model_dir}: " + " ".join(f"{k} {v:.4f}" for k, v in card.metrics.items()))
+        card = _current_export(cfg, int(best_epoch_var.numpy())) if not step_losses else None
+        if card is None:
+            card = export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec,
+                                 {"best_epoch": float(best_epoch_var.numpy())})
+            log(f"Exported {cfg.model_dir}: " + " ".join(f"{k} {v:.4f}" for k, v in card.metrics.items()))
+        else:
+            log(f"{cfg.model_dir} already holds the export of this run's best epoch")
     if distribute.task(strategy)[0] is not None:
         distribute.barrier(strategy)  # workers leave together, after the chief has exported
     return TrainResult(history.rows, step_losses, resumed_at, int(best_epoch_var.numpy()), float(best_var.numpy()),

@@ -1,0 +1,111 @@
+"""Training end to end in process: a small U-Net learns the synthetic discs (val Dice >= 0.9),
+writes the model directory, history and TensorBoard events, and a rerun resumes at the end."""
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from schemas import model_card as mc  # noqa: E402
+from tests import trainer_data  # noqa: E402
+from trainer.config import from_dict, resolve_paths  # noqa: E402
+from trainer.loop import train  # noqa: E402
+
+
+def make_config(data, model_dir, **values):
+    base = {"data": str(data), "model_dir": str(model_dir), "verbose": 0, "seed": 0}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return resolve_paths(from_dict(base), {})
+
+
+@pytest.fixture(scope="module")
+def discs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("discs")
+    trainer_data.segmentation_dataset(str(path))
+    return path
+
+
+def event_tags(log_dir):
+    tags = {}
+    for root, _, files in os.walk(log_dir):
+        for name in files:
+            for record in tf.data.TFRecordDataset(os.path.join(root, name)):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                for value in event.summary.value:
+                    tags.setdefault(value.tag, []).append((value.metadata.plugin_data.plugin_name, value.tensor))
+    return tags
+
+
+def test_unet_learns_discs_and_exports(discs, tmp_path):
+    model_dir = tmp_path / "model"
+    cfg = make_config(discs, model_dir, epochs=4, batch_size=8, model={"depth": 2, "filters": 8},
+                      optim={"learning_rate": 0.01}, image_summaries=2)
+    result = train(cfg)
+    best = max(row["val_dice"] for row in result.history)
+    assert best >= 0.9, result.history
+    card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
+    assert card.metrics["dice"] >= 0.9 and card.metrics["best_epoch"] == result.best_epoch
+    assert card.geometry() == (24, 4, 32, 32) and card.class_names == ("background", "disc")
+    assert 0.0 < card.threshold < 1.0 and card.threshold_rule == "max F1 on val"
+    with open(discs / "_SUCCESS") as handle:
+        assert card.dataset_fingerprint == json.load(handle)["fingerprint"]
+    assert card.config["model"]["name"] == "unet" and card.config["loss"]["loss"] == "ce+dice"
+    for name in (mc.SAVED_MODEL_DIR, mc.KERAS_FILE, "config.json", "history.csv", "checkpoints", "backup", "logs"):
+        assert (model_dir / name).exists(), name
+    assert len((model_dir / "history.csv").read_text().strip().splitlines()) == 1 + 4
+    tags = event_tags(model_dir / "logs")
+    assert {"loss", "learning_rate", "val_dice", "val_loss"} <= set(tags)
+    assert len(tags["loss"]) == result.history[-1]["epoch"] * 24
+    (plugin, tensor), *_ = tags["input | truth | prediction"]
+    panels = tf.make_ndarray(tensor)
+    assert plugin == "images" and panels[:2].tolist() == [b"96", b"32"] and len(panels) == 2 + 2
+    assert tf.io.decode_png(panels[2]).shape == (32, 96, 3)
+
+    again = train(cfg)   # same command after completion: nothing left to train, same export
+    assert again.resumed_at == 4 * 24 and again.step_losses == []
+    assert [r["epoch"] for r in again.history] == [1, 2, 3, 4]
+
+
+def test_res_attention_unet_with_deep_supervision_exports_the_fused_output(tmp_path):
+    data = tmp_path / "three"
+    trainer_data.segmentation_dataset(str(data), n_train=32, n_val=8, n_test=2, num_classes=3, channels=3)
+    model_dir = tmp_path / "model"
+    cfg = make_config(data, model_dir, epochs=2, steps_per_epoch=4, batch_size=4, loss={"loss": "focal+0.5*dice"},
+                      model={"name": "res-attention-unet", "depth": 2, "filters": 4, "attention": "cbam",
+                             "deep_supervision": True}, optim={"clipnorm": 1.0, "weight_decay": 1e-4},
+                      image_summaries=1)
+    result = train(cfg)
+    assert np.isfinite(result.step_losses).all() and len(result.step_losses) == 8
+    card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
+    assert card.threshold is None and card.threshold_rule == "argmax" and card.num_classes == 3
+    loaded = tf.saved_model.load(str(model_dir / mc.SAVED_MODEL_DIR))
+    out = loaded.signatures["serving_default"](tiles=tf.zeros([2, 32, 32, 3], tf.uint8))
+    assert list(out) == [mc.SERVING_OUTPUT] and out[mc.SERVING_OUTPUT].shape == (2, 32, 32, 3)
+    np.testing.assert_allclose(out[mc.SERVING_OUTPUT].numpy().sum(-1), 1.0, rtol=1e-5)
+
+
+def test_mixed_precision_and_xla_switches_train(discs, tmp_path):
+    cfg = make_config(discs, tmp_path / "m", epochs=1, steps_per_epoch=3, batch_size=4, mixed_precision="on",
+                      xla=True, model={"depth": 1, "filters": 4}, image_summaries=0)
+    result = train(cfg, export_model=False)
+    assert len(result.step_losses) == 3 and np.isfinite(result.step_losses).all()
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"   # restored afterwards
+
+
+def test_refuses_to_resume_a_backup_of_other_settings(discs, tmp_path):
+    cfg = make_config(discs, tmp_path / "m", epochs=1, steps_per_epoch=1, batch_size=4,
+                      model={"depth": 1, "filters": 2}, image_summaries=0)
+    train(cfg, export_model=False)
+    other = make_config(discs, tmp_path / "m", epochs=1, steps_per_epoch=1, batch_size=4,
+                        model={"depth": 1, "filters": 4}, image_summaries=0)
+    with pytest.raises(ValueError, match="different settings.*model"):
+        train(other, export_model=False)
