@@ -13,8 +13,8 @@ import pytest
 
 from pipelines import predict_inputs
 from tessera import cli, cluster
-from tests.test_k8s_render import (OVERLAYS, container_env, find, job_spec, pod_templates, render,
-                                   resolved_args)
+from tests.test_k8s_render import (OVERLAYS, container_env, expand, find, job_spec, pod_templates, render,
+                                   resolved_args, the_config)
 
 
 def rules(spec: dict) -> list[dict]:
@@ -125,3 +125,41 @@ def test_prediction_pod_i_predicts_shard_i_into_one_output(overlay):
     owners = [[p.shard_index for p in parsed if predict_inputs.in_shard(i, p.num_shards, p.shard_index)] for i in ids]
     assert all(len(o) == 1 for o in owners), "every image is predicted by exactly one pod"
     assert {o[0] for o in owners} == set(range(shards)), "no pod is idle"
+
+
+def test_the_prediction_pods_commands_predict_every_image_once_and_merge(tmp_path, capsys):
+    """Run the local overlay's prediction pods' exact commands (storage mounted at tmp_path)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from tests.predict_models import export_model, write_images
+
+    objects = render("local")
+    job = find(objects, "Job", "tessera-predict")
+    template = job["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    pods = []
+    for index in range(job["spec"]["completions"]):
+        env = container_env(objects, job, template, container, index)
+        env["STORAGE_MOUNT"] = str(tmp_path)  # where the PVC would be mounted
+        pods.append([expand(a, env) for a in container["args"]])
+    config = the_config(objects)
+    export_model(f"{tmp_path}/{config['MODEL_SUBDIR']}", kind="same", core=8, margin=4, layers=2)
+    ids = [f"img{n}" for n in range(10)] + ["nested/img10"]
+    write_images(f"{tmp_path}/{config['PREDICT_INPUT_SUBDIR']}", {i: (9 + len(i), 13) for i in ids})
+
+    for args in pods:
+        assert args[0] == "predict"
+        assert cli.main(args) == 0
+    output = f"{tmp_path}/{config['PREDICT_OUTPUT_SUBDIR']}"
+    shards = len(pods)
+    per_shard = [pq.read_table(f"{output}/predictions-{i:05d}-of-{shards:05d}.parquet").column("image_id").to_pylist()
+                 for i in range(shards)]
+    assert sorted(sum(per_shard, [])) == sorted(ids), "every image predicted by exactly one pod"
+    assert sorted(pq.read_table(f"{output}/predictions.parquet").column("image_id").to_pylist()) == sorted(ids)
+    assert json.loads(open(f"{output}/_SUCCESS").read())["predicted"] == len(ids)
+
+    capsys.readouterr()
+    assert cli.main(pods[0]) == 0  # a retried pod redoes nothing
+    assert f"0 predicted, {len(per_shard[0])} already done" in capsys.readouterr().out
