@@ -12,8 +12,10 @@ the rest in plain environment variables::
     TESSERA_NAMESPACE         the pod's namespace (downward API; optional)
 
 From these every worker builds the same cluster spec and its own task, which is what
-``tf.distribute.MultiWorkerMirroredStrategy`` reads from ``TF_CONFIG``. Pure stdlib: no
-TensorFlow import, so it is tested in milliseconds and usable from any process.
+``tf.distribute.MultiWorkerMirroredStrategy`` reads from ``TF_CONFIG``. The trainer calls
+``export_tf_config()`` before it chooses a strategy, and exits with ``PEER_LOST_EXIT_CODE``
+when ``is_peer_lost(error)``, so the Job restarts the workers instead of failing.
+Only ``is_peer_lost`` imports TensorFlow (when called).
 """
 from __future__ import annotations
 

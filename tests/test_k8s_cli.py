@@ -119,6 +119,10 @@ def test_storage_paths_agree_between_beam_and_the_pods(overlay):
         assert bucket == config["GCS_BUCKET"]
         volumes = [o for o in objects if o["kind"] == "PersistentVolume"]
         assert [v["spec"]["csi"]["volumeHandle"] for v in volumes] == [bucket]
+        claim = [o for o in objects if o["kind"] == "PersistentVolumeClaim"][0]
+        bound = volumes[0]["spec"]["claimRef"]
+        assert (bound["name"], bound["namespace"]) == (claim["metadata"]["name"], claim["metadata"]["namespace"])
+        assert claim["spec"]["volumeName"] == volumes[0]["metadata"]["name"]
     else:
         assert config["STORAGE_URI"] == config["STORAGE_MOUNT"]
     for where, obj, template in pod_templates(objects):
