@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import images
 from pipelines.predict_stitch import ComponentCounter, StripResult
 
 PREDICTIONS_SCHEMA = pa.schema([
@@ -150,14 +149,18 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 
 
 def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndarray], level: int = 6) -> None:
-    """A grayscale 8-bit PNG streamed block by block of (rows, width) uint8, filter 0."""
-    handle.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
-    packer, written = zlib.compressobj(level), 0
+    """An 8-bit PNG streamed block by block: (rows, width) grayscale or (rows, width, 3) RGB, filter 0."""
+    header, written, packer = None, 0, zlib.compressobj(level)
     for block in row_blocks:
-        if block.shape[1:] != (width,) or block.dtype != np.uint8:
-            raise ValueError(f"expected (rows, {width}) uint8 rows, got {block.shape} {block.dtype}")
-        rows = np.zeros((block.shape[0], width + 1), np.uint8)
-        rows[:, 1:] = block
+        if header is None:
+            colour = 2 if block.ndim == 3 else 0
+            header = (block.shape[1:], colour)
+            handle.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)))
+        if block.shape[1:] != header[0] or block.shape[1] != width or block.dtype != np.uint8 \
+                or block.shape[2:] not in ((), (3,)):
+            raise ValueError(f"expected (rows, {width}[, 3]) uint8 blocks, got {block.shape} {block.dtype}")
+        rows = np.zeros((block.shape[0], 1 + block[0].size), np.uint8)
+        rows[:, 1:] = block.reshape(block.shape[0], -1)
         written += block.shape[0]
         data = packer.compress(rows.tobytes())
         if data:
@@ -175,10 +178,12 @@ def npy_header(shape: tuple[int, ...], dtype) -> bytes:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Classes > 0 tinted over the (h, w, 3) uint8 preview."""
-    colours = PALETTE[np.minimum(mask, len(PALETTE) - 1)]
-    blended = (image.astype(np.uint16) + colours) // 2
-    return np.where(mask[..., None] > 0, blended, image).astype(np.uint8)
+    """Classes > 0 tinted over the (h, w, 3) uint8 preview (half image, half class colour)."""
+    out = image.copy()
+    tinted = mask > 0
+    colours = PALETTE[np.minimum(mask[tinted], len(PALETTE) - 1)]
+    out[tinted] = image[tinted] // 2 + colours // 2
+    return out
 
 
 def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[StripResult]]) -> dict:
@@ -212,8 +217,9 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
             handle.write(npy_header((height, width, len(s.class_names)), np.float16))
             for r in strips():
                 handle.write(np.ascontiguousarray(r.probabilities, "<f2").tobytes())
-    write_bytes(layout.path(layout.overlay(image_id)),
-                images.encode_png(overlay(np.concatenate(previews), np.concatenate(masks)), compress_level=1))
+    tinted = overlay(np.concatenate(previews), np.concatenate(masks))
+    with atomic_create(layout.path(layout.overlay(image_id))) as handle:
+        write_png_rows(handle, tinted.shape[1], tinted.shape[0], [tinted], level=1)
     pixels, per_class = height * width, components.result()
     return {
         "image_id": image_id, "source": first.source, "task": s.task, "height": height, "width": width,

@@ -4,8 +4,9 @@ Memory bound (``--memory-limit-mb``, per DoFn thread): the arrays the job itself
 one image must fit. They are, in bytes (H x W image, C channels of ``itemsize`` bytes,
 K classes, T = core + 2 margin, S = stride between cores, B = --batch-size):
 
-- the image: its file bytes + 2 x H W C itemsize (decoded array + one conversion copy),
-  held while its strips are cut;
+- decoding: file bytes + 3.5 x H W C itemsize at the peak of decoding (measured with
+  Pillow 12 on PNG: its RGBX decode buffer, the chunks and the bytes of ``tobytes`` and
+  the array), after which only the decoded array (1 x) stays while the strips are cut;
 - per strip of ``r`` core rows spanning ``e`` image rows and ``o`` output rows:
   2 x (e + 2 margin) W C itemsize      strip pixels (one strip buffered for batching + the next),
   r n_cols core^2 K 4                  per-tile probabilities (float32) of the strip,
@@ -13,15 +14,15 @@ K classes, T = core + 2 margin, S = stride between cores, B = --batch-size):
   o W (9 + 2K if probabilities saved)  mask, confidence, component labels, float16 probabilities,
   B T^2 (2 C itemsize + 3 K 4)         one inference batch with its TTA/ensemble sums.
 
-The largest number of core rows per strip that fits is used; an image whose fixed cost
-plus a one-core-row strip exceeds the bound is rejected with reason
-``too_large_for_memory`` before it is decoded. The model's own memory (weights, TF
-runtime, activations of one batch) comes on top; ``--batch-size`` controls the latter.
+Peak = max(decoding, decoded array + the largest strip). The largest number of core rows
+per strip that fits is used; an image whose decoding, or decoded array plus a one-core-row
+strip, exceeds the bound is rejected with reason ``too_large_for_memory`` before it is
+decoded. The model's own memory (weights, TF runtime, activations of one batch) comes on
+top; ``--batch-size`` controls the latter.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import numpy as np
@@ -79,8 +80,12 @@ def involved_rows(starts: list[int], core: int, a: int, b: int) -> list[int]:
     return [y for y in starts if y < b and y + core > a]
 
 
-def image_cost(height: int, width: int, file_bytes: int, g: Geometry) -> int:
-    return file_bytes + 2 * height * width * g.channels * g.itemsize
+def image_bytes(height: int, width: int, g: Geometry) -> int:
+    return height * width * g.channels * g.itemsize
+
+
+def decode_cost(height: int, width: int, file_bytes: int, g: Geometry) -> int:
+    return file_bytes + int(3.5 * image_bytes(height, width, g))
 
 
 def strip_cost(width: int, n_rows: int, extent: int, out_rows: int, n_cols: int, g: Geometry) -> int:
@@ -106,7 +111,8 @@ def strips_cost(height: int, width: int, g: Geometry, strips: list[tuple[int, in
 
 def peak_bytes(height: int, width: int, file_bytes: int, g: Geometry, strips: list[tuple[int, int]]) -> int:
     """Estimated peak bytes of a plan: what is compared with the bound."""
-    return image_cost(height, width, file_bytes, g) + strips_cost(height, width, g, strips)
+    return max(decode_cost(height, width, file_bytes, g),
+               image_bytes(height, width, g) + strips_cost(height, width, g, strips))
 
 
 def plan_strips(height: int, width: int, file_bytes: int, g: Geometry, limit_bytes: int,
@@ -125,7 +131,7 @@ def plan_strips(height: int, width: int, file_bytes: int, g: Geometry, limit_byt
         need = peak_bytes(height, width, file_bytes, g, strip_rows(height, g, 1)) / 2**20
         raise RejectedInput("too_large_for_memory", (
             f"{name}: {height}x{width} needs about {need:.0f} MiB even in strips of one core row "
-            f"(the decoded image alone {image_cost(height, width, file_bytes, g) / 2**20:.0f} MiB); "
+            f"(decoding alone {decode_cost(height, width, file_bytes, g) / 2**20:.0f} MiB); "
             f"--memory-limit-mb is {limit_bytes / 2**20:.0f}"))
     lo, hi = 1, n  # the largest k that fits (the cost grows with k)
     while lo < hi:
@@ -200,17 +206,3 @@ def whole_image_task(image_id: str, source: str, fitted: np.ndarray, height: int
     size = fitted.shape[0]
     return StripTask(image_id, source, height, width, 0, 1, (0, height), ((0, 0, size, size),), 0,
                      fitted, size, 0, whole=True, started=time.time() if started is None else started)
-
-
-def tile_count(height: int, width: int, g: Geometry) -> int:
-    """Tiles one pass over an image takes (the theoretical cost unit of the benchmark)."""
-    if g.task != "segmentation":
-        return 1
-    return len(row_starts(height, g)) * col_count(width, g)
-
-
-def theoretical_ratio(height: int, width: int, core: int, stride_a: int, stride_b: int) -> float:
-    """Tile-count ratio of two strides on the same image (e.g. overlap 0.5 vs 0)."""
-    def count(stride: int) -> int:
-        return len(tiling.core_grid(height, width, core, stride))
-    return count(stride_b) / count(stride_a) if stride_a else math.nan

@@ -69,7 +69,7 @@ def test_plan_fits_in_one_strip_when_memory_allows():
 def test_plan_splits_into_strips_within_the_bound(overlap):
     g = geometry(core=16, margin=4, overlap=overlap)
     whole = plan.peak_bytes(300, 200, 0, g, [(0, 300)])
-    fixed = plan.image_cost(300, 200, 0, g)
+    fixed = plan.image_bytes(300, 200, g)
     limit = fixed + (whole - fixed) // 3
     strips = plan.plan_strips(300, 200, 0, g, limit)
     assert len(strips) > 1
@@ -172,10 +172,16 @@ def test_streamed_png_and_npy_read_back_exactly(tmp_path):
     with predict_outputs.atomic_create(path) as handle:
         predict_outputs.write_png_rows(handle, 9, 23, [mask[:10], mask[10:11], mask[11:]])
     assert np.array_equal(np.asarray(Image.open(path)), mask)
+    rgb = rng.integers(0, 256, (7, 9, 3)).astype(np.uint8)
+    with predict_outputs.atomic_create(str(tmp_path / "rgb.png")) as handle:
+        predict_outputs.write_png_rows(handle, 9, 7, [rgb[:3], rgb[3:]], level=1)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "rgb.png")), rgb)
+    overlay = predict_outputs.overlay(rgb, np.array([[0, 1, 2] * 3] * 7, np.uint8))
+    assert np.array_equal(overlay[:, 0], rgb[:, 0]) and not np.array_equal(overlay[:, 1], rgb[:, 1])
     probs = rng.random((5, 4, 3)).astype(np.float16)
     data = predict_outputs.npy_header(probs.shape, np.float16) + probs[:2].tobytes() + probs[2:].tobytes()
     assert np.array_equal(np.load(io.BytesIO(data)), probs)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png", "rgb.png"]  # no temporary left
 
 
 def test_settings_fingerprint_changes_with_what_changes_outputs():
