@@ -67,7 +67,7 @@ class _ReadAndCut(beam.DoFn):
     def process(self, item: ImageInput) -> Iterator[Any]:
         started, spec, g = time.time(), self.spec, self.spec.geometry
         try:
-            if not FileSystems.exists(item.path):
+            if not item.size_bytes and not FileSystems.exists(item.path):  # list-file inputs are not listed
                 raise images.RejectedInput("missing_file", f"{item.path}: no such file")
             with FileSystems.open(item.path) as handle:
                 data = handle.read()

@@ -240,3 +240,15 @@ def test_list_file_and_glob_inputs_grayscale_model_and_pixel_limit(setup, tmp_pa
     globbed = tmp_path / "globbed"
     assert predict.run([*base, "--input", f"{copy}/[bd].png", "--output", str(globbed)]) == 0
     assert sorted(rows_of(globbed)) == ["b", "d"]
+
+
+def test_rerun_with_other_settings_recomputes_instead_of_mixing(tmp_path):
+    export_model(str(tmp_path / "model"), kind="same", core=8, margin=4)
+    write_images(tmp_path / "in", {"x": (12, 9), "y": (7, 7)})
+    out = run_job(tmp_path, tmp_path / "out")
+    before = np.load(out / "probabilities" / "x.npy")
+    run_job(tmp_path, out, "--tta", "dihedral")
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert (success["predicted"], success["skipped_done"]) == (2, 0)
+    assert {r["tta"] for r in rows_of(out).values()} == {"dihedral"}
+    assert not np.array_equal(np.load(out / "probabilities" / "x.npy"), before)
