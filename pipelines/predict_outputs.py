@@ -34,18 +34,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.predict_stitch import ComponentCounter, StripResult
+from schemas.layout import PREDICTIONS_SCHEMA
 
-PREDICTIONS_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("source", pa.string()), ("task", pa.string()),
-    ("height", pa.int32()), ("width", pa.int32()),
-    ("class_names", pa.list_(pa.string())), ("class_fractions", pa.list_(pa.float32())),
-    ("class_components", pa.list_(pa.int32())), ("components", pa.int32()),
-    ("mean_confidence", pa.float32()), ("label", pa.string()), ("probabilities", pa.list_(pa.float32())),
-    ("mask_path", pa.string()), ("overlay_path", pa.string()), ("probabilities_path", pa.string()),
-    ("model_ids", pa.list_(pa.string())), ("ensemble", pa.string()), ("tta", pa.string()),
-    ("overlap", pa.float32()), ("blend", pa.string()),
-    ("tiles", pa.int32()), ("strips", pa.int32()), ("seconds", pa.float64()),
-])
 TIMING_COLUMNS = ("seconds",)
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)

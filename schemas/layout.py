@@ -69,3 +69,20 @@ MANIFEST_SCHEMA = pa.schema(
         ("num_bytes", pa.int64()),
     ]
 )
+
+
+# predictions.parquet (written by ``tessera predict``): one row per image. Prediction
+# directory: masks/<id>.png (class ids, or 0/255 with --binary-255), overlays/<id>.png,
+# probabilities/<id>.npy (float16 H x W x K, with --save-probabilities), rows/, rejected.jsonl,
+# config.json, _SUCCESS.
+PREDICTIONS_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("source", pa.string()), ("task", pa.string()),
+    ("height", pa.int32()), ("width", pa.int32()),
+    ("class_names", pa.list_(pa.string())), ("class_fractions", pa.list_(pa.float32())),
+    ("class_components", pa.list_(pa.int32())), ("components", pa.int32()),
+    ("mean_confidence", pa.float32()), ("label", pa.string()), ("probabilities", pa.list_(pa.float32())),
+    ("mask_path", pa.string()), ("overlay_path", pa.string()), ("probabilities_path", pa.string()),
+    ("model_ids", pa.list_(pa.string())), ("ensemble", pa.string()), ("tta", pa.string()),
+    ("overlap", pa.float32()), ("blend", pa.string()),
+    ("tiles", pa.int32()), ("strips", pa.int32()), ("seconds", pa.float64()),
+])
