@@ -87,11 +87,13 @@ def run(argv: list[str] | None = None) -> int:
     print("\n== done. Where things are:")
     for what, path in outputs.items():
         print(f"  {what:<32} {path}")
-    report = work / "report.json"
-    if report.exists():
-        summary = json.loads(report.read_text()).get("overall", {})
-        shown = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
-        print("  overall: " + ", ".join(f"{k} {v:.3f}" for k, v in list(shown.items())[:6]))
+    card = json.loads((work / "model" / "model_card.json").read_text())
+    report = json.loads((work / "report.json").read_text())
+    headline = "dice" if args.task == "segmentation" else "accuracy"
+    print(f"  validation {headline} (model card): {card['metrics'].get(headline, float('nan')):.4f}")
+    overall = report["overall"].get("micro", report["overall"])
+    shown = {k: v for k, v in overall.items() if isinstance(v, (int, float))}
+    print("  on the new images: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     return 0
 
 
