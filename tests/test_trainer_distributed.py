@@ -15,7 +15,9 @@ from tests import trainer_data
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 # One process, two logical CPU devices: the default strategy (one device, global batch 8)
-# and MirroredStrategy over both devices (4 per replica) must take the same steps.
+# and MirroredStrategy over both devices (4 per replica) must take the same steps. Dynamic
+# augmentation is off: its draws are seeded per replica batch, so with it on the two runs
+# would see differently augmented copies of the same examples.
 MIRRORED = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
@@ -27,7 +29,7 @@ MIRRORED = textwrap.dedent("""
     def config(name, batch):
         return resolve_paths(from_dict({
             "data": data, "model_dir": f"{out}/{name}", "epochs": 1, "steps_per_epoch": 4, "batch_size": batch,
-            "verbose": 0, "image_summaries": 0, "model": {"depth": 2, "filters": 8},
+            "verbose": 0, "image_summaries": 0, "model": {"depth": 2, "filters": 8}, "augment": {"enabled": False},
             "optim": {"clipnorm": 0.5}}), {})
     one = train(config("one", 8), export_model=False)
     two = train(config("two", 4), tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), export_model=False)

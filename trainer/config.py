@@ -23,8 +23,12 @@ class AugmentConfig:
     contrast: float = 0.2       # factor around the mean, uniform in [1 - c, 1 + c]
     gamma: float = 0.2          # exponent uniform in [1 - g, 1 + g]
     noise: float = 0.02         # Gaussian sigma uniform in [0, noise]
+    placement: str = "auto"     # "pipeline" (tf.data, CPU), "step" (in the training step, on the
+                                # accelerator), "auto" = step when a GPU is present
 
     def __post_init__(self) -> None:
+        if self.placement not in ("auto", "pipeline", "step"):
+            raise ValueError(f"augmentation placement must be auto, pipeline or step, got {self.placement!r}")
         for name in ("brightness", "contrast", "gamma", "noise"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
@@ -182,6 +186,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--contrast",), "augment.contrast", float, "max relative contrast change"),
     (("--gamma",), "augment.gamma", float, "max relative gamma change"),
     (("--noise",), "augment.noise", float, "max Gaussian noise sigma (normalised units)"),
+    (("--augment-in",), "augment.placement", str, "auto | pipeline | step (on the accelerator)"),
 ]
 
 

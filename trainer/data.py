@@ -2,9 +2,11 @@
 
 Training: the split's shards are shuffled per epoch (seeded), read with parallel
 deterministic interleave, sharded per worker (by file when there are enough files, by
-record otherwise), shuffled, decoded and augmented in parallel, batched per replica and
-prefetched. Every random choice derives from (seed, epoch, position), so a resumed epoch
-can skip the batches already trained and see exactly the rest.
+record otherwise), shuffled, decoded in parallel, batched per replica, augmented per batch
+(vectorised; or later, in the training step) and prefetched. Every random choice derives
+from (seed, epoch, position): a batch's augmentation from its first record's position, so
+it depends on the per-replica batch size, and a resumed epoch (same replica count) skips
+the batches already trained and sees exactly the rest.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import tensorflow as tf
 
 from schemas import layout
 from schemas.example import SEGMENTATION, DatasetSpec, tfds_features
-from trainer.augment import augment
+from trainer.augment import augment_example_batch
 from trainer.config import AugmentConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -103,9 +105,11 @@ def _context(input_context) -> tuple[int, int, int]:
 
 def train_dataset(info: DatasetInfo, batch_size: int, epoch: int, seed: int, augment_cfg: AugmentConfig,
                   shuffle_buffer: int = 1024, skip_steps: int = 0, input_context=None,
-                  split: str = "train") -> tf.data.Dataset:
+                  split: str = "train", augment_here: bool = True) -> tf.data.Dataset:
     """Endless, deterministic stream for one epoch, batched per replica (``batch_size``), whose
-    first ``skip_steps`` global steps are skipped (resume)."""
+    first ``skip_steps`` global steps are skipped (resume). Elements are (images, targets),
+    augmented; with ``augment_here=False`` they are (images, targets, seed) for the training
+    step to augment."""
     pipelines, pipeline_id, replicas = _context(input_context)
     files, shard_records = _shard_files(info.split_files[split], pipelines, pipeline_id)
     order = np.random.default_rng([seed, epoch, pipeline_id]).permutation(len(files))
@@ -115,15 +119,18 @@ def train_dataset(info: DatasetInfo, batch_size: int, epoch: int, seed: int, aug
     parse = parse_fn(info.spec)
     epoch_seed = tf.constant([seed, epoch], tf.int64)
 
-    def decode_and_augment(index, serialized):
-        image, target = parse(serialized)
-        example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
-        if info.spec.task == SEGMENTATION:
-            return augment(image, target, example_seed, augment_cfg)
-        return augment(image, None, example_seed, augment_cfg)[0], target
+    def decode(index, serialized):
+        return (index, *parse(serialized))
 
-    ds = ds.map(decode_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    def augment_batch(indices, images, targets):
+        # the batch's seed is its first record's position: the same batch after a resume
+        batch_seed = tf.random.experimental.stateless_fold_in(epoch_seed, indices[0])
+        if not augment_here:
+            return images, targets, batch_seed
+        return augment_example_batch(images, targets, batch_seed, augment_cfg, info.spec.task == SEGMENTATION)
+
+    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size, drop_remainder=True)
+    return ds.map(augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 
 
 def eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val", input_context=None) -> tf.data.Dataset:

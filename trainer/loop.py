@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from schemas.example import SEGMENTATION
 from trainer import calibrate, distribute, export, metrics
+from trainer.augment import augment_example_batch
 from trainer.config import TrainConfig, for_task
 from trainer.data import DatasetInfo, crop_to, eval_dataset, open_dataset, sample, train_dataset
 from trainer.losses import LossSpec, class_weights_from_setting, combine, loss_sums
@@ -62,11 +63,16 @@ def output_loss_sums(y, outputs, spec: LossSpec):
     return sums + tf.add_n(sides) / len(sides), counts
 
 
-def make_train_step(strategy, model, optimizer, spec: LossSpec, out_size, clipnorm: float, xla: bool):
+def make_train_step(strategy, model, optimizer, spec: LossSpec, out_size, clipnorm: float, xla: bool,
+                    augment_cfg=None, segmentation: bool = True):
+    """The distributed step over ``next(iterator)``: (x, y), or (x, y, seed) when the step
+    augments (``augment_cfg`` given: augmentation on the replica's device)."""
     variables = list(model.trainable_variables)
 
-    def replica_step(x, y):
+    def replica_step(x, y, seed=None):
         ctx = tf.distribute.get_replica_context()
+        if seed is not None:
+            x, y = augment_example_batch(x, y, seed, augment_cfg, segmentation)
         if out_size:
             y = crop_to(y, out_size)
         with tf.GradientTape() as tape:
@@ -88,8 +94,7 @@ def make_train_step(strategy, model, optimizer, spec: LossSpec, out_size, clipno
 
     @tf.function
     def step(iterator):
-        x, y = next(iterator)
-        return strategy.reduce(SUM, strategy.run(replica_fn, args=(x, y)), axis=None)
+        return strategy.reduce(SUM, strategy.run(replica_fn, args=tuple(next(iterator))), axis=None)
 
     return step
 
@@ -127,6 +132,14 @@ def validate(strategy, eval_step, info: DatasetInfo, cfg: TrainConfig, spec: Los
     else:
         scores = metrics.classification_scores(confusion)
     return {"val_loss": loss, **{f"val_{k}": v for k, v in scores.items()}}
+
+
+def augment_in_pipeline(cfg) -> bool:
+    """Where augmentation runs: tf.data on the CPU, or the training step (on the accelerator)."""
+    placement = cfg.placement
+    if placement == "auto":
+        placement = "step" if tf.config.list_logical_devices("GPU") else "pipeline"
+    return placement == "pipeline" or not cfg.enabled
 
 
 def set_backbone_trainable(model, trainable: bool) -> bool:
@@ -240,6 +253,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
     history = History(f"{cfg.model_dir}/history.csv", int(epoch_var.numpy()), chief)
     summary_tiles = sample(info, cfg.image_summaries) if chief and has_val and cfg.image_summaries and out_size else None
     step_losses, train_step, frozen = [], None, None
+    augment_here = augment_in_pipeline(cfg.augment)
 
     start_epoch = int(epoch_var.numpy())
     stop = cfg.patience and int(wait_var.numpy()) >= cfg.patience
@@ -250,11 +264,12 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
             train_step = None
             log(f"Backbone {'frozen' if frozen else 'trainable (fine-tuning)'} from epoch {epoch + 1}")
         if train_step is None:
-            train_step = make_train_step(strategy, model, optimizer, loss_spec, out_size, cfg.optim.clipnorm, cfg.xla)
+            train_step = make_train_step(strategy, model, optimizer, loss_spec, out_size, cfg.optim.clipnorm, cfg.xla,
+                                         None if augment_here else cfg.augment, spec.task == SEGMENTATION)
         first = int(step_var.numpy())
         dist = strategy.distribute_datasets_from_function(
             lambda ctx, e=epoch, s=first: train_dataset(info, cfg.batch_size, e, cfg.seed, cfg.augment,
-                                                         cfg.shuffle_buffer, s, ctx))
+                                                         cfg.shuffle_buffer, s, ctx, augment_here=augment_here))
         iterator, started, epoch_losses = iter(dist), time.time(), []
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, first)
         for step in range(first, steps_per_epoch):
