@@ -61,6 +61,33 @@ def steps_per_second(step, iterator, steps: int, warmup: int = 3) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def component_costs(info: data.DatasetInfo, batch: int, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds per batch of each piece, alone, in a tf.function (where the time goes)."""
+    from trainer import augment
+
+    records = list(tf.data.TFRecordDataset(list(info.split_files["train"])).take(batch))
+    parse = data.parse_fn(info.spec)
+    images, masks = (tf.stack(t) for t in zip(*[parse(r) for r in records]))
+    seed = tf.constant([1, 2], tf.int64)
+    no_photo = dict(brightness=0.0, contrast=0.0, gamma=0.0, noise=0.0)
+    pieces = {
+        "parse + PNG decode": lambda: [parse(r) for r in records],
+        "flips + rot90 (image and mask)": lambda: augment.augment(images, masks, seed, AugmentConfig(**no_photo)),
+        "brightness + contrast": lambda: augment.photometric(images, seed, AugmentConfig(gamma=0.0, noise=0.0)),
+        "gamma": lambda: augment.photometric(images, seed, AugmentConfig(brightness=0.0, contrast=0.0, noise=0.0)),
+        "noise": lambda: augment.photometric(images, seed, AugmentConfig(brightness=0.0, contrast=0.0, gamma=0.0)),
+    }
+    costs = {}
+    for name, piece in pieces.items():
+        fn = tf.function(piece)
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        costs[name] = (time.perf_counter() - start) / repeats * 1000
+    return costs
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="dataset directory (default: a synthetic one in a temp dir)")
@@ -107,6 +134,9 @@ def main(argv=None) -> None:
     for name, value in rates.items():
         print(f"   {name:<30} {value:9.1f}   ratio to floor {value / floor:.2f}")
     full = rates["pipeline, full augmentation"]
+    print(f"   where the time goes (ms per batch of {batch}, each piece alone):")
+    for name, ms in component_costs(info, batch).items():
+        print(f"     {name:<32} {ms:7.2f}")
     step_pipeline = rates["pipeline, augmentation in step"]
     print(f"   target >= 0.8 x floor: augmenting in tf.data {'met' if full >= 0.8 * floor else 'NOT met'}, "
           f"augmenting in the step {'met' if step_pipeline >= 0.8 * floor else 'NOT met'}")

@@ -92,3 +92,15 @@ def test_classification_labels(tmp_path):
     images, labels = data.sample(info, 2)
     assert images.shape == (2, 32, 32, 1) and labels.shape == (2,)
     assert data.crop_to(tf.zeros([1, 32, 32, 1]), 16).shape == (1, 16, 16, 1)
+
+
+def test_augmenting_in_the_step_sees_what_the_pipeline_would(seg):
+    from trainer.augment import augment_example_batch
+
+    cfg = AugmentConfig()
+    augmented = next(iter(data.train_dataset(seg, 4, epoch=0, seed=5, augment_cfg=cfg)))
+    x, y, seed = next(iter(data.train_dataset(seg, 4, epoch=0, seed=5, augment_cfg=cfg, augment_here=False)))
+    assert seed.shape == (2,)
+    later_x, later_y = augment_example_batch(x, y, seed, cfg, segmentation=True)
+    np.testing.assert_allclose(later_x.numpy(), augmented[0].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(later_y.numpy(), augmented[1].numpy())

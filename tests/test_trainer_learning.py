@@ -91,9 +91,9 @@ def test_res_attention_unet_with_deep_supervision_exports_the_fused_output(tmp_p
     np.testing.assert_allclose(out[mc.SERVING_OUTPUT].numpy().sum(-1), 1.0, rtol=1e-5)
 
 
-def test_mixed_precision_and_xla_switches_train(discs, tmp_path):
+def test_mixed_precision_xla_and_in_step_augmentation_train(discs, tmp_path):
     cfg = make_config(discs, tmp_path / "m", epochs=1, steps_per_epoch=3, batch_size=4, mixed_precision="on",
-                      xla=True, model={"depth": 1, "filters": 4}, image_summaries=0)
+                      xla=True, model={"depth": 1, "filters": 4}, image_summaries=0, augment={"placement": "step"})
     result = train(cfg, export_model=False)
     assert len(result.step_losses) == 3 and np.isfinite(result.step_losses).all()
     import keras
