@@ -17,12 +17,11 @@ from schemas import model_card as mc
 from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
 from trainer.config import TrainConfig
-from trainer.data import DatasetInfo, crop_to, eval_dataset
-from trainer.losses import LossSpec, combine, loss_sums
+from trainer.data import DatasetInfo
+from trainer.losses import LossSpec, combine
 from trainer.models import build_model, output_size, primary_output
 from trainer.models.layers import ToProbabilities
-
-HISTOGRAM_BINS = 1000
+from trainer.steps import evaluate_split, make_eval_step
 
 
 def restore_network(cfg: TrainConfig, info: DatasetInfo, checkpoint: str) -> keras.Model:
@@ -53,21 +52,9 @@ def evaluate(net: keras.Model, info: DatasetInfo, loss_spec: LossSpec, batch_siz
     spec = info.spec
     binary = spec.task == SEGMENTATION and spec.num_classes == 2
     size = output_size(net) if spec.task == SEGMENTATION else None
-
-    @tf.function
-    def step(x, y):
-        logits = primary_output(net(x, training=False))
-        if size:
-            y = crop_to(y, size)
-        sums, counts = loss_sums(y, logits, loss_spec)
-        hist = metrics.foreground_histograms(y, logits, HISTOGRAM_BINS) if binary else tf.zeros([2, 1])
-        return sums, counts, metrics.confusion_matrix(y, logits, spec.num_classes), hist
-
-    totals = None
-    for x, y in eval_dataset(info, batch_size, split):
-        values = [v.numpy() for v in step(x, y)]
-        totals = values if totals is None else [a + b for a, b in zip(totals, values)]
-    sums, counts, confusion, hist = totals
+    strategy = tf.distribute.get_strategy()
+    step = make_eval_step(strategy, net, loss_spec, spec.num_classes, size, binary)
+    sums, counts, confusion, hist = evaluate_split(strategy, step, info, batch_size, split)
     return float(combine(sums, counts, loss_spec)), confusion, (hist if binary else None)
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 from trainer.losses import probabilities, split_labels
 
 SEGMENTATION_METRICS = ("dice", "iou", "precision", "recall", "fbeta")
+HISTOGRAM_BINS = 1000   # resolution of P(foreground) histograms for threshold calibration
 
 
 def predicted_classes(logits, threshold: float = 0.5):

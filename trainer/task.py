@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import sys
 
-from trainer.config import build_parser, parse_config  # noqa: F401  (build_parser is the CLI contract)
+from trainer.config import build_parser, parse_config
+
+__all__ = ["build_parser", "run"]
 
 
 def run(argv: list[str] | None = None) -> int:
