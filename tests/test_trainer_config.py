@@ -82,3 +82,9 @@ def test_command_line_entry_points(capsys):
                  "--schedule", "--warmup-epochs", "--mixed-precision", "--xla", "--steps-per-epoch", "--seed",
                  "--config"):
         assert flag in out.stdout
+
+
+def test_monitor_must_be_a_metric_of_the_task():
+    with pytest.raises(ValueError, match="--monitor 'val_accuracy'"):
+        for_task(TrainConfig(data="d", model_dir="m", monitor="val_accuracy"), "segmentation")
+    assert for_task(TrainConfig(data="d", model_dir="m", monitor="val_loss"), "classification").monitor == "val_loss"

@@ -109,3 +109,13 @@ def test_refuses_to_resume_a_backup_of_other_settings(discs, tmp_path):
                         model={"depth": 1, "filters": 4}, image_summaries=0)
     with pytest.raises(ValueError, match="different settings.*model"):
         train(other, export_model=False)
+
+
+def test_a_dataset_without_validation_split_trains_and_exports(tmp_path):
+    data = tmp_path / "trainonly"
+    trainer_data.segmentation_dataset(str(data), n_train=16, n_val=0, n_test=0)
+    model_dir = tmp_path / "model"
+    result = train(make_config(data, model_dir, epochs=2, batch_size=8, model={"depth": 1, "filters": 2}))
+    assert result.best_epoch >= 1 and "val_loss" not in result.history[-1]
+    card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
+    assert card.threshold == 0.5 and card.threshold_rule == "default 0.5 (no validation split)"

@@ -135,6 +135,8 @@ def segmentation_dataset(path: str, n_train: int = 192, n_val: int = 48, n_test:
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if not n:
+            continue
         examples = []
         for i in range(n):
             image, mask = segmentation_tile(rng, spec.tile_size, num_classes, ignore_patch=(split == "train"))

@@ -288,5 +288,9 @@ def for_task(cfg: TrainConfig, task: str) -> TrainConfig:
         raise ValueError(f"model {name!r} does not fit a {task} dataset; choose one of {allowed}")
     loss = cfg.loss.loss or ("ce+dice" if segmentation else "ce")
     monitor = cfg.monitor or ("val_dice" if segmentation else "val_accuracy")
+    metrics = ("dice", "iou", "precision", "recall", "fbeta") if segmentation else ("accuracy", "macro_f1")
+    monitors = ("loss", "val_loss") + tuple(f"val_{m}" for m in metrics)
+    if monitor not in monitors:
+        raise ValueError(f"--monitor {monitor!r} is not one of {monitors} for a {task} dataset")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=name),
                                loss=dataclasses.replace(cfg.loss, loss=loss), monitor=monitor)

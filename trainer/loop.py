@@ -54,7 +54,10 @@ def set_backbone_trainable(model, trainable: bool) -> bool:
 
 
 def _check_backup_config(cfg: TrainConfig, backup_dir: str, chief: bool) -> None:
-    """A backup belongs to one configuration: refuse to resume one written by another."""
+    """A backup belongs to one configuration: refuse to resume one written by another (the
+    chief checks; the other workers follow it)."""
+    if not chief:
+        return
     path = f"{backup_dir}/config.json"
     mine = {k: v for k, v in json.loads(cfg.to_json()).items() if k not in RESUMABLE_CHANGES}
     if tf.io.gfile.exists(path):
@@ -64,7 +67,7 @@ def _check_backup_config(cfg: TrainConfig, backup_dir: str, chief: bool) -> None
         if diff:
             raise ValueError(f"{backup_dir} holds the backup of a run with different settings ({diff}); "
                              f"use another --model-dir / --backup-dir or delete the backup")
-    elif chief:
+    else:
         tf.io.gfile.makedirs(backup_dir)
         with tf.io.gfile.GFile(path, "w") as handle:
             handle.write(json.dumps(mine, indent=2, sort_keys=True))
@@ -105,6 +108,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
                          f"batch ({global_batch}); lower --batch-size or set --steps-per-epoch")
     loss_spec = loss_spec_for(cfg, info)
     transfer = cfg.model.name == "transfer"
+    has_val = "val" in info.split_files
     if chief:
         tf.io.gfile.makedirs(cfg.model_dir)
         with tf.io.gfile.GFile(f"{cfg.model_dir}/config.json", "w") as handle:
@@ -120,7 +124,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-        mode_max = not cfg.monitor.endswith("loss")
+        mode_max = has_val and not cfg.monitor.endswith("loss")
         best_var = tf.Variable(-np.inf if mode_max else np.inf, dtype=tf.float64, trainable=False, name="best")
         best_epoch_var = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
         wait_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
@@ -149,7 +153,6 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
 
     binary = spec.task == SEGMENTATION and spec.num_classes == 2
     out_size = output_size(model) if spec.task == SEGMENTATION else None
-    has_val = "val" in info.split_files
     eval_step = make_eval_step(strategy, model, loss_spec, spec.num_classes, out_size, binary)
     progress, board = Progress(cfg.verbose, chief), Board(cfg.log_dir, chief)
     history = History(f"{cfg.model_dir}/history.csv", int(epoch_var.numpy()), chief)
@@ -191,13 +194,11 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
                "lr": float(schedule((epoch + 1) * steps_per_epoch - 1))}
         if has_val:
             row.update(validate(strategy, eval_step, info, cfg, loss_spec))
-        value = row.get(cfg.monitor, row["loss"] if not has_val else None)
-        if value is None:
-            raise ValueError(f"--monitor {cfg.monitor!r} is not one of {sorted(row)}")
+        value = row.get(cfg.monitor, row["loss"])   # without a val split: the training loss
         improved = value > best_var.numpy() if mode_max else value < best_var.numpy()
         epoch_var.assign(epoch + 1)
         step_var.assign(0)
-        if improved or not has_val:
+        if improved:
             best_var.assign(value)
             best_epoch_var.assign(epoch + 1)
             wait_var.assign(0)

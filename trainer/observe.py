@@ -48,7 +48,9 @@ class Progress:
 
 
 class History:
-    """history.csv: one row per finished epoch; a resumed run keeps the earlier rows."""
+    """history.csv: one row per finished epoch; a resumed run keeps the earlier rows. "loss"
+    is the mean training loss over the steps this process ran in that epoch (for an epoch
+    resumed midway, the steps after the resume)."""
 
     def __init__(self, path: str, start_epoch: int, enabled: bool):
         self.path, self.enabled, self.rows = path, enabled, []
