@@ -119,3 +119,16 @@ def test_a_dataset_without_validation_split_trains_and_exports(tmp_path):
     assert result.best_epoch >= 1 and "val_loss" not in result.history[-1]
     card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
     assert card.threshold == 0.5 and card.threshold_rule == "default 0.5 (no validation split)"
+
+
+def test_early_stopping_and_its_state_survive_a_rerun(discs, tmp_path):
+    # a learning rate this small leaves the weights (no batch norm) and so val_dice unchanged:
+    # epoch 1 is the best, epoch 2 does not improve, patience 1 stops there
+    cfg = make_config(discs, tmp_path / "m", epochs=5, steps_per_epoch=2, batch_size=4, patience=1,
+                      model={"depth": 1, "filters": 2, "batchnorm": False}, image_summaries=0,
+                      optim={"learning_rate": 1e-12, "schedule": "constant"})
+    result = train(cfg, export_model=False)
+    assert [row["epoch"] for row in result.history] == [1, 2] and result.best_epoch == 1
+    assert result.history[1]["val_dice"] == result.history[0]["val_dice"]
+    again = train(cfg, export_model=False)
+    assert again.step_losses == [] and [row["epoch"] for row in again.history] == [1, 2]
