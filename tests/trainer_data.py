@@ -150,7 +150,9 @@ def segmentation_dataset(path: str, n_train: int = 192, n_val: int = 48, n_test:
 
 
 def classification_dataset(path: str, n_train: int = 240, n_val: int = 60, size: int = 32, channels: int = 1,
-                           num_shards: int = 2, seed: int = 0, imbalance: tuple[int, ...] = (1, 1, 1)) -> DatasetSpec:
+                           num_shards: int = 2, seed: int = 0, imbalance: tuple[int, ...] = (1, 1, 1),
+                           static_copies: int = 0) -> DatasetSpec:
+    """Shapes per class; ``static_copies`` rotated copies (copy = 1..K) of every train image."""
     spec = DatasetSpec(task=CLASSIFICATION, core=size, margin=0, channels=channels,
                        class_names=("disc", "square", "cross"), whole_image=True)
     rng = np.random.default_rng(seed)
@@ -160,9 +162,13 @@ def classification_dataset(path: str, n_train: int = 240, n_val: int = 60, size:
         examples = []
         for i in range(n):
             label = int(rng.choice(3, p=weights)) if split == "train" else i % 3
-            example = _provenance(f"{split}/{spec.class_names[label]}/img{i:04d}", spec, 0.0)
-            example.update(image=_as_channels(classification_image(rng, size, label), channels), label=label)
-            examples.append(example)
+            source = f"{split}/{spec.class_names[label]}/img{i:04d}"
+            image = classification_image(rng, size, label)
+            for copy in range(1 + (static_copies if split == "train" else 0)):
+                example = _provenance(source, spec, 0.0)
+                example.update(image=_as_channels(np.rot90(image, copy), channels), label=label, copy=copy,
+                               id=example_id(source, 0, 0, copy), augmentation=json.dumps({"rot90": copy}))
+                examples.append(example)
         splits[split] = examples
     write_dataset(path, spec, splits, num_shards)
     return spec

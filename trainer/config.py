@@ -98,6 +98,7 @@ class TrainConfig:
     beta: float = 1.0               # F-beta for metrics and threshold calibration
     target_recall: float = 0.0      # > 0: calibrate the highest threshold whose val recall reaches it
     shuffle_buffer: int = 1024
+    static_copies: bool = True      # train on the static augmentation copies too (False: originals only)
     image_summaries: int = 4        # validation tiles shown in TensorBoard (0 = none)
     verbose: int = 1                # 0 quiet, 1 progress bar, 2 one line per step
     model: ModelConfig = ModelConfig()
@@ -177,6 +178,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--beta",), "beta", float, "F-beta"),
     (("--target-recall",), "target_recall", float, "calibrate the threshold to reach this validation recall"),
     (("--shuffle-buffer",), "shuffle_buffer", int, "shuffle buffer (records)"),
+    (("--static-copies",), "static_copies", argparse.BooleanOptionalAction,
+     "train on the static augmentation copies written by preprocess (--no-static-copies: originals only)"),
     (("--image-summaries",), "image_summaries", int, "validation tiles drawn in TensorBoard"),
     (("--verbose",), "verbose", int, "0 quiet, 1 progress bar, 2 a line per step"),
     (("--augment",), "augment.enabled", argparse.BooleanOptionalAction, "dynamic augmentation"),

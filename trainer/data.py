@@ -95,6 +95,19 @@ def _records(files: list[str], shard_records: bool, pipelines: int, pipeline_id:
     return ds.shard(pipelines, pipeline_id) if shard_records else ds
 
 
+def _is_original(serialized):
+    """True for copy 0 (not a static augmentation copy)."""
+    return tf.equal(tf.io.parse_single_example(serialized, {"copy": tf.io.FixedLenFeature([], tf.int64)})["copy"], 0)
+
+
+def count_examples(info: DatasetInfo, split: str = "train", originals_only: bool = False) -> int:
+    """Examples of ``split``; with ``originals_only`` a pass over the records counts copy 0."""
+    if not originals_only:
+        return info.split_sizes.get(split, 0)
+    records = _records(list(info.split_files.get(split, ())), False, 1, 0).filter(_is_original)
+    return int(records.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
 def _context(input_context) -> tuple[int, int, int]:
     """(pipelines, pipeline id, replicas fed by this pipeline)."""
     if input_context is None:
@@ -105,15 +118,17 @@ def _context(input_context) -> tuple[int, int, int]:
 
 def train_dataset(info: DatasetInfo, batch_size: int, epoch: int, seed: int, augment_cfg: AugmentConfig,
                   shuffle_buffer: int = 1024, skip_steps: int = 0, input_context=None,
-                  split: str = "train", augment_here: bool = True) -> tf.data.Dataset:
+                  split: str = "train", augment_here: bool = True, originals_only: bool = False) -> tf.data.Dataset:
     """Endless, deterministic stream for one epoch, batched per replica (``batch_size``), whose
     first ``skip_steps`` global steps are skipped (resume). Elements are (images, targets),
     augmented; with ``augment_here=False`` they are (images, targets, seed) for the training
-    step to augment."""
+    step to augment. ``originals_only`` leaves out the static augmentation copies."""
     pipelines, pipeline_id, replicas = _context(input_context)
     files, shard_records = _shard_files(info.split_files[split], pipelines, pipeline_id)
     order = np.random.default_rng([seed, epoch, pipeline_id]).permutation(len(files))
     ds = _records([files[i] for i in order], shard_records, pipelines, pipeline_id)
+    if originals_only:
+        ds = ds.filter(_is_original)
     ds = ds.shuffle(shuffle_buffer, seed=seed * 100003 + epoch, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().skip(skip_steps * replicas * batch_size)
     parse = parse_fn(info.spec)

@@ -22,7 +22,7 @@ import tensorflow as tf
 from schemas.example import SEGMENTATION
 from trainer import distribute, export
 from trainer.config import TrainConfig, for_task
-from trainer.data import DatasetInfo, crop_to, open_dataset, sample, train_dataset
+from trainer.data import DatasetInfo, count_examples, crop_to, open_dataset, sample, train_dataset
 from trainer.models import BACKBONE_NAME, build_model, check_geometry, output_size, primary_output
 from trainer.models.layers import ToProbabilities
 from trainer.observe import Board, History, Progress, log, triptych
@@ -102,10 +102,11 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
     chief = distribute.is_chief(strategy)
     spec = info.spec
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
-    steps_per_epoch = cfg.steps_per_epoch or info.split_sizes.get("train", 0) // global_batch
-    if steps_per_epoch < 1:
-        raise ValueError(f"the train split ({info.split_sizes.get('train', 0)} examples) is smaller than one global "
-                         f"batch ({global_batch}); lower --batch-size or set --steps-per-epoch")
+    train_examples = count_examples(info, "train", originals_only=not cfg.static_copies)
+    steps_per_epoch = cfg.steps_per_epoch or train_examples // global_batch
+    if steps_per_epoch < 1 or not train_examples:
+        raise ValueError(f"the train split ({train_examples} examples) is smaller than one global batch "
+                         f"({global_batch}); lower --batch-size or set --steps-per-epoch")
     loss_spec = loss_spec_for(cfg, info)
     transfer = cfg.model.name == "transfer"
     has_val = "val" in info.split_files
@@ -174,7 +175,8 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
         first = int(step_var.numpy())
         dist = strategy.distribute_datasets_from_function(
             lambda ctx, e=epoch, s=first: train_dataset(info, cfg.batch_size, e, cfg.seed, cfg.augment,
-                                                         cfg.shuffle_buffer, s, ctx, augment_here=augment_here))
+                                                         cfg.shuffle_buffer, s, ctx, augment_here=augment_here,
+                                                         originals_only=not cfg.static_copies))
         iterator, started, epoch_losses = iter(dist), time.time(), []
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, first)
         for step in range(first, steps_per_epoch):
