@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipelines import images, progress, sources
+from pipelines import example_proto, images, progress, sources
 from pipelines import preprocess_transforms as pt
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec, tfds_features
@@ -42,24 +42,20 @@ def manifest_row(example: dict, num_bytes: int, shard: str) -> dict:
 
 
 class ExampleEncoder:
-    """Example dict -> serialized tf.train.Example bytes (deterministic; PNG by Pillow)."""
+    """Example dict -> serialized tf.train.Example bytes: PNG by Pillow, deterministic, no TensorFlow."""
 
     def __init__(self, spec: DatasetSpec, png_compression: int = 1):
-        from tensorflow_datasets.core import example_serializer
-
         self.png_compression = png_compression
-        self.features = tfds_features(spec)
-        self.serializer = example_serializer.ExampleSerializer(self.features.get_serialized_info())
+        self.label_ids = {name: i for i, name in enumerate(spec.class_names)}
 
     def encode(self, example: dict) -> bytes:
-        values = {name: example[name] for name in PROVENANCE_FIELDS}
+        values: dict[str, Any] = {name: example[name] for name in PROVENANCE_FIELDS}
         values["image"] = images.encode_png(example["image"], compress_level=self.png_compression)
         if "mask" in example:
             values["mask"] = images.encode_png(example["mask"], compress_level=self.png_compression)
         else:
-            values["label"] = example["label"]
-        encoded = self.features.encode_example(values)
-        return self.serializer.get_tf_example(encoded).SerializeToString(deterministic=True)
+            values["label"] = self.label_ids[example["label"]]
+        return example_proto.serialize_example(values)
 
 
 def estimated_bytes(source: sources.Source, spec: DatasetSpec, augment_copies: int) -> float:
