@@ -114,7 +114,9 @@ def triptych(images: np.ndarray, truth: np.ndarray, probs: np.ndarray) -> np.nda
 def _metadata(plugin: str):
     from tensorflow.core.framework import summary_pb2
 
-    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+    data_class = {"scalars": summary_pb2.DATA_CLASS_SCALAR, "images": summary_pb2.DATA_CLASS_BLOB_SEQUENCE}[plugin]
+    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin),
+                                       data_class=data_class)
 
 
 class Board:
