@@ -139,7 +139,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--checkpoint-dir",), "checkpoint_dir", str, "best checkpoint (default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints)"),
     (("--backup-dir",), "backup_dir", str, "preemption backup (default MODEL_DIR/backup)"),
     (("--log-dir",), "log_dir", str, "TensorBoard logs (default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs)"),
-    (("--model",), "model.name", str, "unet | res-attention-unet | small-cnn | transfer"),
+    (("--model",), "model.name", str, "unet | res-attention-unet | small-cnn | transfer (default: unet / small-cnn)"),
     (("--depth",), "model.depth", int, "U-Net poolings / CNN stages"),
     (("--filters",), "model.filters", int, "filters of the first level"),
     (("--batchnorm",), "model.batchnorm", argparse.BooleanOptionalAction, "batch normalisation"),
@@ -150,7 +150,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--deep-supervision",), "model.deep_supervision", argparse.BooleanOptionalAction, "side outputs + learned fusion"),
     (("--backbone",), "model.backbone", str, "mobilenetv2 | resnet50 | efficientnetb0"),
     (("--backbone-weights",), "model.backbone_weights", str, "local weights file for the backbone"),
-    (("--loss",), "loss.loss", str, "e.g. focal+dice, 0.5*ce+dice, tversky"),
+    (("--loss",), "loss.loss", str, "e.g. focal+dice, 0.5*ce+dice, tversky (default: ce+dice / ce)"),
     (("--class-weights",), "loss.class_weights", str, "auto | none | w0,w1,..."),
     (("--focal-gamma",), "loss.focal_gamma", float, "focal loss gamma"),
     (("--tversky-alpha",), "loss.tversky_alpha", float, "Tversky false-positive weight"),
@@ -174,7 +174,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--seed",), "seed", int, "seed of initialisation, shuffling and augmentation"),
     (("--checkpoint-every",), "checkpoint_every", int, "steps between preemption backups"),
     (("--patience",), "patience", int, "early-stopping patience in epochs (0 = off)"),
-    (("--monitor",), "monitor", str, "validation metric for best model / early stopping"),
+    (("--monitor",), "monitor", str, "metric for best model / early stopping (default: val_dice / val_accuracy)"),
     (("--beta",), "beta", float, "F-beta"),
     (("--target-recall",), "target_recall", float, "calibrate the threshold to reach this validation recall"),
     (("--shuffle-buffer",), "shuffle_buffer", int, "shuffle buffer (records)"),
@@ -205,11 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
                         help="JSON file with (part of) a resolved config; flags override it")
     for flags, dest, kind, help_ in _FLAGS:
-        help_ = f"{help_} (default: {_get(TrainConfig(), dest)!r})"
+        default = _get(TrainConfig(), dest)
+        help_ = f"{help_} (default: {default!r})" if default != "" else help_
         if kind is argparse.BooleanOptionalAction:
             parser.add_argument(*flags, dest=dest, action=kind, default=argparse.SUPPRESS, help=help_)
         else:
-            parser.add_argument(*flags, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_)
+            parser.add_argument(*flags, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_,
+                                metavar=flags[0][2:].upper().replace("-", "_"))
     return parser
 
 
