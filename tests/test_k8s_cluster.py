@@ -1,4 +1,4 @@
-"""TF_CONFIG from the Indexed Job's environment (tessera/cluster.py), and two real workers.
+"""TF_CONFIG from the Indexed Job's environment (trainer/cluster.py), and two real workers.
 
 The two workers get exactly the environment the multi-node manifest gives pod 0 and pod 1
 (completion index, replica count, Service, port, job name, namespace). Only DNS differs:
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from tessera import cluster
+from trainer import cluster
 from tests.test_k8s_render import ROOT, container_env, find, render
 
 STEPS = 6

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from trainer import cluster
 from trainer.config import build_parser, parse_config
 
 __all__ = ["build_parser", "run"]
@@ -20,12 +21,22 @@ __all__ = ["build_parser", "run"]
 def run(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
+        cluster.export_tf_config()  # a Kubernetes Indexed Job's variables -> TF_CONFIG (if unset)
     except ValueError as error:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
+    from trainer import distribute
     from trainer.loop import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except Exception as error:  # only a lost peer is turned into an exit code; anything else propagates
+        if distribute.cluster_size() > 1 and cluster.is_peer_lost(error):
+            print(f"tessera train: lost a peer worker ({type(error).__name__}: {error}); exiting with "
+                  f"{cluster.PEER_LOST_EXIT_CODE} so the Job restarts the workers, which resume from the backup",
+                  file=sys.stderr)
+            return cluster.PEER_LOST_EXIT_CODE
+        raise
     return 0
 
 
