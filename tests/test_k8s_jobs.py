@@ -12,7 +12,8 @@ import zoneinfo
 import pytest
 
 from pipelines import predict_inputs
-from tessera import cli, cluster
+from tessera import cli
+from trainer import cluster
 from tests.test_k8s_render import (OVERLAYS, container_env, expand, find, job_spec, pod_templates, render,
                                    resolved_args, the_config)
 
