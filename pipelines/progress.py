@@ -20,7 +20,7 @@ class CounterFile:
     """Counters of one unit of work (e.g. a shard), flushed at most every ``interval`` s."""
 
     def __init__(self, path: str, interval: float = 2.0):
-        self.path, self.interval, self.counts, self._flushed = path, interval, {}, 0.0
+        self.path, self.interval, self.counts, self._flushed = path, interval, {}, time.monotonic()
 
     def add(self, **increments: int) -> None:
         for name, n in increments.items():
