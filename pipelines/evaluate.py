@@ -301,7 +301,7 @@ def print_report(report: dict, out) -> None:
     w("\n" + f"{'class':<{width}}" + "".join(f"{col:>11}" for col in cols))
     for name, values in overall["per_class"].items():
         w(f"{name:<{width}}" + "".join(f"{_fmt(values[col]):>11}" for col in cols))
-    w(f"\nconfusion matrix (rows truth, columns predicted):")
+    w("\nconfusion matrix (rows truth, columns predicted):")
     w(" " * width + "".join(f"{n[:10]:>11}" for n in names))
     for name, row in zip(names, report["confusion_matrix"]["counts"]):
         w(f"{name:<{width}}" + "".join(f"{v:>11}" for v in row))

@@ -9,7 +9,6 @@ The checker is also run on deliberately broken manifests to show it catches each
 """
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest

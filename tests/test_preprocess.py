@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing import test_pipeline
-from apache_beam.testing.util import assert_that, equal_to, is_not_empty
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import augment, dataset_writer, images, preprocess, sources, tiling
 from pipelines import preprocess_transforms as pt
