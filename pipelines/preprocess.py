@@ -96,11 +96,15 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return config
 
 
-def class_folders(root: str) -> tuple[list[str], list[str]]:
-    """(class names with files, empty class folders) of a classification input."""
+def class_folders(root: str, list_files: bool = True) -> tuple[list[str], list[str]]:
+    """(class names with files, empty class folders) of a classification input.
+
+    Listing every file to find the classes costs a full listing in the launcher; pass
+    ``--class-names`` to skip it on large inputs (empty folders are found locally only).
+    """
     root = root.rstrip("/")
     names: set[str] = set()
-    for m in FileSystems.match([f"{root}/**"])[0].metadata_list:
+    for m in FileSystems.match([f"{root}/**"])[0].metadata_list if list_files else []:
         parts = m.path[len(root) + 1:].split("/")
         parts = parts[1:] if len(parts) > 2 and parts[0] in layout.SPLITS else parts
         if len(parts) >= 2:
@@ -166,7 +170,7 @@ def run(argv: list[str] | None = None) -> int:
     check_input(config)
     empty_folders: list[str] = []
     if config.layout == CLASSIFICATION:
-        found, empty_folders = class_folders(config.input)
+        found, empty_folders = class_folders(config.input, list_files=not config.class_names)
         class_names = config.class_names or tuple(found)
     else:
         class_names = config.class_names or ("background", "foreground")
@@ -179,6 +183,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         with runner.make_pipeline(beam_args) as p:
             build_pipeline(p, config, spec, work)
+    except BaseException:
+        dataset_writer.delete_tree(work)  # a failed run leaves nothing behind; the output is untouched
+        raise
     finally:
         printer.stop()
     summary = preprocess_stats.finalise(work, config, spec, empty_folders, started)

@@ -351,3 +351,13 @@ def test_sixteen_bit_grayscale_is_kept_when_asked(tmp_path):
             y, x = int(e["core_y"]), int(e["core_x"])
             assert e["image"].dtype == np.uint16
             np.testing.assert_array_equal(e["image"][..., 0], tiling.cut_tile(source, y, x, 16, 4))
+
+
+def test_a_failing_pipeline_leaves_nothing_behind(raw_folder, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("worker died")
+
+    monkeypatch.setattr(pt, "tile_examples", broken)  # a bug inside the job, not bad input
+    with pytest.raises(RuntimeError, match="worker died"):
+        run_job(raw_folder, tmp_path / "ds", "--tile-size", 24, "--margin", 8)
+    assert list(tmp_path.iterdir()) == []
