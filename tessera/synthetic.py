@@ -29,9 +29,9 @@ def segmentation_pair(rng: np.random.Generator, height: int, width: int, blobs: 
             mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
         else:
             mask |= (abs(yy - cy) < r * 0.8) & (abs(xx - cx) < r * 1.2)
-    base = 70 + _texture(rng, height, width, 20)
-    fore = 170 + _texture(rng, height, width, 25)
-    gray = np.where(mask, fore, base) + rng.normal(0, 12, (height, width))
+    base = 80 + _texture(rng, height, width, 25)
+    fore = 140 + _texture(rng, height, width, 25)
+    gray = np.where(mask, fore, base) + rng.normal(0, 30, (height, width))
     tint = rng.uniform(0.8, 1.2, 3)
     image = np.clip(gray[..., None] * tint, 0, 255).astype(np.uint8)
     return image, mask.astype(np.uint8)
