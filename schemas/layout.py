@@ -15,7 +15,7 @@ Dataset directory (written by ``tessera preprocess``)::
 stats.json::
 
     {"examples": {split: n}, "sources": {split: n},
-     "class_pixels": {class_name: n},        # labelled (non-255) mask pixels of train copy-0 tiles
+     "class_pixels": {class_name: n},        # labelled (non-255) pixels of the train sources' masks
      "class_frequencies": {class_name: f},   # the same, normalised to sum 1
      "labels": {class_name: n},              # classification: train examples per class
      "rejected": {reason: n}, "fg_fraction_mean": {split: f}}

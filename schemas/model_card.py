@@ -53,6 +53,10 @@ class ModelCard:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset_fingerprint: str = ""
+    # classification: how the dataset turned photos into inputs (DatasetSpec.whole_image and
+    # the preprocess --fit); predict must do the same
+    whole_image: bool = False
+    fit: str = "resize"
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
