@@ -262,6 +262,21 @@ def delete_tree(path: str) -> None:
         shutil.rmtree(path)
 
 
+def keep_only_reports(work: str) -> str:
+    """After a refused run: deletes shards and parts, keeps what explains the refusal."""
+    keep = {layout.REJECTED_FILE, layout.STATS_FILE, layout.CONFIG_FILE}
+    files = [m.path for m in FileSystems.match([f"{work}/**"])[0].metadata_list]
+    doomed = [f for f in files if f[len(work) + 1:] not in keep]
+    if doomed:
+        FileSystems.delete(doomed)
+    if not work.startswith("gs://"):  # empty local folders left by the parts
+        for root, dirs, _ in os.walk(work, topdown=False):
+            for d in dirs:
+                if not os.listdir(os.path.join(root, d)):
+                    os.rmdir(os.path.join(root, d))
+    return work
+
+
 def commit(temporary: str, output: str, overwrite: bool) -> None:
     """Moves a complete dataset from ``temporary`` to ``output``; ``_SUCCESS`` lands last.
 

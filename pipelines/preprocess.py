@@ -140,11 +140,14 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
                                       max_pixels=config.max_pixels)
     if config.layout == SEGMENTATION:
         listed = p | "ReadImagePairs" >> pt.ReadImagePairs(config.input)
+        listed_sources, listing_rejected = listed.sources, [listed.rejected]
         mask_policy = images.parse_mask_values(config.mask_values, spec.num_classes)
     else:
-        listed = p | "ReadClassFolders" >> pt.ReadClassFolders(config.input, spec.class_names)
+        found = p | "ReadClassFolders" >> pt.ReadClassFolders(config.input, spec.class_names)
+        unique = found.sources | "RejectDuplicateIds" >> pt.RejectDuplicateIds()
+        listed_sources, listing_rejected = unique.sources, [found.rejected, unique.rejected]
         mask_policy = None
-    split = listed.sources | "AssignSplits" >> pt.AssignSplits(
+    split = listed_sources | "AssignSplits" >> pt.AssignSplits(
         config.split_fractions, stratify=config.layout == CLASSIFICATION, salt=config.split_salt)
     settings = pt.TileSettings(spec=spec, augment_copies=config.augment_copies,
                                augment_config=augment.AugmentConfig(), fit=config.fit)
@@ -152,7 +155,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
         work, settings, image_policy, mask_policy, config.shard_bytes, config.min_shards, config.png_compression)
     _ = built.shards | "WriteShardInfo" >> dataset_writer.WriteJson(f"{work}/{PARTS}/shards.json")
     _ = built.source_stats | "WriteSourceStats" >> preprocess_stats.SummariseSources(f"{work}/{PARTS}/sources.json")
-    rejected = (listed.rejected, built.rejected) | "AllRejected" >> beam.Flatten()
+    rejected = tuple(listing_rejected) + (built.rejected,) | "AllRejected" >> beam.Flatten()
     _ = rejected | "WriteRejected" >> dataset_writer.WriteJson(f"{work}/{PARTS}/rejected.json")
 
 
@@ -183,18 +186,19 @@ def run(argv: list[str] | None = None) -> int:
     try:
         with runner.make_pipeline(beam_args) as p:
             build_pipeline(p, config, spec, work)
+        printer.stop()
+        summary = preprocess_stats.finalise(work, config, spec, empty_folders, started)
     except BaseException:
+        printer.stop()
         dataset_writer.delete_tree(work)  # a failed run leaves nothing behind; the output is untouched
         raise
-    finally:
-        printer.stop()
-    summary = preprocess_stats.finalise(work, config, spec, empty_folders, started)
     if summary["rejected_fraction"] > config.max_rejected_fraction:
+        kept = dataset_writer.keep_only_reports(work)
         print(preprocess_stats.describe(summary, config.output), file=sys.stderr)
         raise SystemExit(
             f"tessera preprocess: {summary['rejected']} of {summary['sources_in']} inputs rejected "
             f"({summary['rejected_fraction']:.1%} > --max-rejected-fraction {config.max_rejected_fraction:.1%}); "
-            f"nothing was published. Rejected records with reasons: {work}/{layout.REJECTED_FILE}")
+            f"nothing was published. Rejected records with reasons: {kept}/{layout.REJECTED_FILE}")
     dataset_writer.commit(work, config.output, config.overwrite)
     print(preprocess_stats.describe(summary, config.output), flush=True)
     return 0

@@ -101,6 +101,27 @@ class _ClassSource(beam.DoFn):
             yield dataclasses.replace(source, num_bytes=size)
 
 
+class RejectDuplicateIds(beam.PTransform):
+    """Sources sharing an id (``cup/a.png`` and ``cup/a.jpg``) are all rejected: neither is guessed."""
+
+    def expand(self, pcoll):
+        def unique(keyed):
+            key, group = keyed
+            group = sorted(group, key=lambda s: s.image_path)
+            if len(group) == 1:
+                yield group[0]
+                return
+            paths = [s.image_path for s in group]
+            for s in group:
+                yield reject(sources.rejected(s.image_path, "duplicate_id",
+                                              f"{len(group)} files share the id {key!r}: {paths}"))
+
+        return (pcoll
+                | "ById" >> beam.Map(lambda s: (s.id, s))
+                | "GroupById" >> beam.GroupByKey()
+                | "Unique" >> beam.FlatMap(unique).with_outputs(REJECTED, main="sources"))
+
+
 class AssignSplits(beam.PTransform):
     """Sets ``Source.split``: explicit split folders win; else a stable hash of the id.
 

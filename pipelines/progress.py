@@ -64,4 +64,5 @@ class ProgressPrinter(threading.Thread):
 
     def stop(self) -> None:
         self._stopping.set()
-        self.join()
+        if self.is_alive():
+            self.join()

@@ -251,6 +251,7 @@ def test_too_many_rejections_fail_the_job_and_publish_nothing(tmp_path):
     assert not (tmp_path / "ds").exists()
     kept = list(tmp_path.glob("ds.tmp-*/rejected.jsonl"))
     assert len(kept) == 1 and kept[0].read_text().count("\n") > 5
+    assert sorted(p.name for p in kept[0].parent.iterdir()) == ["config.json", "rejected.jsonl", "stats.json"]
 
 
 def test_classification_layout_standardises_inputs_and_stratifies(tmp_path):
@@ -361,3 +362,25 @@ def test_a_failing_pipeline_leaves_nothing_behind(raw_folder, tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="worker died"):
         run_job(raw_folder, tmp_path / "ds", "--tile-size", 24, "--margin", 8)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_classification_files_sharing_an_id_are_all_rejected(tmp_path):
+    raw = tmp_path / "raw"
+    synthetic.write_classification_folder(raw, classes=("disc", "square"), per_class=4)
+    image = (raw / "disc" / "img_000.jpg").read_bytes()
+    (raw / "disc" / "img_000.png").write_bytes(images.encode_png(images.read_image(image, "x.jpg")))
+    run_job(raw, tmp_path / "ds", "--layout", "classification", "--image-size", 24, "--max-rejected-fraction", 0.5)
+    rejected = read_rejected(tmp_path / "ds")
+    assert sorted((os.path.basename(r["source"]), r["reason"]) for r in rejected) == [
+        ("img_000.jpg", "duplicate_id"), ("img_000.png", "duplicate_id")]
+    success = json.loads((tmp_path / "ds" / "_SUCCESS").read_text())
+    assert (success["sources_in"], success["sources_written"], success["rejected"]) == (9, 7, 2)
+
+
+def test_default_worker_count_respects_the_cpus_this_process_may_use():
+    from pipelines import runner
+
+    assert 1 <= runner.available_cpus() <= (os.cpu_count() or 1)
+    args = runner.local_defaults([])
+    assert f"--direct_num_workers={runner.available_cpus()}" in args
+    assert runner.local_defaults(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
