@@ -8,6 +8,8 @@ Segmentation: ``--truth`` is a folder of masks paired with ``<predictions>/masks
 by relative path without extension, read with the preprocessing mask mapping
 (``--mask-values``). Classification (``predictions.parquet`` has a ``label`` column, or
 ``--task classification``): truth is a class-per-folder tree or a CSV ``image_id,label``.
+A prediction directory without ``_SUCCESS`` (an unfinished run) is refused unless
+``--allow-incomplete``; that and other bad flags exit with status 2.
 
 Writes ``report.json``, ``report.parquet`` (one row per image id seen on either side, with
 its ``status``), ``report_confusion.parquet`` (truth, predicted, count) and
@@ -30,8 +32,9 @@ import pyarrow.parquet as pq
 from pipelines import scores
 from pipelines.confusion_plot import render_confusion_png
 from pipelines.evaluate_inputs import (
-    PREDICTIONS_FILE, detect_task, exists, list_files, predicted_labels, prediction_mask_paths, read_bytes,
-    read_prediction, read_predictions_table, read_truth_labels, match_ids, resolve_class_names, write_bytes)
+    PREDICTIONS_FILE, check_complete, detect_task, exists, list_files, predicted_labels, prediction_mask_paths,
+    read_bytes, read_prediction, read_predictions_table, read_truth_labels, match_ids, resolve_class_names,
+    write_bytes)
 from pipelines.images import MaskPolicy, RejectedInput, parse_mask_values, read_mask
 from pipelines.sources import rejected
 from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
@@ -47,6 +50,7 @@ class EvaluateConfig:
     beta: float = 1.0
     task: str = "auto"
     workers: int = 1
+    allow_incomplete: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=1.0, help="beta of the F-beta score")
     p.add_argument("--task", choices=("auto", SEGMENTATION, CLASSIFICATION), default="auto")
     p.add_argument("--workers", type=int, default=1, help="processes scoring images (0: all cores)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="score a prediction directory without _SUCCESS (an unfinished or failed run)")
     return p
 
 
@@ -68,6 +74,7 @@ def run(argv: list[str] | None = None) -> int:
     config = EvaluateConfig(
         predictions=args.predictions.rstrip("/"), truth=args.truth.rstrip("/"), output=args.output,
         mask_values=args.mask_values, beta=args.beta, task=args.task, workers=args.workers,
+        allow_incomplete=args.allow_incomplete,
         class_names=tuple(n.strip() for n in args.class_names.split(",") if n.strip()))
     try:
         report = evaluate(config)
@@ -196,19 +203,21 @@ def evaluate_classification(config: EvaluateConfig, table, class_names, truth, p
 
 def evaluate(config: EvaluateConfig, out=None) -> dict:
     """Score, write the report files, print the table; returns the report dict."""
+    if not config.allow_incomplete:
+        check_complete(config.predictions)
     table = read_predictions_table(config.predictions)
     task = detect_task(config.task, config.truth, table)
     class_names = resolve_class_names(config.class_names, config.predictions, table)
     if task == CLASSIFICATION:
         if table is None or "label" not in table.column_names:
             raise ValueError(f"{config.predictions}: no {PREDICTIONS_FILE} with a label column")
-        truth, bad = read_truth_labels(config.truth)
+        truth, bad = _require_truth(config.truth, *read_truth_labels(config.truth))
         preds = predicted_labels(table, class_names)
         rows, overall, confusion, class_names, missing_pred, missing_truth = evaluate_classification(
             config, table, class_names, truth, preds, bad)
     else:
         class_names = class_names or ("background", "foreground")
-        truth, bad = list_files(config.truth)
+        truth, bad = _require_truth(config.truth, *list_files(config.truth))
         preds, pred_bad = prediction_mask_paths(config.predictions, table)
         bad += pred_bad
         missing_pred, missing_truth = sorted(truth.keys() - preds.keys()), sorted(preds.keys() - truth.keys())
@@ -232,6 +241,12 @@ def evaluate(config: EvaluateConfig, out=None) -> dict:
     write_outputs(report, rows, confusion, class_names, paths)
     print_report(report, out or sys.stdout)
     return report
+
+
+def _require_truth(path: str, truth: dict, bad: list) -> tuple[dict, list]:
+    if not truth and not bad:
+        raise ValueError(f"--truth {path}: no truth found there")
+    return truth, bad
 
 
 def output_paths(output: str) -> dict[str, str]:

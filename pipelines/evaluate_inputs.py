@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.images import RejectedInput, decode_png
 from pipelines.sources import classification_source, has_image_extension, rejected, relative_parts, stem_key
 from schemas.example import CLASSIFICATION, SEGMENTATION
+from schemas.layout import SUCCESS_FILE
 
 PREDICTIONS_FILE = "predictions.parquet"
 MASKS_DIR = "masks"
@@ -52,6 +53,14 @@ def list_files(root: str) -> tuple[dict[str, str], list[dict]]:
         if len(paths) > 1:
             bad += [rejected(p, "duplicate_id", f"{len(paths)} files share the id {key!r}") for p in paths]
     return {k: v[0] for k, v in found.items() if len(v) == 1}, bad
+
+
+def check_complete(pred_dir: str) -> None:
+    """Refuse a prediction directory whose run did not finish (``tessera predict`` writes _SUCCESS last)."""
+    if not exists(FileSystems.join(pred_dir, SUCCESS_FILE)):
+        raise ValueError(f"{pred_dir}: no {SUCCESS_FILE}, so the prediction run there did not complete (or this is "
+                         "not a `tessera predict` directory); rerun predict, or pass --allow-incomplete to score "
+                         "what is there")
 
 
 def read_predictions_table(pred_dir: str) -> pa.Table | None:
@@ -142,6 +151,8 @@ def read_truth_labels(truth: str) -> tuple[dict[str, str], list[dict]]:
     labels: dict[str, list[str]] = {}
     bad = []
     if truth.lower().endswith(".csv"):
+        if not exists(truth):
+            raise ValueError(f"--truth {truth}: no such file")
         reader = csv.DictReader(io.StringIO(read_bytes(truth).decode("utf-8-sig")))
         if not {"image_id", "label"} <= set(reader.fieldnames or ()):
             raise ValueError(f"{truth}: need a header with image_id,label; got {reader.fieldnames}")

@@ -36,8 +36,19 @@ def read_card(model_dir: str) -> tuple[ModelCard, str]:
         raise FileNotFoundError(f"{model_dir}: no {MODEL_CARD_FILE}; is this a `tessera train` model directory?")
     with FileSystems.open(path) as handle:
         raw = handle.read()
-    card = ModelCard.from_json(raw.decode("utf-8"))
+    try:
+        card = ModelCard.from_json(raw.decode("utf-8"))
+    except (KeyError, TypeError, ValueError) as e:  # not JSON, fields missing or wrong
+        raise ValueError(f"{path}: not a valid model card ({type(e).__name__}: {e})") from e
     return card, f"{card.model_name}-{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def check_saved_model(model_dir: str) -> None:
+    """Refuse a model directory without its SavedModel before any worker tries to load it."""
+    path = f"{model_dir.rstrip('/')}/{SAVED_MODEL_DIR}/saved_model.pb"
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{model_dir}: no {SAVED_MODEL_DIR}/saved_model.pb; "
+                                "is this a complete `tessera train` model directory?")
 
 
 def check_compatible(cards: Sequence[ModelCard], model_dirs: Sequence[str]) -> None:

@@ -4,6 +4,8 @@ Geometry (core, margin, input size) and normalisation come from the model card; 
 cut into overlap tiles, predicted in batches (with optional test-time augmentation and an
 ensemble of models), stitched back per image to exactly its size, and written as masks,
 overlays, optional probabilities and ``predictions.parquet`` (see ``predict_outputs``).
+Classifiers see each image as their dataset prepared it: fitted whole to the input size
+(the card's ``fit``), or, for tile classifiers, cut into tiles whose probabilities are averaged.
 
 Run locally (DirectRunner, in-process; progress is printed while it works)::
 
@@ -20,8 +22,10 @@ An ensemble on Dataflow (flags we do not know pass through to Beam untouched)::
         --input gs://bucket/images --output gs://bucket/pred --runner DataflowRunner ...
 
 Rerunning the same command skips images whose outputs are complete; an interrupted run
-resumes. ``--num-shards N --shard-index I`` (default ``$JOB_COMPLETION_INDEX``) predicts
-only shard I of the inputs, for Kubernetes Indexed Jobs; the last shard to finish merges.
+resumes; a run with other settings first deletes the previous settings' results.
+``--num-shards N --shard-index I`` (default ``$JOB_COMPLETION_INDEX``) predicts only
+shard I of the inputs, for Kubernetes Indexed Jobs; the last shard to finish merges.
+Bad flags, model directories or inputs exit with status 2 (do not retry).
 """
 from __future__ import annotations
 
@@ -109,6 +113,8 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     read = [inference.read_card(d) for d in config.model_dirs]
     cards = [card for card, _ in read]
     inference.check_compatible(cards, config.model_dirs)
+    for model_dir in config.model_dirs:
+        inference.check_saved_model(model_dir)
     card = cards[0]
     if config.binary_255 and card.num_classes != 2:
         raise ValueError(f"--binary-255 needs a binary model; {config.model_dirs[0]} has {card.num_classes} classes")
@@ -123,9 +129,28 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
                                 bit_depth="keep16" if card.input_dtype == "uint16" else "scale8",
                                 max_pixels=config.max_image_pixels)
     spec = pt.JobSpec(geometry, policy, outputs.OutputLayout(config.output, settings), config.memory_limit_mb * 2**20,
-                      inference.ensemble_threshold(cards, config.ensemble), card.config.get("fit", "resize"),
-                      card.input_size)
+                      inference.ensemble_threshold(cards, config.ensemble), card.fit, card.input_size,
+                      whole_image=card.task == "classification" and card.whole_image)
     return spec, cards
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a run works on, decided before anything is written."""
+
+    spec: pt.JobSpec
+    inputs: list[pt.ImageInput]          # this shard's images
+    listing_rejected: list[dict]         # this shard's inputs refused while listing
+
+
+def prepare(config: PredictConfig) -> Job:
+    """Read the model cards and list the inputs; bad flags, models or inputs raise ValueError
+    or FileNotFoundError here, before the output directory is touched."""
+    spec, _ = job_spec(config)
+    inputs, listing_rejected = predict_inputs.list_inputs(config.input, exclude=config.output)
+    mine = lambda key: predict_inputs.in_shard(key, config.num_shards, config.shard_index)  # noqa: E731
+    return Job(spec, [i for i in inputs if mine(i.image_id)],
+               [r for r in listing_rejected if mine(r["image_id"] or r["source"])])
 
 
 def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, todo: list[pt.ImageInput]) -> None:
@@ -135,48 +160,52 @@ def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, to
     _ = cut[pt.REJECTED] | "WriteRejected" >> pt.WriteRejected(spec.layout)
 
 
-def local_args(beam_args: list[str]) -> list[str]:
-    """In-process DirectRunner unless told otherwise: TensorFlow already uses every core."""
-    if any(a.startswith(("--runner", "--direct_running_mode", "--direct_num_workers")) for a in beam_args):
-        return list(beam_args)
-    return list(beam_args) + ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
+    """In-process DirectRunner unless told otherwise (TensorFlow already uses every core):
+    the mode is given first, so the user's own runner and direct_* flags come later and win."""
+    return runner.make_pipeline(["--direct_running_mode=in_memory", "--direct_num_workers=1", *beam_args])
 
 
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
-    summary, _ = execute(config_from_args(args), beam_args)
+    try:
+        config = config_from_args(args)
+        job = prepare(config)
+    except (ValueError, FileNotFoundError) as e:  # bad flags, model dirs or input: exit 2, "do not retry"
+        print(f"tessera predict: error: {e}", file=sys.stderr)
+        return 2
+    summary, _ = execute(config, beam_args, job=job)
     print(f"tessera predict: {summary['predicted']} predicted, {summary['skipped_done']} already done, "
           f"{summary['rejected']} rejected {summary['rejected_reasons'] or ''} -> {summary['output']}", flush=True)
     return 0
 
 
-def execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool = False) -> tuple[dict, dict]:
+def execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool = False,
+            job: Job | None = None) -> tuple[dict, dict]:
     """Run one prediction job; returns its _SUCCESS summary and (when asked) time spent per stage.
 
     The timings are sums over all workers, in seconds: "inference" (RunInference batches),
     "read_cut" (read, validate, decode, plan) and "stitch_write" (stitch strips, write outputs).
     """
     started = time.time()
-    spec, _ = job_spec(config)
+    job = job or prepare(config)
+    spec, inputs, listing_rejected = job.spec, job.inputs, job.listing_rejected
     layout = spec.layout
-    inputs, listing_rejected = predict_inputs.list_inputs(config.input, exclude=config.output)
-    mine = lambda key: predict_inputs.in_shard(key, config.num_shards, config.shard_index)  # noqa: E731
-    inputs = [i for i in inputs if mine(i.image_id)]
-    listing_rejected = [r for r in listing_rejected if mine(r["image_id"] or r["source"])]
+    suffix = predict_finish.shard_suffix(config.num_shards, config.shard_index)
+    predict_finish.forget_other_settings(layout)
+    outputs.delete_if_present([layout.path(f"{SUCCESS_FILE}{s}") for s in {suffix, ""}])
     done = predict_inputs.completed(layout, inputs)
     todo = [i for i in inputs if i.image_id not in done]
-    suffix = predict_finish.shard_suffix(config.num_shards, config.shard_index)
-    outputs.delete_if_present([layout.path(f"{SUCCESS_FILE}{s}") for s in {suffix, ""}])
     config_record = {**dataclasses.asdict(config), "shard_index": None, "settings": dataclasses.asdict(layout.settings),
                      "fingerprint": layout.settings.fingerprint(), "geometry": dataclasses.asdict(spec.geometry),
                      "threshold": spec.threshold, "image_policy": spec.policy.describe(),
                      "memory_limit_bytes": spec.memory_limit_bytes}
-    outputs.write_json(layout.path("config.json"), config_record)
+    outputs.write_json(layout.path(predict_finish.CONFIG_FILE), config_record)
     print(f"tessera predict: {len(inputs)} images in shard {config.shard_index + 1}/{config.num_shards}, "
           f"{len(done)} already done, {len(todo)} to predict -> {config.output}", flush=True)
     timings: dict = {}
     if todo:
-        pipeline = runner.make_pipeline(local_args(beam_args))
+        pipeline = make_pipeline(beam_args)
         build_pipeline(pipeline, config, spec, todo)
         progress = predict_finish.Progress(layout, todo)
         progress.start()

@@ -22,6 +22,7 @@ from pipelines.predict_transforms import ImageInput
 from schemas.layout import REJECTED_FILE, SUCCESS_FILE
 
 PARQUET_FILE = "predictions.parquet"
+CONFIG_FILE = "config.json"
 
 
 def shard_suffix(num_shards: int, shard_index: int) -> str:
@@ -88,6 +89,36 @@ def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> 
     if leftovers:
         FileSystems.delete(leftovers)
     return len(leftovers)
+
+
+def previous_settings(layout: outputs.OutputLayout) -> str | None:
+    """The settings fingerprint of the last run started in this directory (its config.json, else _SUCCESS)."""
+    for name, key in ((CONFIG_FILE, "fingerprint"), (SUCCESS_FILE, "settings")):
+        if FileSystems.exists(layout.path(name)):
+            return outputs.read_json(layout.path(name)).get(key)
+    return None
+
+
+def forget_other_settings(layout: outputs.OutputLayout) -> bool:
+    """When the last run here used other settings, delete its results before this run starts.
+
+    Masks and overlays are shared by all settings, so another settings' rows (and Parquet,
+    rejected JSONL, _SUCCESS files) would otherwise vouch for masks this run overwrites, or
+    claim done images whose masks a later run replaced. Rows go last: the summaries are
+    never left pointing at deleted rows. Returns whether anything was forgotten.
+    """
+    previous, current = previous_settings(layout), layout.settings.fingerprint()
+    if previous in (None, current):
+        return False
+    patterns = ("predictions*.parquet", "rejected*.jsonl", f"{SUCCESS_FILE}*")
+    summaries = [m.path for result in FileSystems.match([layout.path(p) for p in patterns]) for m in result.metadata_list]
+    if summaries:
+        FileSystems.delete(summaries)
+    stale = [layout.path(relative) for folder in ("rows", "_tmp") for relative in existing(layout.root, folder)
+             if not relative.startswith((f"rows/{current}/", f"_tmp/{current}/"))]
+    if stale:
+        FileSystems.delete(stale)
+    return True
 
 
 def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejected: list[dict],

@@ -223,14 +223,14 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
 
 
 def classification_row(settings: OutputSettings, image_id: str, source: str, height: int, width: int,
-                       scores: np.ndarray, decision: int) -> dict:
+                       scores: np.ndarray, decision: int, tiles: int = 1) -> dict:
     return {
         "image_id": image_id, "source": source, "task": settings.task, "height": height, "width": width,
         "class_names": list(settings.class_names), "class_fractions": None, "class_components": None,
         "components": None, "mean_confidence": float(scores[decision]),
         "label": settings.class_names[decision], "probabilities": [float(p) for p in scores],
         "mask_path": None, "overlay_path": None, "probabilities_path": None,
-        "tiles": 1, "strips": 1, **_common(settings),
+        "tiles": tiles, "strips": 1, **_common(settings),
     }
 
 

@@ -44,8 +44,9 @@ class JobSpec:
     layout: outputs.OutputLayout
     memory_limit_bytes: int
     threshold: float | None = None   # applied to combined scores (see inference.ensemble_threshold)
-    fit: str = "resize"              # classification: how a photo becomes input_size x input_size
+    fit: str = "resize"              # whole-image classification: how a photo becomes input_size x input_size
     input_size: int = 0
+    whole_image: bool = False        # classification of the fitted image; else of its tiles, averaged
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return inference.decide(scores, self.threshold)
@@ -81,8 +82,11 @@ class _ReadAndCut(beam.DoFn):
         except images.RejectedInput as e:
             yield reject(item.image_id, item.path, e.reason, e.detail)
             return
+        except OSError as e:  # a directory, no permission, deleted since listed (Beam's BeamIOError too)
+            yield reject(item.image_id, item.path, "unreadable", f"{item.path}: {e}")
+            return
         del data
-        if g.task != "segmentation":
+        if spec.whole_image:
             fitted = images.fit_to_size(image, spec.input_size, spec.fit)
             self.read_ms.update(int((time.time() - started) * 1000))
             yield plan.whole_image_task(item.image_id, item.path, fitted, height, width, started)
@@ -126,7 +130,11 @@ def finish_row(layout: outputs.OutputLayout, row: dict, started: float) -> dict:
 
 
 class _StitchStrip(beam.DoFn):
-    """A scored strip -> the image's row (single strip / classification) or a part for later."""
+    """A scored strip -> the image's row (single strip / classification) or a part for later.
+
+    Classification images are always one task (never split into strips), so a tile
+    classifier's row averages the probabilities of all the image's tiles.
+    """
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
@@ -140,10 +148,11 @@ class _StitchStrip(beam.DoFn):
 
     def _stitch(self, result: PredictionResult) -> Iterator[Any]:
         task, scores, layout = result.example, result.inference, self.spec.layout
-        if task.whole:
-            decision = int(self.spec.decide(scores[0]))
+        if self.spec.geometry.task != "segmentation":
+            image_scores = scores.mean(axis=0)  # the whole image's one score, or the mean over its tiles
+            decision = int(self.spec.decide(image_scores))
             row = outputs.classification_row(layout.settings, task.image_id, task.source, task.height,
-                                             task.width, scores[0], decision)
+                                             task.width, image_scores, decision, task.num_tiles)
             yield finish_row(layout, row, task.started)
             return
         strip = strip_result(task, scores, self.spec.decide, layout.settings.blend,

@@ -50,11 +50,16 @@ class ToyModel(tf.Module):
 def export_model(directory: str, kind: str = "same", core: int = 8, margin: int = 3, channels: int = 3,
                  classes: int = 2, layers: int = 3, width: int = 4, seed: int = 0,
                  threshold: float | None = None, name: str | None = None,
-                 input_size: int | None = None) -> ToyModel:
-    """Write a model directory (saved_model/ + model_card.json); returns the module."""
+                 input_size: int | None = None, whole_image: bool = True, fit: str = "resize") -> ToyModel:
+    """Write a model directory (saved_model/ + model_card.json); returns the module.
+
+    A ``classify`` model is a whole-image classifier of ``input_size`` (its card's ``fit``),
+    or with ``whole_image=False`` a tile classifier of tiles ``core + 2 * margin``.
+    """
     scale, offset = 1.0 / 255.0, -0.5
     model = ToyModel(kind, channels, classes, layers, width, seed, scale, offset)
     task = "classification" if kind == "classify" else "segmentation"
+    whole_image = task == "classification" and whole_image
     tile = input_size or core + 2 * margin
     if kind == "valid":
         assert margin == layers, "a valid-conv model's margin is its receptive-field radius"
@@ -64,11 +69,11 @@ def export_model(directory: str, kind: str = "same", core: int = 8, margin: int 
     os.makedirs(directory, exist_ok=True)
     tf.saved_model.save(model, os.path.join(directory, "saved_model"), signatures={"serving_default": signature})
     names = ("background", "foreground") if classes == 2 else tuple(f"class{i}" for i in range(classes))
-    card = ModelCard(task=task, model_name=name or f"toy-{kind}", core=tile if task == "classification" else core,
-                     margin=0 if task == "classification" else margin, input_size=tile,
+    card = ModelCard(task=task, model_name=name or f"toy-{kind}", core=tile if whole_image else core,
+                     margin=0 if whole_image else margin, input_size=tile,
                      output_size=output_size, channels=channels,
                      class_names=names, normalization={"scale": scale, "offset": offset}, threshold=threshold,
-                     config={"seed": seed, "fit": "resize"})
+                     config={"seed": seed}, whole_image=whole_image, fit=fit)
     with open(os.path.join(directory, "model_card.json"), "w") as f:
         f.write(card.to_json())
     return model

@@ -174,6 +174,11 @@ def _rows(path):
     return {r["image_id"]: r for r in pq.read_table(path).to_pylist()}
 
 
+def _complete(pred):
+    """What tessera predict writes last, when every image is done."""
+    (pred / "_SUCCESS").write_text("{}")
+
+
 def test_segmentation_command(tmp_path, capsys):
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     _png(truth / "a.png", TRUTH_3)
@@ -190,8 +195,11 @@ def test_segmentation_command(tmp_path, capsys):
                              "mask_path": ["masks/a.png", "masks/sub/b.png", "masks/d.png", "masks/e.png", None]}),
                    pred / "predictions.parquet")
     out = tmp_path / "out" / "report.json"
-    code = evaluate.run(["--predictions", str(pred), "--truth", str(truth), "--output", str(out),
-                         "--mask-values", "ids"])
+    argv = ["--predictions", str(pred), "--truth", str(truth), "--output", str(out), "--mask-values", "ids"]
+    assert evaluate.run(argv) == 2  # no _SUCCESS: the run may not have finished
+    assert "no _SUCCESS" in capsys.readouterr().err and not out.exists()
+    _complete(pred)
+    code = evaluate.run(argv)
     assert code == 0
     report = json.loads(out.read_text())
     assert report["counts"] == {"truth": 5, "predictions": 5, "evaluated": 2, "missing_predictions": 1,
@@ -228,6 +236,7 @@ def test_multiclass_command_and_workers_agree(tmp_path):
     # As tessera predict writes it: task and class names in every row.
     pq.write_table(pa.table({"image_id": [f"m{i}" for i in range(4)], "task": ["segmentation"] * 4,
                              "class_names": [["bg", "cell", "edge"]] * 4}), pred / "predictions.parquet")
+    _complete(pred)
     reports = []
     for flags in (["--workers", "1"], ["--workers", "2", "--class-names", "bg,cell,edge"]):
         out = tmp_path / f"r{flags[1]}.json"
@@ -255,6 +264,7 @@ def test_classification_command(tmp_path, capsys):
     pred.mkdir()
     pq.write_table(pa.table({"image_id": ids, "label": predicted,
                              "probabilities": [[0.9, 0.05, 0.05]] * len(ids)}), pred / "predictions.parquet")
+    _complete(pred)
     out = tmp_path / "cls.json"
     assert evaluate.run(["--predictions", str(pred), "--truth", str(truth), "--output", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -296,6 +306,7 @@ def test_gs_paths_through_the_emulator(tmp_path, gcs_prefix):
     _png(tmp_path / "pred" / "masks" / "a.png", PRED_3)
     pq.write_table(pa.table({"image_id": ["a"], "mask_path": ["masks/a.png"]}),
                    tmp_path / "pred" / "predictions.parquet")
+    _complete(tmp_path / "pred")
     upload_tree(tmp_path, gcs_prefix)
     output = f"{gcs_prefix}/reports/report.json"
     assert evaluate.run(["--predictions", f"{gcs_prefix}/pred", "--truth", f"{gcs_prefix}/truth",
@@ -306,3 +317,28 @@ def test_gs_paths_through_the_emulator(tmp_path, gcs_prefix):
     with FileSystems.open(f"{gcs_prefix}/reports/report.parquet") as f:
         assert pq.read_table(io.BytesIO(f.read()))["image_id"].to_pylist() == ["a"]
     assert FileSystems.exists(f"{gcs_prefix}/reports/report_confusion.png")
+
+
+def test_incomplete_predictions_need_allow_incomplete_and_bad_flags_exit_2(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _png(truth / "a.png", TRUTH_3)
+    _png(pred / "masks" / "a.png", PRED_3)  # an interrupted run: masks, no Parquet, no _SUCCESS
+    base = ["--predictions", str(pred), "--output", str(tmp_path / "r.json"), "--mask-values", "ids"]
+    assert evaluate.run([*base, "--truth", str(truth)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tessera evaluate: error:") and "--allow-incomplete" in err and "\n" not in err
+    assert evaluate.run([*base, "--truth", str(truth), "--allow-incomplete"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["overall"]["micro"]["dice"] == pytest.approx(4 / 6)
+    _complete(pred)
+    assert evaluate.run([*base, "--truth", str(tmp_path / "nothing")]) == 2
+    assert "nothing: no truth found" in capsys.readouterr().err
+    pq.write_table(pa.table({"image_id": ["a"], "label": ["cat"]}), pred / "predictions.parquet")
+    assert evaluate.run([*base, "--truth", str(tmp_path / "nothing")]) == 2  # classification: class folders
+    assert "nothing: no truth found" in capsys.readouterr().err
+    done = subprocess.run([sys.executable, "-m", "tessera.cli", "evaluate", *base, "--truth", str(tmp_path / "x.csv")],
+                          check=False, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "x.csv: no such file" in done.stderr

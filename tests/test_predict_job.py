@@ -186,16 +186,44 @@ def test_binary_255_masks_use_the_card_threshold(tmp_path):
     assert rows_of(out)["x"]["tta"] == "flips" and module is not None and images
 
 
-def test_geometry_mismatch_and_binary_255_on_multiclass_are_refused(tmp_path):
+def test_config_errors_exit_2_with_one_line_and_touch_no_output(tmp_path, capsys):
     export_model(str(tmp_path / "a"), kind="same", core=8, margin=4)
     export_model(str(tmp_path / "b"), kind="same", core=8, margin=2, layers=2)
     export_model(str(tmp_path / "c"), kind="pixel", core=8, margin=4, classes=3)
+    shutil.copytree(tmp_path / "a", tmp_path / "no-saved-model")
+    shutil.rmtree(tmp_path / "no-saved-model" / "saved_model")
+    shutil.copytree(tmp_path / "a", tmp_path / "bad-card")
+    (tmp_path / "bad-card" / "model_card.json").write_text('{"format_version": 1, "task": "segmentation"}')
     write_images(tmp_path / "in", {"x": (9, 9)})
-    base = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
-    with pytest.raises(ValueError, match="disagree"):
-        predict.run(["--model-dir", str(tmp_path / "a"), "--model-dir", str(tmp_path / "b"), *base])
-    with pytest.raises(ValueError, match="binary"):
-        predict.run(["--model-dir", str(tmp_path / "c"), "--binary-255", *base])
+    out = tmp_path / "out"
+    base = ["--input", str(tmp_path / "in"), "--output", str(out)]
+    cases = {"disagree": ["--model-dir", str(tmp_path / "a"), "--model-dir", str(tmp_path / "b"), *base],
+             "binary": ["--model-dir", str(tmp_path / "c"), "--binary-255", *base],
+             "no model_card.json": ["--model-dir", str(tmp_path / "missing"), *base],
+             "no saved_model/saved_model.pb": ["--model-dir", str(tmp_path / "no-saved-model"), *base],
+             "not a valid model card": ["--model-dir", str(tmp_path / "bad-card"), *base],
+             "no files found": ["--model-dir", str(tmp_path / "a"), "--input", str(tmp_path / "nothing"),
+                                "--output", str(out)]}
+    for message, argv in cases.items():
+        assert predict.run(argv) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("tessera predict: error: ") and message in err and "\n" not in err
+    assert not out.exists()
+    # The installed entry point: exit status 2 and the message, not a traceback.
+    done = subprocess.run([sys.executable, "-m", "tessera.cli", "predict", *cases["no model_card.json"]],
+                          check=False, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "no model_card.json" in done.stderr
+
+
+def test_local_runs_are_in_process_unless_told_otherwise():
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    def direct(args):
+        options = predict.make_pipeline(args)._options.view_as(DirectOptions)
+        return options.direct_running_mode, options.direct_num_workers
+
+    assert direct([]) == ("in_memory", 1)
+    assert direct(["--direct_running_mode=multi_processing", "--direct_num_workers=2"]) == ("multi_processing", 2)
 
 
 def test_classification_rows_have_label_and_probabilities(tmp_path):
@@ -252,3 +280,70 @@ def test_rerun_with_other_settings_recomputes_instead_of_mixing(tmp_path):
     assert (success["predicted"], success["skipped_done"]) == (2, 0)
     assert {r["tta"] for r in rows_of(out).values()} == {"dihedral"}
     assert not np.array_equal(np.load(out / "probabilities" / "x.npy"), before)
+
+
+def test_classifiers_see_images_as_their_dataset_prepared_them(tmp_path):
+    from pipelines.images import fit_to_size
+    from pipelines.tiling import cut_tiles
+
+    whole = export_model(str(tmp_path / "whole"), kind="classify", core=16, margin=0, classes=3, seed=1,
+                         input_size=16, fit="pad")
+    tiles = export_model(str(tmp_path / "tiles"), kind="classify", core=8, margin=2, classes=3, seed=2,
+                         whole_image=False)
+    images = write_images(tmp_path / "in", {"wide": (12, 40), "small": (5, 7)}, seed=5)
+    for name in ("whole", "tiles"):
+        assert predict.run(["--model-dir", str(tmp_path / name), "--input", str(tmp_path / "in"),
+                            "--output", str(tmp_path / f"out-{name}")]) == 0
+    whole_rows, tile_rows = rows_of(tmp_path / "out-whole"), rows_of(tmp_path / "out-tiles")
+    for image_id, pixels in images.items():
+        fitted = fit_to_size(pixels, 16, "pad")  # as preprocess --fit pad made the training inputs
+        expected = whole.forward(fitted[None]).numpy()[0]
+        np.testing.assert_allclose(whole_rows[image_id]["probabilities"], expected, atol=1e-5)
+        assert whole_rows[image_id]["tiles"] == 1
+        cut = np.stack([tile for _, tile in cut_tiles(pixels, 8, 2)])  # as preprocess cut the training tiles
+        expected = tiles.forward(cut).numpy().mean(axis=0)
+        np.testing.assert_allclose(tile_rows[image_id]["probabilities"], expected, atol=1e-5)
+        assert tile_rows[image_id]["tiles"] == len(cut)
+        assert tile_rows[image_id]["label"] == tile_rows[image_id]["class_names"][int(np.argmax(expected))]
+    assert tile_rows["wide"]["tiles"] == 2 * 5
+
+
+def test_unreadable_inputs_are_rejected_and_the_job_goes_on(tmp_path):
+    export_model(str(tmp_path / "model"), kind="same", core=8, margin=4)
+    write_images(tmp_path / "in", {"good": (9, 9)})
+    (tmp_path / "in" / "folder.png").mkdir()  # a listed path that is a directory
+    (tmp_path / "list.txt").write_text("in/good.png\nin/folder.png\n")
+    out = tmp_path / "out"
+    assert predict.run(["--model-dir", str(tmp_path / "model"), "--input", str(tmp_path / "list.txt"),
+                        "--output", str(out)]) == 0
+    assert sorted(rows_of(out)) == ["good"]
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(os.path.basename(r["source"]), r["reason"]) for r in rejected] == [("folder.png", "unreadable")]
+    assert "directory" in rejected[0]["detail"]
+
+
+def test_switching_settings_back_and_forth_never_reuses_the_other_settings_masks(tmp_path):
+    export_model(str(tmp_path / "model"), kind="same", core=8, margin=4)
+    write_images(tmp_path / "in", {"x": (12, 9), "y": (7, 7)})
+    out = run_job(tmp_path, tmp_path / "out")
+    first = files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions"))
+    run_job(tmp_path, out, "--tta", "flips", "--overlap", "0.5")
+    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions")) != first
+    run_job(tmp_path, out)  # the first settings again: its old rows must not vouch for the newer masks
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert (success["predicted"], success["skipped_done"]) == (2, 0)
+    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions")) == first
+    assert len(list((out / "rows").glob("*/*.json"))) == 2  # only the current settings' rows remain
+
+
+def test_a_failed_run_with_other_settings_leaves_no_results_of_the_previous_one(tmp_path):
+    export_model(str(tmp_path / "model"), kind="same", core=8, margin=4)
+    export_model(str(tmp_path / "broken"), kind="same", core=8, margin=4, name="broken")
+    (tmp_path / "broken" / "saved_model" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    write_images(tmp_path / "in", {"x": (12, 9)})
+    out = run_job(tmp_path, tmp_path / "out")
+    assert (out / "predictions.parquet").exists()
+    with pytest.raises(OSError, match="Cannot parse"):  # the workers cannot load the model
+        predict.run(["--model-dir", str(tmp_path / "broken"), "--input", str(tmp_path / "in"), "--output", str(out)])
+    assert not (out / "_SUCCESS").exists() and not list(out.glob("predictions*.parquet"))
+    assert not list((out / "rows").rglob("*.json"))

@@ -37,6 +37,7 @@ def test_cut_strips_emits_tasks_and_rejects_bad_files(model, tmp_path):
     (tmp_path / "in" / "bad.png").write_bytes(b"nope")
     spec = spec_for((model[0], str(tmp_path / "out")), memory_bytes=300_000)
     inputs = [pt.ImageInput(name, str(tmp_path / "in" / f"{name}.png")) for name in ("a", "big", "bad")]
+    inputs.append(pt.ImageInput("gone", str(tmp_path / "in" / "gone.png"), size_bytes=99))  # deleted since listed
     with test_pipeline.TestPipeline() as p:
         cut = p | beam.Create(inputs) | pt.CutStrips(spec)
         tiles = cut.tasks | "Tiles" >> beam.Map(lambda t: (t.image_id, t.strips, t.num_tiles))
@@ -44,7 +45,7 @@ def test_cut_strips_emits_tasks_and_rejects_bad_files(model, tmp_path):
         assert_that(per_image, equal_to([("a", 3 * 2), ("big", 38 * 5)]), label="AllCores")
         assert_that(tiles | beam.Filter(lambda t: t[0] == "big" and t[1] > 1), is_not_empty(), label="BigInStrips")
         assert_that(cut[pt.REJECTED] | beam.Map(lambda r: (r["image_id"], r["reason"])),
-                    equal_to([("bad", "not_an_image")]), label="Rejected")
+                    equal_to([("bad", "not_an_image"), ("gone", "unreadable")]), label="Rejected")
 
 
 def test_predict_tiles_scores_every_tile(model, tmp_path):
