@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 
 import keras
 import numpy as np
@@ -149,7 +148,3 @@ class Board:
         if self.enabled:
             self.train.flush()
             self.val.flush()
-
-
-def stderr_warning(message: str) -> None:
-    print(f"WARNING: {message}", file=sys.stderr, flush=True)
