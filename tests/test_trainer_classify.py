@@ -21,7 +21,7 @@ from trainer.models import BACKBONE_NAME, build_model  # noqa: E402
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     path = tmp_path_factory.mktemp("shapes")
-    trainer_data.classification_dataset(str(path), n_train=240, n_val=60, imbalance=(2, 1, 1))
+    trainer_data.classification_dataset(str(path), n_train=240, n_val=60, imbalance=(2, 1, 1), fit="pad")
     return path
 
 
@@ -33,6 +33,8 @@ def test_small_cnn_learns_shapes_with_class_weights(shapes, tmp_path):
     card = export.load_card(cfg.model_dir)
     assert card.task == "classification" and card.class_names == ("disc", "square", "cross")
     assert card.metrics["accuracy"] >= 0.9 and card.metrics["macro_f1"] >= 0.9 and card.threshold is None
+    # how the photos were prepared (tessera_dataset.json, the preprocess config.json): predict must do the same
+    assert card.whole_image is True and card.fit == "pad"
     # "auto" class weights come from the train label counts in stats.json (2:1:1 here)
     info = open_dataset(str(shapes))
     counts = [info.stats["labels"][name] for name in info.spec.class_names]

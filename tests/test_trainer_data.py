@@ -34,6 +34,7 @@ def test_open_dataset_reads_spec_stats_and_fingerprint(seg):
     with open(os.path.join(seg.path, "_SUCCESS")) as handle:
         assert seg.fingerprint == json.load(handle)["fingerprint"] != ""
     assert seg.normalization == {"scale": 1 / 255, "offset": 0.0}
+    assert seg.fit == "resize"   # no preprocess config.json: the preprocess default
 
 
 def test_unfinished_dataset_is_refused(seg, tmp_path):

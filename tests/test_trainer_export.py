@@ -1,8 +1,10 @@
 """The exported model directory: a valid-convolution U-Net (output = core), a threshold
-calibrated to a target recall, and a SavedModel that a fresh process (without the trainer)
-loads and that reproduces the Keras model's outputs."""
+calibrated to a target recall, a SavedModel that a fresh process (without the trainer)
+loads and that reproduces the Keras model's outputs, and a re-export that replaces it whole."""
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from schemas import model_card as mc  # noqa: E402
 from tests import trainer_data  # noqa: E402
@@ -20,6 +23,7 @@ from trainer import calibrate, data, export  # noqa: E402
 from trainer.config import from_dict  # noqa: E402
 from trainer.loop import train  # noqa: E402
 from trainer.models import CUSTOM_OBJECTS  # noqa: E402
+from trainer.steps import loss_spec_for  # noqa: E402
 
 FRESH_PROCESS = textwrap.dedent("""
     import json, sys
@@ -86,3 +90,19 @@ def test_saved_model_in_a_fresh_process_reproduces_keras(exported, tmp_path):
     np.testing.assert_allclose(served, expected, atol=1e-5)
     np.testing.assert_allclose(served.sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(export.probabilities_from_saved_model(cfg.model_dir, tiles), served, atol=1e-6)
+
+
+def test_a_re_export_replaces_the_saved_model_whole_and_leaves_no_staging(exported, tmp_path):
+    cfg, _ = exported
+    model_dir = tmp_path / "model"
+    shutil.copytree(cfg.model_dir, model_dir)
+    (model_dir / mc.SAVED_MODEL_DIR / "stale.txt").write_text("a file of an earlier export")
+    resolved = dataclasses.replace(from_dict(export.load_card(cfg.model_dir).config), model_dir=str(model_dir))
+    info = data.open_dataset(cfg.data)
+    card = export.export(resolved, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec_for(resolved, info))
+    assert sorted(os.listdir(model_dir)) == sorted(os.listdir(cfg.model_dir))     # no .export-* left behind
+    assert not (model_dir / mc.SAVED_MODEL_DIR / "stale.txt").exists()
+    assert export.load_card(str(model_dir)) == card
+    tiles = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
+    np.testing.assert_allclose(export.probabilities_from_saved_model(str(model_dir), tiles),
+                               export.probabilities_from_saved_model(cfg.model_dir, tiles), atol=1e-6)

@@ -12,7 +12,9 @@ import tensorflow as tf  # noqa: E402
 from schemas import model_card as mc  # noqa: E402
 from tests import trainer_data  # noqa: E402
 from trainer.config import from_dict, resolve_paths  # noqa: E402
-from trainer.loop import train  # noqa: E402
+from trainer.data import open_dataset  # noqa: E402
+from trainer.loop import NothingToExport, train  # noqa: E402
+from trainer.steps import evaluate_split  # noqa: E402
 
 
 def make_config(data, model_dir, **values):
@@ -111,14 +113,34 @@ def test_refuses_to_resume_a_backup_of_other_settings(discs, tmp_path):
         train(other, export_model=False)
 
 
-def test_a_dataset_without_validation_split_trains_and_exports(tmp_path):
+@pytest.mark.parametrize("empty_splits", [(), ("val",)], ids=["no-val-split", "val-split-of-0-examples"])
+def test_a_dataset_without_validation_examples_trains_and_exports(tmp_path, empty_splits):
+    # preprocess writes a val split of empty shards when it rejected every val source
     data = tmp_path / "trainonly"
-    trainer_data.segmentation_dataset(str(data), n_train=16, n_val=0, n_test=0)
+    trainer_data.segmentation_dataset(str(data), n_train=16, n_val=0, n_test=0, empty_splits=empty_splits)
+    info = open_dataset(str(data))
+    assert ("val" in info.split_files) == bool(empty_splits) and info.split_sizes.get("val", 0) == 0
     model_dir = tmp_path / "model"
     result = train(make_config(data, model_dir, epochs=2, batch_size=8, model={"depth": 1, "filters": 2}))
     assert result.best_epoch >= 1 and "val_loss" not in result.history[-1]
     card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
     assert card.threshold == 0.5 and card.threshold_rule == "default 0.5 (no validation split)"
+    if empty_splits:
+        with pytest.raises(ValueError, match="'val' split of .* has no examples"):
+            evaluate_split(tf.distribute.get_strategy(), None, info, 8)
+
+
+def test_a_run_whose_monitored_metric_is_never_finite_says_so_instead_of_exporting(discs, tmp_path):
+    # a learning rate this large overflows the weights on the first step: val_loss is NaN
+    cfg = make_config(discs, tmp_path / "m", epochs=2, steps_per_epoch=1, batch_size=4, monitor="val_loss",
+                      model={"depth": 1, "filters": 2, "batchnorm": False}, image_summaries=0,
+                      optim={"optimizer": "sgd", "learning_rate": 1e30, "schedule": "constant"})
+    with pytest.raises(NothingToExport, match=r"val_loss was never finite in 2 epochs.*the backup .*backup"):
+        train(cfg)
+    history = (tmp_path / "m" / "history.csv").read_text().lower()
+    assert history.count("nan") >= 2
+    assert not (tmp_path / "m" / mc.MODEL_CARD_FILE).exists()
+    assert not (tmp_path / "m" / "checkpoints").exists() or not os.listdir(tmp_path / "m" / "checkpoints")
 
 
 def test_early_stopping_and_its_state_survive_a_rerun(discs, tmp_path):

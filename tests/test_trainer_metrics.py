@@ -74,6 +74,10 @@ def test_foreground_histograms_count_labelled_pixels():
     # P(fg) = sigmoid(+-3) = 0.953 / 0.047 -> bins 9 / 0
     np.testing.assert_array_equal(hist[1], [1, 0, 0, 0, 0, 0, 0, 0, 0, 3])
     np.testing.assert_array_equal(hist[0], [3, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    # a diverged network (NaN logits) is counted in bin 0, like argmax counts it as class 0
+    diverged = metrics.foreground_histograms(TRUTH, np.full_like(LOGITS, np.nan), bins=10).numpy()
+    np.testing.assert_array_equal(diverged[:, 0], [4, 4])
+    assert diverged.sum() == 8
 
 
 # bins of 0.1: background at 0.1 (5), 0.3 (3), 0.6 (2); foreground at 0.4 (1), 0.7 (3), 0.9 (4)

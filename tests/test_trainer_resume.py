@@ -1,8 +1,9 @@
 """Fault tolerance: SIGKILL a training process partway, rerun the same command, and it resumes
 from the last backup (repeating less than one checkpoint interval) and ends with exactly
-the weights of an uninterrupted run."""
+the weights of an uninterrupted run; a backup is not resumed on a dataset replaced meanwhile."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,3 +65,22 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
                               model={"depth": 2, "filters": 4}, image_summaries=0), export_model=False)
     checksum = float(re.search(r"weights checksum ([\d.]+)", second.stdout).group(1))
     assert checksum == pytest.approx(clean.weights_checksum, rel=1e-6)
+
+
+def test_refuses_to_resume_on_a_replaced_dataset(tmp_path, capsys):
+    # a scheduled preprocess job rewrote the dataset (same path, other examples) while the run was down
+    data, model_dir = tmp_path / "data", tmp_path / "model"
+    trainer_data.segmentation_dataset(str(data), n_train=8, n_val=0, n_test=0, seed=0)
+    argv = ["--data", str(data), "--model-dir", str(model_dir), "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "4", "--depth", "1", "--filters", "2", "--verbose", "0", "--image-summaries", "0"]
+    from trainer import task
+    from trainer.config import parse_config
+    from trainer.loop import train
+
+    train(parse_config(argv), export_model=False)
+    shutil.rmtree(data)
+    trainer_data.segmentation_dataset(str(data), n_train=8, n_val=0, n_test=0, seed=1)
+    assert task.run(argv) == 2
+    error = capsys.readouterr().err
+    assert "another version of the dataset" in error and "fingerprint" in error
+    assert not (model_dir / "model_card.json").exists()

@@ -74,8 +74,11 @@ def _provenance(source_id: str, spec: DatasetSpec, fg_fraction: float) -> dict:
     return values
 
 
-def write_dataset(path: str, spec: DatasetSpec, splits: dict[str, list[dict]], num_shards: int = 2) -> str:
-    """Writes ``splits`` (split -> example dicts) as a TFDS-format Tessera dataset; returns path."""
+def write_dataset(path: str, spec: DatasetSpec, splits: dict[str, list[dict]], num_shards: int = 2,
+                  fit: str | None = None) -> str:
+    """Writes ``splits`` (split -> example dicts) as a TFDS-format Tessera dataset; returns path.
+    An empty list writes a split of empty shards (what preprocess does when it rejected every
+    source of the split); ``fit`` writes the preprocess ``config.json`` with that ``--fit``."""
     import tensorflow_datasets as tfds
     from apache_beam.io.tfrecordio import _TFRecordUtil
 
@@ -103,6 +106,9 @@ def write_dataset(path: str, spec: DatasetSpec, splits: dict[str, list[dict]], n
         handle.write(spec.to_json())
     with open(os.path.join(path, layout.STATS_FILE), "w") as handle:
         json.dump(_stats(spec, splits), handle)
+    if fit is not None:
+        with open(os.path.join(path, layout.CONFIG_FILE), "w") as handle:
+            json.dump({"preprocess": {"fit": fit}, "dataset": json.loads(spec.to_json())}, handle)
     fingerprint = hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
     with open(os.path.join(path, layout.SUCCESS_FILE), "w") as handle:
         json.dump({"sources_in": sum(map(len, splits.values())), "rejected": 0,
@@ -129,13 +135,14 @@ def _stats(spec: DatasetSpec, splits: dict[str, list[dict]]) -> dict:
 
 def segmentation_dataset(path: str, n_train: int = 192, n_val: int = 48, n_test: int = 8, core: int = 24,
                          margin: int = 4, channels: int = 1, num_classes: int = 2, num_shards: int = 2,
-                         seed: int = 0) -> DatasetSpec:
+                         seed: int = 0, empty_splits: tuple[str, ...] = ()) -> DatasetSpec:
+    """Discs (and squares); a split of 0 examples is left out unless named in ``empty_splits``."""
     names = ("background", "disc", "square")[:num_classes]
     spec = DatasetSpec(task=SEGMENTATION, core=core, margin=margin, channels=channels, class_names=names)
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
-        if not n:
+        if not n and split not in empty_splits:
             continue
         examples = []
         for i in range(n):
@@ -151,8 +158,9 @@ def segmentation_dataset(path: str, n_train: int = 192, n_val: int = 48, n_test:
 
 def classification_dataset(path: str, n_train: int = 240, n_val: int = 60, size: int = 32, channels: int = 1,
                            num_shards: int = 2, seed: int = 0, imbalance: tuple[int, ...] = (1, 1, 1),
-                           static_copies: int = 0) -> DatasetSpec:
-    """Shapes per class; ``static_copies`` rotated copies (copy = 1..K) of every train image."""
+                           static_copies: int = 0, fit: str | None = None) -> DatasetSpec:
+    """Shapes per class; ``static_copies`` rotated copies (copy = 1..K) of every train image;
+    ``fit``: the preprocess --fit recorded in config.json (None: no config.json)."""
     spec = DatasetSpec(task=CLASSIFICATION, core=size, margin=0, channels=channels,
                        class_names=("disc", "square", "cross"), whole_image=True)
     rng = np.random.default_rng(seed)
@@ -170,5 +178,5 @@ def classification_dataset(path: str, n_train: int = 240, n_val: int = 60, size:
                                id=example_id(source, 0, 0, copy), augmentation=json.dumps({"rot90": copy}))
                 examples.append(example)
         splits[split] = examples
-    write_dataset(path, spec, splits, num_shards)
+    write_dataset(path, spec, splits, num_shards, fit)
     return spec

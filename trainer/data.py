@@ -33,6 +33,7 @@ class DatasetInfo:
     split_files: dict[str, tuple[str, ...]]
     stats: dict
     fingerprint: str
+    fit: str = "resize"          # classification: how preprocess fitted photos to the core (--fit)
 
     @property
     def normalization(self) -> dict[str, float]:
@@ -46,7 +47,8 @@ def _read_json(path: str) -> dict:
 
 
 def open_dataset(path: str) -> DatasetInfo:
-    """Reads the dataset's spec, stats and TFDS metadata; refuses an unfinished dataset."""
+    """Reads the dataset's spec, stats, TFDS metadata and preprocess configuration (the
+    ``--fit``, "resize" without one); refuses an unfinished dataset."""
     import tensorflow_datasets as tfds
 
     path = path.rstrip("/")
@@ -60,7 +62,10 @@ def open_dataset(path: str) -> DatasetInfo:
     splits = tfds.builder_from_directory(path).info.splits
     sizes = {name: int(splits[name].num_examples) for name in splits.keys()}
     files = {name: tuple(str(p) for p in splits[name].filepaths) for name in splits.keys()}
-    return DatasetInfo(path, spec, sizes, files, stats, _read_json(success).get("fingerprint", ""))
+    config_path = f"{path}/{layout.CONFIG_FILE}"
+    config = _read_json(config_path) if tf.io.gfile.exists(config_path) else {}
+    return DatasetInfo(path, spec, sizes, files, stats, _read_json(success).get("fingerprint", ""),
+                       config.get("preprocess", {}).get("fit", "resize"))
 
 
 def parse_fn(spec: DatasetSpec) -> Callable:
@@ -98,6 +103,12 @@ def _records(files: list[str], shard_records: bool, pipelines: int, pipeline_id:
 def _is_original(serialized):
     """True for copy 0 (not a static augmentation copy)."""
     return tf.equal(tf.io.parse_single_example(serialized, {"copy": tf.io.FixedLenFeature([], tf.int64)})["copy"], 0)
+
+
+def has_examples(info: DatasetInfo, split: str = "val") -> bool:
+    """Whether ``split`` exists with at least one example (preprocess writes empty shards for
+    a split whose every source it rejected)."""
+    return info.split_sizes.get(split, 0) > 0
 
 
 def count_examples(info: DatasetInfo, split: str = "train", originals_only: bool = False) -> int:

@@ -1,6 +1,7 @@
 """Export a trained network as the model directory ``tessera predict`` reads
 (``schemas/model_card.py``): SavedModel with the serving signature, ``model.keras``, and
-the model card with the decision threshold calibrated on validation.
+the model card with the decision threshold calibrated on validation. The pieces are written
+into a staging directory inside the model directory and moved into place, the card last.
 
 The exported network takes raw pixel values, normalises them itself, and returns
 per-class probabilities; under deep supervision only the fused output is kept.
@@ -8,6 +9,7 @@ per-class probabilities; under deep supervision only the fused output is kept.
 from __future__ import annotations
 
 import json
+import uuid
 
 import keras
 import numpy as np
@@ -17,7 +19,7 @@ from schemas import model_card as mc
 from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
 from trainer.config import TrainConfig
-from trainer.data import DatasetInfo
+from trainer.data import DatasetInfo, has_examples
 from trainer.losses import LossSpec, combine
 from trainer.models import build_model, output_size, primary_output
 from trainer.models.layers import ToProbabilities
@@ -85,11 +87,12 @@ def write_saved_model(model: keras.Model, path: str, input_dtype: str) -> None:
 
 def export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: LossSpec,
            extra_metrics: dict | None = None) -> mc.ModelCard:
-    """Restores ``checkpoint``, calibrates and scores on validation, writes the model directory."""
+    """Restores ``checkpoint``, calibrates and scores on validation, writes the model directory
+    (staged, then ``publish``ed)."""
     spec = info.spec
     net = restore_network(cfg, info, checkpoint)
     metrics_, threshold, rule = {}, None, ""
-    if "val" in info.split_files:
+    if has_examples(info, "val"):
         loss, confusion, hist = evaluate(net, info, loss_spec, cfg.batch_size)
         metrics_, threshold, rule = card_metrics(info, loss, confusion, hist, cfg.beta, cfg.target_recall)
     elif spec.task == SEGMENTATION and spec.num_classes == 2:
@@ -101,13 +104,35 @@ def export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Loss
         output_size=out, channels=spec.channels, class_names=spec.class_names, input_dtype=spec.dtype,
         normalization=info.normalization, threshold=threshold, threshold_rule=rule,
         metrics={k: float(v) for k, v in metrics_.items()}, config=json.loads(cfg.to_json()),
-        dataset_fingerprint=info.fingerprint)
+        dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit)
     model = inference_model(net, info.normalization)
-    write_saved_model(model, f"{cfg.model_dir}/{mc.SAVED_MODEL_DIR}", spec.dtype)
-    model.save(f"{cfg.model_dir}/{mc.KERAS_FILE}")
-    with tf.io.gfile.GFile(f"{cfg.model_dir}/{mc.MODEL_CARD_FILE}", "w") as handle:
-        handle.write(card.to_json())
+    staging = f"{cfg.model_dir}/.export-{uuid.uuid4().hex}"
+    try:
+        write_saved_model(model, f"{staging}/{mc.SAVED_MODEL_DIR}", spec.dtype)
+        model.save(f"{staging}/{mc.KERAS_FILE}")
+        with tf.io.gfile.GFile(f"{staging}/{mc.MODEL_CARD_FILE}", "w") as handle:
+            handle.write(card.to_json())
+        publish(staging, cfg.model_dir)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.rmtree(staging)
     return card
+
+
+def publish(staging: str, model_dir: str) -> None:
+    """Moves a complete export from ``staging`` into ``model_dir``, the model card last: a
+    reader that finds the new card finds the new SavedModel and Keras file beside it.
+
+    Locally each move is a rename, atomic (the previous saved_model/ is renamed away into
+    ``staging`` first and deleted with it). On gs:// a directory "rename" copies and deletes
+    object by object, so saved_model/ is briefly incomplete there; the card still comes last.
+    """
+    target = f"{model_dir}/{mc.SAVED_MODEL_DIR}"
+    if tf.io.gfile.exists(target):
+        tf.io.gfile.rename(target, f"{staging}/previous-{mc.SAVED_MODEL_DIR}")
+    tf.io.gfile.rename(f"{staging}/{mc.SAVED_MODEL_DIR}", target)
+    for name in (mc.KERAS_FILE, mc.MODEL_CARD_FILE):
+        tf.io.gfile.rename(f"{staging}/{name}", f"{model_dir}/{name}", overwrite=True)
 
 
 def load_card(model_dir: str) -> mc.ModelCard:

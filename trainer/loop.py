@@ -22,7 +22,7 @@ import tensorflow as tf
 from schemas.example import SEGMENTATION
 from trainer import distribute, export
 from trainer.config import TrainConfig, for_task
-from trainer.data import DatasetInfo, count_examples, crop_to, open_dataset, sample, train_dataset
+from trainer.data import DatasetInfo, count_examples, crop_to, has_examples, open_dataset, sample, train_dataset
 from trainer.models import BACKBONE_NAME, build_model, check_geometry, output_size, primary_output
 from trainer.models.layers import ToProbabilities
 from trainer.observe import Board, History, Progress, log, triptych
@@ -31,6 +31,16 @@ from trainer.steps import augment_in_pipeline, loss_spec_for, make_eval_step, ma
 # settings that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "patience", "verbose", "image_summaries", "checkpoint_every", "model_dir",
                      "checkpoint_dir", "backup_dir", "log_dir")
+# the backup's record of the dataset it was trained on (_SUCCESS "fingerprint")
+FINGERPRINT_KEY = "dataset_fingerprint"
+
+
+class ResumeRefused(ValueError):
+    """The backup belongs to a run with other settings or on another dataset."""
+
+
+class NothingToExport(RuntimeError):
+    """No epoch produced a finite monitored value, so there is no best model."""
 
 
 @dataclasses.dataclass
@@ -53,9 +63,10 @@ def set_backbone_trainable(model, trainable: bool) -> bool:
     return True
 
 
-def _check_backup_config(cfg: TrainConfig, backup_dir: str, chief: bool) -> None:
-    """A backup belongs to one configuration: refuse to resume one written by another (the
-    chief checks; the other workers follow it)."""
+def _check_backup_config(cfg: TrainConfig, fingerprint: str, backup_dir: str, chief: bool) -> None:
+    """A backup belongs to one configuration and one dataset version (``fingerprint``): refuse
+    to resume one written by another (the chief checks; the other workers follow it). A
+    backup written before fingerprints were recorded is checked on its settings only."""
     if not chief:
         return
     path = f"{backup_dir}/config.json"
@@ -63,14 +74,20 @@ def _check_backup_config(cfg: TrainConfig, backup_dir: str, chief: bool) -> None
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as handle:
             theirs = json.load(handle)
+        recorded = theirs.pop(FINGERPRINT_KEY, None)
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
-            raise ValueError(f"{backup_dir} holds the backup of a run with different settings ({diff}); "
-                             f"use another --model-dir / --backup-dir or delete the backup")
+            raise ResumeRefused(f"{backup_dir} holds the backup of a run with different settings ({diff}); "
+                                f"use another --model-dir / --backup-dir or delete the backup")
+        if recorded is not None and recorded != fingerprint:
+            raise ResumeRefused(
+                f"{backup_dir} holds the backup of a run on another version of the dataset {cfg.data} "
+                f"(fingerprint {recorded!r}, now {fingerprint!r}): it was replaced since that run started; "
+                f"delete the backup to train on the new dataset, or use another --model-dir / --backup-dir")
     else:
         tf.io.gfile.makedirs(backup_dir)
         with tf.io.gfile.GFile(path, "w") as handle:
-            handle.write(json.dumps(mine, indent=2, sort_keys=True))
+            handle.write(json.dumps({**mine, FINGERPRINT_KEY: fingerprint}, indent=2, sort_keys=True))
 
 
 def _current_export(cfg: TrainConfig, best_epoch: int):
@@ -109,12 +126,12 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
                          f"({global_batch}); lower --batch-size or set --steps-per-epoch")
     loss_spec = loss_spec_for(cfg, info)
     transfer = cfg.model.name == "transfer"
-    has_val = "val" in info.split_files
+    has_val = has_examples(info, "val")
     if chief:
         tf.io.gfile.makedirs(cfg.model_dir)
         with tf.io.gfile.GFile(f"{cfg.model_dir}/config.json", "w") as handle:
             handle.write(cfg.to_json())
-    _check_backup_config(cfg, cfg.backup_dir, chief)
+    _check_backup_config(cfg, info.fingerprint, cfg.backup_dir, chief)
 
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
@@ -225,6 +242,12 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
     checksum = float(sum(np.abs(w).sum() for w in model.get_weights()))
     log(f"Finished at epoch {int(epoch_var.numpy())}; best {cfg.monitor} {float(best_var.numpy()):.4f} at epoch "
         f"{int(best_epoch_var.numpy())}; weights checksum {checksum:.6f}")
+    if export_model and int(best_epoch_var.numpy()) < 1:   # every worker stops here, none waits for the chief
+        raise NothingToExport(
+            f"nothing to export: {cfg.monitor if has_val else 'the training loss'} was never finite in "
+            f"{int(epoch_var.numpy())} epochs (see {cfg.model_dir}/history.csv), so there is no best checkpoint in "
+            f"{cfg.checkpoint_dir}; the last weights are in the backup {cfg.backup_dir}. Lower the learning "
+            f"rate or set --clipnorm, and delete the backup to train again")
     card = None
     if chief and export_model:
         card = _current_export(cfg, int(best_epoch_var.numpy())) if not step_losses else None

@@ -42,7 +42,7 @@ def foreground_histograms(y_true, logits, bins: int):
     background pixels ([2, bins]: row 0 background, row 1 foreground), for calibration."""
     labels, valid = split_labels(y_true)
     p = tf.reshape(probabilities(logits)[..., 1], [-1])
-    index = tf.minimum(tf.cast(p * bins, tf.int32), bins - 1)
+    index = tf.clip_by_value(tf.cast(p * bins, tf.int32), 0, bins - 1)   # NaN (diverged) casts below 0
     row = tf.reshape(labels, [-1])
     flat = row * bins + index
     return tf.reshape(tf.math.bincount(flat, weights=tf.reshape(valid, [-1]), minlength=2 * bins,

@@ -8,7 +8,7 @@ from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
 from trainer.augment import augment_example_batch
 from trainer.config import AugmentConfig, TrainConfig
-from trainer.data import DatasetInfo, crop_to, eval_dataset
+from trainer.data import DatasetInfo, crop_to, eval_dataset, has_examples
 from trainer.losses import LossSpec, class_weights_from_setting, combine, loss_sums
 from trainer.models import primary_output
 
@@ -87,12 +87,17 @@ def make_eval_step(strategy, model, spec: LossSpec, num_classes: int, out_size, 
 
 
 def evaluate_split(strategy, eval_step, info: DatasetInfo, batch_size: int, split: str = "val") -> list:
-    """[loss sums, counts, confusion, histograms] over one pass of ``split`` (numpy)."""
+    """[loss sums, counts, confusion, histograms] over one pass of ``split`` (numpy); a
+    ValueError for a split without examples (callers check ``has_examples`` first)."""
+    if not has_examples(info, split):
+        raise ValueError(f"cannot evaluate the {split!r} split of {info.path}: it has no examples")
     dist = strategy.distribute_datasets_from_function(lambda ctx: eval_dataset(info, batch_size, split, ctx))
     totals = None
     for batch in dist:
         values = [v.numpy() for v in eval_step(batch)]
         totals = values if totals is None else [a + b for a, b in zip(totals, values)]
+    if totals is None:
+        raise ValueError(f"the {split!r} split of {info.path} yielded no batch to evaluate")
     return totals
 
 

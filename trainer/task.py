@@ -26,11 +26,17 @@ def run(argv: list[str] | None = None) -> int:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
     from trainer import distribute
-    from trainer.loop import train
+    from trainer.loop import NothingToExport, ResumeRefused, train
 
     try:
         train(cfg)
-    except Exception as error:  # only a lost peer is turned into an exit code; anything else propagates
+    except ResumeRefused as error:
+        print(f"tessera train: {error}", file=sys.stderr)
+        return 2
+    except NothingToExport as error:
+        print(f"tessera train: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a lost peer becomes an exit code; anything else propagates
         if distribute.cluster_size() > 1 and cluster.is_peer_lost(error):
             print(f"tessera train: lost a peer worker ({type(error).__name__}: {error}); exiting with "
                   f"{cluster.PEER_LOST_EXIT_CODE} so the Job restarts the workers, which resume from the backup",
