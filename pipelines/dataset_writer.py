@@ -230,7 +230,7 @@ def merge_manifest(directory: str) -> int:
     tables = []
     for path in paths:
         with FileSystems.open(path) as handle:
-            tables.append(pq.read_table(io.BytesIO(handle.read()), schema=layout.MANIFEST_SCHEMA))
+            tables.append(pq.read_table(io.BytesIO(handle.read()), schema=layout.MANIFEST_SCHEMA, use_threads=False))
     table = pa.concat_tables(tables) if tables else layout.MANIFEST_SCHEMA.empty_table()
     table = table.sort_by([("split", "ascending"), ("shard", "ascending"), ("id", "ascending")])
     sink = io.BytesIO()

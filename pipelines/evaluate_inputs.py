@@ -65,7 +65,7 @@ def check_complete(pred_dir: str) -> None:
 
 def read_predictions_table(pred_dir: str) -> pa.Table | None:
     path = FileSystems.join(pred_dir, PREDICTIONS_FILE)
-    return pq.read_table(io.BytesIO(read_bytes(path))) if exists(path) else None
+    return pq.read_table(io.BytesIO(read_bytes(path)), use_threads=False) if exists(path) else None
 
 
 def detect_task(task: str, truth: str, table: pa.Table | None) -> str:

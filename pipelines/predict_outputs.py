@@ -249,4 +249,4 @@ def write_parquet(path: str, rows: list[dict]) -> None:
 
 
 def read_parquet(path: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(read_bytes(path)))
+    return pq.read_table(io.BytesIO(read_bytes(path)), use_threads=False)

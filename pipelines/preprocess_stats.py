@@ -101,7 +101,7 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
     dataset_writer.write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")
     rows = dataset_writer.merge_manifest(work)
     with dataset_writer.FileSystems.open(f"{work}/{layout.MANIFEST_FILE}") as handle:
-        manifest = pq.read_table(io.BytesIO(handle.read()))
+        manifest = pq.read_table(io.BytesIO(handle.read()), use_threads=False)
     stats = build_stats(spec, shards, summary, rejected, manifest)
     sources_written = sum(summary["sources"].values())
     distinct = len(set(manifest.column("source_id").to_pylist()))
