@@ -384,3 +384,17 @@ def test_default_worker_count_respects_the_cpus_this_process_may_use():
     args = runner.local_defaults([])
     assert f"--direct_num_workers={runner.available_cpus()}" in args
     assert runner.local_defaults(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
+
+
+def test_reject_duplicate_ids_and_write_json(tmp_path):
+    a = sources.Source("cup/a", "/r/cup/a.png", label="cup")
+    a_jpg = sources.Source("cup/a", "/r/cup/a.jpg", label="cup")
+    b = sources.Source("cup/b", "/r/cup/b.png", label="cup")
+    with test_pipeline.TestPipeline() as p:
+        out = p | beam.Create([a, a_jpg, b]) | pt.RejectDuplicateIds()
+        assert_that(out.sources | beam.Map(lambda s: s.image_path), equal_to(["/r/cup/b.png"]), label="kept")
+        assert_that(out.rejected | beam.Map(lambda r: (r["source"], r["reason"])),
+                    equal_to([("/r/cup/a.jpg", "duplicate_id"), ("/r/cup/a.png", "duplicate_id")]), label="dup")
+        _ = out.rejected | dataset_writer.WriteJson(str(tmp_path / "rejected.json"))
+    written = json.loads((tmp_path / "rejected.json").read_text())
+    assert [r["source"] for r in written] == ["/r/cup/a.jpg", "/r/cup/a.png"]  # sorted, one file
