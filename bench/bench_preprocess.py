@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from pipelines import images, tiling
+from pipelines import images, pixels, tiling
 from tessera import synthetic
 
 
@@ -46,8 +46,8 @@ def floor(root: str, core: int, margin: int) -> float:
         with open(f"{root}/masks/{name}", "rb") as f:
             mask = images.read_mask(f.read(), name, mask_policy)
         for y, x, _, _ in tiling.core_grid(*image.shape[:2], core):
-            images.encode_png(tiling.cut_tile(image, y, x, core, margin))
-            images.encode_png(tiling.cut_mask_tile(mask[..., None], y, x, core, margin))
+            pixels.encode_png(tiling.cut_tile(image, y, x, core, margin))
+            pixels.encode_png(tiling.cut_mask_tile(mask[..., None], y, x, core, margin))
     return time.perf_counter() - started
 
 
@@ -81,7 +81,7 @@ def png_vs_raw(root: str, core: int, margin: int) -> dict:
     with open(f"{root}/images/{name}", "rb") as f:
         image = images.read_image(f.read(), name)
     tiles = [tiling.cut_tile(image, y, x, core, margin) for y, x, _, _ in tiling.core_grid(*image.shape[:2], core)]
-    pngs, raws, shape = [images.encode_png(t) for t in tiles], [t.tobytes() for t in tiles], tiles[0].shape
+    pngs, raws, shape = [pixels.encode_png(t) for t in tiles], [t.tobytes() for t in tiles], tiles[0].shape
 
     def read_speed(blobs, decode) -> float:
         ds = tf.data.Dataset.from_tensor_slices(blobs).repeat(20).map(decode, num_parallel_calls=tf.data.AUTOTUNE)

@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipelines import example_proto, images, progress, sources
+from pipelines import example_proto, images, pixels, progress, sources
 from pipelines import preprocess_transforms as pt
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec, tfds_features
@@ -50,9 +50,9 @@ class ExampleEncoder:
 
     def encode(self, example: dict) -> bytes:
         values: dict[str, Any] = {name: example[name] for name in PROVENANCE_FIELDS}
-        values["image"] = images.encode_png(example["image"], compress_level=self.png_compression)
+        values["image"] = pixels.encode_png(example["image"], compress_level=self.png_compression)
         if "mask" in example:
-            values["mask"] = images.encode_png(example["mask"], compress_level=self.png_compression)
+            values["mask"] = pixels.encode_png(example["mask"], compress_level=self.png_compression)
         else:
             values["label"] = self.label_ids[example["label"]]
         return example_proto.serialize_example(values)

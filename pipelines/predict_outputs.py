@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.predict_stitch import ComponentCounter, StripResult
+from pipelines.pixels import PNG_SIGNATURE, png_chunk
 from schemas.layout import PREDICTIONS_SCHEMA
 
 TIMING_COLUMNS = ("seconds",)
@@ -134,10 +135,6 @@ def read_json(path: str):
     return json.loads(read_bytes(path).decode("utf-8"))
 
 
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
 def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndarray], level: int = 6) -> None:
     """An 8-bit PNG streamed block by block: (rows, width) grayscale or (rows, width, 3) RGB, filter 0."""
     header, written, packer = None, 0, zlib.compressobj(level)
@@ -145,7 +142,7 @@ def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndar
         if header is None:
             colour = 2 if block.ndim == 3 else 0
             header = (block.shape[1:], colour)
-            handle.write(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)))
+            handle.write(PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)))
         if block.shape[1:] != header[0] or block.shape[1] != width or block.dtype != np.uint8 \
                 or block.shape[2:] not in ((), (3,)):
             raise ValueError(f"expected (rows, {width}[, 3]) uint8 blocks, got {block.shape} {block.dtype}")
@@ -154,10 +151,10 @@ def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndar
         written += block.shape[0]
         data = packer.compress(rows.tobytes())
         if data:
-            handle.write(_chunk(b"IDAT", data))
+            handle.write(png_chunk(b"IDAT", data))
     if written != height:
         raise ValueError(f"PNG of height {height} received {written} rows")
-    handle.write(_chunk(b"IDAT", packer.flush()) + _chunk(b"IEND", b""))
+    handle.write(png_chunk(b"IDAT", packer.flush()) + png_chunk(b"IEND", b""))
 
 
 def npy_header(shape: tuple[int, ...], dtype) -> bytes:

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from pipelines import images, inference, predict_outputs as outputs, predict_plan as plan
+from pipelines import images, inference, pixels, predict_outputs as outputs, predict_plan as plan
 from pipelines.predict_stitch import StripResult, strip_result
 from pipelines.sources import rejected as rejected_record
 
@@ -87,7 +87,7 @@ class _ReadAndCut(beam.DoFn):
             return
         del data
         if spec.whole_image:
-            fitted = images.fit_to_size(image, spec.input_size, spec.fit)
+            fitted = pixels.fit_to_size(image, spec.input_size, spec.fit)
             self.read_ms.update(int((time.time() - started) * 1000))
             yield plan.whole_image_task(item.image_id, item.path, fitted, height, width, started)
             return

@@ -16,7 +16,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import augment, images, sources, tiling
+from pipelines import augment, images, pixels, sources, tiling
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 
 REJECTED = "rejected"
@@ -190,7 +190,7 @@ def tile_examples(source: sources.Source, image: np.ndarray, mask: np.ndarray | 
     height, width = image.shape[:2]
     if spec.whole_image:
         boxes = [(0, 0, height, width)]
-        cut = lambda box: (images.fit_to_size(image, spec.core, settings.fit), None)  # noqa: E731
+        cut = lambda box: (pixels.fit_to_size(image, spec.core, settings.fit), None)  # noqa: E731
     else:
         boxes = tiling.core_grid(height, width, spec.core)
         cut = lambda box: (  # noqa: E731

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipelines import dataset_writer, example_proto, images
+from pipelines import dataset_writer, example_proto, pixels
 from schemas.example import CLASSIFICATION, PROVENANCE_FIELDS, SEGMENTATION, DatasetSpec, tfds_features
 
 
@@ -28,9 +28,9 @@ def test_matches_the_tfds_serializer_and_parses_back(task):
 
     features = tfds_features(spec)
     values = {k: e[k] for k in PROVENANCE_FIELDS}
-    values["image"] = images.encode_png(e["image"])
+    values["image"] = pixels.encode_png(e["image"])
     if task == SEGMENTATION:
-        values["mask"] = images.encode_png(e["mask"])
+        values["mask"] = pixels.encode_png(e["mask"])
     else:
         values["label"] = e["label"]
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())

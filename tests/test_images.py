@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile, ImageOps
 
-from pipelines import images
+from pipelines import images, pixels
 from pipelines.images import ImagePolicy, MaskPolicy, RejectedInput
 from tests import corpus
 
@@ -323,30 +323,30 @@ def test_check_pair():
 
 def test_fit_to_size_modes():
     img = np.full((20, 40, 3), 200, np.uint8)
-    letterbox = images.fit_to_size(img, 16)
+    letterbox = pixels.fit_to_size(img, 16)
     assert letterbox.shape == (16, 16, 3) and letterbox.dtype == np.uint8
     assert (letterbox[4:12] == 200).all() and (letterbox[:4] == 0).all() and (letterbox[12:] == 0).all()
-    padded = images.fit_to_size(np.full((10, 30, 1), 7, np.uint16), 16, "pad")
+    padded = pixels.fit_to_size(np.full((10, 30, 1), 7, np.uint16), 16, "pad")
     assert padded.dtype == np.uint16 and (padded[3:13] == 7).all() and (padded[:3] == 0).all()
     ramp = np.tile(np.arange(30, dtype=np.uint8), (10, 1))[..., None]
-    np.testing.assert_array_equal(images.fit_to_size(ramp, 16, "pad")[3:13, :, 0], ramp[:, 7:23, 0])
-    cropped = images.fit_to_size(img, 16, "crop")
+    np.testing.assert_array_equal(pixels.fit_to_size(ramp, 16, "pad")[3:13, :, 0], ramp[:, 7:23, 0])
+    cropped = pixels.fit_to_size(img, 16, "crop")
     assert cropped.shape == (16, 16, 3) and (cropped == 200).all()
-    wide = images.fit_to_size(np.full((20, 40, 3), 60000, np.uint16), 8)
+    wide = pixels.fit_to_size(np.full((20, 40, 3), 60000, np.uint16), 8)
     assert wide.dtype == np.uint16 and (wide[2:6] == 60000).all() and (wide[:2] == 0).all()
-    assert images.fit_to_size(np.ones((3, 3), np.uint8), 4, "pad").shape == (4, 4)
+    assert pixels.fit_to_size(np.ones((3, 3), np.uint8), 4, "pad").shape == (4, 4)
     checker = (np.indices((32, 32)).sum(axis=0) % 2 * 255).astype(np.uint8)[..., None]
-    smooth = images.fit_to_size(checker, 16)  # an antialiasing filter, not nearest-neighbour
+    smooth = pixels.fit_to_size(checker, 16)  # an antialiasing filter, not nearest-neighbour
     assert 100 < smooth[4:12, 4:12].min() and smooth[4:12, 4:12].max() < 155
     with pytest.raises(ValueError):
-        images.fit_to_size(img, 16, "stretch")
+        pixels.fit_to_size(img, 16, "stretch")
 
 
 @pytest.mark.parametrize("shape, dtype", [((5, 7), np.uint8), ((5, 7, 1), np.uint8), ((5, 7, 3), np.uint8),
                                           ((5, 7, 1), np.uint16), ((5, 7, 3), np.uint16)])
 def test_png_round_trip(shape, dtype):
     a = np.random.default_rng(4).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
-    data = images.encode_png(a, compress_level=1)
+    data = pixels.encode_png(a, compress_level=1)
     back = images.decode_png(data)
     assert back.dtype == dtype and back.shape == shape[:2] + (shape[2] if len(shape) == 3 else 1,)
     np.testing.assert_array_equal(back.reshape(shape), a)
@@ -356,5 +356,5 @@ def test_png_round_trip(shape, dtype):
 def test_png_encode_refuses_other_arrays():
     for bad in (np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4), np.float32)):
         with pytest.raises(ValueError):
-            images.encode_png(bad)
+            pixels.encode_png(bad)
     assert reason(images.decode_png, save(np.zeros((4, 4), np.uint8), "BMP")) == "not_an_image"

@@ -283,7 +283,7 @@ def test_rerun_with_other_settings_recomputes_instead_of_mixing(tmp_path):
 
 
 def test_classifiers_see_images_as_their_dataset_prepared_them(tmp_path):
-    from pipelines.images import fit_to_size
+    from pipelines.pixels import fit_to_size
     from pipelines.tiling import cut_tiles
 
     whole = export_model(str(tmp_path / "whole"), kind="classify", core=16, margin=0, classes=3, seed=1,

@@ -12,7 +12,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import augment, dataset_writer, images, preprocess, sources, tiling
+from pipelines import augment, dataset_writer, images, pixels, preprocess, sources, tiling
 from pipelines import preprocess_transforms as pt
 from schemas.example import SEGMENTATION, DatasetSpec
 from tessera import synthetic
@@ -69,8 +69,8 @@ def test_assign_splits_hash_is_stable_and_stratified_covers_every_split():
 
 def write_pair(root: pathlib.Path, name: str, rng, h=20, w=30) -> sources.Source:
     image, mask = synthetic.segmentation_pair(rng, h, w)
-    (root / f"{name}.png").write_bytes(images.encode_png(image))
-    (root / f"{name}_mask.png").write_bytes(images.encode_png((mask * 255)[..., None]))
+    (root / f"{name}.png").write_bytes(pixels.encode_png(image))
+    (root / f"{name}_mask.png").write_bytes(pixels.encode_png((mask * 255)[..., None]))
     return sources.Source(name, str(root / f"{name}.png"), str(root / f"{name}_mask.png"),
                           num_bytes=1000, split="train" if name.startswith("t") else "val")
 
@@ -368,7 +368,7 @@ def test_classification_files_sharing_an_id_are_all_rejected(tmp_path):
     raw = tmp_path / "raw"
     synthetic.write_classification_folder(raw, classes=("disc", "square"), per_class=4)
     image = (raw / "disc" / "img_000.jpg").read_bytes()
-    (raw / "disc" / "img_000.png").write_bytes(images.encode_png(images.read_image(image, "x.jpg")))
+    (raw / "disc" / "img_000.png").write_bytes(pixels.encode_png(images.read_image(image, "x.jpg")))
     run_job(raw, tmp_path / "ds", "--layout", "classification", "--image-size", 24, "--max-rejected-fraction", 0.5)
     rejected = read_rejected(tmp_path / "ds")
     assert sorted((os.path.basename(r["source"]), r["reason"]) for r in rejected) == [

@@ -1,0 +1,78 @@
+"""Pixel arrays out: PNG encoding (8/16-bit, 1 or 3 channels) and fitting to a square size.
+
+The counterpart of ``images`` (which decodes and validates inputs); no Beam, no TF.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    if image.dtype == np.uint8:
+        pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+        return np.asarray(pil.resize((w, h), Image.Resampling.LANCZOS)).reshape(h, w, -1)
+    channels = [np.asarray(Image.fromarray(image[..., c].astype(np.float32), "F")
+                           .resize((w, h), Image.Resampling.LANCZOS)) for c in range(image.shape[2])]
+    hi = np.iinfo(image.dtype).max
+    return np.clip(np.rint(np.stack(channels, axis=-1)), 0, hi).astype(image.dtype)
+
+
+def _center(image: np.ndarray, size: int) -> np.ndarray:
+    """Center-crop or zero-pad each spatial axis to ``size``."""
+    out = np.zeros((size, size) + image.shape[2:], image.dtype)
+    src, dst = [], []
+    for n in image.shape[:2]:
+        a = abs(n - size) // 2
+        src.append(slice(a, a + size) if n >= size else slice(0, n))
+        dst.append(slice(0, size) if n >= size else slice(a, a + n))
+    out[tuple(dst)] = image[tuple(src)]
+    return out
+
+
+def fit_to_size(image: np.ndarray, size: int, mode: str = "resize") -> np.ndarray:
+    """(size, size, C) for whole-image classification; dtype kept.
+
+    "resize": scale the long side to ``size`` keeping the aspect ratio, zero-pad (letterbox);
+    "pad": no scaling, zero-pad or center-crop; "crop": scale the short side, center-crop.
+    """
+    if mode not in ("resize", "pad", "crop"):
+        raise ValueError(f"fit mode must be resize, pad or crop, got {mode!r}")
+    squeeze = image.ndim == 2
+    image = image[..., None] if squeeze else image
+    h, w = image.shape[:2]
+    if mode != "pad":
+        scale = size / (max(h, w) if mode == "resize" else min(h, w))
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        if (nh, nw) != (h, w):
+            image = _resize(image, nh, nw)
+    out = _center(image, size)
+    return out[..., 0] if squeeze else out
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of (H, W) or (H, W, 1|3) uint8/uint16 pixels."""
+    a = array[..., None] if array.ndim == 2 else array
+    if a.ndim != 3 or a.shape[2] not in (1, 3) or a.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png takes (H, W[, 1|3]) uint8/uint16, got {array.shape} {array.dtype}")
+    if a.dtype == np.uint16 and a.shape[2] == 3:  # Pillow cannot write 16-bit RGB: filter-0 rows
+        h, w, _ = a.shape
+        rows = np.zeros((h, 1 + 6 * w), np.uint8)
+        rows[:, 1:] = np.ascontiguousarray(a, ">u2").view(np.uint8).reshape(h, -1)
+        ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+        return (PNG_SIGNATURE + png_chunk(b"IHDR", ihdr)
+                + png_chunk(b"IDAT", zlib.compress(rows.tobytes(), compress_level)) + png_chunk(b"IEND", b""))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a[..., 0] if a.shape[2] == 1 else a)).save(
+        buf, "PNG", compress_level=compress_level)
+    return buf.getvalue()
