@@ -28,6 +28,7 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
 from pipelines import example_proto, images, pixels, progress, sources
+from pipelines.files import read_bytes, write_bytes
 from pipelines import preprocess_transforms as pt
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec, tfds_features
@@ -180,25 +181,14 @@ class WriteJson(beam.PTransform):
         path = self.path
 
         def write(items):
-            with FileSystems.create(path) as handle:
-                handle.write(json.dumps(sorted(items, key=lambda i: json.dumps(i, sort_keys=True)),
-                                        sort_keys=True).encode())
+            write_bytes(path, json.dumps(sorted(items, key=lambda i: json.dumps(i, sort_keys=True)),
+                                         sort_keys=True).encode())
             return path
 
         return pcoll | "ToList" >> beam.combiners.ToList() | "Write" >> beam.Map(write)
 
 
 # ---------------------------------------------------------------- driver-side finalisation
-
-def read_json(path: str) -> Any:
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read())
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path) as handle:
-        handle.write(data)
-
 
 def write_tfds_metadata(directory: str, spec: DatasetSpec, shards: list[dict], description: str) -> None:
     """dataset_info.json + features.json (via TFDS, written locally, copied through FileSystems)."""
@@ -225,18 +215,17 @@ def write_tfds_metadata(directory: str, spec: DatasetSpec, shards: list[dict], d
         shutil.rmtree(local, ignore_errors=True)
 
 
-def merge_manifest(directory: str) -> int:
+def merge_manifest(directory: str) -> pa.Table:
+    """Joins the shards' manifest parts into ``manifest.parquet``; returns the table."""
     paths = sorted(m.path for m in FileSystems.match([f"{directory}/{PARTS}/manifest-*.parquet"])[0].metadata_list)
-    tables = []
-    for path in paths:
-        with FileSystems.open(path) as handle:
-            tables.append(pq.read_table(io.BytesIO(handle.read()), schema=layout.MANIFEST_SCHEMA, use_threads=False))
+    tables = [pq.read_table(io.BytesIO(read_bytes(p)), schema=layout.MANIFEST_SCHEMA, use_threads=False)
+              for p in paths]
     table = pa.concat_tables(tables) if tables else layout.MANIFEST_SCHEMA.empty_table()
     table = table.sort_by([("split", "ascending"), ("shard", "ascending"), ("id", "ascending")])
     sink = io.BytesIO()
     pq.write_table(table, sink)
     write_bytes(f"{directory}/{layout.MANIFEST_FILE}", sink.getvalue())
-    return table.num_rows
+    return table
 
 
 def fingerprint(shards: Iterable[dict]) -> str:

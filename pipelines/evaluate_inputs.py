@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.files import exists, read_bytes
 from pipelines.images import RejectedInput, decode_png
 from pipelines.sources import classification_source, has_image_extension, rejected, relative_parts, stem_key
 from schemas.example import CLASSIFICATION, SEGMENTATION
@@ -24,20 +25,6 @@ from schemas.layout import SUCCESS_FILE
 PREDICTIONS_FILE = "predictions.parquet"
 MASKS_DIR = "masks"
 CLASS_NAME_FILES = ("model_card.json", "config.json")
-
-
-def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path) as f:
-        return f.read()
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path) as f:
-        f.write(data)
-
-
-def exists(path: str) -> bool:
-    return FileSystems.exists(path)
 
 
 def list_files(root: str) -> tuple[dict[str, str], list[dict]]:

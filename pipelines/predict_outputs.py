@@ -34,10 +34,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.predict_stitch import ComponentCounter, StripResult
+from pipelines.files import read_bytes, read_json  # noqa: F401 (part of this module's reading API)
 from pipelines.pixels import PNG_SIGNATURE, png_chunk
 from schemas.layout import PREDICTIONS_SCHEMA
 
-TIMING_COLUMNS = ("seconds",)
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
 
@@ -116,11 +116,6 @@ def write_bytes(path: str, data: bytes) -> None:
         handle.write(data)
 
 
-def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path) as handle:
-        return handle.read()
-
-
 def delete_if_present(paths: list[str]) -> None:
     present = [p for p in paths if FileSystems.exists(p)]
     if present:
@@ -129,10 +124,6 @@ def delete_if_present(paths: list[str]) -> None:
 
 def write_json(path: str, value) -> None:
     write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def read_json(path: str):
-    return json.loads(read_bytes(path).decode("utf-8"))
 
 
 def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndarray], level: int = 6) -> None:

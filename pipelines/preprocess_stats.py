@@ -14,7 +14,8 @@ from collections import Counter
 import apache_beam as beam
 
 from pipelines import dataset_writer, sources
-from pipelines.dataset_writer import PARTS, read_json, write_bytes
+from pipelines.dataset_writer import PARTS
+from pipelines.files import exists, read_json, write_bytes
 from schemas import layout
 from schemas.example import DatasetSpec
 
@@ -87,11 +88,8 @@ def build_stats(spec: DatasetSpec, shards: list[dict], summary: dict, rejected: 
 
 def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], started) -> dict:
     """Writes every metadata file into ``work`` and returns the run's summary."""
-    import pyarrow.parquet as pq
-    import io
-
-    shards = read_json(f"{work}/{PARTS}/shards.json") if _exists(f"{work}/{PARTS}/shards.json") else []
-    summary = read_json(f"{work}/{PARTS}/sources.json") if _exists(f"{work}/{PARTS}/sources.json") else {
+    shards = read_json(f"{work}/{PARTS}/shards.json") if exists(f"{work}/{PARTS}/shards.json") else []
+    summary = read_json(f"{work}/{PARTS}/sources.json") if exists(f"{work}/{PARTS}/sources.json") else {
         "sources": {}, "class_pixels": None, "labels": {}}
     rejected = read_json(f"{work}/{PARTS}/rejected.json")
     rejected += [sources.rejected(f"{config.input.rstrip('/')}/{folder}", "empty_folder",
@@ -99,9 +97,8 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
                  for folder in empty_folders]
     rejected.sort(key=lambda r: (r["source"], r["reason"]))
     dataset_writer.write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")
-    rows = dataset_writer.merge_manifest(work)
-    with dataset_writer.FileSystems.open(f"{work}/{layout.MANIFEST_FILE}") as handle:
-        manifest = pq.read_table(io.BytesIO(handle.read()), use_threads=False)
+    manifest = dataset_writer.merge_manifest(work)
+    rows = manifest.num_rows
     stats = build_stats(spec, shards, summary, rejected, manifest)
     sources_written = sum(summary["sources"].values())
     distinct = len(set(manifest.column("source_id").to_pylist()))
@@ -133,10 +130,6 @@ def _policies(config) -> dict:
     return {"image": images.ImagePolicy(color_mode=config.color_mode, bit_depth=config.bit_depth,
                                         max_pixels=config.max_pixels).describe(),
             "mask_values": config.mask_values}
-
-
-def _exists(path: str) -> bool:
-    return dataset_writer.FileSystems.exists(path)
 
 
 def describe(summary: dict, output: str) -> str:

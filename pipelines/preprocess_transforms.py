@@ -16,7 +16,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import augment, images, pixels, sources, tiling
+from pipelines import augment, files, images, pixels, sources, tiling
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 
 REJECTED = "rejected"
@@ -151,19 +151,14 @@ class AssignSplits(beam.PTransform):
                 | "Stratify" >> beam.FlatMap(stratified))
 
 
-def read_file(path: str) -> bytes:
-    with FileSystems.open(path) as handle:
-        return handle.read()
-
-
 def decode_source(source: sources.Source, image_policy: images.ImagePolicy,
                   mask_policy: images.MaskPolicy | None) -> tuple[np.ndarray, np.ndarray | None]:
     """(image (H,W,C), mask (H,W) or None); raises RejectedInput with the reason."""
     try:
-        image = images.read_image(read_file(source.image_path), source.image_path, image_policy)
+        image = images.read_image(files.read_bytes(source.image_path), source.image_path, image_policy)
         mask = None
         if source.mask_path:
-            mask = images.read_mask(read_file(source.mask_path), source.mask_path, mask_policy)
+            mask = images.read_mask(files.read_bytes(source.mask_path), source.mask_path, mask_policy)
             images.check_pair(image, mask, source.id)
     except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
         raise images.RejectedInput("unreadable", str(error)) from error

@@ -14,6 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import augment, dataset_writer, images, pixels, preprocess, sources, tiling
 from pipelines import preprocess_transforms as pt
+from schemas import layout
 from schemas.example import SEGMENTATION, DatasetSpec
 from tessera import synthetic
 from tests import corpus
@@ -230,6 +231,7 @@ def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_pat
     run_job(tmp_path / "raw", out, "--tile-size", 32, "--margin", 4, "--mask-values", "binary",
             "--max-rejected-fraction", "0.9", "--max-pixels", 10_000_000)
     rejected = read_rejected(out)
+    assert all(tuple(sorted(r)) == tuple(sorted(layout.REJECTED_FIELDS)) for r in rejected)  # the contract
     reasons_by_file = {f: r["reason"] for r in rejected for f in r["files"]}
     for sid, reason in info["bad"].items():
         for rel in info["sources"][sid]:
