@@ -11,7 +11,7 @@ import keras
 from keras import layers
 
 from trainer.models.layers import ATTENTION, WeightedFusion
-from trainer.models.unet import upsample
+from trainer.models.unet import contracting_path, upsample
 
 
 def residual_block(x, filters: int, batchnorm: bool, attention: str, name: str):
@@ -41,14 +41,8 @@ def build_res_attention_unet(input_shape: tuple[int, int, int], num_outputs: int
     if input_shape[0] % (2 ** depth):
         raise ValueError(f"a U-Net of depth {depth} needs tiles divisible by {2 ** depth}, got {input_shape[0]}")
     inputs = keras.Input(input_shape, name="image")
-    x, skips = inputs, []
-    for level in range(depth):
-        x = residual_block(x, filters * 2 ** level, batchnorm, attention, f"down{level}")
-        skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
-    x = residual_block(x, filters * 2 ** depth, batchnorm, attention, "bottom")
-    if dropout:
-        x = layers.Dropout(dropout, name="bottom_dropout")(x)
+    x, skips = contracting_path(inputs, depth, filters, dropout,
+                                lambda y, f, block_name: residual_block(y, f, batchnorm, attention, block_name))
     sides = []
     for level in reversed(range(depth)):
         x = upsample(x, filters * 2 ** level, upsampling, f"up{level}")

@@ -69,6 +69,22 @@ def upsample(x, filters: int, mode: str, name: str):
     raise ValueError(f"upsampling must be 'transpose' or 'bilinear', got {mode!r}")
 
 
+def contracting_path(inputs, depth: int, filters: int, dropout: float, block):
+    """Encoder shared by the U-Nets: ``block(x, filters, name)`` then 2x2 max pooling per level.
+
+    Returns the bottom features and the skip connections (one per level, finest first).
+    """
+    x, skips = inputs, []
+    for level in range(depth):
+        x = block(x, filters * 2 ** level, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+    x = block(x, filters * 2 ** depth, "bottom")
+    if dropout:
+        x = layers.Dropout(dropout, name="bottom_dropout")(x)
+    return x, skips
+
+
 def crop_like(skip, target, name: str):
     """Centre-crops ``skip`` to the spatial size of ``target`` (no-op when equal)."""
     excess = skip.shape[1] - target.shape[1]
@@ -90,14 +106,8 @@ def build_unet(input_shape: tuple[int, int, int], num_outputs: int, depth: int =
     else:
         raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
     inputs = keras.Input(input_shape, name="image")
-    x, skips = inputs, []
-    for level in range(depth):
-        x = conv_block(x, filters * 2 ** level, padding, batchnorm, f"down{level}")
-        skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
-    x = conv_block(x, filters * 2 ** depth, padding, batchnorm, "bottom")
-    if dropout:
-        x = layers.Dropout(dropout, name="bottom_dropout")(x)
+    x, skips = contracting_path(inputs, depth, filters, dropout,
+                                lambda y, f, block_name: conv_block(y, f, padding, batchnorm, block_name))
     for level in reversed(range(depth)):
         x = upsample(x, filters * 2 ** level, upsampling, f"up{level}")
         x = layers.Concatenate(name=f"up{level}_concat")([crop_like(skips[level], x, f"up{level}"), x])
