@@ -23,7 +23,9 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from pipelines import images, pixels, tiling
+from pipelines.core import images
+from pipelines.core import pixels
+from pipelines.core import tiling
 from tessera import synthetic
 
 

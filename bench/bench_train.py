@@ -102,10 +102,10 @@ def main(argv=None) -> None:
 
     path = args.data
     if not path:
-        from tests import trainer_data
+        from tessera import synthetic_dataset
 
         path = tempfile.mkdtemp(prefix="tessera-bench-")
-        trainer_data.segmentation_dataset(path, n_train=args.examples, n_val=8, n_test=2, core=args.tile - 16,
+        synthetic_dataset.segmentation_dataset(path, n_train=args.examples, n_val=8, n_test=2, core=args.tile - 16,
                                           margin=8, num_shards=8)
     info = data.open_dataset(path)
     batch = args.batch_size

@@ -9,11 +9,11 @@ import sys
 
 # command -> (module, one-line help). Each module has build_parser() and run(argv).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "preprocess": ("pipelines.preprocess", "raw image folders -> tiled, augmented, sharded TFDS dataset (Beam)"),
-    "inspect": ("pipelines.inspect", "render a PNG contact sheet of a dataset's tiles"),
+    "preprocess": ("pipelines.preprocess.job", "raw image folders -> tiled, augmented, sharded TFDS dataset (Beam)"),
+    "inspect": ("pipelines.preprocess.inspect", "render a PNG contact sheet of a dataset's tiles"),
     "train": ("trainer.task", "train a segmentation or classification model"),
-    "predict": ("pipelines.predict", "batch prediction over images (Beam RunInference)"),
-    "evaluate": ("pipelines.evaluate", "score predictions against ground truth"),
+    "predict": ("pipelines.predict.job", "batch prediction over images (Beam RunInference)"),
+    "evaluate": ("pipelines.evaluate.job", "score predictions against ground truth"),
     "compare": ("trainer.compare", "train with and without static augmentation and compare"),
     "demo": ("tessera.demo", "run the whole flow on a generated dataset"),
 }

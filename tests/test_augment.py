@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.augment import AugmentConfig, apply_transform, augment, sample_transform, seed_for
+from pipelines.preprocess.static_augment import AugmentConfig, apply_transform, augment, sample_transform, seed_for
 
 GEOMETRY_ONLY = AugmentConfig(brightness=0, contrast=0, gamma=0, noise=0)
 T = 48

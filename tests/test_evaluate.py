@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines import evaluate, scores
-from pipelines.confusion_plot import cell_colour, compact_count, render_confusion_png
+from pipelines.evaluate import job as evaluate
+from pipelines.evaluate import scores
+from pipelines.evaluate.confusion_plot import cell_colour, compact_count, render_confusion_png
 
 I = 255  # ignore
 

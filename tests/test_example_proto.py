@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from pipelines import dataset_writer, example_proto, pixels
+from pipelines.preprocess import shards
+from pipelines.preprocess import example_proto
+from pipelines.core import pixels
 from schemas.example import CLASSIFICATION, PROVENANCE_FIELDS, SEGMENTATION, DatasetSpec, tfds_features
 
 
@@ -24,7 +26,7 @@ def test_matches_the_tfds_serializer_and_parses_back(task):
 
     spec = DatasetSpec(task, core=8, margin=2, channels=3, class_names=("a", "b", "c"))
     e = example(spec, np.random.default_rng(0))
-    ours = dataset_writer.ExampleEncoder(spec).encode(e)
+    ours = shards.ExampleEncoder(spec).encode(e)
 
     features = tfds_features(spec)
     values = {k: e[k] for k in PROVENANCE_FIELDS}

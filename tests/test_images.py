@@ -12,8 +12,9 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile, ImageOps
 
-from pipelines import images, pixels
-from pipelines.images import ImagePolicy, MaskPolicy, RejectedInput
+from pipelines.core import images
+from pipelines.core import pixels
+from pipelines.core.images import ImagePolicy, MaskPolicy, RejectedInput
 from tests import corpus
 
 KEEP16 = ImagePolicy(bit_depth="keep16")

@@ -173,6 +173,6 @@ def test_dockerignore_keeps_tests_git_and_data_out_but_not_the_sources():
     for path in (".git", ".git/config", "tests", "tests/test_k8s_image.py", "data", "data/raw/a.png",
                  "k8s/base/kustomization.yaml", "pipelines/__pycache__/x.pyc", "tessera.egg-info"):
         assert _ignored(path, patterns), f"{path} would enter the build context"
-    for path in ("pyproject.toml", "README.md", "tessera/cli.py", "schemas/example.py", "pipelines/preprocess.py",
+    for path in ("pyproject.toml", "README.md", "tessera/cli.py", "schemas/example.py", "pipelines/preprocess/job.py",
                  "trainer/task.py"):
         assert not _ignored(path, patterns), f"{path} is needed by the builder"

@@ -11,7 +11,7 @@ import zoneinfo
 
 import pytest
 
-from pipelines import predict_inputs
+from pipelines.predict import inputs
 from tessera import cli
 from trainer import cluster
 from tests.test_k8s_render import (OVERLAYS, container_env, expand, find, job_spec, pod_templates, render,
@@ -123,7 +123,7 @@ def test_prediction_pod_i_predicts_shard_i_into_one_output(overlay):
     assert {p.num_shards for p in parsed} == {shards}
     assert len({p.output for p in parsed}) == 1 and len({p.input for p in parsed}) == 1
     ids = [f"image-{n}" for n in range(200)]
-    owners = [[p.shard_index for p in parsed if predict_inputs.in_shard(i, p.num_shards, p.shard_index)] for i in ids]
+    owners = [[p.shard_index for p in parsed if inputs.in_shard(i, p.num_shards, p.shard_index)] for i in ids]
     assert all(len(o) == 1 for o in owners), "every image is predicted by exactly one pod"
     assert {o[0] for o in owners} == set(range(shards)), "no pod is idle"
 
@@ -134,7 +134,7 @@ def test_the_prediction_pods_commands_predict_every_image_once_and_merge(tmp_pat
 
     import pyarrow.parquet as pq
 
-    from tests.predict_models import export_model, write_images
+    from tessera.toy_models import export_model, write_images
 
     objects = render("local")
     job = find(objects, "Job", "tessera-predict")

@@ -8,8 +8,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 
-from pipelines import predict_inputs, predict_outputs, predict_plan as plan, predict_stitch, predict_tta
-from pipelines.images import RejectedInput
+from pipelines.predict import inputs
+from pipelines.predict import outputs
+from pipelines.predict import plan
+from pipelines.predict import stitch
+from pipelines.predict import tta as predict_tta
+from pipelines.core.images import RejectedInput
 
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -86,7 +90,7 @@ def test_plan_rejects_an_image_too_large_for_memory():
 
 
 def test_strip_tasks_cut_the_same_tiles_as_the_whole_image():
-    from pipelines import tiling
+    from pipelines.core import tiling
 
     g = geometry(core=5, margin=4, overlap=0.4)
     image = np.random.default_rng(1).integers(0, 255, (23, 17, 3), dtype=np.uint8)
@@ -115,9 +119,9 @@ def fake_scores(task, classes=3):
 def test_stitching_in_strips_equals_stitching_whole(overlap, blend):
     g = geometry(core=6, margin=2, overlap=overlap)
     image = np.random.default_rng(2).integers(0, 255, (31, 20, 3), dtype=np.uint8)
-    whole = [predict_stitch.stitch_strip(t, fake_scores(t), blend)
+    whole = [stitch.stitch_strip(t, fake_scores(t), blend)
              for t in plan.strip_tasks("i", "i", image, g, [(0, 31)])][0]
-    strips = [predict_stitch.stitch_strip(t, fake_scores(t), blend)
+    strips = [stitch.stitch_strip(t, fake_scores(t), blend)
               for t in plan.strip_tasks("i", "i", image, g, plan.strip_rows(31, g, 1))]
     assert whole.shape == (31, 20, 3)
     np.testing.assert_array_equal(np.concatenate(strips), whole)
@@ -128,7 +132,7 @@ def test_identical_overlapping_predictions_stitch_to_themselves():
     image = np.random.default_rng(3).integers(0, 255, (19, 14, 3), dtype=np.uint8)
     task = next(plan.strip_tasks("i", "i", image, g, [(0, 19)]))
     per_pixel = [task.tile(i)[2:8, 2:8].astype(np.float32) for i in range(task.num_tiles)]
-    np.testing.assert_allclose(predict_stitch.stitch_strip(task, np.asarray(per_pixel), "gaussian"), image, atol=1e-3)
+    np.testing.assert_allclose(stitch.stitch_strip(task, np.asarray(per_pixel), "gaussian"), image, atol=1e-3)
 
 
 @PROPERTY
@@ -137,16 +141,16 @@ def test_components_counted_across_strips_equal_whole_image(h, w, rows, seed):
     mask = np.random.default_rng(seed).integers(0, 3, (h, w)).astype(np.uint8)
     strips = [mask[a:a + rows] for a in range(0, h, rows)]
     expected = [ndimage.label(mask == c)[1] for c in range(3)]
-    assert predict_stitch.count_components(strips, 3) == expected
+    assert stitch.count_components(strips, 3) == expected
 
 
 def test_strip_result_round_trips_through_a_part_file():
     g = geometry(core=4, margin=1)
     image = np.random.default_rng(4).integers(0, 255, (9, 7, 3), dtype=np.uint8)
     task = next(plan.strip_tasks("a/b", "a/b.png", image, g, [(0, 9)]))
-    result = predict_stitch.strip_result(task, fake_scores(task, 2), lambda s: s.argmax(-1).astype(np.uint8),
+    result = stitch.strip_result(task, fake_scores(task, 2), lambda s: s.argmax(-1).astype(np.uint8),
                                          "gaussian", keep_probabilities=True)
-    back = predict_stitch.StripResult.from_parts(result.summary(), result.to_bytes())
+    back = stitch.StripResult.from_parts(result.summary(), result.to_bytes())
     for name in ("mask", "probabilities", "preview_image", "preview_mask"):
         assert np.array_equal(getattr(back, name), getattr(result, name))
     assert back.summary() == result.summary() and sum(result.class_counts) == 9 * 7
@@ -157,44 +161,44 @@ def test_strip_result_round_trips_through_a_part_file():
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 5, 8, 13])
 def test_every_input_is_in_exactly_one_shard(num_shards):
     ids = sorted({f"dir{i % 4}/img{i}" for i in range(200)} | {"a", "b", "ü/ß"})
-    owners = [[s for s in range(num_shards) if predict_inputs.in_shard(i, num_shards, s)] for i in ids]
+    owners = [[s for s in range(num_shards) if inputs.in_shard(i, num_shards, s)] for i in ids]
     assert all(len(o) == 1 for o in owners)
     if num_shards > 1:
         assert len({o[0] for o in owners}) == num_shards  # every shard gets work on 203 ids
     with pytest.raises(ValueError):
-        predict_inputs.in_shard("a", num_shards, num_shards)
+        inputs.in_shard("a", num_shards, num_shards)
 
 
 def test_streamed_png_and_npy_read_back_exactly(tmp_path):
     rng = np.random.default_rng(5)
     mask = rng.integers(0, 4, (23, 9)).astype(np.uint8)
     path = str(tmp_path / "m.png")
-    with predict_outputs.atomic_create(path) as handle:
-        predict_outputs.write_png_rows(handle, 9, 23, [mask[:10], mask[10:11], mask[11:]])
+    with outputs.atomic_create(path) as handle:
+        outputs.write_png_rows(handle, 9, 23, [mask[:10], mask[10:11], mask[11:]])
     assert np.array_equal(np.asarray(Image.open(path)), mask)
     rgb = rng.integers(0, 256, (7, 9, 3)).astype(np.uint8)
-    with predict_outputs.atomic_create(str(tmp_path / "rgb.png")) as handle:
-        predict_outputs.write_png_rows(handle, 9, 7, [rgb[:3], rgb[3:]], level=1)
+    with outputs.atomic_create(str(tmp_path / "rgb.png")) as handle:
+        outputs.write_png_rows(handle, 9, 7, [rgb[:3], rgb[3:]], level=1)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "rgb.png")), rgb)
-    overlay = predict_outputs.overlay(rgb, np.array([[0, 1, 2] * 3] * 7, np.uint8))
+    overlay = outputs.overlay(rgb, np.array([[0, 1, 2] * 3] * 7, np.uint8))
     assert np.array_equal(overlay[:, 0], rgb[:, 0]) and not np.array_equal(overlay[:, 1], rgb[:, 1])
     probs = rng.random((5, 4, 3)).astype(np.float16)
-    data = predict_outputs.npy_header(probs.shape, np.float16) + probs[:2].tobytes() + probs[2:].tobytes()
+    data = outputs.npy_header(probs.shape, np.float16) + probs[:2].tobytes() + probs[2:].tobytes()
     assert np.array_equal(np.load(io.BytesIO(data)), probs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.png", "rgb.png"]  # no temporary left
 
 
 def test_settings_fingerprint_changes_with_what_changes_outputs():
-    base = predict_outputs.OutputSettings("segmentation", ("a", "b"), ("m1",))
-    assert base.fingerprint() == predict_outputs.OutputSettings("segmentation", ("a", "b"), ("m1",)).fingerprint()
+    base = outputs.OutputSettings("segmentation", ("a", "b"), ("m1",))
+    assert base.fingerprint() == outputs.OutputSettings("segmentation", ("a", "b"), ("m1",)).fingerprint()
     for change in ({"tta": "flips"}, {"model_ids": ("m2",)}, {"overlap": 0.25}, {"binary_255": True}):
-        other = predict_outputs.OutputSettings(**{**base.__dict__, **change})
+        other = outputs.OutputSettings(**{**base.__dict__, **change})
         assert other.fingerprint() != base.fingerprint()
 
 
 @pytest.mark.parametrize("classes", [2, 3, 7])
 def test_decisions_equal_argmax_and_pick_the_decided_score(classes):
-    from pipelines.predict_decide import chosen, decide
+    from pipelines.predict.decide import chosen, decide
 
     scores = np.random.default_rng(classes).integers(0, 4, (40, 30, classes)).astype(np.float32)  # many ties
     ids = decide(scores, None)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pipelines import predict
-from tests.predict_models import export_model, whole_image_probabilities, write_images
+from pipelines.predict import job as predict
+from tessera.toy_models import export_model, whole_image_probabilities, write_images
 
 SIZES = {"a": (37, 61), "b": (5, 5), "nested/c": (20, 33), "d": (1, 1)}
 
@@ -283,8 +283,8 @@ def test_rerun_with_other_settings_recomputes_instead_of_mixing(tmp_path):
 
 
 def test_classifiers_see_images_as_their_dataset_prepared_them(tmp_path):
-    from pipelines.pixels import fit_to_size
-    from pipelines.tiling import cut_tiles
+    from pipelines.core.pixels import fit_to_size
+    from pipelines.core.tiling import cut_tiles
 
     whole = export_model(str(tmp_path / "whole"), kind="classify", core=16, margin=0, classes=3, seed=1,
                          input_size=16, fit="pad")

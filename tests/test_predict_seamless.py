@@ -6,8 +6,10 @@ batched inference -> stitching), without Beam, so each case takes milliseconds.
 import numpy as np
 import pytest
 
-from pipelines import inference, predict_plan as plan, predict_stitch
-from tests.predict_models import export_model, whole_image_probabilities
+from pipelines.predict import models as inference
+from pipelines.predict import plan
+from pipelines.predict import stitch
+from tessera.toy_models import export_model, whole_image_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def predict_image(predictor, image, overlap=0.0, blend="gaussian", rows_per_stri
     strips = plan.strip_rows(h, g, rows_per_strip) if rows_per_strip else [(0, h)]
     tasks = list(plan.strip_tasks("i", "i.png", image, g, strips))
     scores = inference.predict_tasks(predictor, tasks, batch)
-    return np.concatenate([predict_stitch.stitch_strip(t, s, blend) for t, s in zip(tasks, scores)])
+    return np.concatenate([stitch.stitch_strip(t, s, blend) for t, s in zip(tasks, scores)])
 
 
 def image(h, w, seed=0, channels=3):
@@ -133,7 +135,7 @@ def test_a_model_exported_by_the_trainer_predicts_seamlessly(tmp_path):
     (tmp_path / "m" / "model_card.json").write_text(card.to_json())
     pixels = image(21, 30, seed=6)
     predictor = inference.load_predictor([str(tmp_path / "m")], "none", "mean")
-    from pipelines.tiling import mirror_index
+    from pipelines.core.tiling import mirror_index
 
     padded = pixels[np.ix_(mirror_index(np.arange(-3, 24), 21), mirror_index(np.arange(-3, 33), 30))]
     logits = net(padded[None].astype("float32") / 255).numpy()[0, 3:24, 3:33]

@@ -11,10 +11,14 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 from PIL import Image
 
-from pipelines import images, inference, predict, predict_outputs, predict_plan as plan
-from pipelines import predict_transforms as pt
+from pipelines.core import images
+from pipelines.predict import models
+from pipelines.predict import job as predict
+from pipelines.predict import outputs
+from pipelines.predict import plan
+from pipelines.predict import transforms as pt
 from tests.conftest import upload_tree
-from tests.predict_models import export_model, whole_image_probabilities, write_images
+from tessera.toy_models import export_model, whole_image_probabilities, write_images
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +29,10 @@ def model(tmp_path_factory):
 
 
 def spec_for(output, memory_bytes=64 * 2**20):
-    card, model_id = inference.read_card(output[0])
-    settings = predict_outputs.OutputSettings(card.task, card.class_names, (model_id,), save_probabilities=True)
+    card, model_id = models.read_card(output[0])
+    settings = outputs.OutputSettings(card.task, card.class_names, (model_id,), save_probabilities=True)
     g = plan.Geometry(card.task, card.core, card.margin, card.channels, 1, card.num_classes, card.core, 4, True)
-    return pt.JobSpec(g, images.ImagePolicy(), predict_outputs.OutputLayout(output[1], settings), memory_bytes,
+    return pt.JobSpec(g, images.ImagePolicy(), outputs.OutputLayout(output[1], settings), memory_bytes,
                       input_size=card.input_size)
 
 
@@ -63,7 +67,7 @@ def test_predict_tiles_scores_every_tile(model, tmp_path):
                 np.testing.assert_allclose(score[:h, :w], expected[y:y + h, x:x + w], atol=1e-4)
 
     with test_pipeline.TestPipeline() as p:
-        scored = p | beam.Create(tasks) | pt.PredictTiles(inference.TileModelHandler([path], batch_size=3))
+        scored = p | beam.Create(tasks) | pt.PredictTiles(models.TileModelHandler([path], batch_size=3))
         assert_that(scored, check)
 
 
@@ -72,10 +76,10 @@ def test_stitch_images_writes_each_image_once_from_one_or_many_strips(model, tmp
     pixels = write_images(tmp_path / "in", {"one": (9, 10), "many": (30, 10)})
     spec = spec_for((path, str(tmp_path / "out")))
     g = spec.geometry
-    predictor = inference.load_predictor([path], "none", "mean")
+    predictor = models.load_predictor([path], "none", "mean")
     tasks = [*plan.strip_tasks("one", "one.png", pixels["one"], g, [(0, 9)]),
              *plan.strip_tasks("many", "many.png", pixels["many"], g, plan.strip_rows(30, g, 1))]
-    scored = [inference.PredictionResult(t, s) for t, s in zip(tasks, inference.predict_tasks(predictor, tasks, 4))]
+    scored = [models.PredictionResult(t, s) for t, s in zip(tasks, models.predict_tasks(predictor, tasks, 4))]
     with test_pipeline.TestPipeline() as p:
         rows = p | beam.Create(scored) | pt.StitchImages(spec)
         assert_that(rows | beam.Map(lambda r: (r["image_id"], r["strips"], r["height"])),
@@ -88,7 +92,7 @@ def test_stitch_images_writes_each_image_once_from_one_or_many_strips(model, tmp
 
 
 def test_write_rejected_writes_one_record_per_source(tmp_path):
-    layout = predict_outputs.OutputLayout(str(tmp_path), predict_outputs.OutputSettings("segmentation", ("a", "b"), ()))
+    layout = outputs.OutputLayout(str(tmp_path), outputs.OutputSettings("segmentation", ("a", "b"), ()))
     records = [{"source": f"/x/{i}.png", "reason": "unreadable", "detail": "d", "image_id": str(i)} for i in range(3)]
     with test_pipeline.TestPipeline() as p:
         written = p | beam.Create(records) | pt.WriteRejected(layout)

@@ -12,8 +12,14 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import augment, dataset_writer, images, pixels, preprocess, sources, tiling
-from pipelines import preprocess_transforms as pt
+from pipelines.preprocess import static_augment
+from pipelines.preprocess import shards as dataset_writer
+from pipelines.core import images
+from pipelines.core import pixels
+from pipelines.preprocess import job as preprocess
+from pipelines.core import sources
+from pipelines.core import tiling
+from pipelines.preprocess import transforms as pt
 from schemas import layout
 from schemas.example import SEGMENTATION, DatasetSpec
 from tessera import synthetic
@@ -166,7 +172,7 @@ def test_job_writes_a_tfds_dataset_whose_tiles_equal_the_source_pixels(dataset, 
                 checked += 1
             else:  # the recorded transform reproduces the augmented tile
                 params = json.loads(e["augmentation"])
-                expected, _ = augment.apply_transform(tiling.cut_tile(image, y, x, 24, m), None, params)
+                expected, _ = static_augment.apply_transform(tiling.cut_tile(image, y, x, 24, m), None, params)
                 np.testing.assert_array_equal(e["image"], expected)
     assert checked == sum(1 for r in manifest if r["copy"] == 0)
 
@@ -297,7 +303,7 @@ def test_gs_input_and_output_through_the_emulator(raw_folder, dataset, gcs_prefi
 def test_inspect_renders_a_contact_sheet(dataset, tmp_path):
     from PIL import Image
 
-    from pipelines import inspect
+    from pipelines.preprocess import inspect
 
     out = tmp_path / "tiles.png"
     assert inspect.run([str(dataset), "--output", str(out), "--count", "6", "--columns", "3", "--cell", "64"]) == 0
@@ -320,13 +326,13 @@ def test_read_class_folders_labels_by_folder_and_rejects_strays(tmp_path):
 
 
 def test_summarise_sources_counts_splits_pixels_and_labels(tmp_path):
-    from pipelines import preprocess_stats
+    from pipelines.preprocess import finalise
 
     stats = [{"split": "train", "label": None, "class_pixels": [3, 1]},
              {"split": "train", "label": None, "class_pixels": [5, 7]},
              {"split": "val", "label": None, "class_pixels": [100, 100]}]
     with test_pipeline.TestPipeline() as p:
-        _ = p | beam.Create(stats) | preprocess_stats.SummariseSources(str(tmp_path / "s.json"))
+        _ = p | beam.Create(stats) | finalise.SummariseSources(str(tmp_path / "s.json"))
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary == {"sources": {"train": 2, "val": 1}, "class_pixels": [8, 8], "labels": {}}
 
@@ -380,7 +386,7 @@ def test_classification_files_sharing_an_id_are_all_rejected(tmp_path):
 
 
 def test_default_worker_count_respects_the_cpus_this_process_may_use():
-    from pipelines import runner
+    from pipelines.beam import runner
 
     assert 1 <= runner.available_cpus() <= (os.cpu_count() or 1)
     args = runner.local_defaults([])

@@ -1,7 +1,7 @@
 import io
 import time
 
-from pipelines import progress
+from pipelines.beam import progress
 
 
 def test_counter_files_are_summed_and_printed_while_running(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.tiling import (
+from pipelines.core.tiling import (
     Stitcher,
     blend_weights,
     core_grid,

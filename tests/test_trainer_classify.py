@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tests import trainer_data  # noqa: E402
+from tessera import synthetic_dataset  # noqa: E402
 from tests.test_trainer_learning import make_config  # noqa: E402
 from trainer import export  # noqa: E402
 from trainer.config import for_task  # noqa: E402
@@ -21,7 +21,7 @@ from trainer.models import BACKBONE_NAME, build_model  # noqa: E402
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     path = tmp_path_factory.mktemp("shapes")
-    trainer_data.classification_dataset(str(path), n_train=240, n_val=60, imbalance=(2, 1, 1), fit="pad")
+    synthetic_dataset.classification_dataset(str(path), n_train=240, n_val=60, imbalance=(2, 1, 1), fit="pad")
     return path
 
 

@@ -6,12 +6,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from PIL import Image  # noqa: E402
 
-from tests import trainer_data  # noqa: E402
+from tessera import synthetic_dataset  # noqa: E402
 from trainer import compare, data  # noqa: E402
 
 
 def test_originals_only_leaves_out_the_static_copies(tmp_path):
-    trainer_data.classification_dataset(str(tmp_path), n_train=12, n_val=3, static_copies=2)
+    synthetic_dataset.classification_dataset(str(tmp_path), n_train=12, n_val=3, static_copies=2)
     info = data.open_dataset(str(tmp_path))
     assert info.split_sizes["train"] == 36
     assert data.count_examples(info, "train", originals_only=True) == 12
@@ -23,7 +23,7 @@ def test_originals_only_leaves_out_the_static_copies(tmp_path):
 
 
 def test_compare_trains_both_and_reports_side_by_side(tmp_path, capsys):
-    trainer_data.classification_dataset(str(tmp_path / "ds"), n_train=48, n_val=12, static_copies=1)
+    synthetic_dataset.classification_dataset(str(tmp_path / "ds"), n_train=48, n_val=12, static_copies=1)
     code = compare.run(["--data", str(tmp_path / "ds"), "--output", str(tmp_path / "cmp"), "--epochs", "2",
                         "--batch-size", "8", "--depth", "2", "--filters", "4", "--verbose", "0"])
     assert code == 0

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tests import trainer_data  # noqa: E402
+from tessera import synthetic_dataset  # noqa: E402
 from trainer import data  # noqa: E402
 from trainer.config import AugmentConfig  # noqa: E402
 
@@ -17,7 +17,7 @@ from trainer.config import AugmentConfig  # noqa: E402
 @pytest.fixture(scope="module")
 def seg(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("seg"))
-    trainer_data.segmentation_dataset(path, n_train=40, n_val=12, n_test=4, num_shards=2)
+    synthetic_dataset.segmentation_dataset(path, n_train=40, n_val=12, n_test=4, num_shards=2)
     return data.open_dataset(path)
 
 
@@ -85,7 +85,7 @@ def test_workers_read_disjoint_parts_that_cover_the_split(seg, pipelines):
 
 
 def test_classification_labels(tmp_path):
-    trainer_data.classification_dataset(str(tmp_path), n_train=9, n_val=6, num_shards=1)
+    synthetic_dataset.classification_dataset(str(tmp_path), n_train=9, n_val=6, num_shards=1)
     info = data.open_dataset(str(tmp_path))
     x, y = next(iter(data.eval_dataset(info, 6)))
     assert x.shape == (6, 32, 32, 1) and y.dtype == tf.int32

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests import trainer_data
+from tessera import synthetic_dataset
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -42,7 +42,7 @@ MIRRORED = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("data")
-    trainer_data.segmentation_dataset(str(path), n_train=64, n_val=16, n_test=2)
+    synthetic_dataset.segmentation_dataset(str(path), n_train=64, n_val=16, n_test=2)
     return str(path)
 
 

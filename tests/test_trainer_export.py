@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from schemas import model_card as mc  # noqa: E402
-from tests import trainer_data  # noqa: E402
+from tessera import synthetic_dataset  # noqa: E402
 from tests.test_trainer_learning import make_config  # noqa: E402
 from trainer import calibrate, data, export  # noqa: E402
 from trainer.config import from_dict  # noqa: E402
@@ -43,7 +43,7 @@ FRESH_PROCESS = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("valid")
-    trainer_data.segmentation_dataset(str(root / "data"), n_train=64, n_val=16, n_test=2, core=16, margin=8)
+    synthetic_dataset.segmentation_dataset(str(root / "data"), n_train=64, n_val=16, n_test=2, core=16, margin=8)
     cfg = make_config(root / "data", root / "model", epochs=2, batch_size=8, target_recall=0.9,
                       model={"depth": 1, "filters": 8, "padding": "valid"}, optim={"learning_rate": 0.01},
                       image_summaries=1)

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from schemas import model_card as mc  # noqa: E402
-from tests import trainer_data  # noqa: E402
+from tessera import synthetic_dataset  # noqa: E402
 from trainer.config import from_dict, resolve_paths  # noqa: E402
 from trainer.data import open_dataset  # noqa: E402
 from trainer.loop import NothingToExport, train  # noqa: E402
@@ -30,7 +30,7 @@ def make_config(data, model_dir, **values):
 @pytest.fixture(scope="module")
 def discs(tmp_path_factory):
     path = tmp_path_factory.mktemp("discs")
-    trainer_data.segmentation_dataset(str(path))
+    synthetic_dataset.segmentation_dataset(str(path))
     return path
 
 
@@ -77,7 +77,7 @@ def test_unet_learns_discs_and_exports(discs, tmp_path):
 
 def test_res_attention_unet_with_deep_supervision_exports_the_fused_output(tmp_path):
     data = tmp_path / "three"
-    trainer_data.segmentation_dataset(str(data), n_train=32, n_val=8, n_test=2, num_classes=3, channels=3)
+    synthetic_dataset.segmentation_dataset(str(data), n_train=32, n_val=8, n_test=2, num_classes=3, channels=3)
     model_dir = tmp_path / "model"
     cfg = make_config(data, model_dir, epochs=2, steps_per_epoch=4, batch_size=4, loss={"loss": "focal+0.5*dice"},
                       model={"name": "res-attention-unet", "depth": 2, "filters": 4, "attention": "cbam",
@@ -117,7 +117,7 @@ def test_refuses_to_resume_a_backup_of_other_settings(discs, tmp_path):
 def test_a_dataset_without_validation_examples_trains_and_exports(tmp_path, empty_splits):
     # preprocess writes a val split of empty shards when it rejected every val source
     data = tmp_path / "trainonly"
-    trainer_data.segmentation_dataset(str(data), n_train=16, n_val=0, n_test=0, empty_splits=empty_splits)
+    synthetic_dataset.segmentation_dataset(str(data), n_train=16, n_val=0, n_test=0, empty_splits=empty_splits)
     info = open_dataset(str(data))
     assert ("val" in info.split_files) == bool(empty_splits) and info.split_sizes.get("val", 0) == 0
     model_dir = tmp_path / "model"

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests import trainer_data
+from tessera import synthetic_dataset
 from tests.test_trainer_learning import make_config
 
 EVERY = 5
@@ -24,7 +24,7 @@ def command(data, model_dir):
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     data = tmp_path / "data"
-    trainer_data.segmentation_dataset(str(data), n_train=96, n_val=16, n_test=2)   # 12 steps per epoch
+    synthetic_dataset.segmentation_dataset(str(data), n_train=96, n_val=16, n_test=2)   # 12 steps per epoch
     model_dir = tmp_path / "model"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -70,7 +70,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
 def test_refuses_to_resume_on_a_replaced_dataset(tmp_path, capsys):
     # a scheduled preprocess job rewrote the dataset (same path, other examples) while the run was down
     data, model_dir = tmp_path / "data", tmp_path / "model"
-    trainer_data.segmentation_dataset(str(data), n_train=8, n_val=0, n_test=0, seed=0)
+    synthetic_dataset.segmentation_dataset(str(data), n_train=8, n_val=0, n_test=0, seed=0)
     argv = ["--data", str(data), "--model-dir", str(model_dir), "--epochs", "1", "--steps-per-epoch", "1",
             "--batch-size", "4", "--depth", "1", "--filters", "2", "--verbose", "0", "--image-summaries", "0"]
     from trainer import task
@@ -79,7 +79,7 @@ def test_refuses_to_resume_on_a_replaced_dataset(tmp_path, capsys):
 
     train(parse_config(argv), export_model=False)
     shutil.rmtree(data)
-    trainer_data.segmentation_dataset(str(data), n_train=8, n_val=0, n_test=0, seed=1)
+    synthetic_dataset.segmentation_dataset(str(data), n_train=8, n_val=0, n_test=0, seed=1)
     assert task.run(argv) == 2
     error = capsys.readouterr().err
     assert "another version of the dataset" in error and "fingerprint" in error

@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from pipelines import tiling
-from pipelines.images import RejectedInput
+from pipelines.core import tiling
+from pipelines.core.images import RejectedInput
 
 Box = tiling.Box
 

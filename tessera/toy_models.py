@@ -81,7 +81,7 @@ def export_model(directory: str, kind: str = "same", core: int = 8, margin: int 
 
 def whole_image_probabilities(model: ToyModel, image: np.ndarray, pad: int) -> np.ndarray:
     """The network on the whole image mirror-padded by ``pad`` (repeated reflection), cropped back."""
-    from pipelines.tiling import mirror_index
+    from pipelines.core.tiling import mirror_index
 
     h, w = image.shape[:2]
     rows = mirror_index(np.arange(-pad, h + pad), h)

@@ -13,9 +13,10 @@ from collections import Counter
 
 import apache_beam as beam
 
-from pipelines import dataset_writer, sources
-from pipelines.dataset_writer import PARTS
-from pipelines.files import exists, read_json, write_bytes
+from pipelines.preprocess import shards as dataset_writer
+from pipelines.core import sources
+from pipelines.preprocess.shards import PARTS
+from pipelines.beam.files import exists, read_json, write_bytes
 from schemas import layout
 from schemas.example import DatasetSpec
 
@@ -125,7 +126,7 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
 
 
 def _policies(config) -> dict:
-    from pipelines import images
+    from pipelines.core import images
 
     return {"image": images.ImagePolicy(color_mode=config.color_mode, bit_depth=config.bit_depth,
                                         max_pixels=config.max_pixels).describe(),

@@ -21,9 +21,9 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipelines import predict_tta
-from pipelines.predict_decide import decide, one_hot
-from pipelines.predict_plan import StripTask, task_tiles
+from pipelines.predict import tta as predict_tta
+from pipelines.predict.decide import decide, one_hot
+from pipelines.predict.plan import StripTask, task_tiles
 from schemas.model_card import MODEL_CARD_FILE, SAVED_MODEL_DIR, SERVING_INPUT, SERVING_OUTPUT, ModelCard
 
 ENSEMBLES = ("mean", "vote")

@@ -16,7 +16,12 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import augment, files, images, pixels, sources, tiling
+from pipelines.preprocess import static_augment
+from pipelines.beam import files
+from pipelines.core import images
+from pipelines.core import pixels
+from pipelines.core import sources
+from pipelines.core import tiling
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 
 REJECTED = "rejected"
@@ -174,7 +179,7 @@ def rejected_source(source: sources.Source, error: images.RejectedInput) -> dict
 class TileSettings:
     spec: DatasetSpec
     augment_copies: int = 0
-    augment_config: augment.AugmentConfig = augment.AugmentConfig()
+    augment_config: static_augment.AugmentConfig = static_augment.AugmentConfig()
     fit: str = "resize"           # whole-image classification: resize | pad | crop
 
 
@@ -195,7 +200,7 @@ def tile_examples(source: sources.Source, image: np.ndarray, mask: np.ndarray | 
     for box in boxes:
         tile, mask_tile = cut(box)
         for copy in range(copies + 1):
-            out_image, out_mask, params = augment.augment(
+            out_image, out_mask, params = static_augment.augment(
                 tile, mask_tile, source.id, box[0], box[1], copy, settings.augment_config)
             example = {
                 "image": out_image, "id": example_id(source.id, box[0], box[1], copy),

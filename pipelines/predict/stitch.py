@@ -14,9 +14,9 @@ from typing import Callable, Iterable
 import numpy as np
 from scipy import ndimage
 
-from pipelines import tiling
-from pipelines.predict_decide import chosen
-from pipelines.predict_plan import StripTask
+from pipelines.core import tiling
+from pipelines.predict.decide import chosen
+from pipelines.predict.plan import StripTask
 
 PREVIEW_SIDE = 1024  # the overlay preview's longest side is at most this many pixels
 

@@ -27,9 +27,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipelines import example_proto, images, pixels, progress, sources
-from pipelines.files import read_bytes, write_bytes
-from pipelines import preprocess_transforms as pt
+from pipelines.preprocess import example_proto
+from pipelines.core import images
+from pipelines.core import pixels
+from pipelines.beam import progress
+from pipelines.core import sources
+from pipelines.beam.files import read_bytes, write_bytes
+from pipelines.preprocess import transforms as pt
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec, tfds_features
 

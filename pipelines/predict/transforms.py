@@ -19,9 +19,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from pipelines import images, inference, pixels, predict_outputs as outputs, predict_plan as plan
-from pipelines.predict_stitch import StripResult, strip_result
-from pipelines.sources import rejected as rejected_record
+from pipelines.core import images
+from pipelines.predict import models
+from pipelines.core import pixels
+from pipelines.predict import outputs
+from pipelines.predict import plan
+from pipelines.predict.stitch import StripResult, strip_result
+from pipelines.core.sources import rejected as rejected_record
 
 REJECTED = "rejected"
 PARTS = "parts"
@@ -43,13 +47,13 @@ class JobSpec:
     policy: images.ImagePolicy
     layout: outputs.OutputLayout
     memory_limit_bytes: int
-    threshold: float | None = None   # applied to combined scores (see inference.ensemble_threshold)
+    threshold: float | None = None   # applied to combined scores (see models.ensemble_threshold)
     fit: str = "resize"              # whole-image classification: how a photo becomes input_size x input_size
     input_size: int = 0
     whole_image: bool = False        # classification of the fitted image; else of its tiles, averaged
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
-        return inference.decide(scores, self.threshold)
+        return models.decide(scores, self.threshold)
 
 
 def reject(image_id: str, source: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
@@ -112,7 +116,7 @@ class CutStrips(beam.PTransform):
 class PredictTiles(beam.PTransform):
     """StripTasks -> PredictionResult(task, scores of its tiles), batched across tasks by tile count."""
 
-    def __init__(self, handler: inference.TileModelHandler):
+    def __init__(self, handler: models.TileModelHandler):
         super().__init__()
         self.handler = handler
 

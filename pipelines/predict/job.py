@@ -37,10 +37,15 @@ import time
 
 import apache_beam as beam
 
-from pipelines import images, inference, predict_finish, predict_inputs, predict_tta, runner
-from pipelines import predict_outputs as outputs
-from pipelines import predict_plan as plan
-from pipelines import predict_transforms as pt
+from pipelines.core import images
+from pipelines.predict import models as inference
+from pipelines.predict import finish as predict_finish
+from pipelines.predict import inputs as predict_inputs
+from pipelines.predict import tta as predict_tta
+from pipelines.beam import runner
+from pipelines.predict import outputs
+from pipelines.predict import plan
+from pipelines.predict import transforms as pt
 from schemas.layout import SUCCESS_FILE
 
 

@@ -16,9 +16,9 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import predict_outputs as outputs
-from pipelines.predict_inputs import existing
-from pipelines.predict_transforms import ImageInput
+from pipelines.predict import outputs
+from pipelines.predict.inputs import existing
+from pipelines.predict.transforms import ImageInput
 from schemas.layout import REJECTED_FILE, SUCCESS_FILE
 
 PARQUET_FILE = "predictions.parquet"

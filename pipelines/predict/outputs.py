@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.predict_stitch import ComponentCounter, StripResult
-from pipelines.files import read_bytes, read_json  # noqa: F401 (part of this module's reading API)
-from pipelines.pixels import PNG_SIGNATURE, png_chunk
+from pipelines.predict.stitch import ComponentCounter, StripResult
+from pipelines.beam.files import read_bytes, read_json  # noqa: F401 (part of this module's reading API)
+from pipelines.core.pixels import PNG_SIGNATURE, png_chunk
 from schemas.layout import PREDICTIONS_SCHEMA
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],

@@ -29,14 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import scores
-from pipelines.confusion_plot import render_confusion_png
-from pipelines.evaluate_inputs import (
+from pipelines.evaluate import scores
+from pipelines.evaluate.confusion_plot import render_confusion_png
+from pipelines.evaluate.inputs import (
     PREDICTIONS_FILE, check_complete, detect_task, list_files, predicted_labels, prediction_mask_paths,
     read_prediction, read_predictions_table, read_truth_labels, match_ids, resolve_class_names)
-from pipelines.files import exists, read_bytes, write_bytes
-from pipelines.images import MaskPolicy, RejectedInput, parse_mask_values, read_mask
-from pipelines.sources import rejected
+from pipelines.beam.files import exists, read_bytes, write_bytes
+from pipelines.core.images import MaskPolicy, RejectedInput, parse_mask_values, read_mask
+from pipelines.core.sources import rejected
 from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
 
 

@@ -20,9 +20,9 @@ import re
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import predict_outputs as outputs
-from pipelines.predict_transforms import ImageInput
-from pipelines.sources import has_image_extension, rejected
+from pipelines.predict import outputs
+from pipelines.predict.transforms import ImageInput
+from pipelines.core.sources import has_image_extension, rejected
 
 _GLOB = re.compile(r"[*?\[]")
 

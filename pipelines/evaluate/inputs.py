@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.files import exists, read_bytes
-from pipelines.images import RejectedInput, decode_png
-from pipelines.sources import classification_source, has_image_extension, rejected, relative_parts, stem_key
+from pipelines.beam.files import exists, read_bytes
+from pipelines.core.images import RejectedInput, decode_png
+from pipelines.core.sources import classification_source, has_image_extension, rejected, relative_parts, stem_key
 from schemas.example import CLASSIFICATION, SEGMENTATION
 from schemas.layout import SUCCESS_FILE
 

@@ -22,9 +22,14 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import augment, dataset_writer, images, preprocess_stats, progress, runner
-from pipelines import preprocess_transforms as pt
-from pipelines.dataset_writer import PARTS
+from pipelines.preprocess import static_augment
+from pipelines.preprocess import shards as dataset_writer
+from pipelines.core import images
+from pipelines.preprocess import finalise as preprocess_stats
+from pipelines.beam import progress
+from pipelines.beam import runner
+from pipelines.preprocess import transforms as pt
+from pipelines.preprocess.shards import PARTS
 from schemas import layout
 from schemas.example import CLASSIFICATION, SEGMENTATION, DatasetSpec
 
@@ -150,7 +155,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
     split = listed_sources | "AssignSplits" >> pt.AssignSplits(
         config.split_fractions, stratify=config.layout == CLASSIFICATION, salt=config.split_salt)
     settings = pt.TileSettings(spec=spec, augment_copies=config.augment_copies,
-                               augment_config=augment.AugmentConfig(), fit=config.fit)
+                               augment_config=static_augment.AugmentConfig(), fit=config.fit)
     built = split | "WriteShards" >> dataset_writer.WriteShards(
         work, settings, image_policy, mask_policy, config.shard_bytes, config.min_shards, config.png_compression)
     _ = built.shards | "WriteShardInfo" >> dataset_writer.WriteJson(f"{work}/{PARTS}/shards.json")

@@ -1,0 +1,1 @@
+"""``tessera evaluate``: scores a prediction directory against ground truth."""

@@ -1,0 +1,1 @@
+"""``tessera predict``: batch prediction of exported models over images (Beam RunInference)."""
