@@ -9,7 +9,7 @@ Dataset directory (written by ``tessera preprocess``)::
       config.json                           the resolved job configuration
       manifest.parquet                      one row per example (MANIFEST_SCHEMA)
       stats.json                            examples per split, class pixel frequencies, rejections
-      rejected.jsonl                        one JSON object per rejected input (REJECTED_FIELDS)
+      rejected.jsonl                        one JSON object per rejected input (schemas.rejected.FIELDS)
       _SUCCESS                              JSON with the counts; written last
 
 stats.json::
@@ -37,6 +37,7 @@ MANIFEST_FILE = "manifest.parquet"
 STATS_FILE = "stats.json"
 REJECTED_FILE = "rejected.jsonl"
 SUCCESS_FILE = "_SUCCESS"
+WORK_PARTS = "_parts"         # <work dir>/_parts/: what the pipeline hands to the launcher; never published
 SHARD_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 
@@ -44,8 +45,6 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{count:05d}"
 
 
-# A rejected input: what, why (a short stable reason code), the detail, and the files it covers.
-REJECTED_FIELDS = ("source", "reason", "detail", "files")
 
 MANIFEST_SCHEMA = pa.schema(
     [

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.preprocess.static_augment import AugmentConfig, apply_transform, augment, sample_transform, seed_for
+from pipelines.preprocess.static_augment import StaticAugmentConfig, apply_transform, augment, sample_transform, seed_for
 
-GEOMETRY_ONLY = AugmentConfig(brightness=0, contrast=0, gamma=0, noise=0)
+GEOMETRY_ONLY = StaticAugmentConfig(brightness=0, contrast=0, gamma=0, noise=0)
 T = 48
 
 
@@ -36,7 +36,7 @@ def test_seed_is_stable_and_distinct():
 
 def test_same_inputs_give_identical_bytes_and_copies_differ():
     image, mask = tile()
-    config = AugmentConfig()
+    config = StaticAugmentConfig()
     a_img, a_mask, a_params = augment(image, mask, "img/1", 32, 64, 1, config)
     b_img, b_mask, b_params = augment(image.copy(), mask.copy(), "img/1", 32, 64, 1, config)
     assert a_img.tobytes() == b_img.tobytes() and a_mask.tobytes() == b_mask.tobytes()
@@ -48,7 +48,7 @@ def test_same_inputs_give_identical_bytes_and_copies_differ():
 
 def test_copy_zero_is_the_original():
     image, mask = tile()
-    out_img, out_mask, params = augment(image, mask, "x", 0, 0, 0, AugmentConfig())
+    out_img, out_mask, params = augment(image, mask, "x", 0, 0, 0, StaticAugmentConfig())
     assert params == {}
     assert np.array_equal(out_img, image) and np.array_equal(out_mask, mask)
 
@@ -58,7 +58,7 @@ def test_copy_zero_is_the_original():
 @pytest.mark.parametrize("with_mask", [True, False])
 def test_dtype_and_shape_preserved(dtype, channels, with_mask):
     image, mask = tile(dtype, channels)
-    out_img, out_mask, params = augment(image, mask if with_mask else None, "s", 0, 0, 3, AugmentConfig())
+    out_img, out_mask, params = augment(image, mask if with_mask else None, "s", 0, 0, 3, StaticAugmentConfig())
     assert out_img.dtype == dtype and out_img.shape == image.shape
     assert not np.array_equal(out_img, image)
     if with_mask:
@@ -70,7 +70,7 @@ def test_dtype_and_shape_preserved(dtype, channels, with_mask):
 def test_mask_stays_categorical():
     image, mask = tile()
     for copy in range(1, 9):
-        _, out_mask, _ = augment(image, mask, "s", 0, 0, copy, AugmentConfig(elastic_sigma=6))
+        _, out_mask, _ = augment(image, mask, "s", 0, 0, copy, StaticAugmentConfig(elastic_sigma=6))
         assert set(np.unique(out_mask)) <= set(np.unique(mask))
         assert 1 in out_mask and 2 in out_mask  # the classes survive, moved not erased
 
@@ -126,7 +126,7 @@ def test_intensity_changes_touch_the_image_only():
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_params_round_trip_through_json(dtype):
     image, mask = tile(dtype)
-    out_img, out_mask, params = augment(image, mask, "src", 8, 8, 4, AugmentConfig())
+    out_img, out_mask, params = augment(image, mask, "src", 8, 8, 4, StaticAugmentConfig())
     record = json.dumps(params, sort_keys=True)
     again_img, again_mask = apply_transform(image, mask, json.loads(record))
     assert json.loads(record) == params
@@ -135,7 +135,7 @@ def test_params_round_trip_through_json(dtype):
 
 def test_sample_transform_respects_config():
     rng = np.random.default_rng(0)
-    nothing = AugmentConfig(elastic=False, rotate90=False, flip=False, max_rotation=0,
+    nothing = StaticAugmentConfig(elastic=False, rotate90=False, flip=False, max_rotation=0,
                             brightness=0, contrast=0, gamma=0, noise=0)
     assert sample_transform(rng, nothing) == {}
     params = sample_transform(rng, dataclasses.replace(nothing, elastic=True, elastic_grid=4))
@@ -153,6 +153,6 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="square"):
         apply_transform(image[:-2], None, {"rot90": 1})
     with pytest.raises(ValueError, match="gamma"):
-        AugmentConfig(gamma=1.5)
+        StaticAugmentConfig(gamma=1.5)
     with pytest.raises(ValueError, match="elastic_grid"):
-        AugmentConfig(elastic_grid=1)
+        StaticAugmentConfig(elastic_grid=1)

@@ -49,3 +49,28 @@ def test_matches_the_tfds_serializer_and_parses_back(task):
 def test_refuses_values_it_cannot_represent():
     with pytest.raises(TypeError):
         example_proto.serialize_example({"x": [1, 2]})
+
+
+def test_tfrecord_framing_equals_tensorflows_writer(tmp_path):
+    import tensorflow as tf
+
+    records = [b"", b"x", bytes(range(256)) * 40, "ü#y0".encode()]
+    path = str(tmp_path / "tf.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for r in records:
+            writer.write(r)
+    ours = b"".join(example_proto.tfrecord(r) for r in records)
+    with open(path, "rb") as handle:
+        assert ours == handle.read()
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == records
+
+
+def test_a_damaged_tfrecord_fails_its_checksum(tmp_path):
+    import tensorflow as tf
+
+    framed = bytearray(example_proto.tfrecord(b"payload"))
+    framed[14] ^= 0xFF  # a byte of the data
+    path = tmp_path / "bad.tfrecord"
+    path.write_bytes(bytes(framed))
+    with pytest.raises(tf.errors.DataLossError):
+        list(tf.data.TFRecordDataset(str(path)))

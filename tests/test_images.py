@@ -14,7 +14,8 @@ from PIL import Image, ImageFile, ImageOps
 
 from pipelines.core import images
 from pipelines.core import pixels
-from pipelines.core.images import ImagePolicy, MaskPolicy, RejectedInput
+from pipelines.core.images import ImagePolicy, MaskPolicy
+from schemas.rejected import RejectedInput
 from tests import corpus
 
 KEEP16 = ImagePolicy(bit_depth="keep16")

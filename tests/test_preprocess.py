@@ -13,14 +13,14 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.preprocess import static_augment
-from pipelines.preprocess import shards as dataset_writer
+from pipelines.preprocess import examples, shards
 from pipelines.core import images
 from pipelines.core import pixels
 from pipelines.preprocess import job as preprocess
 from pipelines.core import sources
 from pipelines.core import tiling
 from pipelines.preprocess import transforms as pt
-from schemas import layout
+from schemas import rejected as rejected_schema
 from schemas.example import SEGMENTATION, DatasetSpec
 from tessera import synthetic
 from tests import corpus
@@ -89,9 +89,9 @@ def test_write_shards_builds_every_shard_and_dead_letters_bad_sources(tmp_path):
     bad = sources.Source("tbad", str(tmp_path / "tbad.png"), good[0].mask_path, num_bytes=10, split="train")
     gone = sources.Source("tgone", str(tmp_path / "gone.png"), good[0].mask_path, num_bytes=10, split="train")
     spec = DatasetSpec(SEGMENTATION, core=16, margin=4, channels=3)
-    settings = pt.TileSettings(spec=spec, augment_copies=1)
+    settings = examples.TileSettings(spec=spec, augment_copies=1)
     with test_pipeline.TestPipeline() as p:
-        out = p | beam.Create(good + [bad, gone]) | dataset_writer.WriteShards(
+        out = p | beam.Create(good + [bad, gone]) | shards.WriteShards(
             str(tmp_path / "out"), settings, images.ImagePolicy(), images.parse_mask_values("binary", 2),
             shard_bytes=10**9, min_shards=3)
         # 7 train sources -> 3 shards, 1 val source -> 1 shard; 2 x 2 cores, train doubled by one copy
@@ -108,10 +108,10 @@ def test_write_shards_builds_every_shard_and_dead_letters_bad_sources(tmp_path):
 
 def test_tile_examples_cut_cores_and_add_copies_only_in_train():
     spec = DatasetSpec(SEGMENTATION, core=16, margin=4, channels=3)
-    settings = pt.TileSettings(spec=spec, augment_copies=2)
+    settings = examples.TileSettings(spec=spec, augment_copies=2)
     image, mask = synthetic.segmentation_pair(np.random.default_rng(1), 20, 40)
-    train = list(pt.tile_examples(sources.Source("t", "t.png", "m.png", split="train"), image, mask, settings))
-    val = list(pt.tile_examples(sources.Source("v", "v.png", "m.png", split="val"), image, mask, settings))
+    train = list(examples.tile_examples(sources.Source("t", "t.png", "m.png", split="train"), image, mask, settings))
+    val = list(examples.tile_examples(sources.Source("v", "v.png", "m.png", split="val"), image, mask, settings))
     assert sorted(e["copy"] for e in train) == [0] * 6 + [1] * 6 + [2] * 6  # 2 x 3 cores
     assert [e["copy"] for e in val] == [0] * 6
     assert all(e["image"].shape == (24, 24, 3) and e["mask"].shape == (24, 24, 1) for e in train)
@@ -124,9 +124,9 @@ def test_tile_examples_match_the_source_at_the_recorded_coordinates():
     rng = np.random.default_rng(2)
     image, mask = synthetic.segmentation_pair(rng, 23, 37)
     source = sources.Source("s", "s.png", "m.png", split="val")
-    examples = list(pt.tile_examples(source, image, mask, pt.TileSettings(spec)))
-    assert len(examples) == len(tiling.core_grid(23, 37, 16))
-    for e in examples:
+    cut = list(examples.tile_examples(source, image, mask, examples.TileSettings(spec)))
+    assert len(cut) == len(tiling.core_grid(23, 37, 16))
+    for e in cut:
         y, x, h, w, m = e["core_y"], e["core_x"], e["core_h"], e["core_w"], e["margin"]
         np.testing.assert_array_equal(e["image"][m:m + h, m:m + w], image[y:y + h, x:x + w])
         np.testing.assert_array_equal(e["mask"][m:m + h, m:m + w, 0], mask[y:y + h, x:x + w])
@@ -237,7 +237,7 @@ def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_pat
     run_job(tmp_path / "raw", out, "--tile-size", 32, "--margin", 4, "--mask-values", "binary",
             "--max-rejected-fraction", "0.9", "--max-pixels", 10_000_000)
     rejected = read_rejected(out)
-    assert all(tuple(sorted(r)) == tuple(sorted(layout.REJECTED_FIELDS)) for r in rejected)  # the contract
+    assert all(tuple(sorted(r)) == tuple(sorted(rejected_schema.FIELDS)) for r in rejected)  # the contract
     reasons_by_file = {f: r["reason"] for r in rejected for f in r["files"]}
     for sid, reason in info["bad"].items():
         for rel in info["sources"][sid]:
@@ -326,13 +326,12 @@ def test_read_class_folders_labels_by_folder_and_rejects_strays(tmp_path):
 
 
 def test_summarise_sources_counts_splits_pixels_and_labels(tmp_path):
-    from pipelines.preprocess import finalise
 
     stats = [{"split": "train", "label": None, "class_pixels": [3, 1]},
              {"split": "train", "label": None, "class_pixels": [5, 7]},
              {"split": "val", "label": None, "class_pixels": [100, 100]}]
     with test_pipeline.TestPipeline() as p:
-        _ = p | beam.Create(stats) | finalise.SummariseSources(str(tmp_path / "s.json"))
+        _ = p | beam.Create(stats) | pt.SummariseSources(str(tmp_path / "s.json"))
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary == {"sources": {"train": 2, "val": 1}, "class_pixels": [8, 8], "labels": {}}
 
@@ -366,7 +365,7 @@ def test_a_failing_pipeline_leaves_nothing_behind(raw_folder, tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(pt, "tile_examples", broken)  # a bug inside the job, not bad input
+    monkeypatch.setattr(examples, "tile_examples", broken)  # a bug inside the job, not bad input
     with pytest.raises(RuntimeError, match="worker died"):
         run_job(raw_folder, tmp_path / "ds", "--tile-size", 24, "--margin", 8)
     assert list(tmp_path.iterdir()) == []
@@ -403,6 +402,6 @@ def test_reject_duplicate_ids_and_write_json(tmp_path):
         assert_that(out.sources | beam.Map(lambda s: s.image_path), equal_to(["/r/cup/b.png"]), label="kept")
         assert_that(out.rejected | beam.Map(lambda r: (r["source"], r["reason"])),
                     equal_to([("/r/cup/a.jpg", "duplicate_id"), ("/r/cup/a.png", "duplicate_id")]), label="dup")
-        _ = out.rejected | dataset_writer.WriteJson(str(tmp_path / "rejected.json"))
+        _ = out.rejected | pt.WriteJson(str(tmp_path / "rejected.json"))
     written = json.loads((tmp_path / "rejected.json").read_text())
     assert [r["source"] for r in written] == ["/r/cup/a.jpg", "/r/cup/a.png"]  # sorted, one file

@@ -27,7 +27,9 @@ import tifffile
 from PIL import (BmpImagePlugin, GifImagePlugin, Image,  # noqa: F401 (registers plugins)
                  JpegImagePlugin, PngImagePlugin, TiffImagePlugin)
 
-IGNORE = 255
+from schemas.example import IGNORE_LABEL
+from schemas.rejected import RejectedInput
+
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
 PILLOW_DEFAULT_MAX_PIXELS = 178_956_970
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
@@ -41,17 +43,6 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
-
-class RejectedInput(Exception):
-    """An input refused with a stable ``reason`` code and a human ``detail``."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +81,7 @@ class MaskPolicy:
     mode: str = "auto"             # "auto" | "binary" | "ids" | "map"
     num_classes: int = 2
     mapping: dict[int, int] = dataclasses.field(default_factory=dict, hash=False)  # mode "map"
-    ignore_values: tuple[int, ...] = ()   # on-disk values that become IGNORE
+    ignore_values: tuple[int, ...] = ()   # on-disk values that become IGNORE_LABEL
     max_pixels: int = PILLOW_DEFAULT_MAX_PIXELS
     apply_exif: bool = True
 
@@ -102,15 +93,15 @@ class MaskPolicy:
         if (self.mode == "map") != bool(self.mapping):
             raise ValueError("a mapping is required with mode 'map' and only then")
         bad = {v: c for v, c in self.mapping.items()
-               if not 0 <= v <= 65535 or not (0 <= c < self.num_classes or c == IGNORE)}
+               if not 0 <= v <= 65535 or not (0 <= c < self.num_classes or c == IGNORE_LABEL)}
         if bad:
             raise ValueError(f"mapping entries out of range (values 0..65535, classes "
-                             f"0..{self.num_classes - 1} or {IGNORE}): {bad}")
+                             f"0..{self.num_classes - 1} or {IGNORE_LABEL}): {bad}")
         if any(not 0 <= v <= 65535 for v in self.ignore_values):
             raise ValueError(f"ignore_values must be in 0..65535, got {self.ignore_values}")
 
     def describe(self) -> dict:
-        return {"mode": self.mode, "num_classes": self.num_classes, "ignore_label": IGNORE,
+        return {"mode": self.mode, "num_classes": self.num_classes, "ignore_label": IGNORE_LABEL,
                 "mapping": {str(v): c for v, c in sorted(self.mapping.items())},
                 "ignore_values": list(self.ignore_values), "max_pixels": self.max_pixels,
                 "apply_exif": self.apply_exif,
@@ -127,7 +118,7 @@ def parse_mask_values(text: str, num_classes: int) -> MaskPolicy:
     for item in text.split(","):
         value, sep, cls = item.strip().partition(":")
         try:
-            v, c = int(value), (IGNORE if cls.strip() == "ignore" else int(cls))
+            v, c = int(value), (IGNORE_LABEL if cls.strip() == "ignore" else int(cls))
         except ValueError:
             raise ValueError(f"--mask-values: expected auto, binary, ids or v:c,v:c,... ; bad item {item!r}") from None
         if not sep or v in mapping:
@@ -299,7 +290,7 @@ def auto_mask_mode(values, num_classes: int, name: str = "mask", *, palette: boo
     v = sorted(int(x) for x in values)
     if palette:
         return "ids"
-    if num_classes == 2 and IGNORE in v and set(v) <= {0, IGNORE}:
+    if num_classes == 2 and IGNORE_LABEL in v and set(v) <= {0, IGNORE_LABEL}:
         return "binary"
     if set(v) <= set(range(num_classes)):
         return "ids"
@@ -311,19 +302,19 @@ def auto_mask_mode(values, num_classes: int, name: str = "mask", *, palette: boo
 
 
 def _mask_lut(mode: str, values: list[int], policy: MaskPolicy, name: str) -> np.ndarray:
-    """Lookup table on-disk value -> class id (IGNORE allowed), -1 where a value is not allowed."""
+    """Lookup table on-disk value -> class id (IGNORE_LABEL allowed), -1 where a value is not allowed."""
     lut = np.full(65536, -1, np.int16)
     if mode == "binary":
-        if 1 in values and IGNORE in values:
+        if 1 in values and IGNORE_LABEL in values:
             raise RejectedInput("mask_values", f"{name}: a binary mask uses 0/255 or 0/1, this one has "
                                 f"both 1 and 255 (values {values}); pass an explicit --mask-values map")
-        lut[0], lut[1], lut[IGNORE] = 0, 1, 1
+        lut[0], lut[1], lut[IGNORE_LABEL] = 0, 1, 1
     elif mode == "ids":
-        lut[:policy.num_classes], lut[IGNORE] = np.arange(policy.num_classes), IGNORE
+        lut[:policy.num_classes], lut[IGNORE_LABEL] = np.arange(policy.num_classes), IGNORE_LABEL
     else:
         for v, c in policy.mapping.items():
             lut[v] = c
-    lut[np.asarray(policy.ignore_values, dtype=np.intp)] = IGNORE
+    lut[np.asarray(policy.ignore_values, dtype=np.intp)] = IGNORE_LABEL
     return lut
 
 

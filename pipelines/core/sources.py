@@ -21,6 +21,7 @@ import posixpath
 from typing import Iterable, Sequence
 
 from schemas.layout import SPLITS
+from schemas.rejected import rejected_record
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
@@ -34,10 +35,6 @@ class Source:
     split: str | None = None     # set by a split folder, else assigned by hash
     num_bytes: int = 0           # size of its file(s) on disk: the basis of shard planning
 
-
-def rejected(source: str, reason: str, detail: str, files: Sequence[str] | None = None) -> dict:
-    """A dead-letter record: what was refused, a stable reason code, why, and the files it covers."""
-    return {"source": source, "reason": reason, "detail": detail, "files": list(files or [source])}
 
 
 def relative_parts(path: str, root: str) -> list[str]:
@@ -69,7 +66,7 @@ def segmentation_key(path: str, root: str) -> tuple[str, str]:
 
 def pair(key: str, images: Sequence[str], masks: Sequence[str]) -> tuple[Source | None, list[dict]]:
     """One source from the files sharing ``key``, or rejected records saying why not."""
-    bad = [rejected(p, "not_an_image", f"not an image file extension (expected one of {IMAGE_EXTENSIONS})")
+    bad = [rejected_record(p, "not_an_image", f"not an image file extension (expected one of {IMAGE_EXTENSIONS})")
            for p in sorted(images) + sorted(masks) if not has_image_extension(p)]
     images = sorted(p for p in images if has_image_extension(p))
     masks = sorted(p for p in masks if has_image_extension(p))
@@ -77,14 +74,14 @@ def pair(key: str, images: Sequence[str], masks: Sequence[str]) -> tuple[Source 
         source, more = pair(key, images, masks) if images or masks else (None, [])
         return source, bad + more
     if len(images) > 1:
-        return None, [rejected(p, "duplicate_id", f"{len(images)} images share the id {key!r}: {images}")
+        return None, [rejected_record(p, "duplicate_id", f"{len(images)} images share the id {key!r}: {images}")
                       for p in images] + [
-            rejected(m, "duplicate_id", f"mask of the ambiguous id {key!r}") for m in masks]
+            rejected_record(m, "duplicate_id", f"mask of the ambiguous id {key!r}") for m in masks]
     if not images:
-        return None, [rejected(m, "missing_image", f"no image for mask id {key!r}") for m in masks]
+        return None, [rejected_record(m, "missing_image", f"no image for mask id {key!r}") for m in masks]
     if not masks:
-        return None, [rejected(images[0], "missing_mask", f"no mask for image id {key!r}")]
-    extra = [rejected(m, "duplicate_id", f"{len(masks)} masks share the id {key!r}") for m in masks[1:]]
+        return None, [rejected_record(images[0], "missing_mask", f"no mask for image id {key!r}")]
+    extra = [rejected_record(m, "duplicate_id", f"{len(masks)} masks share the id {key!r}") for m in masks[1:]]
     split = key.split("/", 1)[0] if key.split("/", 1)[0] in SPLITS and "/" in key else None
     return Source(id=key, image_path=images[0], mask_path=masks[0], split=split), extra
 

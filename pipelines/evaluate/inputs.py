@@ -17,10 +17,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import exists, read_bytes
-from pipelines.core.images import RejectedInput, decode_png
-from pipelines.core.sources import classification_source, has_image_extension, rejected, relative_parts, stem_key
+from pipelines.core.images import decode_png
+from schemas.rejected import RejectedInput
+from pipelines.core.sources import classification_source, has_image_extension, relative_parts, stem_key
 from schemas.example import CLASSIFICATION, SEGMENTATION
 from schemas.layout import SUCCESS_FILE
+from schemas.rejected import rejected_record
 
 PREDICTIONS_FILE = "predictions.parquet"
 MASKS_DIR = "masks"
@@ -33,12 +35,12 @@ def list_files(root: str) -> tuple[dict[str, str], list[dict]]:
     bad = []
     for meta in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list:
         if not has_image_extension(meta.path):
-            bad.append(rejected(meta.path, "not_an_image", "extension is not an image format"))
+            bad.append(rejected_record(meta.path, "not_an_image", "extension is not an image format"))
             continue
         found.setdefault(stem_key(relative_parts(meta.path, root)), []).append(meta.path)
     for key, paths in found.items():
         if len(paths) > 1:
-            bad += [rejected(p, "duplicate_id", f"{len(paths)} files share the id {key!r}") for p in paths]
+            bad += [rejected_record(p, "duplicate_id", f"{len(paths)} files share the id {key!r}") for p in paths]
     return {k: v[0] for k, v in found.items() if len(v) == 1}, bad
 
 
@@ -108,7 +110,7 @@ def prediction_mask_paths(pred_dir: str, table: pa.Table | None) -> tuple[dict[s
         elif "://" not in path and not path.startswith("/"):
             path = FileSystems.join(pred_dir, path)
         if image_id in out:
-            bad.append(rejected(path, "duplicate_id", f"{PREDICTIONS_FILE} lists {image_id!r} twice"))
+            bad.append(rejected_record(path, "duplicate_id", f"{PREDICTIONS_FILE} lists {image_id!r} twice"))
         out[image_id] = path
     return out, bad
 
@@ -151,17 +153,17 @@ def read_truth_labels(truth: str) -> tuple[dict[str, str], list[dict]]:
     else:
         for meta in FileSystems.match([FileSystems.join(truth, "**")])[0].metadata_list:
             if not has_image_extension(meta.path):
-                bad.append(rejected(meta.path, "not_an_image", "extension is not an image format"))
+                bad.append(rejected_record(meta.path, "not_an_image", "extension is not an image format"))
                 continue
             try:
                 source = classification_source(meta.path, truth)
             except ValueError as e:
-                bad.append(rejected(meta.path, "no_class_folder", str(e)))
+                bad.append(rejected_record(meta.path, "no_class_folder", str(e)))
                 continue
             labels.setdefault(source.id, []).append(source.label)
     for image_id, found in labels.items():
         if len(found) > 1:
-            bad.append(rejected(f"{truth}#{image_id}", "duplicate_id", f"{len(found)} truth entries: {found}"))
+            bad.append(rejected_record(f"{truth}#{image_id}", "duplicate_id", f"{len(found)} truth entries: {found}"))
     return {k: v[0] for k, v in labels.items() if len(v) == 1}, bad
 
 

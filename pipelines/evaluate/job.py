@@ -35,9 +35,10 @@ from pipelines.evaluate.inputs import (
     PREDICTIONS_FILE, check_complete, detect_task, list_files, predicted_labels, prediction_mask_paths,
     read_prediction, read_predictions_table, read_truth_labels, match_ids, resolve_class_names)
 from pipelines.beam.files import exists, read_bytes, write_bytes
-from pipelines.core.images import MaskPolicy, RejectedInput, parse_mask_values, read_mask
-from pipelines.core.sources import rejected
+from pipelines.core.images import MaskPolicy, parse_mask_values, read_mask
+from schemas.rejected import RejectedInput
 from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
+from schemas.rejected import rejected_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,7 @@ def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad
         row = {"image_id": task.image_id, "status": res["status"], "reason": res.get("reason"),
                "truth_path": task.truth_path, "prediction_path": task.prediction_path}
         if res["status"] == "rejected":
-            bad.append(rejected(res["source"], res["reason"], res["detail"]))
+            bad.append(rejected_record(res["source"], res["reason"], res["detail"]))
         else:
             micro += res["confusion"]
             tables.append(res["rand_table"])
@@ -182,7 +183,7 @@ def evaluate_classification(config: EvaluateConfig, table, class_names, truth, p
         row = {"image_id": pred_id, "truth_id": truth_id, "truth_label": truth[truth_id],
                "predicted_label": preds[pred_id], "confidence": confidence.get(pred_id)}
         if preds[pred_id] is None:
-            bad.append(rejected(pred_id, "no_predicted_label", "the predictions row has no label"))
+            bad.append(rejected_record(pred_id, "no_predicted_label", "the predictions row has no label"))
             rows.append({**row, "status": "rejected", "reason": "no_predicted_label"})
             continue
         pairs.append((row["truth_label"], row["predicted_label"]))

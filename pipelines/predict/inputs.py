@@ -22,7 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.predict import outputs
 from pipelines.predict.transforms import ImageInput
-from pipelines.core.sources import has_image_extension, rejected
+from pipelines.core.sources import has_image_extension
+from schemas.rejected import rejected_record
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -101,13 +102,13 @@ def list_inputs(spec: str, exclude: str | None = None) -> tuple[list[ImageInput]
         if has_image_extension(path):
             by_id.setdefault(image_id(path, root), []).append(path)
         else:
-            bad.append({**rejected(path, "not_an_image", "not an image file extension"), "image_id": image_id(path, root)})
+            bad.append({**rejected_record(path, "not_an_image", "not an image file extension"), "image_id": image_id(path, root)})
     good = []
     for key, paths in sorted(by_id.items()):
         if len(paths) == 1:
             good.append(ImageInput(key, paths[0], sizes[paths[0]]))
         else:
-            bad += [{**rejected(p, "duplicate_id", f"{len(paths)} files share the id {key!r}: {paths}"), "image_id": key}
+            bad += [{**rejected_record(p, "duplicate_id", f"{len(paths)} files share the id {key!r}: {paths}"), "image_id": key}
                     for p in paths]
     return good, bad
 

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from pipelines.core import tiling
-from pipelines.core.images import RejectedInput
+from schemas.rejected import RejectedInput
 
 Box = tiling.Box
 

@@ -25,7 +25,8 @@ from pipelines.core import pixels
 from pipelines.predict import outputs
 from pipelines.predict import plan
 from pipelines.predict.stitch import StripResult, strip_result
-from pipelines.core.sources import rejected as rejected_record
+from schemas.rejected import rejected_record
+from schemas.rejected import RejectedInput
 
 REJECTED = "rejected"
 PARTS = "parts"
@@ -73,17 +74,17 @@ class _ReadAndCut(beam.DoFn):
         started, spec, g = time.time(), self.spec, self.spec.geometry
         try:
             if not item.size_bytes and not FileSystems.exists(item.path):  # list-file inputs are not listed
-                raise images.RejectedInput("missing_file", f"{item.path}: no such file")
+                raise RejectedInput("missing_file", f"{item.path}: no such file")
             with FileSystems.open(item.path) as handle:
                 data = handle.read()
             height, width = images.image_size(data, item.path, spec.policy)
             if height * width > spec.policy.max_pixels:
-                raise images.RejectedInput("too_large", (
+                raise RejectedInput("too_large", (
                     f"{item.path}: {width}x{height} = {height * width} pixels exceeds "
                     f"--max-image-pixels {spec.policy.max_pixels}"))
             strips = plan.plan_strips(height, width, len(data), g, spec.memory_limit_bytes, item.path)
             image = images.read_image(data, item.path, spec.policy)
-        except images.RejectedInput as e:
+        except RejectedInput as e:
             yield reject(item.image_id, item.path, e.reason, e.detail)
             return
         except OSError as e:  # a directory, no permission, deleted since listed (Beam's BeamIOError too)

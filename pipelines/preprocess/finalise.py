@@ -8,62 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import io
 import json
+import os
+import shutil
+import tempfile
 from collections import Counter
+from typing import Iterable
 
-import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
-from pipelines.preprocess import shards as dataset_writer
-from pipelines.core import sources
-from pipelines.preprocess.shards import PARTS
-from pipelines.beam.files import exists, read_json, write_bytes
+from pipelines.beam.files import exists, read_bytes, read_json, write_bytes
+from pipelines.core import images
 from schemas import layout
-from schemas.example import DatasetSpec
-
-
-class _SumSources(beam.CombineFn):
-    """Per-source stats -> sources per split, class pixels and labels of the train split."""
-
-    def create_accumulator(self):
-        return {"sources": Counter(), "class_pixels": None, "labels": Counter()}
-
-    def add_input(self, acc, stats):
-        acc["sources"][stats["split"]] += 1
-        if stats["split"] == "train":
-            if stats["class_pixels"] is not None:
-                pixels = stats["class_pixels"]
-                acc["class_pixels"] = pixels if acc["class_pixels"] is None else [
-                    a + b for a, b in zip(acc["class_pixels"], pixels)]
-            if stats["label"] is not None:
-                acc["labels"][stats["label"]] += 1
-        return acc
-
-    def merge_accumulators(self, accs):
-        out = self.create_accumulator()
-        for acc in accs:
-            out["sources"].update(acc["sources"])
-            out["labels"].update(acc["labels"])
-            if acc["class_pixels"] is not None:
-                out["class_pixels"] = acc["class_pixels"] if out["class_pixels"] is None else [
-                    a + b for a, b in zip(out["class_pixels"], acc["class_pixels"])]
-        return out
-
-    def extract_output(self, acc):
-        return {"sources": dict(acc["sources"]), "class_pixels": acc["class_pixels"], "labels": dict(acc["labels"])}
-
-
-class SummariseSources(beam.PTransform):
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-
-    def expand(self, pcoll):
-        path = self.path
-
-        def write(summary):
-            write_bytes(path, json.dumps(summary, sort_keys=True).encode())
-
-        return pcoll | "Sum" >> beam.CombineGlobally(_SumSources()) | "Write" >> beam.Map(write)
+from schemas.example import DatasetSpec, tfds_features
+from schemas.rejected import rejected_record
 
 
 def build_stats(spec: DatasetSpec, shards: list[dict], summary: dict, rejected: list[dict], manifest) -> dict:
@@ -89,16 +51,16 @@ def build_stats(spec: DatasetSpec, shards: list[dict], summary: dict, rejected: 
 
 def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], started) -> dict:
     """Writes every metadata file into ``work`` and returns the run's summary."""
-    shards = read_json(f"{work}/{PARTS}/shards.json") if exists(f"{work}/{PARTS}/shards.json") else []
-    summary = read_json(f"{work}/{PARTS}/sources.json") if exists(f"{work}/{PARTS}/sources.json") else {
+    shards = read_json(f"{work}/{layout.WORK_PARTS}/shards.json") if exists(f"{work}/{layout.WORK_PARTS}/shards.json") else []
+    summary = read_json(f"{work}/{layout.WORK_PARTS}/sources.json") if exists(f"{work}/{layout.WORK_PARTS}/sources.json") else {
         "sources": {}, "class_pixels": None, "labels": {}}
-    rejected = read_json(f"{work}/{PARTS}/rejected.json")
-    rejected += [sources.rejected(f"{config.input.rstrip('/')}/{folder}", "empty_folder",
+    rejected = read_json(f"{work}/{layout.WORK_PARTS}/rejected.json")
+    rejected += [rejected_record(f"{config.input.rstrip('/')}/{folder}", "empty_folder",
                                   "class folder holds no files; the class is left out of the dataset", [])
                  for folder in empty_folders]
     rejected.sort(key=lambda r: (r["source"], r["reason"]))
-    dataset_writer.write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")
-    manifest = dataset_writer.merge_manifest(work)
+    write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")
+    manifest = merge_manifest(work)
     rows = manifest.num_rows
     stats = build_stats(spec, shards, summary, rejected, manifest)
     sources_written = sum(summary["sources"].values())
@@ -110,7 +72,7 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
     result = {
         "sources_in": inputs, "sources_written": sources_written, "rejected": len(rejected),
         "rejected_fraction": len(rejected) / inputs if inputs else 0.0,
-        "examples": stats["examples"], "fingerprint": dataset_writer.fingerprint(shards),
+        "examples": stats["examples"], "fingerprint": fingerprint(shards),
         "started_at": started.isoformat(), "completed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     write_bytes(f"{work}/{layout.REJECTED_FILE}", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
@@ -126,8 +88,6 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
 
 
 def _policies(config) -> dict:
-    from pipelines.core import images
-
     return {"image": images.ImagePolicy(color_mode=config.color_mode, bit_depth=config.bit_depth,
                                         max_pixels=config.max_pixels).describe(),
             "mask_values": config.mask_values}
@@ -149,3 +109,46 @@ def describe(summary: dict, output: str) -> str:
     lines.append(f"  dataset: {output}  (tfds.builder_from_directory; manifest.parquet, stats.json, "
                  f"rejected.jsonl, _SUCCESS)")
     return "\n".join(lines)
+
+
+def write_tfds_metadata(directory: str, spec: DatasetSpec, shards: list[dict], description: str) -> None:
+    """dataset_info.json + features.json (via TFDS, written locally, copied through FileSystems)."""
+    import tensorflow_datasets as tfds
+
+    split_infos = []
+    for split in layout.SPLITS:
+        mine = sorted((s for s in shards if s["split"] == split), key=lambda s: s["index"])
+        if mine:
+            split_infos.append(tfds.core.SplitInfo(
+                name=split, shard_lengths=[s["num_examples"] for s in mine],
+                num_bytes=sum(s["num_bytes"] for s in mine)))
+    local = tempfile.mkdtemp(prefix="tessera-meta-")
+    try:
+        for shard in shards:  # TFDS derives the file template from files present: empty stand-ins
+            open(os.path.join(local, shard["name"]), "wb").close()
+        tfds.folder_dataset.write_metadata(
+            data_dir=local, features=tfds_features(spec), split_infos=split_infos,
+            filename_template=layout.SHARD_TEMPLATE, check_data=False, description=description)
+        for name in ("dataset_info.json", "features.json"):
+            with open(os.path.join(local, name), "rb") as handle:
+                write_bytes(f"{directory}/{name}", handle.read())
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def merge_manifest(directory: str) -> pa.Table:
+    """Joins the shards' manifest parts into ``manifest.parquet``; returns the table."""
+    paths = sorted(m.path for m in FileSystems.match([f"{directory}/{layout.WORK_PARTS}/manifest-*.parquet"])[0].metadata_list)
+    tables = [pq.read_table(io.BytesIO(read_bytes(p)), schema=layout.MANIFEST_SCHEMA, use_threads=False)
+              for p in paths]
+    table = pa.concat_tables(tables) if tables else layout.MANIFEST_SCHEMA.empty_table()
+    table = table.sort_by([("split", "ascending"), ("shard", "ascending"), ("id", "ascending")])
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    write_bytes(f"{directory}/{layout.MANIFEST_FILE}", sink.getvalue())
+    return table
+
+
+def fingerprint(shards: Iterable[dict]) -> str:
+    lines = sorted(f"{s['name']}:{s['sha256']}" for s in shards)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -22,14 +22,11 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.preprocess import static_augment
-from pipelines.preprocess import shards as dataset_writer
+from pipelines.preprocess import examples, finalise, publish, shards, static_augment
 from pipelines.core import images
-from pipelines.preprocess import finalise as preprocess_stats
 from pipelines.beam import progress
 from pipelines.beam import runner
 from pipelines.preprocess import transforms as pt
-from pipelines.preprocess.shards import PARTS
 from schemas import layout
 from schemas.example import CLASSIFICATION, SEGMENTATION, DatasetSpec
 
@@ -154,14 +151,14 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
         mask_policy = None
     split = listed_sources | "AssignSplits" >> pt.AssignSplits(
         config.split_fractions, stratify=config.layout == CLASSIFICATION, salt=config.split_salt)
-    settings = pt.TileSettings(spec=spec, augment_copies=config.augment_copies,
-                               augment_config=static_augment.AugmentConfig(), fit=config.fit)
-    built = split | "WriteShards" >> dataset_writer.WriteShards(
+    settings = examples.TileSettings(spec=spec, augment_copies=config.augment_copies,
+                               augment_config=static_augment.StaticAugmentConfig(), fit=config.fit)
+    built = split | "WriteShards" >> shards.WriteShards(
         work, settings, image_policy, mask_policy, config.shard_bytes, config.min_shards, config.png_compression)
-    _ = built.shards | "WriteShardInfo" >> dataset_writer.WriteJson(f"{work}/{PARTS}/shards.json")
-    _ = built.source_stats | "WriteSourceStats" >> preprocess_stats.SummariseSources(f"{work}/{PARTS}/sources.json")
+    _ = built.shards | "WriteShardInfo" >> pt.WriteJson(f"{work}/{layout.WORK_PARTS}/shards.json")
+    _ = built.source_stats | "WriteSourceStats" >> pt.SummariseSources(f"{work}/{layout.WORK_PARTS}/sources.json")
     rejected = tuple(listing_rejected) + (built.rejected,) | "AllRejected" >> beam.Flatten()
-    _ = rejected | "WriteRejected" >> dataset_writer.WriteJson(f"{work}/{PARTS}/rejected.json")
+    _ = rejected | "WriteRejected" >> pt.WriteJson(f"{work}/{layout.WORK_PARTS}/rejected.json")
 
 
 def describe_progress(totals: dict, elapsed: float) -> str:
@@ -173,7 +170,7 @@ def describe_progress(totals: dict, elapsed: float) -> str:
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     config = config_from_args(args)
-    if dataset_writer.output_exists(config.output) and not config.overwrite:
+    if publish.output_exists(config.output) and not config.overwrite:
         raise SystemExit(f"tessera preprocess: {config.output} exists; pass --overwrite to replace it")
     check_input(config)
     empty_folders: list[str] = []
@@ -183,29 +180,29 @@ def run(argv: list[str] | None = None) -> int:
     else:
         class_names = config.class_names or ("background", "foreground")
     spec = dataset_spec(config, class_names)
-    work = dataset_writer.temporary_output(config.output)
+    work = publish.temporary_output(config.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     print(f"tessera preprocess: {config.input} -> {config.output} (working in {work})", flush=True)
-    printer = progress.ProgressPrinter(f"{work}/{PARTS}/progress/*.json", describe_progress)
+    printer = progress.ProgressPrinter(f"{work}/{layout.WORK_PARTS}/progress/*.json", describe_progress)
     printer.start()
     try:
         with runner.make_pipeline(beam_args) as p:
             build_pipeline(p, config, spec, work)
         printer.stop()
-        summary = preprocess_stats.finalise(work, config, spec, empty_folders, started)
+        summary = finalise.finalise(work, config, spec, empty_folders, started)
     except BaseException:
         printer.stop()
-        dataset_writer.delete_tree(work)  # a failed run leaves nothing behind; the output is untouched
+        publish.delete_tree(work)  # a failed run leaves nothing behind; the output is untouched
         raise
     if summary["rejected_fraction"] > config.max_rejected_fraction:
-        kept = dataset_writer.keep_only_reports(work)
-        print(preprocess_stats.describe(summary, config.output), file=sys.stderr)
+        kept = publish.keep_only_reports(work)
+        print(finalise.describe(summary, config.output), file=sys.stderr)
         raise SystemExit(
             f"tessera preprocess: {summary['rejected']} of {summary['sources_in']} inputs rejected "
             f"({summary['rejected_fraction']:.1%} > --max-rejected-fraction {config.max_rejected_fraction:.1%}); "
             f"nothing was published. Rejected records with reasons: {kept}/{layout.REJECTED_FILE}")
-    dataset_writer.commit(work, config.output, config.overwrite)
-    print(preprocess_stats.describe(summary, config.output), flush=True)
+    publish.commit(work, config.output, config.overwrite)
+    print(finalise.describe(summary, config.output), flush=True)
     return 0
 
 

@@ -1,43 +1,34 @@
-"""Writing a TFDS-format dataset: encode examples, write sized shards, finalise, commit.
+"""Writing a TFDS-format dataset's shards: encode examples, plan sized shards, stream them to files.
 
 Shards are deterministic: the number of shards of a split follows its estimated size
 (``shard_bytes`` target), a source's shard follows a stable hash of its id, and records
 inside a shard come in source-id then tile order, so a rerun writes byte-identical files.
-Everything is written under a temporary directory beside the output and moved into
-place only when complete (see :func:`commit`).
+Each shard also writes its part of the manifest and its progress counters under
+``<work>/_parts/``; ``finalise`` joins them.
 """
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
-import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipelines.preprocess import example_proto
-from pipelines.core import images
-from pipelines.core import pixels
 from pipelines.beam import progress
-from pipelines.core import sources
-from pipelines.beam.files import read_bytes, write_bytes
-from pipelines.preprocess import transforms as pt
+from pipelines.core import pixels, sources
+from pipelines.preprocess import examples, example_proto
+from pipelines.preprocess.transforms import NAMESPACE, REJECTED, reject
 from schemas import layout
-from schemas.example import PROVENANCE_FIELDS, DatasetSpec, tfds_features
+from schemas.example import PROVENANCE_FIELDS, DatasetSpec
+from schemas.rejected import RejectedInput
 
-PARTS = "_parts"
+
 
 
 def manifest_row(example: dict, num_bytes: int, shard: str) -> dict:
@@ -116,28 +107,28 @@ class _BuildShard(beam.DoFn):
         (split, index, count), shard_sources = keyed
         name = layout.shard_name(split, index, count)
         rows, started = [], time.monotonic()
-        counters = progress.CounterFile(f"{self.directory}/{PARTS}/progress/{name}.json")
+        counters = progress.CounterFile(f"{self.directory}/{layout.WORK_PARTS}/progress/{name}.json")
         with FileSystems.create(f"{self.directory}/{name}") as handle:
             writer = _HashingWriter(handle)
             for source in sorted(shard_sources, key=lambda s: s.id):
                 try:
-                    image, mask = pt.decode_source(source, self.image_policy, self.mask_policy)
-                except images.RejectedInput as error:
+                    image, mask = examples.decode_source(source, self.image_policy, self.mask_policy)
+                except RejectedInput as error:
                     counters.add(rejected=1)
-                    yield pt.reject(pt.rejected_source(source, error))
+                    yield reject(examples.rejected_source(source, error))
                     continue
                 before = len(rows)
-                for example in pt.tile_examples(source, image, mask, self.settings):
+                for example in examples.tile_examples(source, image, mask, self.settings):
                     data = self.encoder.encode(example)
-                    _TFRecordUtil.write_record(writer, data)
+                    writer.write(example_proto.tfrecord(data))
                     rows.append(manifest_row(example, len(data), name))
-                Metrics.counter(pt.NAMESPACE, "sources_written").inc()
+                Metrics.counter(NAMESPACE, "sources_written").inc()
                 counters.add(sources=1, examples=len(rows) - before, pixels=int(image.shape[0] * image.shape[1]))
-                yield beam.pvalue.TaggedOutput("source_stats", pt.source_stats(source, mask, self.settings.spec))
+                yield beam.pvalue.TaggedOutput("source_stats", examples.source_stats(source, mask, self.settings.spec))
         counters.flush()
-        Metrics.counter(pt.NAMESPACE, "examples").inc(len(rows))
+        Metrics.counter(NAMESPACE, "examples").inc(len(rows))
         table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["id"]), schema=layout.MANIFEST_SCHEMA)
-        with FileSystems.create(f"{self.directory}/{PARTS}/manifest-{split}-{index:05d}.parquet") as handle:
+        with FileSystems.create(f"{self.directory}/{layout.WORK_PARTS}/manifest-{split}-{index:05d}.parquet") as handle:
             pq.write_table(table, handle)
         logging.info("shard %s: %d examples, %.1f MB in %.1f s", name, len(rows), writer.size / 1e6,
                      time.monotonic() - started)
@@ -171,129 +162,7 @@ class WriteShards(beam.PTransform):
                 | "GroupByShard" >> beam.GroupByKey()
                 | "BuildShard" >> beam.ParDo(_BuildShard(
                     self.directory, self.settings, self.image_policy, self.mask_policy, self.png_compression)
-                ).with_outputs(pt.REJECTED, "source_stats", main="shards"))
-
-
-class WriteJson(beam.PTransform):
-    """Collects a (small) PCollection into one JSON list file."""
-
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
-
-    def expand(self, pcoll):
-        path = self.path
-
-        def write(items):
-            write_bytes(path, json.dumps(sorted(items, key=lambda i: json.dumps(i, sort_keys=True)),
-                                         sort_keys=True).encode())
-            return path
-
-        return pcoll | "ToList" >> beam.combiners.ToList() | "Write" >> beam.Map(write)
+                ).with_outputs(REJECTED, "source_stats", main="shards"))
 
 
 # ---------------------------------------------------------------- driver-side finalisation
-
-def write_tfds_metadata(directory: str, spec: DatasetSpec, shards: list[dict], description: str) -> None:
-    """dataset_info.json + features.json (via TFDS, written locally, copied through FileSystems)."""
-    import tensorflow_datasets as tfds
-
-    split_infos = []
-    for split in layout.SPLITS:
-        mine = sorted((s for s in shards if s["split"] == split), key=lambda s: s["index"])
-        if mine:
-            split_infos.append(tfds.core.SplitInfo(
-                name=split, shard_lengths=[s["num_examples"] for s in mine],
-                num_bytes=sum(s["num_bytes"] for s in mine)))
-    local = tempfile.mkdtemp(prefix="tessera-meta-")
-    try:
-        for shard in shards:  # TFDS derives the file template from files present: empty stand-ins
-            open(os.path.join(local, shard["name"]), "wb").close()
-        tfds.folder_dataset.write_metadata(
-            data_dir=local, features=tfds_features(spec), split_infos=split_infos,
-            filename_template=layout.SHARD_TEMPLATE, check_data=False, description=description)
-        for name in ("dataset_info.json", "features.json"):
-            with open(os.path.join(local, name), "rb") as handle:
-                write_bytes(f"{directory}/{name}", handle.read())
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
-
-
-def merge_manifest(directory: str) -> pa.Table:
-    """Joins the shards' manifest parts into ``manifest.parquet``; returns the table."""
-    paths = sorted(m.path for m in FileSystems.match([f"{directory}/{PARTS}/manifest-*.parquet"])[0].metadata_list)
-    tables = [pq.read_table(io.BytesIO(read_bytes(p)), schema=layout.MANIFEST_SCHEMA, use_threads=False)
-              for p in paths]
-    table = pa.concat_tables(tables) if tables else layout.MANIFEST_SCHEMA.empty_table()
-    table = table.sort_by([("split", "ascending"), ("shard", "ascending"), ("id", "ascending")])
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    write_bytes(f"{directory}/{layout.MANIFEST_FILE}", sink.getvalue())
-    return table
-
-
-def fingerprint(shards: Iterable[dict]) -> str:
-    lines = sorted(f"{s['name']}:{s['sha256']}" for s in shards)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def temporary_output(output: str) -> str:
-    return f"{output.rstrip('/')}.tmp-{uuid.uuid4().hex[:12]}"
-
-
-def output_exists(output: str) -> bool:
-    return bool(FileSystems.match([f"{output.rstrip('/')}/**"])[0].metadata_list) or (
-        not output.startswith("gs://") and os.path.exists(output))
-
-
-def delete_tree(path: str) -> None:
-    if path.startswith("gs://"):
-        files = [m.path for m in FileSystems.match([f"{path.rstrip('/')}/**"])[0].metadata_list]
-        if files:
-            FileSystems.delete(files)
-    elif os.path.exists(path):
-        shutil.rmtree(path)
-
-
-def keep_only_reports(work: str) -> str:
-    """After a refused run: deletes shards and parts, keeps what explains the refusal."""
-    keep = {layout.REJECTED_FILE, layout.STATS_FILE, layout.CONFIG_FILE}
-    files = [m.path for m in FileSystems.match([f"{work}/**"])[0].metadata_list]
-    doomed = [f for f in files if f[len(work) + 1:] not in keep]
-    if doomed:
-        FileSystems.delete(doomed)
-    if not work.startswith("gs://"):  # empty local folders left by the parts
-        for root, dirs, _ in os.walk(work, topdown=False):
-            for d in dirs:
-                if not os.listdir(os.path.join(root, d)):
-                    os.rmdir(os.path.join(root, d))
-    return work
-
-
-def commit(temporary: str, output: str, overwrite: bool) -> None:
-    """Moves a complete dataset from ``temporary`` to ``output``; ``_SUCCESS`` lands last.
-
-    Local paths: one directory rename (atomic); an old output is renamed away first and
-    deleted after. gs://: objects are copied then deleted (GCS has no rename); readers
-    must wait for ``_SUCCESS``, which is copied last.
-    """
-    output = output.rstrip("/")
-    if output_exists(output):
-        if not overwrite:
-            raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
-    delete_tree(f"{temporary}/{PARTS}")
-    if not output.startswith("gs://"):
-        old = f"{output}.old-{uuid.uuid4().hex[:12]}" if os.path.exists(output) else None
-        if old:
-            os.rename(output, old)
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        os.rename(temporary, output)
-        if old:
-            shutil.rmtree(old)
-        return
-    delete_tree(output)
-    files = sorted(m.path for m in FileSystems.match([f"{temporary}/**"])[0].metadata_list)
-    last = [f for f in files if f.endswith("/" + layout.SUCCESS_FILE)]
-    for batch in ([f for f in files if f not in last], last):
-        if batch:
-            FileSystems.rename(batch, [output + f[len(temporary):] for f in batch])

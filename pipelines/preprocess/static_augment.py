@@ -22,7 +22,7 @@ from scipy import ndimage
 
 
 @dataclasses.dataclass(frozen=True)
-class AugmentConfig:
+class StaticAugmentConfig:
     elastic: bool = True
     elastic_grid: int = 3          # coarse grid points per side (U-Net: 3 x 3)
     elastic_sigma: float = 10.0    # std of the coarse displacements, pixels
@@ -50,7 +50,7 @@ def seed_for(source_id: str, core_y: int, core_x: int, copy: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
 
 
-def sample_transform(rng: np.random.Generator, config: AugmentConfig) -> dict[str, Any]:
+def sample_transform(rng: np.random.Generator, config: StaticAugmentConfig) -> dict[str, Any]:
     """Random transform parameters as plain JSON types; an empty dict is the identity."""
     params: dict[str, Any] = {}
     if config.elastic and config.elastic_sigma > 0:
@@ -168,7 +168,7 @@ def augment(
     core_y: int,
     core_x: int,
     copy: int,
-    config: AugmentConfig,
+    config: StaticAugmentConfig,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """The ``copy``-th augmented version of a tile; same inputs give byte-identical outputs.
 

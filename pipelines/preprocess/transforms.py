@@ -1,31 +1,28 @@
-"""Beam transforms of the preprocessing job: list and pair sources, assign splits;
-and the per-source work (decode, cut tiles, augment) that the shard writer calls.
+"""Beam transforms of the preprocessing job: list and pair sources, assign splits, and
+collect the small per-source results into JSON part files.
 
-Each composite only wires DoFns around the pure code in ``sources``, ``images``,
-``tiling`` and ``augment``. Bad inputs leave through the ``rejected`` tagged output
-with a reason, and are counted.
+Each composite only wires DoFns around the pure code in ``pipelines.core``. Bad inputs
+leave through the ``rejected`` tagged output with a reason, and are counted.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from typing import Any, Iterator
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.preprocess import static_augment
-from pipelines.beam import files
-from pipelines.core import images
-from pipelines.core import pixels
+from pipelines.beam.files import write_bytes
 from pipelines.core import sources
-from pipelines.core import tiling
-from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
+from schemas.rejected import rejected_record
 
 REJECTED = "rejected"
 NAMESPACE = "tessera.preprocess"
+
+
 
 
 def reject(record: dict) -> beam.pvalue.TaggedOutput:
@@ -93,15 +90,15 @@ class _ClassSource(beam.DoFn):
     def process(self, listed: tuple[str, int]) -> Iterator[Any]:
         path, size = listed
         if not sources.has_image_extension(path):
-            yield reject(sources.rejected(path, "not_an_image", "not an image file extension"))
+            yield reject(rejected_record(path, "not_an_image", "not an image file extension"))
             return
         try:
             source = sources.classification_source(path, self.root)
         except ValueError as error:
-            yield reject(sources.rejected(path, "no_class_folder", str(error)))
+            yield reject(rejected_record(path, "no_class_folder", str(error)))
             return
         if source.label not in self.class_names:
-            yield reject(sources.rejected(path, "unknown_class", f"class {source.label!r} is not in {self.class_names}"))
+            yield reject(rejected_record(path, "unknown_class", f"class {source.label!r} is not in {self.class_names}"))
         else:
             yield dataclasses.replace(source, num_bytes=size)
 
@@ -118,7 +115,7 @@ class RejectDuplicateIds(beam.PTransform):
                 return
             paths = [s.image_path for s in group]
             for s in group:
-                yield reject(sources.rejected(s.image_path, "duplicate_id",
+                yield reject(rejected_record(s.image_path, "duplicate_id",
                                               f"{len(group)} files share the id {key!r}: {paths}"))
 
         return (pcoll
@@ -156,77 +153,64 @@ class AssignSplits(beam.PTransform):
                 | "Stratify" >> beam.FlatMap(stratified))
 
 
-def decode_source(source: sources.Source, image_policy: images.ImagePolicy,
-                  mask_policy: images.MaskPolicy | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(image (H,W,C), mask (H,W) or None); raises RejectedInput with the reason."""
-    try:
-        image = images.read_image(files.read_bytes(source.image_path), source.image_path, image_policy)
-        mask = None
-        if source.mask_path:
-            mask = images.read_mask(files.read_bytes(source.mask_path), source.mask_path, mask_policy)
-            images.check_pair(image, mask, source.id)
-    except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
-        raise images.RejectedInput("unreadable", str(error)) from error
-    return image, mask
+class _SumSources(beam.CombineFn):
+    """Per-source stats -> sources per split, class pixels and labels of the train split."""
+
+    def create_accumulator(self):
+        return {"sources": Counter(), "class_pixels": None, "labels": Counter()}
+
+    def add_input(self, acc, stats):
+        acc["sources"][stats["split"]] += 1
+        if stats["split"] == "train":
+            if stats["class_pixels"] is not None:
+                pixels = stats["class_pixels"]
+                acc["class_pixels"] = pixels if acc["class_pixels"] is None else [
+                    a + b for a, b in zip(acc["class_pixels"], pixels)]
+            if stats["label"] is not None:
+                acc["labels"][stats["label"]] += 1
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for acc in accs:
+            out["sources"].update(acc["sources"])
+            out["labels"].update(acc["labels"])
+            if acc["class_pixels"] is not None:
+                out["class_pixels"] = acc["class_pixels"] if out["class_pixels"] is None else [
+                    a + b for a, b in zip(out["class_pixels"], acc["class_pixels"])]
+        return out
+
+    def extract_output(self, acc):
+        return {"sources": dict(acc["sources"]), "class_pixels": acc["class_pixels"], "labels": dict(acc["labels"])}
 
 
-def rejected_source(source: sources.Source, error: images.RejectedInput) -> dict:
-    files = [source.image_path] + ([source.mask_path] if source.mask_path else [])
-    return sources.rejected(" + ".join(files), error.reason, error.detail, files)
+class SummariseSources(beam.PTransform):
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def expand(self, pcoll):
+        path = self.path
+
+        def write(summary):
+            write_bytes(path, json.dumps(summary, sort_keys=True).encode())
+
+        return pcoll | "Sum" >> beam.CombineGlobally(_SumSources()) | "Write" >> beam.Map(write)
 
 
-@dataclasses.dataclass(frozen=True)
-class TileSettings:
-    spec: DatasetSpec
-    augment_copies: int = 0
-    augment_config: static_augment.AugmentConfig = static_augment.AugmentConfig()
-    fit: str = "resize"           # whole-image classification: resize | pad | crop
+class WriteJson(beam.PTransform):
+    """Collects a (small) PCollection into one JSON list file."""
 
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
 
-def tile_examples(source: sources.Source, image: np.ndarray, mask: np.ndarray | None,
-                  settings: TileSettings) -> Iterator[dict]:
-    """Every example of one decoded source: copy 0 of each tile, plus augmented copies in train."""
-    spec = settings.spec
-    height, width = image.shape[:2]
-    if spec.whole_image:
-        boxes = [(0, 0, height, width)]
-        cut = lambda box: (pixels.fit_to_size(image, spec.core, settings.fit), None)  # noqa: E731
-    else:
-        boxes = tiling.core_grid(height, width, spec.core)
-        cut = lambda box: (  # noqa: E731
-            tiling.cut_tile(image, box[0], box[1], spec.core, spec.margin),
-            None if mask is None else tiling.cut_mask_tile(mask[..., None], box[0], box[1], spec.core, spec.margin))
-    copies = settings.augment_copies if source.split == "train" else 0
-    for box in boxes:
-        tile, mask_tile = cut(box)
-        for copy in range(copies + 1):
-            out_image, out_mask, params = static_augment.augment(
-                tile, mask_tile, source.id, box[0], box[1], copy, settings.augment_config)
-            example = {
-                "image": out_image, "id": example_id(source.id, box[0], box[1], copy),
-                "source_id": source.id, "core_y": box[0], "core_x": box[1], "core_h": box[2], "core_w": box[3],
-                "margin": 0 if spec.whole_image else spec.margin, "source_h": height, "source_w": width,
-                "copy": copy, "augmentation": json.dumps(params, sort_keys=True),
-                "split": source.split, "image_path": source.image_path, "mask_path": source.mask_path or "",
-            }
-            if out_mask is not None:
-                labelled = out_mask[out_mask != IGNORE_LABEL]
-                example["mask"] = out_mask
-                example["fg_fraction"] = float(np.mean(labelled != 0)) if labelled.size else 0.0
-            else:
-                example["label"] = source.label
-                example["fg_fraction"] = 0.0
-            yield example
+    def expand(self, pcoll):
+        path = self.path
 
+        def write(items):
+            write_bytes(path, json.dumps(sorted(items, key=lambda i: json.dumps(i, sort_keys=True)),
+                                         sort_keys=True).encode())
+            return path
 
-def class_pixels(mask: np.ndarray, num_classes: int) -> list[int]:
-    """Labelled pixels per class of a whole source mask (each pixel counted once)."""
-    labelled = mask[mask != IGNORE_LABEL]
-    return np.bincount(labelled.ravel(), minlength=num_classes)[:num_classes].tolist()
-
-
-def source_stats(source: sources.Source, mask: np.ndarray | None, spec: DatasetSpec) -> dict:
-    return {"split": source.split, "label": source.label,
-            "class_pixels": None if mask is None else class_pixels(mask, spec.num_classes)}
-
-
+        return pcoll | "ToList" >> beam.combiners.ToList() | "Write" >> beam.Map(write)
