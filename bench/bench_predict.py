@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipelines.predict import models as inference
-from pipelines.predict import job as predict
-from pipelines.predict import plan
 from pipelines.core import tiling  # noqa: E402
+from pipelines.predict import job as predict
+from pipelines.predict import models as inference
+from pipelines.predict import plan
 from tessera.toy_models import export_model  # noqa: E402
 
 CORE, MARGIN, BATCH = 128, 32, 16

@@ -23,9 +23,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from pipelines.core import images
-from pipelines.core import pixels
-from pipelines.core import tiling
+from pipelines.core import images, pixels, tiling
 from tessera import synthetic
 
 

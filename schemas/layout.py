@@ -27,6 +27,8 @@ _SUCCESS::
 """
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 DATASET_NAME = "tessera"
@@ -70,10 +72,80 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-# predictions.parquet (written by ``tessera predict``): one row per image. Prediction
-# directory: masks/<id>.png (class ids, or 0/255 with --binary-255), overlays/<id>.png,
-# probabilities/<id>.npy (float16 H x W x K, with --save-probabilities), rows/, rejected.jsonl,
-# config.json, _SUCCESS.
+# ---------------------------------------------------------------- prediction directory
+# Written by ``tessera predict``, read by ``tessera evaluate``::
+#
+#   pred/
+#     masks/<image_id>.png            class ids (uint8 grayscale); 0/255 with --binary-255
+#     probabilities/<image_id>.npy    float16 (H, W, K), with --save-probabilities
+#     overlays/<image_id>.png         preview (long side <= 1024 px): classes coloured over the image
+#     rows/<settings>/<image_id>.json the image's Parquet row; written last = the image is done
+#     rejected/<sha1(source)>.json    one rejected input (schemas.rejected)
+#     _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
+#     predictions.parquet (PREDICTIONS_SCHEMA), rejected.jsonl, config.json, _SUCCESS
+#     (sharded runs: predictions-SSSSS-of-NNNNN.parquet, rejected-..., _SUCCESS-...; merged when all are done)
+#
+# ``<settings>`` is a fingerprint of everything that changes outputs, so a rerun with other
+# settings recomputes instead of mixing. Paths below are relative to the directory.
+MASKS_DIR = "masks"
+OVERLAYS_DIR = "overlays"
+PROBABILITIES_DIR = "probabilities"
+ROWS_DIR = "rows"
+REJECTED_DIR = "rejected"
+STRIP_PARTS_DIR = "_tmp"
+PREDICTIONS_FILE = "predictions.parquet"
+IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR)
+
+
+def shard_suffix(num_shards: int, shard_index: int) -> str:
+    """"-SSSSS-of-NNNNN" for one shard of a sharded run, "" for an unsharded one."""
+    return f"-{shard_index:05d}-of-{num_shards:05d}" if num_shards > 1 else ""
+
+
+def predictions_file(suffix: str = "") -> str:
+    return f"predictions{suffix}.parquet"
+
+
+def rejected_file(suffix: str = "") -> str:
+    return f"rejected{suffix}.jsonl"
+
+
+def success_file(suffix: str = "") -> str:
+    return f"{SUCCESS_FILE}{suffix}"
+
+
+def mask_path(image_id: str) -> str:
+    return f"{MASKS_DIR}/{image_id}.png"
+
+
+def overlay_path(image_id: str) -> str:
+    return f"{OVERLAYS_DIR}/{image_id}.png"
+
+
+def probabilities_path(image_id: str) -> str:
+    return f"{PROBABILITIES_DIR}/{image_id}.npy"
+
+
+def rows_dir(settings: str) -> str:
+    return f"{ROWS_DIR}/{settings}"
+
+
+def row_path(settings: str, image_id: str) -> str:
+    return f"{rows_dir(settings)}/{image_id}.json"
+
+
+def strip_parts_dir(settings: str, image_id: str | None = None) -> str:
+    return f"{STRIP_PARTS_DIR}/{settings}" + (f"/{image_id}" if image_id is not None else "")
+
+
+def strip_part_path(settings: str, image_id: str, strip: int, strips: int) -> str:
+    return f"{strip_parts_dir(settings, image_id)}/strip-{strip:05d}-of-{strips:05d}.npz"
+
+
+def rejected_path(source: str) -> str:
+    return f"{REJECTED_DIR}/{hashlib.sha1(source.encode()).hexdigest()[:20]}.json"
+
+
 PREDICTIONS_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("source", pa.string()), ("task", pa.string()),
     ("height", pa.int32()), ("width", pa.int32()),

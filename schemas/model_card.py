@@ -22,6 +22,7 @@ recorded here so other consumers can reproduce it).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -88,3 +89,19 @@ class ModelCard:
         d["class_names"] = tuple(d["class_names"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def read_card(raw: bytes, where: str) -> ModelCard:
+    """The card in ``raw`` (the bytes of a ``model_card.json``); a ValueError naming ``where`` if invalid.
+
+    The one reader: the trainer (resuming, exporting) and predict both read cards with it.
+    """
+    try:
+        return ModelCard.from_json(raw.decode("utf-8"))
+    except (KeyError, TypeError, ValueError) as e:  # not UTF-8 or JSON, fields missing or wrong
+        raise ValueError(f"{where}: not a valid model card ({type(e).__name__}: {e})") from e
+
+
+def model_id(card: ModelCard, raw: bytes) -> str:
+    """A short id of one exported model: its name and a digest of its card."""
+    return f"{card.model_name}-{hashlib.sha256(raw).hexdigest()[:12]}"

@@ -14,8 +14,15 @@ import os
 import numpy as np
 
 from schemas import layout
-from schemas.example import (CLASSIFICATION, IGNORE_LABEL, PROVENANCE_FIELDS, SEGMENTATION, DatasetSpec,
-                             example_id, tfds_features)
+from schemas.example import (
+    CLASSIFICATION,
+    IGNORE_LABEL,
+    PROVENANCE_FIELDS,
+    SEGMENTATION,
+    DatasetSpec,
+    example_id,
+    tfds_features,
+)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:

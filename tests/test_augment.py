@@ -4,7 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.preprocess.static_augment import StaticAugmentConfig, apply_transform, augment, sample_transform, seed_for
+from pipelines.preprocess.static_augment import (
+    StaticAugmentConfig,
+    apply_transform,
+    augment,
+    sample_transform,
+    seed_for,
+)
 
 GEOMETRY_ONLY = StaticAugmentConfig(brightness=0, contrast=0, gamma=0, noise=0)
 T = 48

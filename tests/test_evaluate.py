@@ -13,7 +13,11 @@ from PIL import Image
 
 from pipelines.evaluate import job as evaluate
 from pipelines.evaluate import scores
-from pipelines.evaluate.confusion_plot import cell_colour, compact_count, render_confusion_png
+from pipelines.evaluate.confusion_plot import (
+    cell_colour,
+    compact_count,
+    render_confusion_png,
+)
 
 I = 255  # ignore
 

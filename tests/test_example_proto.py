@@ -2,10 +2,15 @@
 import numpy as np
 import pytest
 
-from pipelines.preprocess import shards
-from pipelines.preprocess import example_proto
 from pipelines.core import pixels
-from schemas.example import CLASSIFICATION, PROVENANCE_FIELDS, SEGMENTATION, DatasetSpec, tfds_features
+from pipelines.preprocess import example_proto, shards
+from schemas.example import (
+    CLASSIFICATION,
+    PROVENANCE_FIELDS,
+    SEGMENTATION,
+    DatasetSpec,
+    tfds_features,
+)
 
 
 def example(spec: DatasetSpec, rng) -> dict:

@@ -12,8 +12,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile, ImageOps
 
-from pipelines.core import images
-from pipelines.core import pixels
+from pipelines.core import images, pixels
 from pipelines.core.images import ImagePolicy, MaskPolicy
 from schemas.rejected import RejectedInput
 from tests import corpus

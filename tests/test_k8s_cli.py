@@ -16,8 +16,16 @@ import io
 import pytest
 
 from tessera import cli
-from tests.test_k8s_render import (OVERLAYS, container_env, expand, pod_templates, render, resolved_args,
-                                   the_config, unresolved)
+from tests.test_k8s_render import (
+    OVERLAYS,
+    container_env,
+    expand,
+    pod_templates,
+    render,
+    resolved_args,
+    the_config,
+    unresolved,
+)
 
 BEAM_COMMANDS = {"preprocess", "predict"}
 

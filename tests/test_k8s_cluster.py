@@ -21,8 +21,8 @@ import time
 import numpy as np
 import pytest
 
-from trainer import cluster
 from tests.test_k8s_render import ROOT, container_env, find, render
+from trainer import cluster
 
 STEPS = 6
 

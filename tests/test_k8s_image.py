@@ -14,8 +14,8 @@ import json
 import re
 import shlex
 import sys
-import tomllib
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 

@@ -13,9 +13,18 @@ import pytest
 
 from pipelines.predict import inputs
 from tessera import cli
+from tests.test_k8s_render import (
+    OVERLAYS,
+    container_env,
+    expand,
+    find,
+    job_spec,
+    pod_templates,
+    render,
+    resolved_args,
+    the_config,
+)
 from trainer import cluster
-from tests.test_k8s_render import (OVERLAYS, container_env, expand, find, job_spec, pod_templates, render,
-                                   resolved_args, the_config)
 
 
 def rules(spec: dict) -> list[dict]:

@@ -8,12 +8,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 
-from pipelines.predict import inputs
-from pipelines.predict import outputs
-from pipelines.predict import plan
-from pipelines.predict import stitch
-from pipelines.predict import tta as predict_tta
 from pipelines.core.images import RejectedInput
+from pipelines.predict import inputs, outputs, plan, stitch
+from pipelines.predict import tta as predict_tta
 
 PROPERTY = settings(max_examples=40, deadline=None)
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from pipelines.predict import models as inference
-from pipelines.predict import plan
-from pipelines.predict import stitch
+from pipelines.predict import plan, stitch
 from tessera.toy_models import export_model, whole_image_probabilities
 
 

@@ -12,13 +12,11 @@ from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 from PIL import Image
 
 from pipelines.core import images
-from pipelines.predict import models
 from pipelines.predict import job as predict
-from pipelines.predict import outputs
-from pipelines.predict import plan
+from pipelines.predict import models, outputs, plan
 from pipelines.predict import transforms as pt
-from tests.conftest import upload_tree
 from tessera.toy_models import export_model, whole_image_probabilities, write_images
+from tests.conftest import upload_tree
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,9 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.preprocess import static_augment
-from pipelines.preprocess import examples, shards
-from pipelines.core import images
-from pipelines.core import pixels
+from pipelines.core import images, pixels, sources, tiling
+from pipelines.preprocess import examples, shards, static_augment
 from pipelines.preprocess import job as preprocess
-from pipelines.core import sources
-from pipelines.core import tiling
 from pipelines.preprocess import transforms as pt
 from schemas import rejected as rejected_schema
 from schemas.example import SEGMENTATION, DatasetSpec

@@ -13,7 +13,7 @@ def test_counter_files_are_summed_and_printed_while_running(tmp_path):
     b.flush()
     assert progress.read_counters(str(tmp_path / "*.json")) == {"sources": 3, "examples": 10}
     out = io.StringIO()
-    printer = progress.ProgressPrinter(str(tmp_path / "*.json"), lambda t, s: f"done {t['sources']}",
+    printer = progress.ProgressPrinter(progress.counter_report(str(tmp_path / "*.json"), lambda t, s: f"done {t['sources']}"),
                                        interval=0.05, stream=out)
     printer.start()
     time.sleep(0.3)

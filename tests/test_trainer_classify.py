@@ -13,8 +13,8 @@ from tessera import synthetic_dataset  # noqa: E402
 from tests.test_trainer_learning import make_config  # noqa: E402
 from trainer import export  # noqa: E402
 from trainer.config import for_task  # noqa: E402
-from trainer.loop import loss_spec_for, train  # noqa: E402
 from trainer.data import open_dataset  # noqa: E402
+from trainer.loop import loss_spec_for, train  # noqa: E402
 from trainer.models import BACKBONE_NAME, build_model  # noqa: E402
 
 

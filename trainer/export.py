@@ -136,8 +136,9 @@ def publish(staging: str, model_dir: str) -> None:
 
 
 def load_card(model_dir: str) -> mc.ModelCard:
-    with tf.io.gfile.GFile(f"{model_dir}/{mc.MODEL_CARD_FILE}") as handle:
-        return mc.ModelCard.from_json(handle.read())
+    path = f"{model_dir}/{mc.MODEL_CARD_FILE}"
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return mc.read_card(handle.read(), path)
 
 
 def probabilities_from_saved_model(model_dir: str, tiles: np.ndarray) -> np.ndarray:

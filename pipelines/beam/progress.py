@@ -1,9 +1,12 @@
 """Live progress of a running Beam job, for people watching a local run.
 
-Workers write small JSON counter files (:class:`CounterFile`, throttled); the launcher
-runs a :class:`ProgressPrinter` thread that sums them and prints a line every few
-seconds. Works on every runner whose workers can write to the job's work directory;
-Beam's own metrics are only readable after a DirectRunner job has finished.
+One mechanism for every job: the launcher runs a :class:`ProgressPrinter` thread that
+asks the job for a line (``report(elapsed)``) every few seconds, and once more when the
+job stops. A job counts what its workers left on storage: preprocessing workers write
+small JSON counter files (:class:`CounterFile`, throttled; :func:`counter_report` sums
+them), prediction counts finished row files. This works on every runner whose workers
+can write to the job's directory; Beam's own metrics are only readable after a
+DirectRunner job has finished.
 """
 from __future__ import annotations
 
@@ -47,22 +50,37 @@ def read_counters(pattern: str) -> dict[str, int]:
     return totals
 
 
-class ProgressPrinter(threading.Thread):
-    """Prints ``describe(totals, elapsed)`` every ``interval`` seconds until stopped."""
+def counter_report(pattern: str, describe: Callable[[dict, float], str]) -> Callable[[float], str | None]:
+    """A ``report`` that sums the counter files matching ``pattern`` (None while there are none)."""
+    def report(elapsed: float) -> str | None:
+        totals = read_counters(pattern)
+        return describe(totals, elapsed) if totals else None
+    return report
 
-    def __init__(self, pattern: str, describe: Callable[[dict, float], str], interval: float = 5.0, stream=None):
+
+class ProgressPrinter(threading.Thread):
+    """Prints ``report(elapsed seconds)`` every ``interval`` seconds until stopped, and once
+    more at :meth:`stop` when ``final`` (a line that is None is not printed)."""
+
+    def __init__(self, report: Callable[[float], str | None], interval: float = 5.0, stream=None,
+                 final: bool = False):
         super().__init__(daemon=True)
-        self.pattern, self.describe, self.interval = pattern, describe, interval
+        self.report, self.interval, self.final = report, interval, final
         self.stream = stream or sys.stderr
         self.started, self._stopping = time.monotonic(), threading.Event()
 
+    def _print(self) -> None:
+        line = self.report(time.monotonic() - self.started)
+        if line:
+            print(line, file=self.stream, flush=True)
+
     def run(self) -> None:
         while not self._stopping.wait(self.interval):
-            totals = read_counters(self.pattern)
-            if totals:
-                print(self.describe(totals, time.monotonic() - self.started), file=self.stream, flush=True)
+            self._print()
 
     def stop(self) -> None:
         self._stopping.set()
         if self.is_alive():
             self.join()
+        if self.final:
+            self._print()

@@ -24,9 +24,16 @@ import zlib
 
 import numpy as np
 import tifffile
-from PIL import (BmpImagePlugin, GifImagePlugin, Image,  # noqa: F401 (registers plugins)
-                 JpegImagePlugin, PngImagePlugin, TiffImagePlugin)
+from PIL import (  # noqa: F401 (registers plugins)
+    BmpImagePlugin,
+    GifImagePlugin,
+    Image,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+)
 
+from pipelines.core import pixels
 from schemas.example import IGNORE_LABEL
 from schemas.rejected import RejectedInput
 
@@ -279,7 +286,7 @@ def read_image(data: bytes, name: str, policy: ImagePolicy | None = None) -> np.
     elif policy.color_mode == "grayscale" and arr.shape[2] == 3:
         arr = _luma(arr)
     if policy.bit_depth == "scale8" and arr.dtype == np.uint16:
-        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        arr = pixels.to_uint8(arr)
     elif policy.bit_depth == "keep16" and arr.dtype == np.uint8:
         arr = arr.astype(np.uint16) * 257
     return np.ascontiguousarray(arr)

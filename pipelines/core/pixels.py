@@ -1,4 +1,5 @@
-"""Pixel arrays out: PNG encoding (8/16-bit, 1 or 3 channels) and fitting to a square size.
+"""Pixel arrays out: PNG encoding (8/16-bit, 1 or 3 channels), fitting to a square size, and
+what a person looks at (16 -> 8-bit, RGB, class colours over an image).
 
 The counterpart of ``images`` (which decodes and validates inputs); no Beam, no TF.
 """
@@ -11,7 +12,40 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from schemas.example import IGNORE_LABEL
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Class colours of every picture Tessera draws (class 0, the background, is never tinted).
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 as round(v * 255 / 65535) (the ``scale8`` policy); uint8 unchanged."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """(h, w, 1|3) uint8/uint16 -> (h, w, 3) uint8 for display."""
+    pixels = to_uint8(pixels)
+    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
+
+
+def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+    """(h, w, 3) uint8: ``image`` with classes > 0 of ``mask`` ((h, w) or (h, w, 1)) blended in
+    their colour, and ignore pixels hatched grey."""
+    rgb = to_rgb8(image).astype(np.float32)
+    if mask is None:
+        return rgb.astype(np.uint8)
+    ids = mask[..., 0] if mask.ndim == 3 else mask
+    tinted = (ids != IGNORE_LABEL) & (ids != 0)
+    colours = PALETTE[(ids[tinted].astype(np.intp) - 1) % (len(PALETTE) - 1) + 1]
+    rgb[tinted] = (1 - alpha) * rgb[tinted] + alpha * colours
+    yy, xx = np.indices(ids.shape)
+    rgb[(ids == IGNORE_LABEL) & ((yy + xx) % 6 < 2)] = 128
+    return np.round(rgb).astype(np.uint8)
 
 
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:

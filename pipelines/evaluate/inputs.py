@@ -18,14 +18,16 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import exists, read_bytes
 from pipelines.core.images import decode_png
-from schemas.rejected import RejectedInput
-from pipelines.core.sources import classification_source, has_image_extension, relative_parts, stem_key
+from pipelines.core.sources import (
+    classification_source,
+    has_image_extension,
+    relative_parts,
+    stem_key,
+)
 from schemas.example import CLASSIFICATION, SEGMENTATION
-from schemas.layout import SUCCESS_FILE
-from schemas.rejected import rejected_record
+from schemas.layout import MASKS_DIR, PREDICTIONS_FILE, SUCCESS_FILE, mask_path
+from schemas.rejected import RejectedInput, rejected_record
 
-PREDICTIONS_FILE = "predictions.parquet"
-MASKS_DIR = "masks"
 CLASS_NAME_FILES = ("model_card.json", "config.json")
 
 
@@ -106,7 +108,7 @@ def prediction_mask_paths(pred_dir: str, table: pa.Table | None) -> tuple[dict[s
     out, bad = {}, []
     for image_id, path in zip(ids, paths):
         if not path:
-            path = FileSystems.join(pred_dir, MASKS_DIR, image_id + ".png")
+            path = FileSystems.join(pred_dir, mask_path(image_id))
         elif "://" not in path and not path.startswith("/"):
             path = FileSystems.join(pred_dir, path)
         if image_id in out:

@@ -29,16 +29,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.beam.files import exists, read_bytes, write_bytes
+from pipelines.core.images import MaskPolicy, parse_mask_values, read_mask
 from pipelines.evaluate import scores
 from pipelines.evaluate.confusion_plot import render_confusion_png
 from pipelines.evaluate.inputs import (
-    PREDICTIONS_FILE, check_complete, detect_task, list_files, predicted_labels, prediction_mask_paths,
-    read_prediction, read_predictions_table, read_truth_labels, match_ids, resolve_class_names)
-from pipelines.beam.files import exists, read_bytes, write_bytes
-from pipelines.core.images import MaskPolicy, parse_mask_values, read_mask
-from schemas.rejected import RejectedInput
+    check_complete,
+    detect_task,
+    list_files,
+    match_ids,
+    predicted_labels,
+    prediction_mask_paths,
+    read_prediction,
+    read_predictions_table,
+    read_truth_labels,
+    resolve_class_names,
+)
 from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
-from schemas.rejected import rejected_record
+from schemas.layout import PREDICTIONS_FILE
+from schemas.rejected import RejectedInput, rejected_record
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,47 +10,32 @@ import collections
 import concurrent.futures
 import datetime
 import json
-import sys
-import threading
 import time
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.beam.files import read_bytes, read_json
 from pipelines.predict import outputs
 from pipelines.predict.inputs import existing
 from pipelines.predict.transforms import ImageInput
-from schemas.layout import REJECTED_FILE, SUCCESS_FILE
-
-PARQUET_FILE = "predictions.parquet"
-CONFIG_FILE = "config.json"
-
-
-def shard_suffix(num_shards: int, shard_index: int) -> str:
-    return f"-{shard_index:05d}-of-{num_shards:05d}" if num_shards > 1 else ""
+from schemas import layout as names
 
 
 def _read_all(paths: list[str]) -> list:
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        return list(pool.map(outputs.read_json, paths))
+        return list(pool.map(read_json, paths))
 
 
-class Progress(threading.Thread):
-    """Prints "images done of total, tiles/s" every ``interval`` seconds while a local run works."""
+class ImagesDone:
+    """A progress ``report``: images done (rows written) and rejected of the pending ones, tiles/s."""
 
-    def __init__(self, layout: outputs.OutputLayout, pending: list[ImageInput], interval: float = 5.0, stream=None):
-        super().__init__(daemon=True)
+    def __init__(self, layout: outputs.OutputLayout, pending: list[ImageInput]):
         self.layout, self.pending, self.total = layout, {i.image_id: i.path for i in pending}, len(pending)
-        self.interval, self.stream = interval, stream or sys.stderr
-        self.done, self.rejected, self.tiles, self.started = 0, 0, 0, time.time()
-        self._stop_event = threading.Event()
+        self.done, self.rejected, self.tiles = 0, 0, 0
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            self.report()
-
-    def report(self) -> None:
-        files = existing(self.layout.root, f"rows/{self.layout.settings.fingerprint()}")
-        bad = existing(self.layout.root, "rejected")
+    def __call__(self, elapsed: float) -> str:
+        files = existing(self.layout.root, self.layout.rows_dir())
+        bad = existing(self.layout.root, names.REJECTED_DIR)
         new = sorted(i for i in self.pending if self.layout.row(i) in files)
         rows = _read_all([self.layout.path(self.layout.row(i)) for i in new])
         for i in new:
@@ -61,15 +46,8 @@ class Progress(threading.Thread):
         self.done += len(new)
         self.rejected += len(rejected)
         self.tiles += sum(r["tiles"] for r in rows)
-        elapsed = max(time.time() - self.started, 1e-9)
-        print(f"tessera predict: {self.done + self.rejected}/{self.total} images done ({self.rejected} rejected), "
-              f"{self.tiles} tiles, {self.tiles / elapsed:.1f} tiles/s, {elapsed:.0f} s",
-              file=self.stream, flush=True)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self.report()
+        return (f"tessera predict: {self.done + self.rejected}/{self.total} images done ({self.rejected} rejected), "
+                f"{self.tiles} tiles, {self.tiles / max(elapsed, 1e-9):.1f} tiles/s, {elapsed:.0f} s")
 
 
 def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> int:
@@ -77,12 +55,11 @@ def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> 
 
     Only files of this shard's images are touched, so concurrent shards are never disturbed.
     """
-    fingerprint = layout.settings.fingerprint()
     finals = {path for i in inputs for path in
               [layout.row(i.image_id), layout.rejected(i.path), *layout.outputs(i.image_id)]}
-    parts = {f"_tmp/{fingerprint}/{i.image_id}" for i in inputs}
+    parts = {layout.parts_dir(i.image_id) for i in inputs}
     leftovers = []
-    for folder in ("masks", "overlays", "probabilities", f"rows/{fingerprint}", "rejected", f"_tmp/{fingerprint}"):
+    for folder in (*names.IMAGE_OUTPUT_DIRS, layout.rows_dir(), names.REJECTED_DIR, layout.parts_dir()):
         for relative in existing(layout.root, folder):
             if relative.rsplit(".tmp-", 1)[0] in finals and ".tmp-" in relative or relative.rsplit("/", 1)[0] in parts:
                 leftovers.append(layout.path(relative))
@@ -93,9 +70,9 @@ def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> 
 
 def previous_settings(layout: outputs.OutputLayout) -> str | None:
     """The settings fingerprint of the last run started in this directory (its config.json, else _SUCCESS)."""
-    for name, key in ((CONFIG_FILE, "fingerprint"), (SUCCESS_FILE, "settings")):
+    for name, key in ((names.CONFIG_FILE, "fingerprint"), (names.SUCCESS_FILE, "settings")):
         if FileSystems.exists(layout.path(name)):
-            return outputs.read_json(layout.path(name)).get(key)
+            return read_json(layout.path(name)).get(key)
     return None
 
 
@@ -110,12 +87,13 @@ def forget_other_settings(layout: outputs.OutputLayout) -> bool:
     previous, current = previous_settings(layout), layout.settings.fingerprint()
     if previous in (None, current):
         return False
-    patterns = ("predictions*.parquet", "rejected*.jsonl", f"{SUCCESS_FILE}*")
+    patterns = (names.predictions_file("*"), names.rejected_file("*"), names.success_file("*"))
     summaries = [m.path for result in FileSystems.match([layout.path(p) for p in patterns]) for m in result.metadata_list]
     if summaries:
         FileSystems.delete(summaries)
-    stale = [layout.path(relative) for folder in ("rows", "_tmp") for relative in existing(layout.root, folder)
-             if not relative.startswith((f"rows/{current}/", f"_tmp/{current}/"))]
+    stale = [layout.path(relative) for folder in (names.ROWS_DIR, names.STRIP_PARTS_DIR)
+             for relative in existing(layout.root, folder)
+             if not relative.startswith((layout.rows_dir() + "/", layout.parts_dir() + "/"))]
     if stale:
         FileSystems.delete(stale)
     return True
@@ -125,8 +103,8 @@ def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejec
            skipped: set[str], num_shards: int, shard_index: int, started: float) -> dict:
     """Collect the shard's rows and rejections into its Parquet, rejected JSONL and _SUCCESS."""
     remove_leftovers(layout, inputs)
-    rows_present = existing(layout.root, f"rows/{layout.settings.fingerprint()}")
-    rejected_present = existing(layout.root, "rejected")
+    rows_present = existing(layout.root, layout.rows_dir())
+    rejected_present = existing(layout.root, names.REJECTED_DIR)
     done = [i for i in inputs if layout.row(i.image_id) in rows_present]
     rows = _read_all([layout.path(layout.row(i.image_id)) for i in done])
     done_ids = {i.image_id for i in done}
@@ -140,9 +118,9 @@ def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejec
                            "the run did not complete; rerun the same command to resume")
     rejected = sorted(_read_all([layout.path(layout.rejected(i.path)) for i in failed]) + listing_rejected,
                       key=lambda r: r["source"])
-    suffix = shard_suffix(num_shards, shard_index)
-    outputs.write_parquet(layout.path(f"predictions{suffix}.parquet"), rows)
-    _write_jsonl(layout.path(f"rejected{suffix}.jsonl"), rejected)
+    suffix = names.shard_suffix(num_shards, shard_index)
+    outputs.write_parquet(layout.path(names.predictions_file(suffix)), rows)
+    _write_jsonl(layout.path(names.rejected_file(suffix)), rejected)
     summary = {
         "sources_in": len(inputs) + len(listing_rejected),
         "predicted": len(done_ids - skipped), "skipped_done": len(done_ids & skipped), "rejected": len(rejected),
@@ -153,14 +131,14 @@ def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejec
         "completed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     assert summary["sources_in"] == summary["predicted"] + summary["skipped_done"] + summary["rejected"]
-    outputs.write_json(layout.path(f"{SUCCESS_FILE}{suffix}"), summary)
+    outputs.write_json(layout.path(names.success_file(suffix)), summary)
     if num_shards > 1:
         merge_shards(layout, num_shards)
     return summary
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
-    outputs.write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8"))
+    outputs.write_atomically(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8"))
 
 
 def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:
@@ -168,22 +146,22 @@ def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:
 
     Shards finishing at the same time may both merge; they write the same content.
     """
-    suffixes = [shard_suffix(num_shards, i) for i in range(num_shards)]
-    if not all(FileSystems.exists(layout.path(f"{SUCCESS_FILE}{s}")) for s in suffixes):
+    suffixes = [names.shard_suffix(num_shards, i) for i in range(num_shards)]
+    if not all(FileSystems.exists(layout.path(names.success_file(s))) for s in suffixes):
         return False
-    summaries = [outputs.read_json(layout.path(f"{SUCCESS_FILE}{s}")) for s in suffixes]
+    summaries = [read_json(layout.path(names.success_file(s))) for s in suffixes]
     if len({s["settings"] for s in summaries}) != 1:
         return False
-    rows = [row for s in suffixes for row in outputs.read_parquet(layout.path(f"predictions{s}.parquet")).to_pylist()]
-    outputs.write_parquet(layout.path(PARQUET_FILE), rows)
-    lines = b"".join(outputs.read_bytes(layout.path(f"rejected{s}.jsonl")) for s in suffixes)
+    rows = [row for s in suffixes for row in outputs.read_parquet(layout.path(names.predictions_file(s))).to_pylist()]
+    outputs.write_parquet(layout.path(names.PREDICTIONS_FILE), rows)
+    lines = b"".join(read_bytes(layout.path(names.rejected_file(s))) for s in suffixes)
     records = sorted((json.loads(line) for line in lines.decode("utf-8").splitlines()), key=lambda r: r["source"])
-    _write_jsonl(layout.path(REJECTED_FILE), records)
+    _write_jsonl(layout.path(names.REJECTED_FILE), records)
     counts = ("sources_in", "predicted", "skipped_done", "rejected", "tiles")
     merged = {k: sum(s[k] for s in summaries) for k in counts}
     merged["rejected_reasons"] = dict(sorted(sum((collections.Counter(s["rejected_reasons"]) for s in summaries),
                                                  collections.Counter()).items()))
     merged.update(settings=summaries[0]["settings"], num_shards=num_shards,
                   completed_at=max(s["completed_at"] for s in summaries))
-    outputs.write_json(layout.path(SUCCESS_FILE), merged)
+    outputs.write_json(layout.path(names.SUCCESS_FILE), merged)
     return True

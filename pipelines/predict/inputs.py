@@ -20,9 +20,11 @@ import re
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.beam.files import read_bytes
+from pipelines.core.sources import has_image_extension
 from pipelines.predict import outputs
 from pipelines.predict.transforms import ImageInput
-from pipelines.core.sources import has_image_extension
+from schemas import layout as names
 from schemas.rejected import rejected_record
 
 _GLOB = re.compile(r"[*?\[]")
@@ -54,7 +56,7 @@ def _listed(list_file: str) -> list[tuple[str, int]]:
     They are not checked here (one request per file would dominate large lists on object
     stores); a missing one is rejected by the worker that reads it.
     """
-    text = outputs.read_bytes(list_file).decode("utf-8")
+    text = read_bytes(list_file).decode("utf-8")
     base = posixpath.dirname(list_file)
     found = []
     for line in text.splitlines():
@@ -131,8 +133,8 @@ def existing(root: str, folder: str) -> set[str]:
 
 def completed(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> set[str]:
     """Ids whose row (for these settings) and every output file exist."""
-    files = existing(layout.root, f"rows/{layout.settings.fingerprint()}")
-    for folder in ("masks", "overlays", "probabilities"):
+    files = existing(layout.root, layout.rows_dir())
+    for folder in names.IMAGE_OUTPUT_DIRS:
         files |= existing(layout.root, folder)
     return {i.image_id for i in inputs
             if layout.row(i.image_id) in files and all(p in files for p in layout.outputs(i.image_id))}

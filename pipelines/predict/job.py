@@ -37,16 +37,16 @@ import time
 
 import apache_beam as beam
 
+from pipelines.beam import runner
+from pipelines.beam.progress import ProgressPrinter
 from pipelines.core import images
-from pipelines.predict import models as inference
 from pipelines.predict import finish as predict_finish
 from pipelines.predict import inputs as predict_inputs
-from pipelines.predict import tta as predict_tta
-from pipelines.beam import runner
-from pipelines.predict import outputs
-from pipelines.predict import plan
+from pipelines.predict import models as inference
+from pipelines.predict import outputs, plan
 from pipelines.predict import transforms as pt
-from schemas.layout import SUCCESS_FILE
+from pipelines.predict import tta as predict_tta
+from schemas import layout as names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,23 +196,23 @@ def execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool =
     job = job or prepare(config)
     spec, inputs, listing_rejected = job.spec, job.inputs, job.listing_rejected
     layout = spec.layout
-    suffix = predict_finish.shard_suffix(config.num_shards, config.shard_index)
+    suffix = names.shard_suffix(config.num_shards, config.shard_index)
     predict_finish.forget_other_settings(layout)
-    outputs.delete_if_present([layout.path(f"{SUCCESS_FILE}{s}") for s in {suffix, ""}])
+    outputs.delete_if_present([layout.path(names.success_file(s)) for s in {suffix, ""}])
     done = predict_inputs.completed(layout, inputs)
     todo = [i for i in inputs if i.image_id not in done]
     config_record = {**dataclasses.asdict(config), "shard_index": None, "settings": dataclasses.asdict(layout.settings),
                      "fingerprint": layout.settings.fingerprint(), "geometry": dataclasses.asdict(spec.geometry),
                      "threshold": spec.threshold, "image_policy": spec.policy.describe(),
                      "memory_limit_bytes": spec.memory_limit_bytes}
-    outputs.write_json(layout.path(predict_finish.CONFIG_FILE), config_record)
+    outputs.write_json(layout.path(names.CONFIG_FILE), config_record)
     print(f"tessera predict: {len(inputs)} images in shard {config.shard_index + 1}/{config.num_shards}, "
           f"{len(done)} already done, {len(todo)} to predict -> {config.output}", flush=True)
     timings: dict = {}
     if todo:
         pipeline = make_pipeline(beam_args)
         build_pipeline(pipeline, config, spec, todo)
-        progress = predict_finish.Progress(layout, todo)
+        progress = ProgressPrinter(predict_finish.ImagesDone(layout, todo), final=True)
         progress.start()
         try:
             result = pipeline.run()

@@ -12,7 +12,6 @@ the scores are the fraction of models voting for each class, and the majority wi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 from typing import Any, Iterable, Optional, Sequence
@@ -24,7 +23,14 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pipelines.predict import tta as predict_tta
 from pipelines.predict.decide import decide, one_hot
 from pipelines.predict.plan import StripTask, task_tiles
-from schemas.model_card import MODEL_CARD_FILE, SAVED_MODEL_DIR, SERVING_INPUT, SERVING_OUTPUT, ModelCard
+from schemas import model_card
+from schemas.model_card import (
+    MODEL_CARD_FILE,
+    SAVED_MODEL_DIR,
+    SERVING_INPUT,
+    SERVING_OUTPUT,
+    ModelCard,
+)
 
 ENSEMBLES = ("mean", "vote")
 
@@ -36,11 +42,8 @@ def read_card(model_dir: str) -> tuple[ModelCard, str]:
         raise FileNotFoundError(f"{model_dir}: no {MODEL_CARD_FILE}; is this a `tessera train` model directory?")
     with FileSystems.open(path) as handle:
         raw = handle.read()
-    try:
-        card = ModelCard.from_json(raw.decode("utf-8"))
-    except (KeyError, TypeError, ValueError) as e:  # not JSON, fields missing or wrong
-        raise ValueError(f"{path}: not a valid model card ({type(e).__name__}: {e})") from e
-    return card, f"{card.model_name}-{hashlib.sha256(raw).hexdigest()[:12]}"
+    card = model_card.read_card(raw, path)
+    return card, model_card.model_id(card, raw)
 
 
 def check_saved_model(model_dir: str) -> None:

@@ -1,20 +1,7 @@
-"""The prediction directory: its layout, atomic writers, per-image outputs and the Parquet row.
+"""The prediction directory's writers: atomic files, per-image outputs and the Parquet row.
 
-::
-
-    pred/
-      masks/<image_id>.png            class ids (uint8 grayscale); 0/255 with --binary-255
-      probabilities/<image_id>.npy    float16 (H, W, K), with --save-probabilities
-      overlays/<image_id>.png         preview (long side <= 1024 px): classes coloured over the image
-      rows/<settings>/<image_id>.json the image's Parquet row; written last = the image is done
-      rejected/<sha1(source)>.json    one rejected input (source, reason, detail)
-      _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
-      predictions.parquet, rejected.jsonl, config.json, _SUCCESS
-      (sharded runs: predictions-SSSSS-of-NNNNN.parquet, _SUCCESS-SSSSS-of-NNNNN, merged when all are done)
-
-``<settings>`` is a fingerprint of everything that changes outputs (models, TTA, ensemble,
-overlap, blending, mask encoding, probabilities), so a rerun with other settings
-recomputes instead of mixing. Every file is written to a temporary name and renamed.
+Its layout (names and folders) is defined in ``schemas.layout``; ``OutputLayout`` binds it to
+one directory and one run's settings. Every file is written to a temporary name and renamed.
 """
 from __future__ import annotations
 
@@ -33,13 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.beam.files import read_bytes
+from pipelines.core.pixels import PNG_SIGNATURE, overlay, png_chunk
 from pipelines.predict.stitch import ComponentCounter, StripResult
-from pipelines.beam.files import read_bytes, read_json  # noqa: F401 (part of this module's reading API)
-from pipelines.core.pixels import PNG_SIGNATURE, png_chunk
+from schemas import layout as names
 from schemas.layout import PREDICTIONS_SCHEMA
-
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,23 +55,29 @@ class OutputLayout:
         return f"{self.root.rstrip('/')}/{relative}"
 
     def mask(self, image_id: str) -> str:
-        return f"masks/{image_id}.png"
+        return names.mask_path(image_id)
 
     def overlay(self, image_id: str) -> str:
-        return f"overlays/{image_id}.png"
+        return names.overlay_path(image_id)
 
     def probabilities(self, image_id: str) -> str:
-        return f"probabilities/{image_id}.npy"
+        return names.probabilities_path(image_id)
+
+    def rows_dir(self) -> str:
+        return names.rows_dir(self.settings.fingerprint())
 
     def row(self, image_id: str) -> str:
-        return f"rows/{self.settings.fingerprint()}/{image_id}.json"
+        return names.row_path(self.settings.fingerprint(), image_id)
+
+    def parts_dir(self, image_id: str | None = None) -> str:
+        return names.strip_parts_dir(self.settings.fingerprint(), image_id)
 
     def part(self, image_id: str, strip: int, strips: int) -> str:
-        return f"_tmp/{self.settings.fingerprint()}/{image_id}/strip-{strip:05d}-of-{strips:05d}.npz"
+        return names.strip_part_path(self.settings.fingerprint(), image_id, strip, strips)
 
     @staticmethod
     def rejected(source: str) -> str:
-        return f"rejected/{hashlib.sha1(source.encode()).hexdigest()[:20]}.json"
+        return names.rejected_path(source)
 
     def outputs(self, image_id: str) -> list[str]:
         """Relative paths an image must have, besides its row, to count as done."""
@@ -111,7 +102,7 @@ def atomic_create(path: str) -> Iterator:
     FileSystems.rename([temporary], [path])
 
 
-def write_bytes(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes) -> None:
     with atomic_create(path) as handle:
         handle.write(data)
 
@@ -123,7 +114,7 @@ def delete_if_present(paths: list[str]) -> None:
 
 
 def write_json(path: str, value) -> None:
-    write_bytes(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    write_atomically(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndarray], level: int = 6) -> None:
@@ -155,13 +146,6 @@ def npy_header(shape: tuple[int, ...], dtype) -> bytes:
     return buf.getvalue()
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Classes > 0 tinted over the (h, w, 3) uint8 preview (half image, half class colour)."""
-    out = image.copy()
-    tinted = mask > 0
-    colours = PALETTE[np.minimum(mask[tinted], len(PALETTE) - 1)]
-    out[tinted] = image[tinted] // 2 + colours // 2
-    return out
 
 
 def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[StripResult]]) -> dict:
@@ -195,7 +179,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
             handle.write(npy_header((height, width, len(s.class_names)), np.float16))
             for r in strips():
                 handle.write(np.ascontiguousarray(r.probabilities, "<f2").tobytes())
-    tinted = overlay(np.concatenate(previews), np.concatenate(masks))
+    tinted = overlay(np.concatenate(previews), np.concatenate(masks), alpha=0.5)
     with atomic_create(layout.path(layout.overlay(image_id))) as handle:
         write_png_rows(handle, tinted.shape[1], tinted.shape[0], [tinted], level=1)
     pixels, per_class = height * width, components.result()
@@ -233,7 +217,7 @@ def write_parquet(path: str, rows: list[dict]) -> None:
                                  schema=PREDICTIONS_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    write_bytes(path, buf.getvalue())
+    write_atomically(path, buf.getvalue())
 
 
 def read_parquet(path: str) -> pa.Table:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.core import tiling
+from pipelines.core.pixels import to_rgb8
 from pipelines.predict.decide import chosen
 from pipelines.predict.plan import StripTask
 
@@ -88,11 +89,6 @@ def preview_step(height: int, width: int, side: int = PREVIEW_SIDE) -> int:
     return max(1, -(-max(height, width) // side))
 
 
-def to_rgb8(pixels: np.ndarray) -> np.ndarray:
-    """(h, w, 1|3) uint8/uint16 -> (h, w, 3) uint8 for display."""
-    if pixels.dtype == np.uint16:
-        pixels = (pixels >> 8).astype(np.uint8)
-    return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
 
 
 def preview_rows(a: int, b: int, step: int) -> slice:

@@ -19,17 +19,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from pipelines.core import images
-from pipelines.predict import models
-from pipelines.core import pixels
-from pipelines.predict import outputs
-from pipelines.predict import plan
+from pipelines.beam.files import read_bytes
+from pipelines.core import images, pixels
+from pipelines.predict import models, outputs, plan
 from pipelines.predict.stitch import StripResult, strip_result
-from schemas.rejected import rejected_record
-from schemas.rejected import RejectedInput
+from schemas.rejected import RejectedInput, rejected_record
 
 REJECTED = "rejected"
-PARTS = "parts"
+STRIP_PARTS = "strip_parts"   # tagged output: parts of images predicted in several strips
 NAMESPACE = "tessera.predict"
 
 
@@ -166,8 +163,8 @@ class _StitchStrip(beam.DoFn):
             yield finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started)
             return
         path = layout.path(layout.part(task.image_id, task.strip, task.strips))
-        outputs.write_bytes(path, strip.to_bytes())
-        yield beam.pvalue.TaggedOutput(PARTS, (task.image_id, {**strip.summary(), "part": path}))
+        outputs.write_atomically(path, strip.to_bytes())
+        yield beam.pvalue.TaggedOutput(STRIP_PARTS, (task.image_id, {**strip.summary(), "part": path}))
 
 
 class _FinishParts(beam.DoFn):
@@ -188,7 +185,7 @@ class _FinishParts(beam.DoFn):
         def strips() -> Iterator[StripResult]:
             for part in parts:
                 summary = {k: v for k, v in part.items() if k != "part"}
-                yield StripResult.from_parts(summary, outputs.read_bytes(part["part"]))
+                yield StripResult.from_parts(summary, read_bytes(part["part"]))
 
         layout = self.spec.layout
         row = finish_row(layout, outputs.write_image_outputs(layout, strips), min(p["started"] for p in parts))
@@ -205,8 +202,8 @@ class StitchImages(beam.PTransform):
         self.spec = spec
 
     def expand(self, scored):
-        stitched = scored | "Stitch" >> beam.ParDo(_StitchStrip(self.spec)).with_outputs(PARTS, main="rows")
-        finished = (stitched[PARTS]
+        stitched = scored | "Stitch" >> beam.ParDo(_StitchStrip(self.spec)).with_outputs(STRIP_PARTS, main="rows")
+        finished = (stitched[STRIP_PARTS]
                     | "GroupStrips" >> beam.GroupByKey()
                     | "FinishStrips" >> beam.ParDo(_FinishParts(self.spec)))
         return (stitched.rows, finished) | "Rows" >> beam.Flatten()

@@ -14,8 +14,7 @@ from pipelines.beam import files
 from pipelines.core import images, pixels, sources, tiling
 from pipelines.preprocess import static_augment
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
-from schemas.rejected import RejectedInput
-from schemas.rejected import rejected_record
+from schemas.rejected import RejectedInput, rejected_record
 
 
 def decode_source(source: sources.Source, image_policy: images.ImagePolicy,

@@ -11,14 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines.core.pixels import overlay
 from schemas import layout
-from schemas.example import IGNORE_LABEL, SEGMENTATION, DatasetSpec
-
-PALETTE = np.array([[0, 0, 0], [255, 60, 60], [60, 200, 60], [60, 120, 255], [255, 200, 0],
-                    [200, 60, 255], [0, 220, 220], [255, 140, 0]], np.float32)
+from schemas.example import SEGMENTATION, DatasetSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,26 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=int, default=192, help="cell size in pixels")
     return p
 
-
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257).round().astype(np.uint8)
-    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-
-
-def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 image with class colours blended in; ignore pixels hatched grey."""
-    rgb = to_rgb8(image).astype(np.float32)
-    if mask is None:
-        return rgb.astype(np.uint8)
-    ids = mask[..., 0]
-    labelled = (ids != IGNORE_LABEL) & (ids != 0)
-    colours = PALETTE[np.minimum(ids, len(PALETTE) - 1) % len(PALETTE)]
-    rgb[labelled] = (1 - alpha) * rgb[labelled] + alpha * colours[labelled]
-    yy, xx = np.indices(ids.shape)
-    hatch = (ids == IGNORE_LABEL) & ((yy + xx) % 6 < 2)
-    rgb[hatch] = 128
-    return rgb.astype(np.uint8)
 
 
 def render_cell(example: dict, spec: DatasetSpec, cell: int) -> Image.Image:

@@ -22,10 +22,9 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.preprocess import examples, finalise, publish, shards, static_augment
+from pipelines.beam import progress, runner
 from pipelines.core import images
-from pipelines.beam import progress
-from pipelines.beam import runner
+from pipelines.preprocess import examples, finalise, publish, shards, static_augment
 from pipelines.preprocess import transforms as pt
 from schemas import layout
 from schemas.example import CLASSIFICATION, SEGMENTATION, DatasetSpec
@@ -183,7 +182,7 @@ def run(argv: list[str] | None = None) -> int:
     work = publish.temporary_output(config.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     print(f"tessera preprocess: {config.input} -> {config.output} (working in {work})", flush=True)
-    printer = progress.ProgressPrinter(f"{work}/{layout.WORK_PARTS}/progress/*.json", describe_progress)
+    printer = progress.ProgressPrinter(progress.counter_report(f"{work}/{layout.WORK_PARTS}/progress/*.json", describe_progress))
     printer.start()
     try:
         with runner.make_pipeline(beam_args) as p:

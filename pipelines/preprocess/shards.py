@@ -22,13 +22,11 @@ from apache_beam.metrics import Metrics
 
 from pipelines.beam import progress
 from pipelines.core import pixels, sources
-from pipelines.preprocess import examples, example_proto
+from pipelines.preprocess import example_proto, examples
 from pipelines.preprocess.transforms import NAMESPACE, REJECTED, reject
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec
 from schemas.rejected import RejectedInput
-
-
 
 
 def manifest_row(example: dict, num_bytes: int, shard: str) -> dict:
