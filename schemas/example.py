@@ -15,6 +15,10 @@ import json
 from typing import Any
 
 IGNORE_LABEL = 255
+# Class colours (RGB) of every picture Tessera draws: overlays, contact sheets, TensorBoard panels.
+# Class 0 (background) is black / left untinted; classes past the list cycle through it from 1.
+CLASS_COLOURS = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48),
+                 (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60))
 SEGMENTATION = "segmentation"
 CLASSIFICATION = "classification"
 TASKS = (SEGMENTATION, CLASSIFICATION)

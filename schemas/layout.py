@@ -47,7 +47,6 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{count:05d}"
 
 
-
 MANIFEST_SCHEMA = pa.schema(
     [
         ("id", pa.string()),

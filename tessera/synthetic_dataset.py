@@ -1,4 +1,4 @@
-"""Small synthetic datasets in the exact format ``tessera preprocess`` writes (test fixture).
+"""Small synthetic datasets in the exact format ``tessera preprocess`` writes (for tests and bench).
 
 Segmentation: bright discs (class 1) and, with three classes, bright squares (class 2) on
 smoothed noise, with a few ignored (255) patches. Classification: one shape per class

@@ -18,6 +18,7 @@ from pipelines.evaluate.confusion_plot import (
     compact_count,
     render_confusion_png,
 )
+from schemas import layout as names
 
 I = 255  # ignore
 
@@ -181,24 +182,24 @@ def _rows(path):
 
 def _complete(pred):
     """What tessera predict writes last, when every image is done."""
-    (pred / "_SUCCESS").write_text("{}")
+    (pred / names.SUCCESS_FILE).write_text("{}")
 
 
 def test_segmentation_command(tmp_path, capsys):
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     _png(truth / "a.png", TRUTH_3)
-    _png(pred / "masks" / "a.png", PRED_3)
+    _png(pred / names.MASKS_DIR / "a.png", PRED_3)
     _png(truth / "sub" / "b.tif", TRUTH_3 * (TRUTH_3 != I))      # other extension, nothing ignored
-    _png(pred / "masks" / "sub" / "b.png", PRED_3 * 255)           # --binary-255 output
+    _png(pred / names.MASKS_DIR / "sub" / "b.png", PRED_3 * 255)           # --binary-255 output
     _png(truth / "c.png", TRUTH_3)                                 # no prediction
-    _png(pred / "masks" / "d.png", PRED_3)                         # no truth
+    _png(pred / names.MASKS_DIR / "d.png", PRED_3)                         # no truth
     _png(truth / "e.png", np.zeros((4, 4)))                        # wrong size -> rejected
-    _png(pred / "masks" / "e.png", np.zeros((3, 3)))
+    _png(pred / names.MASKS_DIR / "e.png", np.zeros((3, 3)))
     (truth / "notes.txt").write_text("not a mask")                 # rejected, not skipped
     _png(truth / "f.png", TRUTH_3)                                 # listed, but its mask file is gone
     pq.write_table(pa.table({"image_id": ["a", "sub/b", "d", "e", "f"],
-                             "mask_path": ["masks/a.png", "masks/sub/b.png", "masks/d.png", "masks/e.png", None]}),
-                   pred / "predictions.parquet")
+                             "mask_path": [names.mask_path("a"), names.mask_path("sub/b"), names.mask_path("d"), names.mask_path("e"), None]}),
+                   pred / names.PREDICTIONS_FILE)
     out = tmp_path / "out" / "report.json"
     argv = ["--predictions", str(pred), "--truth", str(truth), "--output", str(out), "--mask-values", "ids"]
     assert evaluate.run(argv) == 2  # no _SUCCESS: the run may not have finished
@@ -237,10 +238,10 @@ def test_multiclass_command_and_workers_agree(tmp_path):
     for i in range(4):
         t = rng.integers(0, 3, (6, 5))
         _png(truth / f"m{i}.png", t)
-        _png(pred / "masks" / f"m{i}.png", np.where(rng.random((6, 5)) < 0.7, t, rng.integers(0, 3, (6, 5))))
+        _png(pred / names.MASKS_DIR / f"m{i}.png", np.where(rng.random((6, 5)) < 0.7, t, rng.integers(0, 3, (6, 5))))
     # As tessera predict writes it: task and class names in every row.
     pq.write_table(pa.table({"image_id": [f"m{i}" for i in range(4)], "task": ["segmentation"] * 4,
-                             "class_names": [["bg", "cell", "edge"]] * 4}), pred / "predictions.parquet")
+                             "class_names": [["bg", "cell", "edge"]] * 4}), pred / names.PREDICTIONS_FILE)
     _complete(pred)
     reports = []
     for flags in (["--workers", "1"], ["--workers", "2", "--class-names", "bg,cell,edge"]):
@@ -259,8 +260,8 @@ def test_multiclass_command_and_workers_agree(tmp_path):
 def test_classification_command(tmp_path, capsys):
     truth, pred = tmp_path / "photos", tmp_path / "pred"
     labels = {"cat": ["c1", "c2", "c3"], "dog": ["d1", "d2"], "bird": ["b1"]}
-    for label, names in labels.items():
-        for name in names:
+    for label, stems in labels.items():
+        for name in stems:
             _png(truth / label / f"{name}.jpg", np.zeros((2, 2)))
     _png(truth / "loose.png", np.zeros((2, 2)))                    # no class folder -> rejected
     # predictions made on a flat folder: ids without the class folder are matched too
@@ -268,7 +269,7 @@ def test_classification_command(tmp_path, capsys):
     predicted = ["cat", "cat", "dog", "dog", "bird", "bird", "cat"]
     pred.mkdir()
     pq.write_table(pa.table({"image_id": ids, "label": predicted,
-                             "probabilities": [[0.9, 0.05, 0.05]] * len(ids)}), pred / "predictions.parquet")
+                             "probabilities": [[0.9, 0.05, 0.05]] * len(ids)}), pred / names.PREDICTIONS_FILE)
     _complete(pred)
     out = tmp_path / "cls.json"
     assert evaluate.run(["--predictions", str(pred), "--truth", str(truth), "--output", str(out)]) == 0
@@ -308,9 +309,9 @@ def test_gs_paths_through_the_emulator(tmp_path, gcs_prefix):
     from tests.conftest import upload_tree
 
     _png(tmp_path / "truth" / "a.png", TRUTH_3)
-    _png(tmp_path / "pred" / "masks" / "a.png", PRED_3)
-    pq.write_table(pa.table({"image_id": ["a"], "mask_path": ["masks/a.png"]}),
-                   tmp_path / "pred" / "predictions.parquet")
+    _png(tmp_path / "pred" / names.MASKS_DIR / "a.png", PRED_3)
+    pq.write_table(pa.table({"image_id": ["a"], "mask_path": [names.mask_path("a")]}),
+                   tmp_path / "pred" / names.PREDICTIONS_FILE)
     _complete(tmp_path / "pred")
     upload_tree(tmp_path, gcs_prefix)
     output = f"{gcs_prefix}/reports/report.json"
@@ -331,7 +332,7 @@ def test_incomplete_predictions_need_allow_incomplete_and_bad_flags_exit_2(tmp_p
 
     truth, pred = tmp_path / "truth", tmp_path / "pred"
     _png(truth / "a.png", TRUTH_3)
-    _png(pred / "masks" / "a.png", PRED_3)  # an interrupted run: masks, no Parquet, no _SUCCESS
+    _png(pred / names.MASKS_DIR / "a.png", PRED_3)  # an interrupted run: masks, no Parquet, no _SUCCESS
     base = ["--predictions", str(pred), "--output", str(tmp_path / "r.json"), "--mask-values", "ids"]
     assert evaluate.run([*base, "--truth", str(truth)]) == 2
     err = capsys.readouterr().err.strip()
@@ -341,7 +342,7 @@ def test_incomplete_predictions_need_allow_incomplete_and_bad_flags_exit_2(tmp_p
     _complete(pred)
     assert evaluate.run([*base, "--truth", str(tmp_path / "nothing")]) == 2
     assert "nothing: no truth found" in capsys.readouterr().err
-    pq.write_table(pa.table({"image_id": ["a"], "label": ["cat"]}), pred / "predictions.parquet")
+    pq.write_table(pa.table({"image_id": ["a"], "label": ["cat"]}), pred / names.PREDICTIONS_FILE)
     assert evaluate.run([*base, "--truth", str(tmp_path / "nothing")]) == 2  # classification: class folders
     assert "nothing: no truth found" in capsys.readouterr().err
     done = subprocess.run([sys.executable, "-m", "tessera.cli", "evaluate", *base, "--truth", str(tmp_path / "x.csv")],

@@ -12,6 +12,7 @@ import zoneinfo
 import pytest
 
 from pipelines.predict import inputs
+from schemas import layout as names
 from tessera import cli
 from tests.test_k8s_render import (
     OVERLAYS,
@@ -164,11 +165,11 @@ def test_the_prediction_pods_commands_predict_every_image_once_and_merge(tmp_pat
         assert cli.main(args) == 0
     output = f"{tmp_path}/{config['PREDICT_OUTPUT_SUBDIR']}"
     shards = len(pods)
-    per_shard = [pq.read_table(f"{output}/predictions-{i:05d}-of-{shards:05d}.parquet").column("image_id").to_pylist()
+    per_shard = [pq.read_table(f"{output}/{names.predictions_file(names.shard_suffix(shards, i))}").column("image_id").to_pylist()
                  for i in range(shards)]
     assert sorted(sum(per_shard, [])) == sorted(ids), "every image predicted by exactly one pod"
-    assert sorted(pq.read_table(f"{output}/predictions.parquet").column("image_id").to_pylist()) == sorted(ids)
-    assert json.loads(open(f"{output}/_SUCCESS").read())["predicted"] == len(ids)
+    assert sorted(pq.read_table(f"{output}/{names.PREDICTIONS_FILE}").column("image_id").to_pylist()) == sorted(ids)
+    assert json.loads(open(f"{output}/{names.SUCCESS_FILE}").read())["predicted"] == len(ids)
 
     capsys.readouterr()
     assert cli.main(pods[0]) == 0  # a retried pod redoes nothing

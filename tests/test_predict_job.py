@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipelines.predict import job as predict
+from schemas import layout as names
 from tessera.toy_models import export_model, whole_image_probabilities, write_images
 
 SIZES = {"a": (37, 61), "b": (5, 5), "nested/c": (20, 33), "d": (1, 1)}
@@ -37,14 +38,14 @@ def run_job(root, output, *extra):
     return output
 
 
-def rows_of(output, name="predictions.parquet"):
+def rows_of(output, name=names.PREDICTIONS_FILE):
     return {r["image_id"]: r for r in pq.read_table(os.path.join(output, name)).to_pylist()}
 
 
-def files_of(output, skip=("config.json", "_SUCCESS")):
+def files_of(output, skip=(names.CONFIG_FILE, names.SUCCESS_FILE)):
     found = {}
-    for dirpath, _, names in os.walk(output):
-        for name in names:
+    for dirpath, _, filenames in os.walk(output):
+        for name in filenames:
             rel = os.path.relpath(os.path.join(dirpath, name), output)
             if not rel.startswith(skip):
                 with open(os.path.join(dirpath, name), "rb") as f:
@@ -69,12 +70,12 @@ def test_outputs_match_whole_image_prediction(setup, first_run):
     for image_id, pixels in images.items():
         expected = whole_image_probabilities(module, pixels, 4)
         probabilities = np.load(first_run / "probabilities" / f"{image_id}.npy")
-        mask = np.asarray(Image.open(first_run / "masks" / f"{image_id}.png"))
+        mask = np.asarray(Image.open(first_run / names.MASKS_DIR / f"{image_id}.png"))
         assert mask.shape == pixels.shape[:2] and probabilities.shape == pixels.shape[:2] + (2,)
         np.testing.assert_allclose(probabilities, expected, atol=2e-3)  # float16 on disk
         sure = np.abs(expected[..., 1] - expected[..., 0]) > 1e-3
         assert np.array_equal(mask[sure], expected.argmax(-1)[sure])
-        overlay = np.asarray(Image.open(first_run / "overlays" / f"{image_id}.png"))
+        overlay = np.asarray(Image.open(first_run / names.OVERLAYS_DIR / f"{image_id}.png"))
         assert overlay.shape == pixels.shape[:2] + (3,)
         row = rows[image_id]
         assert (row["height"], row["width"]) == pixels.shape[:2] and row["source"].endswith(f"{image_id}.png")
@@ -85,16 +86,16 @@ def test_outputs_match_whole_image_prediction(setup, first_run):
 
 
 def test_bad_inputs_become_rejected_records_and_counts_add_up(first_run):
-    rejected = [json.loads(line) for line in (first_run / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (first_run / names.REJECTED_FILE).read_text().splitlines()]
     reasons = {os.path.basename(r["source"]): r["reason"] for r in rejected}
     assert reasons == {"broken.png": reasons["broken.png"], "notes.txt": "not_an_image",
                        "dup.png": "duplicate_id", "dup.jpg": "duplicate_id"}
     assert reasons["broken.png"] in ("truncated", "unreadable")
     assert all(r["detail"] for r in rejected)
-    success = json.loads((first_run / "_SUCCESS").read_text())
+    success = json.loads((first_run / names.SUCCESS_FILE).read_text())
     assert success["sources_in"] == 8 and success["predicted"] == 4 and success["rejected"] == 4
     assert success["sources_in"] == success["predicted"] + success["skipped_done"] + success["rejected"]
-    assert not (first_run / "_tmp").exists() or not any((first_run / "_tmp").rglob("*.npz"))
+    assert not (first_run / names.STRIP_PARTS_DIR).exists() or not any((first_run / names.STRIP_PARTS_DIR).rglob("*.npz"))
 
 
 def test_rerun_skips_finished_images_and_never_duplicates(setup, first_run, tmp_path):
@@ -103,7 +104,7 @@ def test_rerun_skips_finished_images_and_never_duplicates(setup, first_run, tmp_
     shutil.copytree(first_run, copy)
     before = files_of(copy)
     run_job(root, copy)
-    success = json.loads((copy / "_SUCCESS").read_text())
+    success = json.loads((copy / names.SUCCESS_FILE).read_text())
     assert (success["predicted"], success["skipped_done"], success["rejected"]) == (0, 4, 4)
     assert files_of(copy) == before  # identical bytes, timings of the first run kept, no duplicate rows
 
@@ -119,20 +120,20 @@ def test_interrupted_run_resumes_to_identical_outputs(setup, first_run, tmp_path
     process = subprocess.Popen(argv, cwd=os.path.dirname(os.path.dirname(__file__)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(interrupted.glob("rows/*/*.json")):
+    while not list(interrupted.glob(f"{names.ROWS_DIR}/*/*.json")):
         assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be interrupted"
         time.sleep(0.02)
     process.kill()
     process.wait()
-    assert not (interrupted / "_SUCCESS").exists()
+    assert not (interrupted / names.SUCCESS_FILE).exists()
     done_before = len(list((interrupted / "rows").rglob("*.json")))
     assert 0 < done_before < 40
     run_job(tmp_path, interrupted)
-    success = json.loads((interrupted / "_SUCCESS").read_text())
+    success = json.loads((interrupted / names.SUCCESS_FILE).read_text())
     assert success["skipped_done"] >= done_before and success["predicted"] + success["skipped_done"] == 40
     assert without_timing(rows_of(interrupted)) == without_timing(rows_of(reference))
-    same = {k: v for k, v in files_of(interrupted, skip=("config.json", "_SUCCESS", "rows", "predictions")).items()}
-    assert same == files_of(reference, skip=("config.json", "_SUCCESS", "rows", "predictions"))
+    same = {k: v for k, v in files_of(interrupted, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions")).items()}
+    assert same == files_of(reference, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions"))
 
 
 def test_memory_bound_strips_give_identical_outputs_and_reject_what_cannot_fit(setup, first_run, tmp_path):
@@ -142,15 +143,15 @@ def test_memory_bound_strips_give_identical_outputs_and_reject_what_cannot_fit(s
     out = run_job(tmp_path, tmp_path / "strips", "--memory-limit-mb", "4")
     rows = rows_of(out)
     assert rows["tall"]["strips"] > 1
-    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (out / names.REJECTED_FILE).read_text().splitlines()]
     assert [(os.path.basename(r["source"]), r["reason"]) for r in rejected] == [("huge.png", "too_large_for_memory")]
     os.remove(tmp_path / "in" / "huge.png")
     whole = run_job(tmp_path, tmp_path / "whole", "--memory-limit-mb", "2048")
     assert rows_of(whole)["tall"]["strips"] == 1
-    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions", "rejected")) == \
-        files_of(whole, skip=("config.json", "_SUCCESS", "rows", "predictions", "rejected"))
-    assert not list((out / "_tmp").rglob("*.npz"))
-    assert big["tall"].shape[:2] == np.asarray(Image.open(out / "masks" / "tall.png")).shape
+    assert files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions", "rejected")) == \
+        files_of(whole, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions", "rejected"))
+    assert not list((out / names.STRIP_PARTS_DIR).rglob("*.npz"))
+    assert big["tall"].shape[:2] == np.asarray(Image.open(out / names.MASKS_DIR / "tall.png")).shape
 
 
 def test_shards_cover_every_image_once_and_merge(setup, first_run, tmp_path):
@@ -158,8 +159,8 @@ def test_shards_cover_every_image_once_and_merge(setup, first_run, tmp_path):
     out = tmp_path / "sharded"
     for index in range(3):
         run_job(root, out, "--num-shards", "3", "--shard-index", str(index))
-        assert (out / f"_SUCCESS-{index:05d}-of-00003").exists()
-    merged = json.loads((out / "_SUCCESS").read_text())
+        assert (out / names.success_file(names.shard_suffix(3, index))).exists()
+    merged = json.loads((out / names.SUCCESS_FILE).read_text())
     assert (merged["sources_in"], merged["predicted"], merged["rejected"]) == (8, 4, 4)
     shard_ids = [set(rows_of(out, f"predictions-{i:05d}-of-00003.parquet")) for i in range(3)]
     assert sum(len(s) for s in shard_ids) == 4 and set().union(*shard_ids) == set(SIZES)
@@ -170,15 +171,15 @@ def test_multi_process_runner_gives_the_same_outputs(setup, first_run, tmp_path)
     root, _, _ = setup
     out = run_job(root, tmp_path / "mp", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     assert without_timing(rows_of(out)) == without_timing(rows_of(first_run))
-    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions")) == \
-        files_of(first_run, skip=("config.json", "_SUCCESS", "rows", "predictions"))
+    assert files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions")) == \
+        files_of(first_run, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions"))
 
 
 def test_binary_255_masks_use_the_card_threshold(tmp_path):
     module = export_model(str(tmp_path / "model"), kind="same", core=8, margin=4, threshold=0.8)
     images = write_images(tmp_path / "in", {"x": (19, 23)}, seed=3)
     out = run_job(tmp_path, tmp_path / "out", "--binary-255", "--tta", "flips", "--overlap", "0.25")
-    mask = np.asarray(Image.open(out / "masks" / "x.png"))
+    mask = np.asarray(Image.open(out / names.MASKS_DIR / "x.png"))
     assert set(np.unique(mask)) <= {0, 255}
     probabilities = np.load(out / "probabilities" / "x.npy").astype(np.float32)
     sure = np.abs(probabilities[..., 1] - 0.8) > 2e-3
@@ -253,9 +254,9 @@ def test_list_file_and_glob_inputs_grayscale_model_and_pixel_limit(setup, tmp_pa
     assert predict.run([*base, "--input", str(tmp_path / "list.txt"), "--output", str(out)]) == 0
     assert sorted(rows_of(out)) == ["nested/c"]  # ids relative to the listed files' common folder
     reasons = {os.path.basename(json.loads(line)["source"]): json.loads(line)["reason"]
-               for line in (out / "rejected.jsonl").read_text().splitlines()}
+               for line in (out / names.REJECTED_FILE).read_text().splitlines()}
     assert reasons == {"a.png": "too_large", "gone.png": "missing_file"}  # a is 37 x 61 > 1000 pixels
-    mask = np.asarray(Image.open(out / "masks" / "nested" / "c.png"))
+    mask = np.asarray(Image.open(out / names.MASKS_DIR / "nested" / "c.png"))
     assert mask.shape == SIZES["nested/c"]
     copy = tmp_path / "in"
     shutil.copytree(root / "in", copy)
@@ -263,7 +264,7 @@ def test_list_file_and_glob_inputs_grayscale_model_and_pixel_limit(setup, tmp_pa
     for _ in range(2):
         assert predict.run([*base, "--input", str(copy), "--output", str(inside)]) == 0
     assert sorted(rows_of(inside)) == ["b", "d", "nested/c"]
-    success = json.loads((inside / "_SUCCESS").read_text())
+    success = json.loads((inside / names.SUCCESS_FILE).read_text())
     assert (success["sources_in"], success["skipped_done"], success["predicted"]) == (8, 3, 0)
     globbed = tmp_path / "globbed"
     assert predict.run([*base, "--input", f"{copy}/[bd].png", "--output", str(globbed)]) == 0
@@ -276,7 +277,7 @@ def test_rerun_with_other_settings_recomputes_instead_of_mixing(tmp_path):
     out = run_job(tmp_path, tmp_path / "out")
     before = np.load(out / "probabilities" / "x.npy")
     run_job(tmp_path, out, "--tta", "dihedral")
-    success = json.loads((out / "_SUCCESS").read_text())
+    success = json.loads((out / names.SUCCESS_FILE).read_text())
     assert (success["predicted"], success["skipped_done"]) == (2, 0)
     assert {r["tta"] for r in rows_of(out).values()} == {"dihedral"}
     assert not np.array_equal(np.load(out / "probabilities" / "x.npy"), before)
@@ -317,7 +318,7 @@ def test_unreadable_inputs_are_rejected_and_the_job_goes_on(tmp_path):
     assert predict.run(["--model-dir", str(tmp_path / "model"), "--input", str(tmp_path / "list.txt"),
                         "--output", str(out)]) == 0
     assert sorted(rows_of(out)) == ["good"]
-    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (out / names.REJECTED_FILE).read_text().splitlines()]
     assert [(os.path.basename(r["source"]), r["reason"]) for r in rejected] == [("folder.png", "unreadable")]
     assert "directory" in rejected[0]["detail"]
 
@@ -326,13 +327,13 @@ def test_switching_settings_back_and_forth_never_reuses_the_other_settings_masks
     export_model(str(tmp_path / "model"), kind="same", core=8, margin=4)
     write_images(tmp_path / "in", {"x": (12, 9), "y": (7, 7)})
     out = run_job(tmp_path, tmp_path / "out")
-    first = files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions"))
+    first = files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions"))
     run_job(tmp_path, out, "--tta", "flips", "--overlap", "0.5")
-    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions")) != first
+    assert files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions")) != first
     run_job(tmp_path, out)  # the first settings again: its old rows must not vouch for the newer masks
-    success = json.loads((out / "_SUCCESS").read_text())
+    success = json.loads((out / names.SUCCESS_FILE).read_text())
     assert (success["predicted"], success["skipped_done"]) == (2, 0)
-    assert files_of(out, skip=("config.json", "_SUCCESS", "rows", "predictions")) == first
+    assert files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions")) == first
     assert len(list((out / "rows").glob("*/*.json"))) == 2  # only the current settings' rows remain
 
 
@@ -342,8 +343,8 @@ def test_a_failed_run_with_other_settings_leaves_no_results_of_the_previous_one(
     (tmp_path / "broken" / "saved_model" / "saved_model.pb").write_bytes(b"not a SavedModel")
     write_images(tmp_path / "in", {"x": (12, 9)})
     out = run_job(tmp_path, tmp_path / "out")
-    assert (out / "predictions.parquet").exists()
+    assert (out / names.PREDICTIONS_FILE).exists()
     with pytest.raises(OSError, match="Cannot parse"):  # the workers cannot load the model
         predict.run(["--model-dir", str(tmp_path / "broken"), "--input", str(tmp_path / "in"), "--output", str(out)])
-    assert not (out / "_SUCCESS").exists() and not list(out.glob("predictions*.parquet"))
+    assert not (out / names.SUCCESS_FILE).exists() and not list(out.glob(names.predictions_file("*")))
     assert not list((out / "rows").rglob("*.json"))

@@ -15,6 +15,7 @@ from pipelines.core import images
 from pipelines.predict import job as predict
 from pipelines.predict import models, outputs, plan
 from pipelines.predict import transforms as pt
+from schemas import layout as names
 from tessera.toy_models import export_model, whole_image_probabilities, write_images
 from tests.conftest import upload_tree
 
@@ -83,7 +84,7 @@ def test_stitch_images_writes_each_image_once_from_one_or_many_strips(model, tmp
         assert_that(rows | beam.Map(lambda r: (r["image_id"], r["strips"], r["height"])),
                     equal_to([("one", 1, 9), ("many", 4, 30)]))
     for name, image in pixels.items():
-        mask = np.asarray(Image.open(tmp_path / "out" / "masks" / f"{name}.png"))
+        mask = np.asarray(Image.open(tmp_path / "out" / names.MASKS_DIR / f"{name}.png"))
         expected = whole_image_probabilities(module, image, 4).argmax(-1)
         assert np.array_equal(mask, expected)
         assert json.loads((tmp_path / "out" / spec.layout.row(name)).read_text())["image_id"] == name
@@ -106,15 +107,15 @@ def test_predict_reads_and_writes_gs_paths(model, tmp_path, gcs_prefix):
     upload_tree(path, f"{gcs_prefix}/model")
     out = f"{gcs_prefix}/pred"
     assert predict.run(["--model-dir", f"{gcs_prefix}/model", "--input", f"{gcs_prefix}/images", "--output", out]) == 0
-    with FileSystems.open(f"{out}/_SUCCESS") as f:
+    with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as f:
         assert json.loads(f.read())["predicted"] == 2
-    with FileSystems.open(f"{out}/predictions.parquet") as f:
+    with FileSystems.open(f"{out}/{names.PREDICTIONS_FILE}") as f:
         assert sorted(pq.read_table(f).column("image_id").to_pylist()) == ["dir/y", "x"]
     for name, image in pixels.items():
-        with FileSystems.open(f"{out}/masks/{name}.png") as f:
+        with FileSystems.open(f"{out}/{names.mask_path(name)}") as f:
             mask = np.asarray(Image.open(f))
         assert np.array_equal(mask, whole_image_probabilities(module, image, 4).argmax(-1))
     assert predict.run(["--model-dir", f"{gcs_prefix}/model", "--input", f"{gcs_prefix}/images", "--output", out]) == 0
-    with FileSystems.open(f"{out}/_SUCCESS") as f:
+    with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as f:
         assert json.loads(f.read())["skipped_done"] == 2
     assert not os.path.exists(out)  # nothing leaked to a local folder named like the URL

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tessera import synthetic_dataset  # noqa: E402
+from tests.test_trainer_export import served_probabilities  # noqa: E402
 from tests.test_trainer_learning import make_config  # noqa: E402
 from trainer import export  # noqa: E402
 from trainer.config import for_task  # noqa: E402
@@ -41,7 +42,7 @@ def test_small_cnn_learns_shapes_with_class_weights(shapes, tmp_path):
     weights = loss_spec_for(for_task(cfg, "classification"), info).class_weights
     assert weights == pytest.approx([sum(counts) / (3 * c) for c in counts])
     assert weights[0] < weights[1]
-    probs = export.probabilities_from_saved_model(cfg.model_dir, np.zeros((2, 32, 32, 1), np.uint8))
+    probs = served_probabilities(cfg.model_dir, np.zeros((2, 32, 32, 1), np.uint8))
     assert probs.shape == (2, 3)
 
 

@@ -12,7 +12,6 @@ import json
 import uuid
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from schemas import model_card as mc
@@ -140,8 +139,3 @@ def load_card(model_dir: str) -> mc.ModelCard:
     with tf.io.gfile.GFile(path, "rb") as handle:
         return mc.read_card(handle.read(), path)
 
-
-def probabilities_from_saved_model(model_dir: str, tiles: np.ndarray) -> np.ndarray:
-    """Runs the exported serving signature (what ``tessera predict`` does)."""
-    loaded = tf.saved_model.load(f"{model_dir}/{mc.SAVED_MODEL_DIR}")
-    return loaded.signatures["serving_default"](**{mc.SERVING_INPUT: tf.constant(tiles)})[mc.SERVING_OUTPUT].numpy()

@@ -163,25 +163,3 @@ def combine(sums, counts, spec: LossSpec):
     weights = tf.constant([w for w, _ in spec.terms], tf.float32)
     return tf.reduce_sum(weights * tf.math.divide_no_nan(sums, counts))
 
-
-@keras.saving.register_keras_serializable(package="tessera")
-class TesseraLoss(keras.losses.Loss):
-    """The same loss as a Keras loss (single replica: counts are the batch's own)."""
-
-    def __init__(self, loss: str = "ce+dice", class_weights=None, focal_gamma: float = 2.0,
-                 tversky_alpha: float = 0.3, tversky_beta: float = 0.7, smooth: float = 1.0,
-                 name: str = "tessera_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.spec = LossSpec(parse_loss(loss), tuple(class_weights) if class_weights else None, focal_gamma,
-                             tversky_alpha, tversky_beta, smooth)
-        self.loss_text = loss
-
-    def call(self, y_true, y_pred):
-        return combine(*loss_sums(y_true, y_pred, self.spec), self.spec)
-
-    def get_config(self):
-        spec = self.spec
-        return {**super().get_config(), "loss": self.loss_text,
-                "class_weights": list(spec.class_weights) if spec.class_weights else None,
-                "focal_gamma": spec.focal_gamma, "tversky_alpha": spec.tversky_alpha,
-                "tversky_beta": spec.tversky_beta, "smooth": spec.smooth}

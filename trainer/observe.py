@@ -9,11 +9,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from schemas.example import IGNORE_LABEL
+from schemas.example import CLASS_COLOURS, IGNORE_LABEL
 
-# class id -> RGB for truth/prediction panels; ignore is mid grey
-PALETTE = np.array([[0, 0, 0], [255, 255, 255], [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
+PALETTE = np.array(CLASS_COLOURS, np.uint8)  # class id -> RGB for truth/prediction panels; ignore grey
 
 
 def log(message: str) -> None:
@@ -83,7 +81,7 @@ def _numbers(row: dict) -> dict:
 def colorize(ids: np.ndarray) -> np.ndarray:
     """[..., H, W] class ids -> RGB uint8 (ignore grey)."""
     ids = np.asarray(ids)
-    rgb = PALETTE[np.where(ids == IGNORE_LABEL, 0, ids) % len(PALETTE)]
+    rgb = PALETTE[np.where((ids == IGNORE_LABEL) | (ids == 0), 0, (ids.astype(np.int64) - 1) % (len(PALETTE) - 1) + 1)]
     rgb[ids == IGNORE_LABEL] = 128
     return rgb
 

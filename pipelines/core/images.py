@@ -51,7 +51,6 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ImagePolicy:
     color_mode: str = "rgb"        # "rgb" (gray replicated) | "grayscale" (ITU-R 601-2 luma)

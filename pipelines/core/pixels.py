@@ -12,12 +12,10 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from schemas.example import IGNORE_LABEL
+from schemas.example import CLASS_COLOURS, IGNORE_LABEL
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Class colours of every picture Tessera draws (class 0, the background, is never tinted).
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60]], np.uint8)
+PALETTE = np.array(CLASS_COLOURS, np.uint8)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:

@@ -36,7 +36,6 @@ class Source:
     num_bytes: int = 0           # size of its file(s) on disk: the basis of shard planning
 
 
-
 def relative_parts(path: str, root: str) -> list[str]:
     """Path components of ``path`` below ``root`` (works for local paths and gs:// URLs)."""
     root = root.rstrip("/") + "/"

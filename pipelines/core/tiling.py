@@ -98,11 +98,6 @@ def cut_tiles(image: np.ndarray, core: int, margin: int, stride: int | None = No
         yield box, cut_tile(image, box[0], box[1], core, margin)
 
 
-def core_of(tile: np.ndarray, margin: int, h: int, w: int) -> np.ndarray:
-    """The valid h x w part of a tile's core (what a prediction keeps)."""
-    return tile[margin:margin + h, margin:margin + w]
-
-
 def stitch(
     pieces: Iterable[tuple[int, int, int, int, np.ndarray]],
     height: int,

@@ -3,7 +3,7 @@
 Geometry (core, margin, input size) and normalisation come from the model card; images are
 cut into overlap tiles, predicted in batches (with optional test-time augmentation and an
 ensemble of models), stitched back per image to exactly its size, and written as masks,
-overlays, optional probabilities and ``predictions.parquet`` (see ``predict_outputs``).
+overlays, optional probabilities and ``predictions.parquet`` (layout: ``schemas.layout``; writers: ``pipelines.predict.outputs``).
 Classifiers see each image as their dataset prepared it: fitted whole to the input size
 (the card's ``fit``), or, for tile classifiers, cut into tiles whose probabilities are averaged.
 

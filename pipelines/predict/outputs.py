@@ -146,8 +146,6 @@ def npy_header(shape: tuple[int, ...], dtype) -> bytes:
     return buf.getvalue()
 
 
-
-
 def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[StripResult]]) -> dict:
     """Write mask, overlay (and probabilities) of one image from its strips; return its row.
 

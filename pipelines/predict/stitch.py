@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -89,8 +89,6 @@ def preview_step(height: int, width: int, side: int = PREVIEW_SIDE) -> int:
     return max(1, -(-max(height, width) // side))
 
 
-
-
 def preview_rows(a: int, b: int, step: int) -> slice:
     """Local rows of [a, b) that fall on the preview grid (image rows divisible by ``step``)."""
     return slice((-a) % step, b - a, step)
@@ -161,9 +159,3 @@ class ComponentCounter:
     def result(self) -> list[int]:
         return [n - m for n, m in zip(self.counts, self.merges)]
 
-
-def count_components(masks: Iterable[np.ndarray], classes: int) -> list[int]:
-    counter = ComponentCounter(classes)
-    for mask in masks:
-        counter.add(mask)
-    return counter.result()

@@ -18,17 +18,12 @@ TTA_MODES: dict[str, tuple[int, ...]] = {
     "flips": (0, 4),
     "dihedral": tuple(range(8)),
 }
-_NAMES = ("identity", "rot90", "rot180", "rot270", "mirror", "mirror+rot90", "mirror+rot180", "mirror+rot270")
 
 
 def transforms(mode: str) -> tuple[int, ...]:
     if mode not in TTA_MODES:
         raise ValueError(f"tta must be one of {tuple(TTA_MODES)}, got {mode!r}")
     return TTA_MODES[mode]
-
-
-def name(k: int) -> str:
-    return _NAMES[k]
 
 
 def apply(batch: np.ndarray, k: int) -> np.ndarray:

@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def render_cell(example: dict, spec: DatasetSpec, cell: int) -> Image.Image:
     tile = overlay(example["image"], example.get("mask"))
     t = tile.shape[0]

@@ -23,8 +23,6 @@ REJECTED = "rejected"
 NAMESPACE = "tessera.preprocess"
 
 
-
-
 def reject(record: dict) -> beam.pvalue.TaggedOutput:
     Metrics.counter(NAMESPACE, "rejected").inc()
     Metrics.counter(NAMESPACE, f"rejected_{record['reason']}").inc()
