@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import ndimage
 
+from pipelines.beam import files
 from pipelines.core.images import RejectedInput
 from pipelines.predict import inputs, outputs, plan, stitch
 from pipelines.predict import tta as predict_tta
@@ -173,11 +174,11 @@ def test_streamed_png_and_npy_read_back_exactly(tmp_path):
     rng = np.random.default_rng(5)
     mask = rng.integers(0, 4, (23, 9)).astype(np.uint8)
     path = str(tmp_path / "m.png")
-    with outputs.atomic_create(path) as handle:
+    with files.atomic_create(path) as handle:
         outputs.write_png_rows(handle, 9, 23, [mask[:10], mask[10:11], mask[11:]])
     assert np.array_equal(np.asarray(Image.open(path)), mask)
     rgb = rng.integers(0, 256, (7, 9, 3)).astype(np.uint8)
-    with outputs.atomic_create(str(tmp_path / "rgb.png")) as handle:
+    with files.atomic_create(str(tmp_path / "rgb.png")) as handle:
         outputs.write_png_rows(handle, 9, 7, [rgb[:3], rgb[3:]], level=1)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "rgb.png")), rgb)
     overlay = outputs.overlay(rgb, np.array([[0, 1, 2] * 3] * 7, np.uint8))

@@ -12,11 +12,13 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.beam.files import resolve_version
 from pipelines.core import images, pixels, sources, tiling
 from pipelines.preprocess import examples, shards, static_augment
 from pipelines.preprocess import job as preprocess
 from pipelines.preprocess import transforms as pt
 from schemas import rejected as rejected_schema
+from schemas import versions
 from schemas.example import SEGMENTATION, DatasetSpec
 from tessera import synthetic
 from tests import corpus
@@ -143,7 +145,7 @@ def raw_folder(tmp_path_factory):
 def dataset(raw_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "ds"
     assert run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2) == 0
-    return out
+    return out / versions.CURRENT_LINK
 
 
 def test_job_writes_a_tfds_dataset_whose_tiles_equal_the_source_pixels(dataset, raw_folder):
@@ -190,10 +192,10 @@ def test_multi_process_run_is_byte_identical_to_in_process(dataset, raw_folder, 
     out = tmp_path / "ds"
     run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2, beam_args=MULTI_PROCESS)
     shards = sorted(p.name for p in dataset.glob("tessera-*.tfrecord-*"))
-    assert shards == sorted(p.name for p in out.glob("tessera-*.tfrecord-*"))
+    assert shards == sorted(p.name for p in (out / versions.CURRENT_LINK).glob("tessera-*.tfrecord-*"))
     for name in shards:
-        assert (out / name).read_bytes() == (dataset / name).read_bytes(), name
-    assert json.loads((out / "_SUCCESS").read_text())["fingerprint"] == json.loads(
+        assert (out / versions.CURRENT_LINK / name).read_bytes() == (dataset / name).read_bytes(), name
+    assert json.loads((out / versions.CURRENT_LINK / "_SUCCESS").read_text())["fingerprint"] == json.loads(
         (dataset / "_SUCCESS").read_text())["fingerprint"]
 
 
@@ -201,10 +203,10 @@ def test_shards_follow_the_byte_target(raw_folder, tmp_path):
     out = tmp_path / "ds"
     run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--shard-bytes", 30_000, "--min-shards", 1,
             "--split-fractions", "1,0,0")
-    shards = sorted(out.glob("tessera-train.tfrecord-*"))
+    shards = sorted((out / versions.CURRENT_LINK).glob("tessera-train.tfrecord-*"))
     sizes = [p.stat().st_size for p in shards]
     assert len(shards) > 2 and max(sizes) < 3 * 30_000  # sized from an estimate: within a small factor
-    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    rows = pq.read_table(out / versions.CURRENT_LINK / "manifest.parquet").to_pylist()
     assert {r["shard"] for r in rows} == {p.name for p in shards}
 
 
@@ -214,7 +216,7 @@ def test_existing_output_is_refused_without_overwrite_and_replaced_with_it(datas
     with pytest.raises(SystemExit, match="--overwrite"):
         run_job(raw_folder, out, "--tile-size", 32, "--margin", 0)
     run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2, "--overwrite")
-    assert json.loads((out / "tessera_dataset.json").read_text())["core"] == 24
+    assert json.loads((out / versions.CURRENT_LINK / "tessera_dataset.json").read_text())["core"] == 24
     assert not list(tmp_path.glob("ds.*"))  # no temporary or old directories left behind
 
 
@@ -232,16 +234,16 @@ def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_pat
     out = tmp_path / "ds"
     run_job(tmp_path / "raw", out, "--tile-size", 32, "--margin", 4, "--mask-values", "binary",
             "--max-rejected-fraction", "0.9", "--max-pixels", 10_000_000)
-    rejected = read_rejected(out)
+    rejected = read_rejected(out / versions.CURRENT_LINK)
     assert all(tuple(sorted(r)) == tuple(sorted(rejected_schema.FIELDS)) for r in rejected)  # the contract
     reasons_by_file = {f: r["reason"] for r in rejected for f in r["files"]}
     for sid, reason in info["bad"].items():
         for rel in info["sources"][sid]:
             path = str(tmp_path / "raw" / rel)
             assert reasons_by_file.get(path) == reason, (sid, path, reasons_by_file.get(path))
-    written = set(pq.read_table(out / "manifest.parquet").column("source_id").to_pylist())
+    written = set(pq.read_table(out / versions.CURRENT_LINK / "manifest.parquet").column("source_id").to_pylist())
     assert written == set(info["good"])
-    success = json.loads((out / "_SUCCESS").read_text())
+    success = json.loads((out / versions.CURRENT_LINK / "_SUCCESS").read_text())
     assert success["sources_in"] == success["sources_written"] + success["rejected"] == len(written) + len(rejected)
     every_file = {str(p) for p in (tmp_path / "raw").rglob("*") if p.is_file()}
     good_files = {str(p) for p in (tmp_path / "raw").rglob("*") if p.is_file() and p.stem in info["good"]}
@@ -265,15 +267,15 @@ def test_classification_layout_standardises_inputs_and_stratifies(tmp_path):
     out = tmp_path / "ds"
     run_job(tmp_path / "raw", out, "--layout", "classification", "--image-size", 32, "--augment-copies", 1,
             "--max-rejected-fraction", 0.5)
-    spec = DatasetSpec.from_json((out / "tessera_dataset.json").read_text())
+    spec = DatasetSpec.from_json((out / versions.CURRENT_LINK / "tessera_dataset.json").read_text())
     assert spec.class_names == tuple(sorted(info["classes"])) and spec.whole_image
-    reasons = {r["reason"] for r in read_rejected(out)}
+    reasons = {r["reason"] for r in read_rejected(out / versions.CURRENT_LINK)}
     assert reasons == {"not_an_image", "empty_folder"}
-    builder = tfds.builder_from_directory(str(out))
+    builder = tfds.builder_from_directory(str(out / versions.CURRENT_LINK))
     labels_per_split = {s: {int(e["label"]) for e in tfds.as_numpy(builder.as_dataset(split=s))}
                         for s in builder.info.splits}
     assert all(labels == set(range(len(spec.class_names))) for labels in labels_per_split.values())
-    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    rows = pq.read_table(out / versions.CURRENT_LINK / "manifest.parquet").to_pylist()
     assert {r["source_id"] for r in rows} == set(info["good"])
     assert all(r["label"] == info["labels"][r["source_id"]] for r in rows)
     for e in tfds.as_numpy(builder.as_dataset(split="train").take(3)):
@@ -287,11 +289,13 @@ def test_gs_input_and_output_through_the_emulator(raw_folder, dataset, gcs_prefi
 
     upload_tree(raw_folder, f"{gcs_prefix}/raw")
     run_job(f"{gcs_prefix}/raw", f"{gcs_prefix}/ds", "--tile-size", 24, "--margin", 8, "--augment-copies", 2)
-    listed = {m.path[len(gcs_prefix) + 4:] for m in FileSystems.match([f"{gcs_prefix}/ds/**"])[0].metadata_list}
+    version = resolve_version(f"{gcs_prefix}/ds")
+    assert version != f"{gcs_prefix}/ds"  # published as a version, pointed to by CURRENT
+    listed = {m.path[len(version) + 1:] for m in FileSystems.match([f"{version}/**"])[0].metadata_list}
     assert "_SUCCESS" in listed and not any(p.startswith("_parts") for p in listed)
     for name in listed:
         if "tfrecord" in name:
-            with FileSystems.open(f"{gcs_prefix}/ds/{name}") as handle:
+            with FileSystems.open(f"{version}/{name}") as handle:
                 assert handle.read() == (dataset / name).read_bytes(), name
     assert not FileSystems.match([f"{gcs_prefix}/ds.tmp-*"])[0].metadata_list
 
@@ -347,10 +351,10 @@ def test_sixteen_bit_grayscale_is_kept_when_asked(tmp_path):
     out = tmp_path / "ds"
     run_job(raw, out, "--tile-size", 16, "--margin", 4, "--bit-depth", "keep16", "--color-mode", "grayscale",
             "--split-fractions", "1,0,0")
-    spec = DatasetSpec.from_json((out / "tessera_dataset.json").read_text())
+    spec = DatasetSpec.from_json((out / versions.CURRENT_LINK / "tessera_dataset.json").read_text())
     assert (spec.dtype, spec.channels) == ("uint16", 1)
     source = np.asarray(Image.open(raw / "images" / "w0.png"))
-    for e in tfds.as_numpy(tfds.builder_from_directory(str(out)).as_dataset(split="train")):
+    for e in tfds.as_numpy(tfds.builder_from_directory(str(out / versions.CURRENT_LINK)).as_dataset(split="train")):
         if e["source_id"] == b"w0":
             y, x = int(e["core_y"]), int(e["core_x"])
             assert e["image"].dtype == np.uint16
@@ -373,10 +377,10 @@ def test_classification_files_sharing_an_id_are_all_rejected(tmp_path):
     image = (raw / "disc" / "img_000.jpg").read_bytes()
     (raw / "disc" / "img_000.png").write_bytes(pixels.encode_png(images.read_image(image, "x.jpg")))
     run_job(raw, tmp_path / "ds", "--layout", "classification", "--image-size", 24, "--max-rejected-fraction", 0.5)
-    rejected = read_rejected(tmp_path / "ds")
+    rejected = read_rejected(tmp_path / "ds" / versions.CURRENT_LINK)
     assert sorted((os.path.basename(r["source"]), r["reason"]) for r in rejected) == [
         ("img_000.jpg", "duplicate_id"), ("img_000.png", "duplicate_id")]
-    success = json.loads((tmp_path / "ds" / "_SUCCESS").read_text())
+    success = json.loads((tmp_path / "ds" / versions.CURRENT_LINK / "_SUCCESS").read_text())
     assert (success["sources_in"], success["sources_written"], success["rejected"]) == (9, 7, 2)
 
 

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from schemas import layout
+from schemas import layout, versions
 from schemas.example import SEGMENTATION, DatasetSpec, tfds_features
 from trainer.augment import augment_example_batch
 from trainer.config import AugmentConfig
@@ -46,12 +46,25 @@ def _read_json(path: str) -> dict:
         return json.load(handle)
 
 
+def _read_if_exists(path: str) -> bytes | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return handle.read()
+
+
+def resolve_dataset(path: str) -> str:
+    """The version of the dataset at ``path`` to read (``schemas.versions``): resolved once, so
+    a run keeps reading the version it started on while a newer one is published."""
+    return versions.resolve(path, _read_if_exists)
+
+
 def open_dataset(path: str) -> DatasetInfo:
     """Reads the dataset's spec, stats, TFDS metadata and preprocess configuration (the
-    ``--fit``, "resize" without one); refuses an unfinished dataset."""
+    ``--fit``, "resize" without one) from its current version; refuses an unfinished dataset."""
     import tensorflow_datasets as tfds
 
-    path = path.rstrip("/")
+    path = resolve_dataset(path)
     success = f"{path}/{layout.SUCCESS_FILE}"
     if not tf.io.gfile.exists(success):
         raise FileNotFoundError(f"{path} is not a finished Tessera dataset: {layout.SUCCESS_FILE} is missing")

@@ -1,10 +1,16 @@
-"""Whole-file reads and writes through Beam's FileSystems (local paths and gs:// alike)."""
+"""Reads and writes through Beam's FileSystems (local paths and gs:// alike): whole files,
+atomic files (a temporary name, then a rename: the one-object commit every job relies on),
+the children of a folder, and the version a versioned directory points to."""
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+import uuid
+from typing import Any, Iterator
 
 from apache_beam.io.filesystems import FileSystems
+
+from schemas import versions
 
 
 def read_bytes(path: str) -> bytes:
@@ -23,3 +29,58 @@ def read_json(path: str) -> Any:
 
 def exists(path: str) -> bool:
     return FileSystems.exists(path)
+
+
+@contextlib.contextmanager
+def atomic_create(path: str) -> Iterator:
+    """A writable handle whose content appears at ``path`` only once complete."""
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    handle = FileSystems.create(temporary)
+    try:
+        yield handle
+    except BaseException:
+        handle.close()
+        FileSystems.delete([temporary])
+        raise
+    handle.close()
+    FileSystems.rename([temporary], [path])
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    with atomic_create(path) as handle:
+        handle.write(data)
+
+
+def delete_if_present(paths: list[str]) -> None:
+    present = [p for p in paths if FileSystems.exists(p)]
+    if present:
+        FileSystems.delete(present)
+
+
+def read_if_exists(path: str) -> bytes | None:
+    return read_bytes(path) if FileSystems.exists(path) else None
+
+
+def resolve_version(root: str) -> str:
+    """The directory to read for ``root`` (its current version, see ``schemas.versions``)."""
+    return versions.resolve(root, read_if_exists)
+
+
+def children(root: str) -> dict[str, float]:
+    """{name: newest modification time (s)} of the files and folders right under ``root``."""
+    prefix = root.rstrip("/") + "/"
+    found: dict[str, float] = {}
+    for m in FileSystems.match([f"{prefix}**"])[0].metadata_list:
+        name = m.path[len(prefix):].split("/", 1)[0]
+        found[name] = max(found.get(name, 0.0), m.last_updated_in_seconds or 0.0)
+    return found
+
+
+def siblings(path: str, mark: str) -> dict[str, float]:
+    """{path: newest modification time} of the folders beside ``path`` named ``<path><mark>*``."""
+    path = path.rstrip("/")
+    found: dict[str, float] = {}
+    for m in FileSystems.match([f"{path}{mark}*/**"])[0].metadata_list:
+        top = path + m.path[len(path):].split("/", 1)[0]
+        found[top] = max(found.get(top, 0.0), m.last_updated_in_seconds or 0.0)
+    return found

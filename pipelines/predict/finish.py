@@ -14,7 +14,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import read_bytes, read_json
+from pipelines.beam.files import read_bytes, read_json, write_atomically
 from pipelines.predict import outputs
 from pipelines.predict.inputs import existing
 from pipelines.predict.transforms import ImageInput
@@ -138,7 +138,7 @@ def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejec
 
 
 def _write_jsonl(path: str, records: list[dict]) -> None:
-    outputs.write_atomically(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8"))
+    write_atomically(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode("utf-8"))
 
 
 def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:

@@ -38,6 +38,7 @@ import time
 import apache_beam as beam
 
 from pipelines.beam import runner
+from pipelines.beam.files import delete_if_present
 from pipelines.beam.progress import ProgressPrinter
 from pipelines.core import images
 from pipelines.predict import finish as predict_finish
@@ -198,7 +199,7 @@ def execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool =
     layout = spec.layout
     suffix = names.shard_suffix(config.num_shards, config.shard_index)
     predict_finish.forget_other_settings(layout)
-    outputs.delete_if_present([layout.path(names.success_file(s)) for s in {suffix, ""}])
+    delete_if_present([layout.path(names.success_file(s)) for s in {suffix, ""}])
     done = predict_inputs.completed(layout, inputs)
     todo = [i for i in inputs if i.image_id not in done]
     config_record = {**dataclasses.asdict(config), "shard_index": None, "settings": dataclasses.asdict(layout.settings),

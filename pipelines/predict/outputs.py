@@ -5,22 +5,19 @@ one directory and one run's settings. Every file is written to a temporary name 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import struct
-import uuid
 import zlib
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import read_bytes
+from pipelines.beam.files import atomic_create, read_bytes, write_atomically
 from pipelines.core.pixels import PNG_SIGNATURE, overlay, png_chunk
 from pipelines.predict.stitch import ComponentCounter, StripResult
 from schemas import layout as names
@@ -87,30 +84,6 @@ class OutputLayout:
         return paths + ([self.probabilities(image_id)] if self.settings.save_probabilities else [])
 
 
-@contextlib.contextmanager
-def atomic_create(path: str) -> Iterator:
-    """A writable handle whose content appears at ``path`` only once complete."""
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
-    handle = FileSystems.create(temporary)
-    try:
-        yield handle
-    except BaseException:
-        handle.close()
-        FileSystems.delete([temporary])
-        raise
-    handle.close()
-    FileSystems.rename([temporary], [path])
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    with atomic_create(path) as handle:
-        handle.write(data)
-
-
-def delete_if_present(paths: list[str]) -> None:
-    present = [p for p in paths if FileSystems.exists(p)]
-    if present:
-        FileSystems.delete(present)
 
 
 def write_json(path: str, value) -> None:

@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
+from pipelines.beam import files
 from pipelines.beam.files import read_bytes
 from pipelines.core import images, pixels
 from pipelines.predict import models, outputs, plan
@@ -163,7 +164,7 @@ class _StitchStrip(beam.DoFn):
             yield finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started)
             return
         path = layout.path(layout.part(task.image_id, task.strip, task.strips))
-        outputs.write_atomically(path, strip.to_bytes())
+        files.write_atomically(path, strip.to_bytes())
         yield beam.pvalue.TaggedOutput(STRIP_PARTS, (task.image_id, {**strip.summary(), "part": path}))
 
 

@@ -93,7 +93,7 @@ def _policies(config) -> dict:
             "mask_values": config.mask_values}
 
 
-def describe(summary: dict, output: str) -> str:
+def describe(summary: dict, output: str, version: str | None = None) -> str:
     """A short human summary of what was written where."""
     stats = summary["stats"]
     lines = [f"tessera preprocess: {summary['sources_in']} inputs -> {summary['sources_written']} sources written, "
@@ -106,8 +106,11 @@ def describe(summary: dict, output: str) -> str:
     if "class_frequencies" in stats:
         lines.append("  class pixel frequencies (train): " + ", ".join(
             f"{k} {v:.3f}" for k, v in stats["class_frequencies"].items()))
-    lines.append(f"  dataset: {output}  (tfds.builder_from_directory; manifest.parquet, stats.json, "
-                 f"rejected.jsonl, _SUCCESS)")
+    if version:
+        lines.append(f"  dataset: {output} -> version {version}  (local: tfds.builder_from_directory(\"{output}/current\"); "
+                     f"manifest.parquet, stats.json, rejected.jsonl, _SUCCESS inside the version)")
+    else:
+        lines.append(f"  dataset: {output}")
     return "\n".join(lines)
 
 

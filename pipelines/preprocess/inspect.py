@@ -13,6 +13,7 @@ import sys
 
 from PIL import Image, ImageDraw
 
+from pipelines.beam.files import read_bytes, resolve_version
 from pipelines.core.pixels import overlay
 from schemas import layout
 from schemas.example import SEGMENTATION, DatasetSpec
@@ -58,12 +59,12 @@ def contact_sheet(examples: list[dict], spec: DatasetSpec, columns: int, cell: i
 
 
 def run(argv: list[str] | None = None) -> int:
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     args = build_parser().parse_args(argv)
-    spec = DatasetSpec.from_json(tf.io.gfile.GFile(f"{args.dataset.rstrip('/')}/{layout.SPEC_FILE}").read())
-    builder = tfds.builder_from_directory(args.dataset)
+    dataset = resolve_version(args.dataset)
+    spec = DatasetSpec.from_json(read_bytes(f"{dataset}/{layout.SPEC_FILE}").decode("utf-8"))
+    builder = tfds.builder_from_directory(dataset)
     if args.split not in builder.info.splits:
         raise SystemExit(f"tessera inspect: no split {args.split!r}; the dataset has {list(builder.info.splits)}")
     examples = list(tfds.as_numpy(builder.as_dataset(split=args.split).take(args.count)))

@@ -26,7 +26,7 @@ from pipelines.beam import progress, runner
 from pipelines.core import images
 from pipelines.preprocess import examples, finalise, publish, shards, static_augment
 from pipelines.preprocess import transforms as pt
-from schemas import layout
+from schemas import layout, versions
 from schemas.example import CLASSIFICATION, SEGMENTATION, DatasetSpec
 
 
@@ -53,6 +53,7 @@ class PreprocessConfig:
     min_shards: int = 4                  # per split (capped by its sources): parallel writes and reads
     png_compression: int = 1
     overwrite: bool = False
+    keep_versions: int = versions.DEFAULT_KEEP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-shards", type=int, default=d.min_shards,
                    help="at least this many shards per split (capped by its number of sources)")
     p.add_argument("--png-compression", type=int, default=d.png_compression, choices=range(10))
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true",
+                   help="publish a new version of an existing output (readers switch when it is complete)")
+    p.add_argument("--keep-versions", type=int, default=d.keep_versions,
+                   help="versions of the output kept (the newest ones); older ones are deleted")
     return p
 
 
@@ -94,6 +98,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         raise SystemExit(f"--split-fractions must be three non-negative numbers summing to 1, got {args.split_fractions}")
     if config.tile_size < 1 or config.margin < 0 or config.augment_copies < 0:
         raise SystemExit("--tile-size must be >= 1, --margin and --augment-copies >= 0")
+    if config.keep_versions < 1:
+        raise SystemExit("--keep-versions must be >= 1")
     return config
 
 
@@ -170,8 +176,9 @@ def run(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     config = config_from_args(args)
     if publish.output_exists(config.output) and not config.overwrite:
-        raise SystemExit(f"tessera preprocess: {config.output} exists; pass --overwrite to replace it")
+        raise SystemExit(f"tessera preprocess: {config.output} exists; pass --overwrite to publish a new version")
     check_input(config)
+    publish.clean_leftovers(config.output)
     empty_folders: list[str] = []
     if config.layout == CLASSIFICATION:
         found, empty_folders = class_folders(config.input, list_files=not config.class_names)
@@ -200,8 +207,8 @@ def run(argv: list[str] | None = None) -> int:
             f"tessera preprocess: {summary['rejected']} of {summary['sources_in']} inputs rejected "
             f"({summary['rejected_fraction']:.1%} > --max-rejected-fraction {config.max_rejected_fraction:.1%}); "
             f"nothing was published. Rejected records with reasons: {kept}/{layout.REJECTED_FILE}")
-    publish.commit(work, config.output, config.overwrite)
-    print(finalise.describe(summary, config.output), flush=True)
+    version = publish.commit(work, config.output, config.overwrite, summary["fingerprint"], config.keep_versions)
+    print(finalise.describe(summary, config.output, version), flush=True)
     return 0
 
 
