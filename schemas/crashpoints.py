@@ -3,7 +3,9 @@
 With ``TESSERA_PAUSE_AT=<name>`` in its environment, a process reaching
 ``crashpoint(<name>)`` writes its pid to ``$TESSERA_PAUSE_SIGNAL`` (when set) and waits
 there until it is killed; the test then SIGKILLs it, exactly at that moment, and checks
-what a reader or the next run finds. Unset (always, outside tests), it costs one lookup.
+what a reader or the next run finds. With ``TESSERA_PAUSE_RESUME=<file>`` too, it goes on
+once that file exists (a test changes the world meanwhile). Unset (always, outside tests),
+it costs one lookup.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 
 PAUSE_ENV = "TESSERA_PAUSE_AT"
 SIGNAL_ENV = "TESSERA_PAUSE_SIGNAL"
+RESUME_ENV = "TESSERA_PAUSE_RESUME"
 
 
 def crashpoint(name: str) -> None:
@@ -21,5 +24,6 @@ def crashpoint(name: str) -> None:
     if signal_path:
         with open(signal_path, "w") as handle:
             handle.write(str(os.getpid()))
-    while True:
-        time.sleep(0.5)
+    resume = os.environ.get(RESUME_ENV)
+    while not (resume and os.path.exists(resume)):
+        time.sleep(0.2)

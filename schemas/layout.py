@@ -23,7 +23,11 @@ stats.json::
 _SUCCESS::
 
     {"sources_in": n, "sources_written": n, "rejected": n, "examples": {split: n},
-     "fingerprint": "<sha256 over shard names and their sha256>", "completed_at": "<UTC ISO>"}
+     "shards": {name: {"bytes": n, "sha256": hex, "examples": n}},   # every shard, nothing else
+     "fingerprint": dataset_fingerprint(shards), "completed_at": "<UTC ISO>"}
+
+A reader checks a dataset against it cheaply (every shard present with its size, no other
+shard file, the fingerprint consistent) and, when asked, fully (every shard's sha256).
 """
 from __future__ import annotations
 
@@ -45,6 +49,15 @@ SHARD_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{count:05d}"
+
+
+SHARD_GLOB = f"{DATASET_NAME}-*.tfrecord-*"
+
+
+def dataset_fingerprint(shard_digests: dict[str, str]) -> str:
+    """sha256 over the shards' names and sha256 digests: names a dataset's content."""
+    lines = sorted(f"{name}:{digest}" for name, digest in shard_digests.items())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 MANIFEST_SCHEMA = pa.schema(

@@ -1,17 +1,21 @@
 """The model card: what ``tessera train`` exports and ``tessera predict`` reads.
 
-Model directory::
+Model directory (``tessera train`` publishes each export as a version, ``schemas.versions``)::
 
     model/
-      model_card.json     ModelCard below
-      saved_model/        SavedModel, signature "serving_default":
+      CURRENT, current -> v-...   the export predict reads (pointer; local symlink)
+      v-<time>-<digest>/          one export, complete:
+        model_card.json           ModelCard below; names its SavedModel by digest
+        saved_model/              SavedModel, signature "serving_default":
                             input  "tiles": uint8 [N, input_size, input_size, channels]
                             output "probabilities": float32 [N, output_size, output_size, K]
                                     (segmentation) or [N, K] (classification)
-      model.keras         the Keras model
-      config.json         resolved training configuration
-      history.csv         per-epoch metrics
-      checkpoints/ backup/ logs/   best checkpoint, preemption backup, TensorBoard
+        model.keras               the Keras model
+      config.json                 resolved training configuration
+      history.csv                 per-epoch metrics
+      checkpoints/ backup/ logs/  best checkpoint, preemption backup, TensorBoard
+
+A directory without ``CURRENT`` holding ``model_card.json`` directly is read as one export.
 
 Geometry: a tile is ``core + 2 * margin`` pixels (``input_size``). A model with 'valid'
 convolutions outputs only the core (``output_size == core``); one with 'same'
@@ -24,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any
+from typing import Any, Callable
 
 from schemas.example import TASKS
 
@@ -34,6 +38,9 @@ KERAS_FILE = "model.keras"
 SERVING_INPUT = "tiles"
 SERVING_OUTPUT = "probabilities"
 FORMAT_VERSION = 1
+# The files whose bytes name a SavedModel: its graph and the index of its variables (which
+# holds a checksum of every variable, verified by TensorFlow when it restores them).
+SAVED_MODEL_DIGEST_FILES = ("saved_model.pb", "variables/variables.index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,8 @@ class ModelCard:
     # the preprocess --fit); predict must do the same
     whole_image: bool = False
     fit: str = "resize"
+    saved_model_digest: str = ""          # saved_model_digest() of the SavedModel it belongs to
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)  # libraries that exported it
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -105,3 +114,13 @@ def read_card(raw: bytes, where: str) -> ModelCard:
 def model_id(card: ModelCard, raw: bytes) -> str:
     """A short id of one exported model: its name and a digest of its card."""
     return f"{card.model_name}-{hashlib.sha256(raw).hexdigest()[:12]}"
+
+
+def saved_model_digest(read: Callable[[str], bytes]) -> str:
+    """sha256 over the SAVED_MODEL_DIGEST_FILES of a SavedModel; ``read(relative path)`` gives
+    a file's bytes (relative to the ``saved_model/`` directory)."""
+    digest = hashlib.sha256()
+    for name in SAVED_MODEL_DIGEST_FILES:
+        data = read(name)
+        digest.update(f"{name}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()

@@ -87,7 +87,7 @@ def run(argv: list[str] | None = None) -> int:
     print("\n== done. Where things are:")
     for what, path in outputs.items():
         print(f"  {what:<32} {path}")
-    card = json.loads((work / "model" / "model_card.json").read_text())
+    card = json.loads((work / "model" / "current" / "model_card.json").read_text())
     report = json.loads((work / "report.json").read_text())
     headline = "dice" if args.task == "segmentation" else "accuracy"
     print(f"  validation {headline} (model card): {card['metrics'].get(headline, float('nan')):.4f}")

@@ -87,11 +87,12 @@ def write_dataset(path: str, spec: DatasetSpec, splits: dict[str, list[dict]], n
     An empty list writes a split of empty shards (what preprocess does when it rejected every
     source of the split); ``fit`` writes the preprocess ``config.json`` with that ``--fit``."""
     import tensorflow_datasets as tfds
-    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from pipelines.preprocess import example_proto
 
     os.makedirs(path, exist_ok=True)
     features = tfds_features(spec)
-    split_infos, digests = [], []
+    split_infos, recorded = [], {}
     for split, examples in splits.items():
         shards = [examples[i::num_shards] for i in range(num_shards)]
         lengths, total = [], 0
@@ -99,10 +100,10 @@ def write_dataset(path: str, spec: DatasetSpec, splits: dict[str, list[dict]], n
             name = layout.shard_name(split, index, num_shards)
             with open(os.path.join(path, name), "wb") as handle:
                 for example in shard:
-                    _TFRecordUtil.write_record(handle, features.serialize_example(example))
+                    handle.write(example_proto.tfrecord(features.serialize_example(example)))
             with open(os.path.join(path, name), "rb") as handle:
                 data = handle.read()
-            digests.append(f"{name}:{hashlib.sha256(data).hexdigest()}")
+            recorded[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "examples": len(shard)}
             lengths.append(len(shard))
             total += len(data)
         split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=total))
@@ -116,11 +117,11 @@ def write_dataset(path: str, spec: DatasetSpec, splits: dict[str, list[dict]], n
     if fit is not None:
         with open(os.path.join(path, layout.CONFIG_FILE), "w") as handle:
             json.dump({"preprocess": {"fit": fit}, "dataset": json.loads(spec.to_json())}, handle)
-    fingerprint = hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+    fingerprint = layout.dataset_fingerprint({name: s["sha256"] for name, s in recorded.items()})
     with open(os.path.join(path, layout.SUCCESS_FILE), "w") as handle:
         json.dump({"sources_in": sum(map(len, splits.values())), "rejected": 0,
                    "examples": {s: len(e) for s, e in splits.items()}, "fingerprint": fingerprint,
-                   "completed_at": "2026-11-22T00:00:00Z"}, handle)
+                   "shards": recorded, "completed_at": "2026-11-22T00:00:00Z"}, handle)
     return path
 
 

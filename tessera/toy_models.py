@@ -19,7 +19,14 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from schemas.model_card import ModelCard
+from schemas.model_card import ModelCard, saved_model_digest
+
+
+def read_file(folder: str):
+    def read(name: str) -> bytes:
+        with open(os.path.join(folder, name), "rb") as handle:
+            return handle.read()
+    return read
 
 
 class ToyModel(tf.Module):
@@ -73,7 +80,8 @@ def export_model(directory: str, kind: str = "same", core: int = 8, margin: int 
                      margin=0 if whole_image else margin, input_size=tile,
                      output_size=output_size, channels=channels,
                      class_names=names, normalization={"scale": scale, "offset": offset}, threshold=threshold,
-                     config={"seed": seed}, whole_image=whole_image, fit=fit)
+                     config={"seed": seed}, whole_image=whole_image, fit=fit,
+                     saved_model_digest=saved_model_digest(read_file(os.path.join(directory, "saved_model"))))
     with open(os.path.join(directory, "model_card.json"), "w") as f:
         f.write(card.to_json())
     return model

@@ -1,4 +1,5 @@
 """The prediction job end to end on the DirectRunner: outputs, rejections, reruns, strips, shards, runners."""
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from scipy import ndimage
 from pipelines.predict import job as predict
 from schemas import layout as names
 from tessera.toy_models import export_model, whole_image_probabilities, write_images
+from tests.crash import kill_at
 
 SIZES = {"a": (37, 61), "b": (5, 5), "nested/c": (20, 33), "d": (1, 1)}
 
@@ -337,14 +339,49 @@ def test_switching_settings_back_and_forth_never_reuses_the_other_settings_masks
     assert len(list((out / "rows").glob("*/*.json"))) == 2  # only the current settings' rows remain
 
 
-def test_a_failed_run_with_other_settings_leaves_no_results_of_the_previous_one(tmp_path):
+def test_a_killed_run_with_other_settings_leaves_no_results_of_the_previous_one(tmp_path):
     export_model(str(tmp_path / "model"), kind="same", core=8, margin=4)
-    export_model(str(tmp_path / "broken"), kind="same", core=8, margin=4, name="broken")
-    (tmp_path / "broken" / "saved_model" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    export_model(str(tmp_path / "other"), kind="same", core=8, margin=4, name="other", seed=1)
     write_images(tmp_path / "in", {"x": (12, 9)})
     out = run_job(tmp_path, tmp_path / "out")
     assert (out / names.PREDICTIONS_FILE).exists()
-    with pytest.raises(OSError, match="Cannot parse"):  # the workers cannot load the model
-        predict.run(["--model-dir", str(tmp_path / "broken"), "--input", str(tmp_path / "in"), "--output", str(out)])
+    kill_at("predict:started", "pipelines.predict.job",
+            ["--model-dir", str(tmp_path / "other"), "--input", str(tmp_path / "in"), "--output", str(out)], tmp_path)
     assert not (out / names.SUCCESS_FILE).exists() and not list(out.glob(names.predictions_file("*")))
     assert not list((out / "rows").rglob("*.json"))
+
+
+def _predict_exit(tmp_path, model_dir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tessera.cli", "predict", "--model-dir", str(model_dir), "--input",
+                           str(tmp_path / "in"), "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+def test_a_card_and_model_of_different_exports_or_a_damaged_model_exit_2_with_a_reason(tmp_path):
+    from schemas.model_card import ModelCard, saved_model_digest
+    from tessera.toy_models import read_file
+
+    write_images(tmp_path / "in", {"x": (12, 9)})
+    for name, seed in (("a", 0), ("b", 1)):
+        export_model(str(tmp_path / name), kind="same", core=8, margin=4, seed=seed, name=name)
+    shutil.copy(tmp_path / "b" / "model_card.json", tmp_path / "a" / "model_card.json")   # a kill between two files
+    mixed = _predict_exit(tmp_path, tmp_path / "a")
+    assert mixed.returncode == 2 and "belongs to another SavedModel" in mixed.stderr and "Traceback" not in mixed.stderr
+
+    export_model(str(tmp_path / "c"), kind="same", core=8, margin=4)
+    card = ModelCard.from_json((tmp_path / "c" / "model_card.json").read_text())
+    wrong = dataclasses.replace(card, core=6, input_size=14, output_size=14)     # geometry the model does not have
+    (tmp_path / "c" / "model_card.json").write_text(wrong.to_json())
+    geometry = _predict_exit(tmp_path, tmp_path / "c")
+    assert geometry.returncode == 2 and "its card says" in geometry.stderr and "Traceback" not in geometry.stderr
+
+    export_model(str(tmp_path / "d"), kind="same", core=8, margin=4)
+    (data,) = (tmp_path / "d" / "saved_model" / "variables").glob("variables.data-*")
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))
+    assert saved_model_digest(read_file(str(tmp_path / "d" / "saved_model"))) == ModelCard.from_json(
+        (tmp_path / "d" / "model_card.json").read_text()).saved_model_digest   # the digest cannot see it...
+    broken = _predict_exit(tmp_path, tmp_path / "d")                             # ...the variables' checksums do
+    assert broken.returncode == 2 and "cannot be loaded" in broken.stderr and "Traceback" not in broken.stderr
+    assert not (tmp_path / "out" / names.SUCCESS_FILE).exists()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,16 +13,12 @@ from pipelines.beam.files import resolve_version
 from pipelines.preprocess import job as preprocess
 from pipelines.preprocess import publish
 from schemas import layout, versions
-from schemas.crashpoints import PAUSE_ENV, SIGNAL_ENV
 from tessera import synthetic
 from tests.conftest import upload_tree
+from tests.crash import kill_at
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--tile-size", "24", "--margin", "8", "--direct_running_mode=in_memory"]
-# A subprocess that uses the GCS emulator as the test process does (anonymous credentials at once).
-LAUNCH = ("import sys; from apache_beam.internal.gcp import auth; "
-          "auth._Credentials._credentials_init, auth._Credentials._credentials = True, None; "
-          "from pipelines.preprocess.job import run; sys.exit(run(sys.argv[1:]))")
+PREPROCESS = "pipelines.preprocess.job"
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +32,6 @@ def run_preprocess(raw, out, *extra) -> int:
     return preprocess.run(["--input", str(raw), "--output", str(out), *FLAGS, *map(str, extra)])
 
 
-def kill_at(point: str, argv: list[str], tmp_path, timeout: float = 120) -> None:
-    """Runs a job in a subprocess until it reaches ``point``, then SIGKILLs it there."""
-    signal_file = tmp_path / f"paused-{point.replace(':', '-')}"
-    env = {**os.environ, PAUSE_ENV: point, SIGNAL_ENV: str(signal_file), "PYTHONPATH": ROOT}
-    process = subprocess.Popen([sys.executable, "-c", LAUNCH, *argv], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while not signal_file.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"the job ended ({process.returncode}) before {point}: "
-                                 f"{process.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"the job did not reach {point} in {timeout} s")
-        time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-
-
 def success_of(version_dir) -> dict:
     from pipelines.beam.files import read_json
 
@@ -69,7 +42,7 @@ def test_overwrite_killed_before_the_pointer_leaves_the_old_version_current(raw,
     out = tmp_path / "ds"
     assert run_preprocess(raw, out) == 0
     first = resolve_version(str(out))
-    kill_at("preprocess:before-pointer", ["--input", str(raw), "--output", str(out), *FLAGS,
+    kill_at("preprocess:before-pointer", PREPROCESS, ["--input", str(raw), "--output", str(out), *FLAGS,
                                           "--tile-size", "32", "--overwrite"], tmp_path)
     assert resolve_version(str(out)) == first and os.path.realpath(out / versions.CURRENT_LINK) == first
     assert json.loads((out / versions.CURRENT_LINK / layout.SPEC_FILE).read_text())["core"] == 24
@@ -135,7 +108,7 @@ def test_gs_overwrite_killed_before_the_pointer_keeps_the_old_dataset(raw, gcs_p
     out = f"{gcs_prefix}/ds"
     assert run_preprocess(f"{gcs_prefix}/raw", out) == 0
     first = resolve_version(out)
-    kill_at("preprocess:before-pointer", ["--input", f"{gcs_prefix}/raw", "--output", out, *FLAGS,
+    kill_at("preprocess:before-pointer", PREPROCESS, ["--input", f"{gcs_prefix}/raw", "--output", out, *FLAGS,
                                           "--tile-size", "32", "--overwrite"], tmp_path)
     assert resolve_version(out) == first and success_of(first)["sources_in"] == 4
     assert run_preprocess(f"{gcs_prefix}/raw", out, "--tile-size", 32, "--overwrite") == 0

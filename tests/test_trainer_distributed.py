@@ -89,7 +89,7 @@ def test_multi_worker_trains_together_and_only_the_chief_exports(dataset, tmp_pa
     assert all("Finished at epoch 2" in log for log in logs)
     assert logs[0].count("loss ") >= 6 and "step 1 " not in logs[1]   # only the chief reports progress
     assert "Exported" in logs[0] and "Exported" not in logs[1]
-    assert (model_dir / "model_card.json").exists() and (model_dir / "saved_model").is_dir()
+    assert (model_dir / "current" / "model_card.json").exists() and (model_dir / "current" / "saved_model").is_dir()
     leftovers = [p for p in model_dir.rglob("*") if ".tmp-worker" in str(p)]
     assert leftovers == []                                    # the other worker's writes were temporary
     history = (model_dir / "history.csv").read_text().strip().splitlines()

@@ -4,6 +4,7 @@ loads and that reproduces the Keras model's outputs, and a re-export that replac
 import dataclasses
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from schemas import model_card as mc  # noqa: E402
+from schemas import versions  # noqa: E402
 from tessera import synthetic_dataset  # noqa: E402
 from tests.test_trainer_learning import make_config  # noqa: E402
 from trainer import calibrate, data, export  # noqa: E402
@@ -28,7 +30,7 @@ from trainer.steps import loss_spec_for  # noqa: E402
 
 def served_probabilities(model_dir: str, tiles: np.ndarray) -> np.ndarray:
     """Runs the exported serving signature (what ``tessera predict`` does)."""
-    loaded = tf.saved_model.load(f"{model_dir}/{mc.SAVED_MODEL_DIR}")
+    loaded = tf.saved_model.load(f"{export.current_export(model_dir)}/{mc.SAVED_MODEL_DIR}")
     return loaded.signatures["serving_default"](**{mc.SERVING_INPUT: tf.constant(tiles)})[mc.SERVING_OUTPUT].numpy()
 
 
@@ -84,14 +86,14 @@ def test_saved_model_in_a_fresh_process_reproduces_keras(exported, tmp_path):
     tiles_path, out_path = tmp_path / "tiles.npy", tmp_path / "out.npy"
     np.save(tiles_path, tiles)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    run = subprocess.run([sys.executable, "-c", FRESH_PROCESS, cfg.model_dir, str(tiles_path), str(out_path)],
+    run = subprocess.run([sys.executable, "-c", FRESH_PROCESS, f"{cfg.model_dir}/{versions.CURRENT_LINK}", str(tiles_path), str(out_path)],
                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report == {"input": ["tiles", "uint8", [None, 32, 32, 1]], "outputs": ["probabilities"],
                       "trainer_imported": False}
     served = np.load(out_path)
-    keras_model = keras.models.load_model(f"{cfg.model_dir}/{mc.KERAS_FILE}", custom_objects=CUSTOM_OBJECTS)
+    keras_model = keras.models.load_model(f"{cfg.model_dir}/{versions.CURRENT_LINK}/{mc.KERAS_FILE}", custom_objects=CUSTOM_OBJECTS)
     expected = np.asarray(keras_model(tiles.astype(np.float32), training=False))
     assert served.shape == (3, 16, 16, 2)
     np.testing.assert_allclose(served, expected, atol=1e-5)
@@ -99,17 +101,23 @@ def test_saved_model_in_a_fresh_process_reproduces_keras(exported, tmp_path):
     np.testing.assert_allclose(served_probabilities(cfg.model_dir, tiles), served, atol=1e-6)
 
 
-def test_a_re_export_replaces_the_saved_model_whole_and_leaves_no_staging(exported, tmp_path):
+def test_a_re_export_is_a_new_whole_version_and_leaves_no_staging(exported, tmp_path):
     cfg, _ = exported
     model_dir = tmp_path / "model"
-    shutil.copytree(cfg.model_dir, model_dir)
-    (model_dir / mc.SAVED_MODEL_DIR / "stale.txt").write_text("a file of an earlier export")
+    shutil.copytree(cfg.model_dir, model_dir, symlinks=True)
+    first = export.current_export(str(model_dir))
+    (pathlib.Path(first) / mc.SAVED_MODEL_DIR / "stale.txt").write_text("a file of an earlier export")
     resolved = dataclasses.replace(from_dict(export.load_card(cfg.model_dir).config), model_dir=str(model_dir))
     info = data.open_dataset(cfg.data)
     card = export.export(resolved, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec_for(resolved, info))
-    assert sorted(os.listdir(model_dir)) == sorted(os.listdir(cfg.model_dir))     # no .export-* left behind
-    assert not (model_dir / mc.SAVED_MODEL_DIR / "stale.txt").exists()
+    second = export.current_export(str(model_dir))
+    assert second != first and os.path.realpath(model_dir / versions.CURRENT_LINK) == second
+    assert not any(versions.STAGING_MARK in name for name in os.listdir(model_dir))    # no staging left behind
+    assert not (pathlib.Path(second) / mc.SAVED_MODEL_DIR / "stale.txt").exists()
+    assert (pathlib.Path(first) / mc.SAVED_MODEL_DIR / "stale.txt").exists()           # the old one, whole, kept
     assert export.load_card(str(model_dir)) == card
+    assert card.saved_model_digest == export.saved_model_digest(f"{second}/{mc.SAVED_MODEL_DIR}")
+    assert card.versions["tensorflow"] == tf.__version__ and card.versions["tessera"]
     tiles = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 1)).astype(np.uint8)
     np.testing.assert_allclose(served_probabilities(str(model_dir), tiles),
                                served_probabilities(cfg.model_dir, tiles), atol=1e-6)

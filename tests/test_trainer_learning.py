@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from schemas import model_card as mc  # noqa: E402
+from schemas import versions  # noqa: E402
 from tessera import synthetic_dataset  # noqa: E402
 from trainer.config import from_dict, resolve_paths  # noqa: E402
 from trainer.data import open_dataset  # noqa: E402
@@ -52,14 +53,16 @@ def test_unet_learns_discs_and_exports(discs, tmp_path):
     result = train(cfg)
     best = max(row["val_dice"] for row in result.history)
     assert best >= 0.9, result.history
-    card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
+    card = mc.ModelCard.from_json((model_dir / versions.CURRENT_LINK / mc.MODEL_CARD_FILE).read_text())
     assert card.metrics["dice"] >= 0.9 and card.metrics["best_epoch"] == result.best_epoch
     assert card.geometry() == (24, 4, 32, 32) and card.class_names == ("background", "disc")
     assert 0.0 < card.threshold < 1.0 and card.threshold_rule == "max F1 on val"
     with open(discs / "_SUCCESS") as handle:
         assert card.dataset_fingerprint == json.load(handle)["fingerprint"]
     assert card.config["model"]["name"] == "unet" and card.config["loss"]["loss"] == "ce+dice"
-    for name in (mc.SAVED_MODEL_DIR, mc.KERAS_FILE, "config.json", "history.csv", "checkpoints", "backup", "logs"):
+    for name in (mc.SAVED_MODEL_DIR, mc.KERAS_FILE):
+        assert (model_dir / versions.CURRENT_LINK / name).exists(), name
+    for name in ("config.json", "history.csv", "checkpoints", "backup", "logs"):
         assert (model_dir / name).exists(), name
     assert len((model_dir / "history.csv").read_text().strip().splitlines()) == 1 + 4
     tags = event_tags(model_dir / "logs")
@@ -85,9 +88,9 @@ def test_res_attention_unet_with_deep_supervision_exports_the_fused_output(tmp_p
                       image_summaries=1)
     result = train(cfg)
     assert np.isfinite(result.step_losses).all() and len(result.step_losses) == 8
-    card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
+    card = mc.ModelCard.from_json((model_dir / versions.CURRENT_LINK / mc.MODEL_CARD_FILE).read_text())
     assert card.threshold is None and card.threshold_rule == "argmax" and card.num_classes == 3
-    loaded = tf.saved_model.load(str(model_dir / mc.SAVED_MODEL_DIR))
+    loaded = tf.saved_model.load(str(model_dir / versions.CURRENT_LINK / mc.SAVED_MODEL_DIR))
     out = loaded.signatures["serving_default"](tiles=tf.zeros([2, 32, 32, 3], tf.uint8))
     assert list(out) == [mc.SERVING_OUTPUT] and out[mc.SERVING_OUTPUT].shape == (2, 32, 32, 3)
     np.testing.assert_allclose(out[mc.SERVING_OUTPUT].numpy().sum(-1), 1.0, rtol=1e-5)
@@ -123,7 +126,7 @@ def test_a_dataset_without_validation_examples_trains_and_exports(tmp_path, empt
     model_dir = tmp_path / "model"
     result = train(make_config(data, model_dir, epochs=2, batch_size=8, model={"depth": 1, "filters": 2}))
     assert result.best_epoch >= 1 and "val_loss" not in result.history[-1]
-    card = mc.ModelCard.from_json((model_dir / mc.MODEL_CARD_FILE).read_text())
+    card = mc.ModelCard.from_json((model_dir / versions.CURRENT_LINK / mc.MODEL_CARD_FILE).read_text())
     assert card.threshold == 0.5 and card.threshold_rule == "default 0.5 (no validation split)"
     if empty_splits:
         with pytest.raises(ValueError, match="'val' split of .* has no examples"):
@@ -139,7 +142,7 @@ def test_a_run_whose_monitored_metric_is_never_finite_says_so_instead_of_exporti
         train(cfg)
     history = (tmp_path / "m" / "history.csv").read_text().lower()
     assert history.count("nan") >= 2
-    assert not (tmp_path / "m" / mc.MODEL_CARD_FILE).exists()
+    assert not (tmp_path / "m" / versions.POINTER_FILE).exists() and not (tmp_path / "m" / mc.MODEL_CARD_FILE).exists()
     assert not (tmp_path / "m" / "checkpoints").exists() or not os.listdir(tmp_path / "m" / "checkpoints")
 
 

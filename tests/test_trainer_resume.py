@@ -44,7 +44,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     reached = max(int(m.group(1)) for m in re.finditer(r"^step (\d+) ", "".join(seen), re.M))
     saved = [int(m.group(1)) for m in re.finditer(r"checkpoint saved at global step (\d+)", "".join(seen))]
     assert reached >= 8 and saved and saved[-1] == EVERY
-    assert not (model_dir / "model_card.json").exists()
+    assert not (model_dir / "current" / "model_card.json").exists()
 
     second = subprocess.run(command(data, model_dir), capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -55,7 +55,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     assert reached - global_step < EVERY                              # repeated less than one interval
     trained = re.findall(r"^step (\d+) ", second.stdout, re.M)
     assert [int(s) for s in trained] == list(range(global_step + 1, 25))
-    assert (model_dir / "model_card.json").exists()
+    assert (model_dir / "current" / "model_card.json").exists()
     assert len((model_dir / "history.csv").read_text().strip().splitlines()) == 1 + 2
 
     # the resumed run ends exactly where an uninterrupted one does (seeded input order)
@@ -83,4 +83,4 @@ def test_refuses_to_resume_on_a_replaced_dataset(tmp_path, capsys):
     assert task.run(argv) == 2
     error = capsys.readouterr().err
     assert "another version of the dataset" in error and "fingerprint" in error
-    assert not (model_dir / "model_card.json").exists()
+    assert not (model_dir / "current" / "model_card.json").exists()

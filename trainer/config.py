@@ -86,6 +86,8 @@ class TrainConfig:
     checkpoint_dir: str = ""        # best-model checkpoint; "" = $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints
     backup_dir: str = ""            # preemption backup; "" = CHECKPOINT_DIR/../backup or MODEL_DIR/backup
     log_dir: str = ""               # TensorBoard; "" = $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs
+    keep_versions: int = 3          # exports kept in MODEL_DIR (schemas.versions); older ones deleted
+    verify_digests: bool = False    # also check every shard's sha256 (reads the dataset once more)
     epochs: int = 10
     batch_size: int = 8             # per replica
     steps_per_epoch: int = 0        # 0 = train examples // global batch
@@ -139,6 +141,9 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--checkpoint-dir",), "checkpoint_dir", str, "best checkpoint (default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints)"),
     (("--backup-dir",), "backup_dir", str, "preemption backup (default MODEL_DIR/backup)"),
     (("--log-dir",), "log_dir", str, "TensorBoard logs (default $AIP_TENSORBOARD_LOG_DIR or MODEL_DIR/logs)"),
+    (("--keep-versions",), "keep_versions", int, "exports kept in the model directory (newest first)"),
+    (("--verify-digests",), "verify_digests", argparse.BooleanOptionalAction,
+     "check every shard's sha256 against _SUCCESS at start and before export (sizes are always checked)"),
     (("--model",), "model.name", str, "unet | res-attention-unet | small-cnn | transfer (default: unet / small-cnn)"),
     (("--depth",), "model.depth", int, "U-Net poolings / CNN stages"),
     (("--filters",), "model.filters", int, "filters of the first level"),
@@ -273,6 +278,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"--{dest.split('.')[-1].replace('_', '-')} must be one of "
                              f"{[c for c in choices if c]}, got {value!r}")
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "checkpoint_every": cfg.checkpoint_every,
+                "keep_versions": cfg.keep_versions,
                 "depth": cfg.model.depth, "filters": cfg.model.filters, "learning_rate": cfg.optim.learning_rate}
     for name, value in positive.items():
         if value <= 0:

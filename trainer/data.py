@@ -11,7 +11,9 @@ the batches already trained and sees exactly the rest.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from typing import Callable
 
 import numpy as np
@@ -79,6 +81,65 @@ def open_dataset(path: str) -> DatasetInfo:
     config = _read_json(config_path) if tf.io.gfile.exists(config_path) else {}
     return DatasetInfo(path, spec, sizes, files, stats, _read_json(success).get("fingerprint", ""),
                        config.get("preprocess", {}).get("fit", "resize"))
+
+
+class DatasetDamaged(ValueError):
+    """The dataset on disk is not the one its ``_SUCCESS`` describes (exit 2: do not retry)."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_dataset(info: DatasetInfo, digests: bool = False) -> None:
+    """Checks the dataset's files against its ``_SUCCESS``: the same fingerprint as when the
+    run opened it, every recorded shard present at its recorded size, no other shard file,
+    and (``digests``) every shard's sha256. Raises DatasetDamaged naming the file."""
+    success_path = f"{info.path}/{layout.SUCCESS_FILE}"
+    if not tf.io.gfile.exists(success_path):
+        raise DatasetDamaged(f"{success_path} is gone: the dataset was deleted or replaced during the run")
+    success = _read_json(success_path)
+    if success.get("fingerprint", "") != info.fingerprint:
+        raise DatasetDamaged(f"{info.path} was replaced during the run (fingerprint {info.fingerprint[:12]} when "
+                             f"the run started, {str(success.get('fingerprint'))[:12]} now)")
+    recorded = success.get("shards")
+    if recorded is None:  # written before _SUCCESS listed its shards: nothing to check them against
+        return
+    if layout.dataset_fingerprint({n: s["sha256"] for n, s in recorded.items()}) != info.fingerprint:
+        raise DatasetDamaged(f"{success_path}: its shard list does not match its fingerprint")
+    present = {os.path.basename(p): p for p in tf.io.gfile.glob(f"{info.path}/{layout.SHARD_GLOB}")}
+    listed = {os.path.basename(f) for files in info.split_files.values() for f in files}
+    for name in sorted(set(present) | listed):
+        path = present.get(name, f"{info.path}/{name}")
+        if name not in recorded:
+            raise DatasetDamaged(f"{path}: a shard file that {layout.SUCCESS_FILE} does not list (foreign or left "
+                                 "by another run); the dataset cannot be trusted")
+    for name, shard in sorted(recorded.items()):
+        path = f"{info.path}/{name}"
+        if name not in present:
+            raise DatasetDamaged(f"{path}: missing (listed in {layout.SUCCESS_FILE})")
+        size = tf.io.gfile.stat(path).length
+        if size != shard["bytes"]:
+            raise DatasetDamaged(f"{path}: {size} bytes, but {layout.SUCCESS_FILE} says {shard['bytes']}: "
+                                 "truncated, emptied or replaced")
+        if digests and _sha256(path) != shard["sha256"]:
+            raise DatasetDamaged(f"{path}: its content differs from what preprocess wrote (sha256)")
+
+
+def locate_damage(info: DatasetInfo, error: tf.errors.DataLossError) -> DatasetDamaged:
+    """The shard behind a DataLossError (TensorFlow's message does not name it)."""
+    for files in info.split_files.values():
+        for path in files:
+            try:
+                for _ in tf.data.TFRecordDataset(path):
+                    pass
+            except tf.errors.DataLossError as damaged:
+                return DatasetDamaged(f"{path}: damaged ({damaged.message})")
+    return DatasetDamaged(f"{info.path}: a shard is damaged ({error.message})")
 
 
 def parse_fn(spec: DatasetSpec) -> Callable:

@@ -1,20 +1,27 @@
 """Export a trained network as the model directory ``tessera predict`` reads
 (``schemas/model_card.py``): SavedModel with the serving signature, ``model.keras``, and
 the model card with the decision threshold calibrated on validation. The pieces are written
-into a staging directory inside the model directory and moved into place, the card last.
+into a staging directory inside the model directory, published as one new version of it
+(``schemas.versions``): predict reads the previous export or this one, never a mix.
 
 The exported network takes raw pixel values, normalises them itself, and returns
 per-class probabilities; under deep supervision only the fused output is kept.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import sys
+import time
 import uuid
 
 import keras
 import tensorflow as tf
 
 from schemas import model_card as mc
+from schemas import versions
+from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
 from trainer.config import TrainConfig
@@ -105,37 +112,118 @@ def export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Loss
         metrics={k: float(v) for k, v in metrics_.items()}, config=json.loads(cfg.to_json()),
         dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit)
     model = inference_model(net, info.normalization)
-    staging = f"{cfg.model_dir}/.export-{uuid.uuid4().hex}"
+    staging = f"{cfg.model_dir}/{versions.STAGING_MARK}export-{uuid.uuid4().hex[:12]}"
     try:
         write_saved_model(model, f"{staging}/{mc.SAVED_MODEL_DIR}", spec.dtype)
+        card = dataclasses.replace(card, saved_model_digest=saved_model_digest(f"{staging}/{mc.SAVED_MODEL_DIR}"),
+                                   versions=library_versions())
         model.save(f"{staging}/{mc.KERAS_FILE}")
         with tf.io.gfile.GFile(f"{staging}/{mc.MODEL_CARD_FILE}", "w") as handle:
             handle.write(card.to_json())
-        publish(staging, cfg.model_dir)
+        publish(staging, cfg.model_dir, card.saved_model_digest, cfg.keep_versions)
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
     return card
 
 
-def publish(staging: str, model_dir: str) -> None:
-    """Moves a complete export from ``staging`` into ``model_dir``, the model card last: a
-    reader that finds the new card finds the new SavedModel and Keras file beside it.
+def saved_model_digest(saved_model_dir: str) -> str:
+    def read(name: str) -> bytes:
+        with tf.io.gfile.GFile(f"{saved_model_dir}/{name}", "rb") as handle:
+            return handle.read()
+    return mc.saved_model_digest(read)
 
-    Locally each move is a rename, atomic (the previous saved_model/ is renamed away into
-    ``staging`` first and deleted with it). On gs:// a directory "rename" copies and deletes
-    object by object, so saved_model/ is briefly incomplete there; the card still comes last.
-    """
-    target = f"{model_dir}/{mc.SAVED_MODEL_DIR}"
-    if tf.io.gfile.exists(target):
-        tf.io.gfile.rename(target, f"{staging}/previous-{mc.SAVED_MODEL_DIR}")
-    tf.io.gfile.rename(f"{staging}/{mc.SAVED_MODEL_DIR}", target)
-    for name in (mc.KERAS_FILE, mc.MODEL_CARD_FILE):
-        tf.io.gfile.rename(f"{staging}/{name}", f"{model_dir}/{name}", overwrite=True)
+
+def library_versions() -> dict[str, str]:
+    """The versions of what exported a model (recorded in its card)."""
+    from importlib import metadata
+
+    found = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    for name in ("tessera", "apache-beam"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def _read_if_exists(path: str) -> bytes | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        return handle.read()
+
+
+def publish(staging: str, model_dir: str, digest: str, keep: int = versions.DEFAULT_KEEP) -> str:
+    """Publishes the complete export in ``staging`` as a new version of ``model_dir``: the
+    version directory first, then the one-file ``CURRENT`` pointer (``schemas.versions``), so a
+    reader finds the previous export or this one, never a mix. Returns the version."""
+    pointer_path = f"{model_dir}/{versions.POINTER_FILE}"
+    old = _read_if_exists(pointer_path)
+    old_pointer = None if old is None else versions.read_pointer(old, pointer_path)
+    legacy = tf.io.gfile.exists(f"{model_dir}/{mc.MODEL_CARD_FILE}")  # an export of Tessera before versions
+    previous = versions.next_previous(old_pointer, legacy, keep)
+    version = versions.version_name(digest)
+    tf.io.gfile.rename(staging, f"{model_dir}/{version}")
+    crashpoint("train:before-pointer")
+    temporary = f"{pointer_path}{versions.STAGING_MARK}{uuid.uuid4().hex[:12]}"
+    with tf.io.gfile.GFile(temporary, "wb") as handle:
+        handle.write(versions.pointer(version, previous))
+    tf.io.gfile.rename(temporary, pointer_path, overwrite=True)
+    if "://" not in model_dir:
+        link = os.path.join(model_dir, versions.CURRENT_LINK)
+        temporary_link = f"{link}{versions.STAGING_MARK}{uuid.uuid4().hex[:12]}"
+        os.symlink(version, temporary_link)
+        os.replace(temporary_link, link)  # atomic: the link always names a complete export
+    names = tf.io.gfile.listdir(model_dir)
+    doomed = versions.to_prune((n.rstrip("/") for n in names), version, previous)
+    if legacy and versions.LEGACY not in previous:
+        doomed += [n for n in (mc.SAVED_MODEL_DIR, mc.KERAS_FILE, mc.MODEL_CARD_FILE) if n in {x.rstrip("/") for x in names}]
+    for name in doomed:
+        path = f"{model_dir}/{name}"
+        tf.io.gfile.rmtree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
+    return version
+
+
+def clean_leftovers(model_dir: str, now: float | None = None) -> list[str]:
+    """Reports the staging directories crashed exports left in ``model_dir`` and removes those
+    older than ``versions.LEFTOVER_AGE_S``. Returns the removed ones."""
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    now, removed = now or time.time(), []
+    for name in sorted(tf.io.gfile.listdir(model_dir)):
+        name = name.rstrip("/")
+        if not name.startswith((versions.STAGING_MARK, ".export-")):
+            continue
+        path = f"{model_dir}/{name}"
+        age = now - newest_mtime(path)
+        if age > versions.LEFTOVER_AGE_S:
+            tf.io.gfile.rmtree(path) if tf.io.gfile.isdir(path) else tf.io.gfile.remove(path)
+            removed.append(path)
+            print(f"tessera train: removed {path}, left by an export that stopped {age / 3600:.1f} h ago",
+                  file=sys.stderr)
+        else:
+            print(f"tessera train: {path} was written {age / 60:.0f} min ago by another export (running, or "
+                  f"crashed: it is removed once older than {versions.LEFTOVER_AGE_S // 3600} h)", file=sys.stderr)
+    return removed
+
+
+def newest_mtime(path: str) -> float:
+    stamps = [tf.io.gfile.stat(path).mtime_nsec]
+    if tf.io.gfile.isdir(path):
+        for root, _, files in tf.io.gfile.walk(path):
+            stamps += [tf.io.gfile.stat(f"{root}/{f}").mtime_nsec for f in files]
+    return max(stamps) / 1e9
+
+
+def current_export(model_dir: str) -> str:
+    """The directory of the current export of ``model_dir`` (``schemas.versions``)."""
+    return versions.resolve(model_dir, _read_if_exists)
 
 
 def load_card(model_dir: str) -> mc.ModelCard:
-    path = f"{model_dir}/{mc.MODEL_CARD_FILE}"
+    """The card of the current export of ``model_dir``."""
+    path = f"{current_export(model_dir)}/{mc.MODEL_CARD_FILE}"
     with tf.io.gfile.GFile(path, "rb") as handle:
         return mc.read_card(handle.read(), path)
 

@@ -19,10 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import distribute, export
 from trainer.config import TrainConfig, for_task
-from trainer.data import DatasetInfo, count_examples, crop_to, has_examples, open_dataset, sample, train_dataset
+from trainer.data import (DatasetInfo, count_examples, crop_to, has_examples, locate_damage, open_dataset, sample,
+                          train_dataset, verify_dataset)
 from trainer.models import BACKBONE_NAME, build_model, check_geometry, output_size, primary_output
 from trainer.models.layers import ToProbabilities
 from trainer.observe import Board, History, Progress, log, triptych
@@ -30,7 +32,7 @@ from trainer.optim import build_optimizer, make_schedule
 from trainer.steps import augment_in_pipeline, loss_spec_for, make_eval_step, make_train_step, validate
 # settings that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "patience", "verbose", "image_summaries", "checkpoint_every", "model_dir",
-                     "checkpoint_dir", "backup_dir", "log_dir")
+                     "checkpoint_dir", "backup_dir", "log_dir", "keep_versions", "verify_digests")
 # the backup's record of the dataset it was trained on (_SUCCESS "fingerprint")
 FINGERPRINT_KEY = "dataset_fingerprint"
 
@@ -104,6 +106,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, expo
     """Trains (resuming from the backup if there is one) and, on the chief, exports the best
     model. ``strategy`` defaults to ``distribute.choose_strategy()``."""
     info = open_dataset(cfg.data)
+    verify_dataset(info, cfg.verify_digests)
     cfg = for_task(cfg, info.spec.task)
     strategy = strategy or distribute.choose_strategy()
     policy = distribute.mixed_precision_policy(cfg.mixed_precision)
@@ -111,6 +114,8 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, expo
     keras.mixed_precision.set_global_policy(policy)
     try:
         return _train(cfg, info, strategy, policy != "float32", export_model)
+    except tf.errors.DataLossError as error:
+        raise locate_damage(info, error) from error
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -129,6 +134,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
     has_val = has_examples(info, "val")
     if chief:
         tf.io.gfile.makedirs(cfg.model_dir)
+        export.clean_leftovers(cfg.model_dir)
         with tf.io.gfile.GFile(f"{cfg.model_dir}/config.json", "w") as handle:
             handle.write(cfg.to_json())
     _check_backup_config(cfg, info.fingerprint, cfg.backup_dir, chief)
@@ -252,6 +258,8 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
     if chief and export_model:
         card = _current_export(cfg, int(best_epoch_var.numpy())) if not step_losses else None
         if card is None:
+            crashpoint("train:before-export")
+            verify_dataset(info, cfg.verify_digests)  # what was trained on is still what the card will name
             card = export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec,
                                  {"best_epoch": float(best_epoch_var.numpy())})
             log(f"Exported {cfg.model_dir}: " + " ".join(f"{k} {v:.4f}" for k, v in card.metrics.items()))

@@ -26,11 +26,12 @@ def run(argv: list[str] | None = None) -> int:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
     from trainer import distribute
+    from trainer.data import DatasetDamaged
     from trainer.loop import NothingToExport, ResumeRefused, train
 
     try:
         train(cfg)
-    except ResumeRefused as error:
+    except (ResumeRefused, DatasetDamaged) as error:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
     except NothingToExport as error:

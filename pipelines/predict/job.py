@@ -38,7 +38,7 @@ import time
 import apache_beam as beam
 
 from pipelines.beam import runner
-from pipelines.beam.files import delete_if_present
+from pipelines.beam.files import delete_if_present, resolve_version
 from pipelines.beam.progress import ProgressPrinter
 from pipelines.core import images
 from pipelines.predict import finish as predict_finish
@@ -48,6 +48,7 @@ from pipelines.predict import outputs, plan
 from pipelines.predict import transforms as pt
 from pipelines.predict import tta as predict_tta
 from schemas import layout as names
+from schemas.crashpoints import crashpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PredictConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PredictConfig)}
-    return PredictConfig(**{**values, "model_dirs": tuple(args.model_dirs),
+    # each model directory's current export, resolved once: every worker loads the same one
+    return PredictConfig(**{**values, "model_dirs": tuple(resolve_version(d) for d in args.model_dirs),
                             "output": predict_inputs.absolute(args.output)})
 
 
@@ -119,8 +121,9 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     read = [inference.read_card(d) for d in config.model_dirs]
     cards = [card for card, _ in read]
     inference.check_compatible(cards, config.model_dirs)
-    for model_dir in config.model_dirs:
-        inference.check_saved_model(model_dir)
+    for model_dir, card in zip(config.model_dirs, cards):
+        inference.check_saved_model(model_dir, card)
+        inference.verify_model(model_dir, card)
     card = cards[0]
     if config.binary_255 and card.num_classes != 2:
         raise ValueError(f"--binary-255 needs a binary model; {config.model_dirs[0]} has {card.num_classes} classes")
@@ -200,6 +203,7 @@ def execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool =
     suffix = names.shard_suffix(config.num_shards, config.shard_index)
     predict_finish.forget_other_settings(layout)
     delete_if_present([layout.path(names.success_file(s)) for s in {suffix, ""}])
+    crashpoint("predict:started")
     done = predict_inputs.completed(layout, inputs)
     todo = [i for i in inputs if i.image_id not in done]
     config_record = {**dataclasses.asdict(config), "shard_index": None, "settings": dataclasses.asdict(layout.settings),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
@@ -20,6 +21,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from pipelines.beam.files import read_bytes
 from pipelines.predict import tta as predict_tta
 from pipelines.predict.decide import decide, one_hot
 from pipelines.predict.plan import StripTask, task_tiles
@@ -46,12 +48,62 @@ def read_card(model_dir: str) -> tuple[ModelCard, str]:
     return card, model_card.model_id(card, raw)
 
 
-def check_saved_model(model_dir: str) -> None:
-    """Refuse a model directory without its SavedModel before any worker tries to load it."""
-    path = f"{model_dir.rstrip('/')}/{SAVED_MODEL_DIR}/saved_model.pb"
-    if not FileSystems.exists(path):
+def check_saved_model(model_dir: str, card: ModelCard) -> None:
+    """Refuse, before any worker loads it, a model directory without its SavedModel, or whose
+    card names another SavedModel (``saved_model_digest``): a card and a model from two
+    different exports would predict with the wrong geometry or threshold."""
+    saved = f"{model_dir.rstrip('/')}/{SAVED_MODEL_DIR}"
+    if not FileSystems.exists(f"{saved}/saved_model.pb"):
         raise FileNotFoundError(f"{model_dir}: no {SAVED_MODEL_DIR}/saved_model.pb; "
                                 "is this a complete `tessera train` model directory?")
+    if not card.saved_model_digest:
+        print(f"tessera predict: warning: {model_dir}/{MODEL_CARD_FILE} names no SavedModel digest "
+              "(exported by an older Tessera); the card and the model are not checked against each other",
+              file=sys.stderr)
+        return
+    try:
+        digest = model_card.saved_model_digest(lambda name: read_bytes(f"{saved}/{name}"))
+    except OSError as e:
+        raise ValueError(f"{model_dir}: the SavedModel is incomplete ({e})") from e
+    if digest != card.saved_model_digest:
+        raise ValueError(f"{model_dir}: {MODEL_CARD_FILE} belongs to another SavedModel (digest "
+                         f"{card.saved_model_digest[:12]}, found {digest[:12]}): the model directory is damaged "
+                         "or mixes two exports; export it again")
+
+
+def check_signature(signatures, card: ModelCard, model_dir: str):
+    """The serving function of a loaded SavedModel, once its signature matches the card."""
+    import tensorflow as tf
+
+    if "serving_default" not in signatures:
+        raise ValueError(f"{model_dir}: the SavedModel has no 'serving_default' signature")
+    serve = signatures["serving_default"]
+    inputs = serve.structured_input_signature[1]
+    outputs = serve.structured_outputs
+    want_in = [None, card.input_size, card.input_size, card.channels]
+    spec_in = inputs.get(SERVING_INPUT)
+    if spec_in is None or spec_in.shape.as_list() != want_in or spec_in.dtype != tf.as_dtype(card.input_dtype):
+        raise ValueError(f"{model_dir}: the SavedModel takes {spec_in} but its card says {card.input_dtype} "
+                         f"tiles of {want_in}")
+    spec_out = outputs.get(SERVING_OUTPUT) if isinstance(outputs, dict) else None
+    want_out = ([None, card.output_size, card.output_size, card.num_classes] if card.task == "segmentation"
+                else [None, card.num_classes])
+    if spec_out is None or spec_out.shape.as_list() != want_out:
+        raise ValueError(f"{model_dir}: the SavedModel returns {spec_out} but its card says {want_out}")
+    return serve
+
+
+def verify_model(model_dir: str, card: ModelCard) -> None:
+    """Load the SavedModel once in the launcher and check it against its card, so a damaged or
+    mismatched model fails the job with a clear message (exit 2) instead of in every worker."""
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(local_model_dir(model_dir))
+    except (tf.errors.OpError, OSError, ValueError, KeyError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{model_dir}: the SavedModel cannot be loaded ({type(e).__name__}: {first_line[:300]})") from e
+    check_signature(loaded.signatures, card, model_dir)
 
 
 def check_compatible(cards: Sequence[ModelCard], model_dirs: Sequence[str]) -> None:
@@ -157,9 +209,7 @@ def load_predictor(model_dirs: Sequence[str], tta: str, combine: str) -> Ensembl
     for model_dir in model_dirs:
         card, model_id = read_card(model_dir)
         loaded = tf.saved_model.load(local_model_dir(model_dir))
-        if "serving_default" not in loaded.signatures:
-            raise ValueError(f"{model_dir}: the SavedModel has no 'serving_default' signature")
-        models.append(LoadedModel(card, model_id, loaded.signatures["serving_default"]))
+        models.append(LoadedModel(card, model_id, check_signature(loaded.signatures, card, model_dir)))
     return EnsemblePredictor(models, tta, combine)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -73,6 +72,8 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
         "sources_in": inputs, "sources_written": sources_written, "rejected": len(rejected),
         "rejected_fraction": len(rejected) / inputs if inputs else 0.0,
         "examples": stats["examples"], "fingerprint": fingerprint(shards),
+        "shards": {s["name"]: {"bytes": s["num_bytes"], "sha256": s["sha256"], "examples": s["num_examples"]}
+                   for s in shards},
         "started_at": started.isoformat(), "completed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     write_bytes(f"{work}/{layout.REJECTED_FILE}", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected).encode())
@@ -153,5 +154,4 @@ def merge_manifest(directory: str) -> pa.Table:
 
 
 def fingerprint(shards: Iterable[dict]) -> str:
-    lines = sorted(f"{s['name']}:{s['sha256']}" for s in shards)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return layout.dataset_fingerprint({s["name"]: s["sha256"] for s in shards})

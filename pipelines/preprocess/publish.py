@@ -19,7 +19,13 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import children, exists, read_if_exists, siblings, write_atomically
+from pipelines.beam.files import (
+    children,
+    exists,
+    read_if_exists,
+    siblings,
+    write_atomically,
+)
 from schemas import layout, versions
 from schemas.crashpoints import crashpoint
 
