@@ -168,4 +168,5 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("model_ids", pa.list_(pa.string())), ("ensemble", pa.string()), ("tta", pa.string()),
     ("overlap", pa.float32()), ("blend", pa.string()),
     ("tiles", pa.int32()), ("strips", pa.int32()), ("seconds", pa.float64()),
+    ("source_signature", pa.string()),   # "<bytes>:<modified>" of the input when it was predicted
 ])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import uuid
 from typing import Any, Iterator
 
@@ -31,10 +33,24 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+_TEMPORARY = re.compile(r"^(?P<final>.+)\.tmp-[0-9a-f]{12}$")
+
+
+def temporary_name(path: str) -> str:
+    return f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def final_of(path: str) -> str | None:
+    """The path a temporary file of :func:`atomic_create` was going to become, or None when
+    ``path`` is not one (a file whose own name merely contains ``.tmp-`` is not)."""
+    match = _TEMPORARY.match(path)
+    return match.group("final") if match else None
+
+
 @contextlib.contextmanager
 def atomic_create(path: str) -> Iterator:
     """A writable handle whose content appears at ``path`` only once complete."""
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    temporary = temporary_name(path)
     handle = FileSystems.create(temporary)
     try:
         yield handle
@@ -84,3 +100,18 @@ def siblings(path: str, mark: str) -> dict[str, float]:
         top = path + m.path[len(path):].split("/", 1)[0]
         found[top] = max(found.get(top, 0.0), m.last_updated_in_seconds or 0.0)
     return found
+
+
+def _comparable(path: str) -> str:
+    if FileSystems.get_scheme(path) in (None, "file"):
+        return os.path.realpath(path.removeprefix("file://"))
+    return path.rstrip("/")
+
+
+def check_apart(reads: str, writes: str, read_flag: str = "--input", write_flag: str = "--output") -> None:
+    """Refuse a job whose output lies inside what it reads, or the reverse: a rerun would read
+    its own outputs, or publishing would replace its inputs. ValueError naming both."""
+    a, b = _comparable(reads), _comparable(writes)
+    if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
+        raise ValueError(f"{write_flag} {writes} and {read_flag} {reads} overlap (one is inside the other); "
+                         "choose an output outside the input")

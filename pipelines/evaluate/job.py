@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam.files import exists, read_bytes, write_bytes
+from pipelines.beam.files import check_apart, exists, read_bytes, write_bytes
 from pipelines.core.images import MaskPolicy, parse_mask_values, read_mask
 from pipelines.evaluate import scores
 from pipelines.evaluate.confusion_plot import render_confusion_png
@@ -87,6 +87,9 @@ def run(argv: list[str] | None = None) -> int:
         allow_incomplete=args.allow_incomplete,
         class_names=tuple(n.strip() for n in args.class_names.split(",") if n.strip()))
     try:
+        for reads, flag in ((config.predictions, "--predictions"), (config.truth, "--truth")):
+            if config.output:
+                check_apart(reads, config.output, flag)
         report = evaluate(config)
     except ValueError as e:  # inconsistent inputs or flags: a message, not a traceback
         print(f"tessera evaluate: error: {e}", file=sys.stderr)

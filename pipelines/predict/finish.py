@@ -14,7 +14,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import read_bytes, read_json, write_atomically
+from pipelines.beam.files import final_of, read_bytes, read_json, write_atomically
 from pipelines.predict import outputs
 from pipelines.predict.inputs import existing
 from pipelines.predict.transforms import ImageInput
@@ -61,7 +61,7 @@ def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> 
     leftovers = []
     for folder in (*names.IMAGE_OUTPUT_DIRS, layout.rows_dir(), names.REJECTED_DIR, layout.parts_dir()):
         for relative in existing(layout.root, folder):
-            if relative.rsplit(".tmp-", 1)[0] in finals and ".tmp-" in relative or relative.rsplit("/", 1)[0] in parts:
+            if (final_of(relative) in finals and relative not in finals) or relative.rsplit("/", 1)[0] in parts:
                 leftovers.append(layout.path(relative))
     if leftovers:
         FileSystems.delete(leftovers)

@@ -13,14 +13,16 @@ slightly different moments still agree on who does what.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import posixpath
 import re
+import unicodedata
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import read_bytes
+from pipelines.beam.files import check_apart, read_bytes, read_json
 from pipelines.core.sources import has_image_extension
 from pipelines.predict import outputs
 from pipelines.predict.transforms import ImageInput
@@ -50,8 +52,20 @@ def _common_folder(paths: list[str]) -> str:
     return "/".join(common)
 
 
-def _listed(list_file: str) -> list[tuple[str, int]]:
-    """Paths named in a list file (relative ones resolved against its folder); sizes unknown (0).
+def normalise(path: str) -> str:
+    """``path`` with ``.`` and ``..`` resolved (below a URL's bucket, for URLs)."""
+    scheme = FileSystems.get_scheme(path)
+    if scheme in (None, "file"):
+        return posixpath.normpath(path)
+    head, _, rest = path.partition("://")
+    bucket, _, key = rest.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/")
+    return f"{head}://{bucket}/{key}"
+
+
+def _listed(list_file: str) -> list[tuple[str, int, float]]:
+    """Paths named in a list file (relative ones resolved against its folder, all normalised);
+    sizes and times unknown (0).
 
     They are not checked here (one request per file would dominate large lists on object
     stores); a missing one is rejected by the worker that reads it.
@@ -63,56 +77,85 @@ def _listed(list_file: str) -> list[tuple[str, int]]:
         line = line.strip()
         if line and not line.startswith("#"):
             relative = not (FileSystems.get_scheme(line) or line.startswith("/"))
-            found.append((posixpath.normpath(posixpath.join(base, line)) if relative else line, 0))
+            found.append((normalise(posixpath.join(base, line) if relative else line), 0, 0.0))
     return found
 
 
-def list_files(spec: str) -> tuple[list[tuple[str, int]], str, list[dict]]:
-    """(sorted [(path, bytes)], root folder, rejected records) for ``--input``."""
+def list_files(spec: str) -> tuple[list[tuple[str, int, float]], str, bool]:
+    """(sorted [(path, bytes, modified)], root folder, whether a list file named them) for ``--input``."""
     spec = absolute(spec)
     if _GLOB.search(spec):
         root = spec[:_GLOB.search(spec).start()].rsplit("/", 1)[0]
-        files, bad = [(m.path, m.size_in_bytes) for m in _match(spec)], []
+        files = _listing(_match(spec))
     elif spec.endswith(".txt") and not spec.endswith("/"):
-        files, bad = _listed(spec), []
-        root = _common_folder([p for p, _ in files]) if files else posixpath.dirname(spec)
+        files = _listed(spec)
+        root = _common_folder([p for p, _, _ in files]) if files else posixpath.dirname(spec)
     else:
         root = spec.rstrip("/")
-        files, bad = [(m.path, m.size_in_bytes) for m in _match(f"{root}/**")], []
-    if not files and not bad:
+        files = _listing(_match(f"{root}/**"))
+    if not files:
         raise FileNotFoundError(f"--input {spec}: no files found")
-    return sorted(set(files)), root, bad
+    return sorted(set(files)), root, spec.endswith(".txt") and not _GLOB.search(spec)
+
+
+def _listing(found: list) -> list[tuple[str, int, float]]:
+    return [(m.path, m.size_in_bytes, m.last_updated_in_seconds or 0.0) for m in found]
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def image_id(path: str, root: str) -> str:
-    relative = path[len(root.rstrip("/")) + 1:] if root and path.startswith(root.rstrip("/") + "/") else path
-    return posixpath.splitext(relative.lstrip("/"))[0]
+    """The id (and output name) of the input at ``path``: its path below ``root`` without
+    extension. ValueError when it could name a file outside the prediction directory."""
+    prefix = root.rstrip("/") + "/"
+    if root and not path.startswith(prefix):
+        raise ValueError(f"{path} is not below the input folder {root}")
+    relative = posixpath.splitext(path[len(prefix):] if root else path)[0]
+    parts = relative.split("/")
+    if not relative or any(part in ("", ".", "..") for part in parts) or _UNSAFE.search(relative):
+        raise ValueError(f"{path}: {relative!r} cannot name an output safely (empty, '.', '..' or control parts)")
+    return relative
 
 
-def list_inputs(spec: str, exclude: str | None = None) -> tuple[list[ImageInput], list[dict]]:
-    """Images to predict (sorted by id) and rejected records (not images, shared ids).
+def output_key(image_id: str) -> str:
+    """Ids equal under this key name one output file on some file system (case, Unicode form)."""
+    return unicodedata.normalize("NFC", image_id).casefold()
 
-    Files under ``exclude`` (the output directory, when it lies inside the input) are not inputs.
-    """
-    files, root, bad = list_files(spec)
-    if exclude:
-        inside = absolute(exclude).rstrip("/") + "/"
-        files = [(p, n) for p, n in files if not p.startswith(inside)]
-    by_id: dict[str, list[str]] = {}
-    sizes = dict(files)
-    for path, _ in files:
+
+def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput], list[dict]]:
+    """Images to predict (sorted by id) and rejected records: not images, unsafe names, and
+    inputs sharing an id or an output name (``a.png`` and ``a.tif``, ``A.png`` and ``a.png``).
+    An ``output`` inside the input folder (or the reverse) is refused (ValueError)."""
+    files, root, from_list = list_files(spec)
+    if output:  # a list file's inputs are checked one by one: their common folder may hold the output
+        for reads in [p for p, _, _ in files] if from_list else [root]:
+            check_apart(reads, output)
+    bad: list[dict] = []
+    by_key: dict[str, list[tuple[str, str]]] = {}
+    listed = {path: (size, modified) for path, size, modified in files}
+    for path, _, _ in files:
+        try:
+            key = image_id(path, root)
+        except ValueError as e:
+            bad.append(rejected_record(path, "unsafe_name", str(e), image_id=path))
+            continue
         if has_image_extension(path):
-            by_id.setdefault(image_id(path, root), []).append(path)
+            by_key.setdefault(output_key(key), []).append((key, path))
         else:
-            bad.append({**rejected_record(path, "not_an_image", "not an image file extension"), "image_id": image_id(path, root)})
+            bad.append(rejected_record(path, "not_an_image", "not an image file extension", image_id=key))
     good = []
-    for key, paths in sorted(by_id.items()):
-        if len(paths) == 1:
-            good.append(ImageInput(key, paths[0], sizes[paths[0]]))
-        else:
-            bad += [{**rejected_record(p, "duplicate_id", f"{len(paths)} files share the id {key!r}: {paths}"), "image_id": key}
-                    for p in paths]
-    return good, bad
+    for _, claims in sorted(by_key.items()):
+        if len(claims) == 1:
+            key, path = claims[0]
+            good.append(ImageInput(key, path, *listed[path]))
+            continue
+        paths = sorted(p for _, p in claims)
+        for key, path in claims:
+            reason = "duplicate_id" if len({k for k, _ in claims}) == 1 else "output_name_collision"
+            bad.append(rejected_record(path, reason, f"{len(paths)} inputs would write the same outputs "
+                                                     f"({key!r}): {paths}", image_id=key))
+    return sorted(good, key=lambda i: i.image_id), bad
 
 
 def shard_of(key: str, num_shards: int) -> int:
@@ -132,9 +175,23 @@ def existing(root: str, folder: str) -> set[str]:
 
 
 def completed(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> set[str]:
-    """Ids whose row (for these settings) and every output file exist."""
+    """Ids whose row (for these settings) and every output file exist, for the input as it is
+    now: an input whose size or modification time changed since its row was written is not
+    done (its outputs are predicted again and replaced)."""
     files = existing(layout.root, layout.rows_dir())
     for folder in names.IMAGE_OUTPUT_DIRS:
         files |= existing(layout.root, folder)
-    return {i.image_id for i in inputs
-            if layout.row(i.image_id) in files and all(p in files for p in layout.outputs(i.image_id))}
+    candidates = [i for i in inputs
+                  if layout.row(i.image_id) in files and all(p in files for p in layout.outputs(i.image_id))]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        rows = list(pool.map(lambda i: read_json(layout.path(layout.row(i.image_id))), candidates))
+        now = list(pool.map(lambda i: i if i.size_bytes else _stat(i), candidates))
+    return {i.image_id for i, row, current in zip(candidates, rows, now)
+            if current is not None and row.get("source_signature", current.signature) == current.signature}
+
+
+def _stat(item: ImageInput) -> ImageInput | None:
+    found = _match(item.path)
+    if not found:
+        return None
+    return ImageInput(item.image_id, item.path, found[0].size_in_bytes, found[0].last_updated_in_seconds or 0.0)

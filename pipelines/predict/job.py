@@ -156,7 +156,7 @@ def prepare(config: PredictConfig) -> Job:
     """Read the model cards and list the inputs; bad flags, models or inputs raise ValueError
     or FileNotFoundError here, before the output directory is touched."""
     spec, _ = job_spec(config)
-    inputs, listing_rejected = predict_inputs.list_inputs(config.input, exclude=config.output)
+    inputs, listing_rejected = predict_inputs.list_inputs(config.input, output=config.output)
     mine = lambda key: predict_inputs.in_shard(key, config.num_shards, config.shard_index)  # noqa: E731
     return Job(spec, [i for i in inputs if mine(i.image_id)],
                [r for r in listing_rejected if mine(r["image_id"] or r["source"])])

@@ -163,6 +163,7 @@ class StripTask:
     margin: int
     whole: bool = False
     started: float = 0.0
+    source_signature: str = ""    # the input's size and modification time when it was listed
 
     @property
     def num_tiles(self) -> int:

@@ -36,6 +36,12 @@ class ImageInput:
     image_id: str
     path: str
     size_bytes: int = 0
+    modified: float = 0.0         # seconds since the epoch, as the file system lists it (0: unknown)
+
+    @property
+    def signature(self) -> str:
+        """What a row records of its input: a rerun predicts again when it changed."""
+        return f"{self.size_bytes}:{self.modified:.3f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +77,8 @@ class _ReadAndCut(beam.DoFn):
     def process(self, item: ImageInput) -> Iterator[Any]:
         started, spec, g = time.time(), self.spec, self.spec.geometry
         try:
-            if not item.size_bytes and not FileSystems.exists(item.path):  # list-file inputs are not listed
-                raise RejectedInput("missing_file", f"{item.path}: no such file")
+            if not item.size_bytes:  # list-file inputs are not listed by the launcher
+                item = listed_input(item)
             with FileSystems.open(item.path) as handle:
                 data = handle.read()
             height, width = images.image_size(data, item.path, spec.policy)
@@ -92,12 +98,13 @@ class _ReadAndCut(beam.DoFn):
         if spec.whole_image:
             fitted = pixels.fit_to_size(image, spec.input_size, spec.fit)
             self.read_ms.update(int((time.time() - started) * 1000))
-            yield plan.whole_image_task(item.image_id, item.path, fitted, height, width, started)
+            task = plan.whole_image_task(item.image_id, item.path, fitted, height, width, started)
+            yield dataclasses.replace(task, source_signature=item.signature)
             return
         Metrics.counter(NAMESPACE, "strips").inc(len(strips))
         for task in plan.strip_tasks(item.image_id, item.path, image, g, strips, started):
             self.read_ms.update(int((time.time() - started) * 1000))
-            yield task  # downstream (inference, stitching) runs inside this yield when fused
+            yield dataclasses.replace(task, source_signature=item.signature)  # downstream (inference, stitching) runs inside this yield when fused
             started = time.time()
 
 
@@ -123,9 +130,18 @@ class PredictTiles(beam.PTransform):
         return tasks | "RunInference" >> RunInference(self.handler)
 
 
-def finish_row(layout: outputs.OutputLayout, row: dict, started: float) -> dict:
+def listed_input(item: ImageInput) -> ImageInput:
+    """``item`` with the size and modification time its file system lists for it."""
+    found = FileSystems.match([item.path])[0].metadata_list
+    if not found:
+        raise RejectedInput("missing_file", f"{item.path}: no such file")
+    return dataclasses.replace(item, size_bytes=found[0].size_in_bytes,
+                               modified=found[0].last_updated_in_seconds or 0.0)
+
+
+def finish_row(layout: outputs.OutputLayout, row: dict, started: float, source_signature: str) -> dict:
     """Time the image and write its row: the last file of an image, which marks it done."""
-    row = {**row, "seconds": time.time() - started}
+    row = {**row, "seconds": time.time() - started, "source_signature": source_signature}
     outputs.write_json(layout.path(layout.row(row["image_id"])), row)
     Metrics.counter(NAMESPACE, "images_predicted").inc()
     Metrics.counter(NAMESPACE, "tiles_predicted").inc(row["tiles"])
@@ -156,16 +172,18 @@ class _StitchStrip(beam.DoFn):
             decision = int(self.spec.decide(image_scores))
             row = outputs.classification_row(layout.settings, task.image_id, task.source, task.height,
                                              task.width, image_scores, decision, task.num_tiles)
-            yield finish_row(layout, row, task.started)
+            yield finish_row(layout, row, task.started, task.source_signature)
             return
         strip = strip_result(task, scores, self.spec.decide, layout.settings.blend,
                              layout.settings.save_probabilities)
         if task.strips == 1:
-            yield finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started)
+            yield finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started,
+                             task.source_signature)
             return
         path = layout.path(layout.part(task.image_id, task.strip, task.strips))
         files.write_atomically(path, strip.to_bytes())
-        yield beam.pvalue.TaggedOutput(STRIP_PARTS, (task.image_id, {**strip.summary(), "part": path}))
+        yield beam.pvalue.TaggedOutput(STRIP_PARTS, (task.image_id, {**strip.summary(), "part": path,
+                                                                     "source_signature": task.source_signature}))
 
 
 class _FinishParts(beam.DoFn):
@@ -185,11 +203,12 @@ class _FinishParts(beam.DoFn):
 
         def strips() -> Iterator[StripResult]:
             for part in parts:
-                summary = {k: v for k, v in part.items() if k != "part"}
+                summary = {k: v for k, v in part.items() if k not in ("part", "source_signature")}
                 yield StripResult.from_parts(summary, read_bytes(part["part"]))
 
         layout = self.spec.layout
-        row = finish_row(layout, outputs.write_image_outputs(layout, strips), min(p["started"] for p in parts))
+        row = finish_row(layout, outputs.write_image_outputs(layout, strips), min(p["started"] for p in parts),
+                         parts[0]["source_signature"])
         FileSystems.delete([p["part"] for p in parts])
         self.stitch_ms.update(int((time.time() - started) * 1000))
         yield row

@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam import progress, runner
+from pipelines.beam.files import check_apart
 from pipelines.core import images
 from pipelines.preprocess import examples, finalise, publish, shards, static_augment
 from pipelines.preprocess import transforms as pt
@@ -175,6 +176,10 @@ def describe_progress(totals: dict, elapsed: float) -> str:
 def run(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(argv)
     config = config_from_args(args)
+    try:
+        check_apart(config.input, config.output)
+    except ValueError as e:
+        raise SystemExit(f"tessera preprocess: {e}") from None
     if publish.output_exists(config.output) and not config.overwrite:
         raise SystemExit(f"tessera preprocess: {config.output} exists; pass --overwrite to publish a new version")
     check_input(config)
