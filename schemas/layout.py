@@ -94,6 +94,7 @@ MANIFEST_SCHEMA = pa.schema(
 #     rows/<settings>/<image_id>.json the image's Parquet row; written last = the image is done
 #     rejected/<sha1(source)>.json    one rejected input (schemas.rejected)
 #     _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
+#     _leases/<run>.claim, .alive     the runs writing here now (one per shard, one settings)
 #     predictions.parquet (PREDICTIONS_SCHEMA), rejected.jsonl, config.json, _SUCCESS
 #     (sharded runs: predictions-SSSSS-of-NNNNN.parquet, rejected-..., _SUCCESS-...; merged when all are done)
 #
@@ -105,6 +106,7 @@ PROBABILITIES_DIR = "probabilities"
 ROWS_DIR = "rows"
 REJECTED_DIR = "rejected"
 STRIP_PARTS_DIR = "_tmp"
+LEASES_DIR = "_leases"      # one claim + heartbeat per running run (pipelines.beam.lease)
 PREDICTIONS_FILE = "predictions.parquet"
 IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR)
 

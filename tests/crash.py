@@ -19,6 +19,17 @@ LAUNCH = ("import sys; from apache_beam.internal.gcp import auth; "
 
 def kill_at(point: str, module: str, argv: list[str], tmp_path, timeout: float = 120) -> None:
     """Runs ``module.run(argv)`` in a subprocess until it reaches ``point``, then SIGKILLs it."""
+    kill(pause_at(point, module, argv, tmp_path, timeout))
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+
+def pause_at(point: str, module: str, argv: list[str], tmp_path, timeout: float = 120) -> subprocess.Popen:
+    """Runs ``module.run(argv)`` in a subprocess until it waits at ``point``; returns it there."""
     signal_file = tmp_path / f"paused-{point.replace(':', '-')}-{time.monotonic_ns()}"
     env = {**os.environ, PAUSE_ENV: point, SIGNAL_ENV: str(signal_file), "PYTHONPATH": ROOT,
            "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -33,6 +44,4 @@ def kill_at(point: str, module: str, argv: list[str], tmp_path, timeout: float =
             process.kill()
             raise AssertionError(f"the job did not reach {point} in {timeout} s")
         time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
+    return process

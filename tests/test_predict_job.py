@@ -118,7 +118,8 @@ def test_interrupted_run_resumes_to_identical_outputs(setup, first_run, tmp_path
     reference = run_job(tmp_path, tmp_path / "reference")
     interrupted = tmp_path / "interrupted"
     argv = [sys.executable, "-m", "pipelines.predict", "--model-dir", str(tmp_path / "model"), "--input",
-            str(tmp_path / "in"), "--output", str(interrupted), "--save-probabilities", "--batch-size", "7"]
+            str(tmp_path / "in"), "--output", str(interrupted), "--save-probabilities", "--batch-size", "7",
+            "--lease-ttl-s", "1"]  # its claim on the output expires a second after it is killed
     process = subprocess.Popen(argv, cwd=os.path.dirname(os.path.dirname(__file__)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -130,7 +131,9 @@ def test_interrupted_run_resumes_to_identical_outputs(setup, first_run, tmp_path
     assert not (interrupted / names.SUCCESS_FILE).exists()
     done_before = len(list((interrupted / "rows").rglob("*.json")))
     assert 0 < done_before < 40
+    time.sleep(1.5)
     run_job(tmp_path, interrupted)
+    assert not list((interrupted / names.LEASES_DIR).iterdir())   # the killed run's expired claim is gone
     success = json.loads((interrupted / names.SUCCESS_FILE).read_text())
     assert success["skipped_done"] >= done_before and success["predicted"] + success["skipped_done"] == 40
     assert without_timing(rows_of(interrupted)) == without_timing(rows_of(reference))

@@ -84,20 +84,57 @@ def test_a_name_containing_tmp_is_an_image_not_a_leftover(tmp_path):
     assert (success["sources_in"], success["skipped_done"]) == (2, 2)
 
 
-def test_every_job_refuses_an_output_inside_its_input_and_the_reverse(tmp_path, capsys):
-    import pytest
+def _busy_argv(tmp_path, out, *extra):
+    return ["--model-dir", str(tmp_path / "model"), "--input", str(tmp_path / "in"), "--output", str(out),
+            "--lease-ttl-s", "2", *extra]
 
-    from pipelines.evaluate import job as evaluate
-    from pipelines.preprocess import job as preprocess
-    from tessera import synthetic
 
-    synthetic.write_segmentation_folder(tmp_path / "raw", count=2, size=(16, 16), seed=1)
-    for output in (tmp_path / "raw" / "ds", tmp_path):
-        with pytest.raises(SystemExit, match="overlap"):
-            preprocess.run(["--input", str(tmp_path / "raw"), "--output", str(output), "--tile-size", "8"])
-    assert not (tmp_path / "raw" / "ds").exists()
-    (tmp_path / "pred").mkdir()
-    (tmp_path / "pred" / names.SUCCESS_FILE).write_text("{}")
-    assert evaluate.run(["--predictions", str(tmp_path / "pred"), "--truth", str(tmp_path / "raw" / "masks"),
-                         "--output", str(tmp_path / "raw" / "masks" / "report.json")]) == 2
-    assert "overlap" in capsys.readouterr().err
+def _two_runs_on_one_output(tmp_path, out, capsys):
+    from tests.crash import kill, pause_at
+
+    export_model(str(tmp_path / "model"), kind="same", core=8, margin=3)
+    write_images(tmp_path / "in", {f"i{k}": (9, 9) for k in range(6)})
+    first = pause_at("predict:started", "pipelines.predict.job", _busy_argv(tmp_path, out), tmp_path)
+    try:
+        # the same shard, or other settings: refused while the first one is alive (heartbeats)
+        for extra in ((), ("--tta", "flips")):
+            assert predict.run(_busy_argv(tmp_path, out, "--lease-wait-s", "0", *extra)) == 2
+            assert "another run is writing here" in capsys.readouterr().err
+        time.sleep(3)  # longer than the ttl: only heartbeats keep the first claim alive
+        assert predict.run(_busy_argv(tmp_path, out, "--lease-wait-s", "0", "--tta", "flips")) == 2
+    finally:
+        kill(first)
+    # killed: its claim expires after its ttl, and a waiting run then takes the output
+    assert predict.run(_busy_argv(tmp_path, out, "--lease-wait-s", "30", "--tta", "flips")) == 0
+    return out
+
+
+def test_two_runs_on_one_output_wait_or_fail_clearly(tmp_path, capsys):
+    out = _two_runs_on_one_output(tmp_path, tmp_path / "out", capsys)
+    success = json.loads((out / names.SUCCESS_FILE).read_text())
+    assert success["predicted"] == 6 and not list((out / names.LEASES_DIR).iterdir())
+
+
+def test_shards_of_one_run_cooperate_on_one_output(tmp_path):
+    from tests.crash import kill, pause_at
+
+    export_model(str(tmp_path / "model"), kind="same", core=8, margin=3)
+    write_images(tmp_path / "in", {f"i{k}": (9, 9) for k in range(6)})
+    out = tmp_path / "out"
+    other = pause_at("predict:started", "pipelines.predict.job",
+                     _busy_argv(tmp_path, out, "--num-shards", "2", "--shard-index", "0"), tmp_path)
+    try:
+        assert predict.run(_busy_argv(tmp_path, out, "--num-shards", "2", "--shard-index", "1",
+                                      "--lease-wait-s", "0")) == 0
+    finally:
+        kill(other)
+
+
+def test_two_runs_on_one_gs_output_wait_or_fail_clearly(tmp_path, capsys, gcs_prefix):
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.beam.files import read_json
+
+    out = _two_runs_on_one_output(tmp_path, f"{gcs_prefix}/out", capsys)
+    assert read_json(f"{out}/{names.SUCCESS_FILE}")["predicted"] == 6
+    assert not FileSystems.match([f"{out}/{names.LEASES_DIR}/*"])[0].metadata_list

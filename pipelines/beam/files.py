@@ -7,12 +7,14 @@ import contextlib
 import json
 import os
 import re
+import stat
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import versions
+from schemas.rejected import RejectedInput
 
 
 def read_bytes(path: str) -> bytes:
@@ -115,3 +117,62 @@ def check_apart(reads: str, writes: str, read_flag: str = "--input", write_flag:
     if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
         raise ValueError(f"{write_flag} {writes} and {read_flag} {reads} overlap (one is inside the other); "
                          "choose an output outside the input")
+
+
+def file_bytes_limit(max_pixels: int) -> int:
+    """The largest file that can hold one image of ``max_pixels``: uncompressed 16-bit RGB plus
+    headers. A bigger file is refused before it is read (its header is not needed to know)."""
+    return max_pixels * 6 + 2**20
+
+
+def read_input(path: str, max_bytes: int, root: str | None = None, follow_symlinks: bool = False,
+               header: Callable[[bytes], bool] | None = None, header_bytes: int = 16) -> bytes:
+    """The bytes of the input file ``path``, read only once it is known to be a regular file
+    of at most ``max_bytes`` (FIFOs, devices and directories are refused without blocking);
+    a local symlink is followed only to a file inside ``root`` unless ``follow_symlinks``; and
+    when ``header`` rejects the first ``header_bytes``, nothing more is read. Refusals are
+    RejectedInput with a reason."""
+    if FileSystems.get_scheme(path) not in (None, "file"):
+        found = FileSystems.match([path])[0].metadata_list
+        if not found:
+            raise RejectedInput("missing_file", f"{path}: no such file")
+        _check_size(path, found[0].size_in_bytes, max_bytes)
+        with FileSystems.open(path) as handle:
+            return _read_checked(handle, path, header, header_bytes)
+    local = path.removeprefix("file://")
+    if root and not follow_symlinks and _via_link(local):
+        target = os.path.realpath(local)
+        if not target.startswith(os.path.realpath(root.removeprefix("file://")) + os.sep):
+            raise RejectedInput("symlink_outside_input", f"{path}: a symlink to {target}, outside the input "
+                                f"{root}; pass --follow-symlinks to read it")
+    try:
+        fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise RejectedInput("missing_file", f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise RejectedInput("not_a_file", f"{path}: a directory, not a file") from None
+    except OSError as e:
+        raise RejectedInput("unreadable", f"{path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RejectedInput("not_a_file", f"{path}: not a regular file (a FIFO, socket, device or directory)")
+        _check_size(path, info.st_size, max_bytes)
+        return _read_checked(handle, path, header, header_bytes)
+
+
+def _read_checked(handle, path: str, header: Callable[[bytes], bool] | None, header_bytes: int) -> bytes:
+    prefix = handle.read(header_bytes)
+    if header is not None and prefix and not header(prefix):
+        raise RejectedInput("not_an_image", f"{path}: not an image (no known header); not read further")
+    return prefix + handle.read()
+
+
+def _via_link(local: str) -> bool:
+    return os.path.realpath(local) != os.path.abspath(local)
+
+
+def _check_size(path: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise RejectedInput("too_large", f"{path}: {size} bytes, more than any image within the pixel limit can "
+                            f"take ({max_bytes} bytes); refused before reading (raise the pixel limit to read it)")

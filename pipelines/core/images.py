@@ -133,6 +133,14 @@ def parse_mask_values(text: str, num_classes: int) -> MaskPolicy:
     return MaskPolicy(mode="map", num_classes=num_classes, mapping=mapping)
 
 
+HEADER_BYTES = 16
+
+
+def looks_like_image(prefix: bytes) -> bool:
+    """Whether the first HEADER_BYTES of a file start like one of FORMATS."""
+    return prefix.startswith(_MAGIC)
+
+
 def _open(data: bytes, name: str) -> Image.Image:
     """Open lazily (header only) with the plugins of FORMATS; no Pillow bomb check."""
     if not data:
@@ -150,8 +158,7 @@ def _open(data: bytes, name: str) -> Image.Image:
             raise _decode_error(name, fmt, e) from e
     if data.startswith(_MAGIC):
         raise RejectedInput("unreadable", f"{name}: looks like an image but no reader accepts its header")
-    raise RejectedInput("not_an_image", f"{name}: not a {'/'.join(FORMATS)} image "
-                        f"(starts with {data[:8]!r})")
+    raise RejectedInput("not_an_image", f"{name}: not a {'/'.join(FORMATS)} image (no known header)")
 
 
 def _decode_error(name: str, fmt: str, e: BaseException) -> RejectedInput:
@@ -380,9 +387,10 @@ def check_pair(image, mask, name: str) -> None:
                             f"mask is {hw[1][0]}x{hw[1][1]}")
 
 
-def decode_png(data: bytes, name: str = "png") -> np.ndarray:
+def decode_png(data: bytes, name: str = "png", max_pixels: int = PILLOW_DEFAULT_MAX_PIXELS) -> np.ndarray:
     """(H, W, C) uint8/uint16 exactly as stored (alpha dropped, no EXIF, no conversion)."""
     im = _open(data, name)
     if im.format != "PNG":
         raise RejectedInput("not_an_image", f"{name}: expected PNG, got {im.format}")
+    _check_pixels(im, max_pixels, name)
     return _read_native(im, data, name, apply_exif=False)

@@ -117,12 +117,12 @@ def prediction_mask_paths(pred_dir: str, table: pa.Table | None) -> tuple[dict[s
     return out, bad
 
 
-def read_prediction(data: bytes, name: str, num_classes: int) -> np.ndarray:
+def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int) -> np.ndarray:
     """Class ids of a predicted mask PNG; a binary model's 0/255 masks (--binary-255) -> 0/1.
 
     A class-id mask never holds 255, so with two classes 255 can only mean foreground.
     """
-    mask = decode_png(data, name)
+    mask = decode_png(data, name, max_pixels)
     if mask.shape[2] != 1 or mask.dtype != np.uint8:
         raise RejectedInput("prediction_not_class_ids", f"{name}: {mask.shape[2]}-channel {mask.dtype} PNG; "
                             "expected one 8-bit channel of class ids")

@@ -29,7 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.beam.files import check_apart, exists, read_bytes, write_bytes
+from pipelines.beam.files import (
+    check_apart,
+    exists,
+    file_bytes_limit,
+    read_input,
+    write_bytes,
+)
 from pipelines.core.images import MaskPolicy, parse_mask_values, read_mask
 from pipelines.evaluate import scores
 from pipelines.evaluate.confusion_plot import render_confusion_png
@@ -61,6 +67,7 @@ class EvaluateConfig:
     task: str = "auto"
     workers: int = 1
     allow_incomplete: bool = False
+    max_pixels: int = 400_000_000     # larger truth or predicted masks are rejected before decoding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=1.0, help="beta of the F-beta score")
     p.add_argument("--task", choices=("auto", SEGMENTATION, CLASSIFICATION), default="auto")
     p.add_argument("--workers", type=int, default=1, help="processes scoring images (0: all cores)")
+    p.add_argument("--max-pixels", type=int, default=EvaluateConfig("", "").max_pixels,
+                   help="truth and predicted masks larger than this are rejected from their header")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="score a prediction directory without _SUCCESS (an unfinished or failed run)")
     return p
@@ -84,7 +93,7 @@ def run(argv: list[str] | None = None) -> int:
     config = EvaluateConfig(
         predictions=args.predictions.rstrip("/"), truth=args.truth.rstrip("/"), output=args.output,
         mask_values=args.mask_values, beta=args.beta, task=args.task, workers=args.workers,
-        allow_incomplete=args.allow_incomplete,
+        allow_incomplete=args.allow_incomplete, max_pixels=args.max_pixels,
         class_names=tuple(n.strip() for n in args.class_names.split(",") if n.strip()))
     try:
         for reads, flag in ((config.predictions, "--predictions"), (config.truth, "--truth")):
@@ -115,9 +124,10 @@ def score_pair(task: PairTask) -> dict:
                 "detail": f"{PREDICTIONS_FILE} lists {task.prediction_path}, which does not exist"}
     source = task.truth_path
     try:
-        truth = read_mask(read_bytes(source), source, task.policy)
+        limit = file_bytes_limit(task.policy.max_pixels)
+        truth = read_mask(read_input(source, limit), source, task.policy)
         source = task.prediction_path
-        pred = read_prediction(read_bytes(source), source, task.policy.num_classes)
+        pred = read_prediction(read_input(source, limit), source, task.policy.num_classes, task.policy.max_pixels)
     except RejectedInput as e:
         return {"image_id": task.image_id, "status": "rejected", "source": source,
                 "reason": e.reason, "detail": e.detail}
@@ -148,7 +158,7 @@ def flat_scores(confusion: np.ndarray, class_names: tuple[str, ...], beta: float
 
 def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad):
     k = len(class_names)
-    policy = parse_mask_values(config.mask_values, k)
+    policy = dataclasses.replace(parse_mask_values(config.mask_values, k), max_pixels=config.max_pixels)
     tasks = [PairTask(i, truth[i], preds[i], policy) for i in sorted(truth.keys() & preds.keys())]
     results = map_tasks(score_pair, tasks, config.workers)
     rows, tables, micro = [], [], np.zeros((k, k), dtype=np.int64)

@@ -123,10 +123,11 @@ def output_key(image_id: str) -> str:
     return unicodedata.normalize("NFC", image_id).casefold()
 
 
-def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput], list[dict]]:
+def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput], list[dict], str]:
     """Images to predict (sorted by id) and rejected records: not images, unsafe names, and
     inputs sharing an id or an output name (``a.png`` and ``a.tif``, ``A.png`` and ``a.png``).
-    An ``output`` inside the input folder (or the reverse) is refused (ValueError)."""
+    An ``output`` inside the input folder (or the reverse) is refused (ValueError). The third
+    value is the input root (what ids are relative to, and symlinks must stay inside)."""
     files, root, from_list = list_files(spec)
     if output:  # a list file's inputs are checked one by one: their common folder may hold the output
         for reads in [p for p, _, _ in files] if from_list else [root]:
@@ -155,7 +156,7 @@ def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput],
             reason = "duplicate_id" if len({k for k, _ in claims}) == 1 else "output_name_collision"
             bad.append(rejected_record(path, reason, f"{len(paths)} inputs would write the same outputs "
                                                      f"({key!r}): {paths}", image_id=key))
-    return sorted(good, key=lambda i: i.image_id), bad
+    return sorted(good, key=lambda i: i.image_id), bad, root
 
 
 def shard_of(key: str, num_shards: int) -> int:

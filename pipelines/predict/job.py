@@ -39,6 +39,7 @@ import apache_beam as beam
 
 from pipelines.beam import runner
 from pipelines.beam.files import delete_if_present, resolve_version
+from pipelines.beam.lease import Lease, LeaseBusy
 from pipelines.beam.progress import ProgressPrinter
 from pipelines.core import images
 from pipelines.predict import finish as predict_finish
@@ -67,6 +68,9 @@ class PredictConfig:
     shard_index: int = 0
     max_image_pixels: int = 400_000_000
     memory_limit_mb: int = 2048
+    lease_ttl_s: float = 60.0         # a run's claim on the output expires this long after its last heartbeat
+    lease_wait_s: float = 120.0       # how long to wait for a conflicting run (a killed one's lease expiring)
+    follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_dirs:
@@ -79,6 +83,8 @@ class PredictConfig:
             raise ValueError(f"--blend must be gaussian or linear, got {self.blend!r}")
         if self.batch_size < 1 or self.memory_limit_mb < 1 or self.max_image_pixels < 1:
             raise ValueError("--batch-size, --memory-limit-mb and --max-image-pixels must be positive")
+        if self.lease_ttl_s <= 0 or self.lease_wait_s < 0:
+            raise ValueError("--lease-ttl-s must be positive and --lease-wait-s not negative")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"--shard-index must be in [0, --num-shards={self.num_shards}), got {self.shard_index}")
 
@@ -106,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="larger images are rejected")
     p.add_argument("--memory-limit-mb", type=int, default=d.memory_limit_mb,
                    help="per-worker bound for one image's arrays: larger images go in strips, or are rejected")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="read symlinked inputs whose target lies outside the input folder (refused by default)")
+    p.add_argument("--lease-ttl-s", type=float, default=d.lease_ttl_s,
+                   help="this run's claim on --output expires this long after its last heartbeat (if killed)")
+    p.add_argument("--lease-wait-s", type=float, default=d.lease_wait_s,
+                   help="wait this long for another run on the same shard or with other settings to finish")
     return p
 
 
@@ -156,7 +168,8 @@ def prepare(config: PredictConfig) -> Job:
     """Read the model cards and list the inputs; bad flags, models or inputs raise ValueError
     or FileNotFoundError here, before the output directory is touched."""
     spec, _ = job_spec(config)
-    inputs, listing_rejected = predict_inputs.list_inputs(config.input, output=config.output)
+    inputs, listing_rejected, root = predict_inputs.list_inputs(config.input, output=config.output)
+    spec = dataclasses.replace(spec, input_root=root, follow_symlinks=config.follow_symlinks)
     mine = lambda key: predict_inputs.in_shard(key, config.num_shards, config.shard_index)  # noqa: E731
     return Job(spec, [i for i in inputs if mine(i.image_id)],
                [r for r in listing_rejected if mine(r["image_id"] or r["source"])])
@@ -180,10 +193,10 @@ def run(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         job = prepare(config)
-    except (ValueError, FileNotFoundError) as e:  # bad flags, model dirs or input: exit 2, "do not retry"
+        summary, _ = execute(config, beam_args, job=job)
+    except (ValueError, FileNotFoundError, LeaseBusy) as e:  # bad flags, models, inputs, a busy output: exit 2
         print(f"tessera predict: error: {e}", file=sys.stderr)
         return 2
-    summary, _ = execute(config, beam_args, job=job)
     print(f"tessera predict: {summary['predicted']} predicted, {summary['skipped_done']} already done, "
           f"{summary['rejected']} rejected {summary['rejected_reasons'] or ''} -> {summary['output']}", flush=True)
     return 0
@@ -198,6 +211,26 @@ def execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool =
     """
     started = time.time()
     job = job or prepare(config)
+    layout = job.spec.layout
+    lease = Lease(layout.path(names.LEASES_DIR), {
+        "settings": layout.settings.fingerprint(), "num_shards": config.num_shards,
+        "shard_index": config.shard_index, "pid": os.getpid(), "started": time.time()}, config.lease_ttl_s)
+    lease.acquire(conflicting_runs, config.lease_wait_s)
+    try:
+        return _execute(config, beam_args, collect_metrics, job, started)
+    finally:
+        lease.release()
+
+
+def conflicting_runs(mine: dict, theirs: dict) -> bool:
+    """Two runs cannot share an output when they do the same shard, or differ in settings or
+    sharding (one would forget or overwrite the other's results)."""
+    return (theirs.get("settings") != mine["settings"] or theirs.get("num_shards") != mine["num_shards"]
+            or theirs.get("shard_index") == mine["shard_index"])
+
+
+def _execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool, job: Job,
+             started: float) -> tuple[dict, dict]:
     spec, inputs, listing_rejected = job.spec, job.inputs, job.listing_rejected
     layout = spec.layout
     suffix = names.shard_suffix(config.num_shards, config.shard_index)

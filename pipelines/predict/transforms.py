@@ -56,6 +56,8 @@ class JobSpec:
     fit: str = "resize"              # whole-image classification: how a photo becomes input_size x input_size
     input_size: int = 0
     whole_image: bool = False        # classification of the fitted image; else of its tiles, averaged
+    input_root: str = ""             # symlinks are followed only to files below it...
+    follow_symlinks: bool = False    # ...unless this is set
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return models.decide(scores, self.threshold)
@@ -79,8 +81,8 @@ class _ReadAndCut(beam.DoFn):
         try:
             if not item.size_bytes:  # list-file inputs are not listed by the launcher
                 item = listed_input(item)
-            with FileSystems.open(item.path) as handle:
-                data = handle.read()
+            data = files.read_input(item.path, files.file_bytes_limit(spec.policy.max_pixels),
+                                    spec.input_root, spec.follow_symlinks, images.looks_like_image, images.HEADER_BYTES)
             height, width = images.image_size(data, item.path, spec.policy)
             if height * width > spec.policy.max_pixels:
                 raise RejectedInput("too_large", (

@@ -17,14 +17,20 @@ from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 from schemas.rejected import RejectedInput, rejected_record
 
 
-def decode_source(source: sources.Source, image_policy: images.ImagePolicy,
-                  mask_policy: images.MaskPolicy | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(image (H,W,C), mask (H,W) or None); raises RejectedInput with the reason."""
+def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask_policy: images.MaskPolicy | None,
+                  root: str | None = None, follow_symlinks: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image (H,W,C), mask (H,W) or None); raises RejectedInput with the reason. Files are read
+    only once sized (``files.read_input``); symlinks leading out of ``root`` are refused."""
+    def read(path: str, max_pixels: int) -> bytes:
+        return files.read_input(path, files.file_bytes_limit(max_pixels), root, follow_symlinks,
+                                images.looks_like_image, images.HEADER_BYTES)
+
     try:
-        image = images.read_image(files.read_bytes(source.image_path), source.image_path, image_policy)
+        image = images.read_image(read(source.image_path, image_policy.max_pixels), source.image_path, image_policy)
         mask = None
         if source.mask_path:
-            mask = images.read_mask(files.read_bytes(source.mask_path), source.mask_path, mask_policy)
+            mask_pixels = (mask_policy or images.MaskPolicy()).max_pixels
+            mask = images.read_mask(read(source.mask_path, mask_pixels), source.mask_path, mask_policy)
             images.check_pair(image, mask, source.id)
     except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
         raise RejectedInput("unreadable", str(error)) from error
@@ -42,6 +48,8 @@ class TileSettings:
     augment_copies: int = 0
     augment_config: static_augment.StaticAugmentConfig = static_augment.StaticAugmentConfig()
     fit: str = "resize"           # whole-image classification: resize | pad | crop
+    input_root: str = ""          # symlinks are followed only to files below it...
+    follow_symlinks: bool = False  # ...unless this is set
 
 
 def tile_examples(source: sources.Source, image: np.ndarray, mask: np.ndarray | None,

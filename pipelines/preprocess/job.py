@@ -55,6 +55,7 @@ class PreprocessConfig:
     png_compression: int = 1
     overwrite: bool = False
     keep_versions: int = versions.DEFAULT_KEEP
+    follow_symlinks: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png-compression", type=int, default=d.png_compression, choices=range(10))
     p.add_argument("--overwrite", action="store_true",
                    help="publish a new version of an existing output (readers switch when it is complete)")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="read symlinked inputs whose target lies outside --input (refused by default)")
     p.add_argument("--keep-versions", type=int, default=d.keep_versions,
                    help="versions of the output kept (the newest ones); older ones are deleted")
     return p
@@ -158,7 +161,8 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
     split = listed_sources | "AssignSplits" >> pt.AssignSplits(
         config.split_fractions, stratify=config.layout == CLASSIFICATION, salt=config.split_salt)
     settings = examples.TileSettings(spec=spec, augment_copies=config.augment_copies,
-                               augment_config=static_augment.StaticAugmentConfig(), fit=config.fit)
+                                     augment_config=static_augment.StaticAugmentConfig(), fit=config.fit,
+                                     input_root=config.input, follow_symlinks=config.follow_symlinks)
     built = split | "WriteShards" >> shards.WriteShards(
         work, settings, image_policy, mask_policy, config.shard_bytes, config.min_shards, config.png_compression)
     _ = built.shards | "WriteShardInfo" >> pt.WriteJson(f"{work}/{layout.WORK_PARTS}/shards.json")

@@ -110,7 +110,8 @@ class _BuildShard(beam.DoFn):
             writer = _HashingWriter(handle)
             for source in sorted(shard_sources, key=lambda s: s.id):
                 try:
-                    image, mask = examples.decode_source(source, self.image_policy, self.mask_policy)
+                    image, mask = examples.decode_source(source, self.image_policy, self.mask_policy,
+                                                           self.settings.input_root, self.settings.follow_symlinks)
                 except RejectedInput as error:
                     counters.add(rejected=1)
                     yield reject(examples.rejected_source(source, error))
