@@ -91,7 +91,7 @@ def run(argv: list[str] | None = None) -> int:
     from trainer.loop import train
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    splitter = argparse.ArgumentParser(add_help=False)
+    splitter = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     splitter.add_argument("--output")
     known, rest = splitter.parse_known_args(argv)
     if not known.output or any(a.startswith("--model-dir") for a in rest):

@@ -206,9 +206,9 @@ def _get(obj: Any, dest: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tessera train", description="Train a segmentation or classification model on a Tessera dataset.")
+        prog="tessera train", allow_abbrev=False, description="Train a segmentation or classification model on a Tessera dataset.")
     parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
-                        help="JSON file with (part of) a resolved config; flags override it")
+                        help="JSON or YAML file with (part of) a resolved config; flags override it")
     for flags, dest, kind, help_ in _FLAGS:
         default = _get(TrainConfig(), dest)
         help_ = f"{help_} (default: {default!r})" if default != "" else help_
@@ -234,9 +234,13 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
     values: dict[str, Any] = {}
     if "config_file" in given:
         import tensorflow as tf
+        import yaml
 
-        with tf.io.gfile.GFile(given.pop("config_file")) as handle:
-            values = json.load(handle)
+        path = given.pop("config_file")
+        with tf.io.gfile.GFile(path) as handle:
+            values = yaml.safe_load(handle.read())  # JSON or YAML
+        if not isinstance(values, dict):
+            raise ValueError(f"--config {path}: expected a mapping of config keys to values")
     for dest, value in given.items():
         _set(values, dest, value)
     cfg = from_dict(values)

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.beam import flags
 from pipelines.beam.files import (
     check_apart,
     exists,
@@ -71,7 +72,7 @@ class EvaluateConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tessera evaluate", description=__doc__,
+    p = argparse.ArgumentParser(prog="tessera evaluate", allow_abbrev=False, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--predictions", required=True, help="directory written by tessera predict")
     p.add_argument("--truth", required=True, help="mask folder, class-per-folder tree, or CSV image_id,label")
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, _ = flags.parse(build_parser(), argv, beam=False)
     config = EvaluateConfig(
         predictions=args.predictions.rstrip("/"), truth=args.truth.rstrip("/"), output=args.output,
         mask_values=args.mask_values, beta=args.beta, task=args.task, workers=args.workers,
@@ -259,7 +260,7 @@ def evaluate(config: EvaluateConfig, out=None) -> dict:
         "overall": overall,
         "confusion_matrix": {"rows": "truth", "columns": "prediction", "counts": confusion.tolist()},
         "missing_predictions": missing_pred, "missing_truth": missing_truth, "rejected": bad,
-        "files": paths, "conventions": "see pipelines/scores.py (zero-division rule, foreground mean, Rand)",
+        "files": paths, "conventions": "see pipelines/evaluate/scores.py (zero-division rule, foreground mean, Rand)",
     }
     write_outputs(report, rows, confusion, class_names, paths)
     print_report(report, out or sys.stdout)

@@ -37,7 +37,7 @@ import time
 
 import apache_beam as beam
 
-from pipelines.beam import runner
+from pipelines.beam import flags, runner
 from pipelines.beam.files import delete_if_present, resolve_version
 from pipelines.beam.lease import Lease, LeaseBusy
 from pipelines.beam.progress import ProgressPrinter
@@ -91,7 +91,7 @@ class PredictConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     d = PredictConfig(("-",), "", "")
-    p = argparse.ArgumentParser(prog="tessera predict", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="tessera predict", allow_abbrev=False, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model-dir", action="append", required=True, dest="model_dirs",
                    help="a `tessera train` model directory; repeat for an ensemble")
@@ -189,7 +189,7 @@ def make_pipeline(beam_args: list[str]) -> beam.Pipeline:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = flags.parse(build_parser(), argv)
     try:
         config = config_from_args(args)
         job = prepare(config)
@@ -242,7 +242,7 @@ def _execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool,
     config_record = {**dataclasses.asdict(config), "shard_index": None, "settings": dataclasses.asdict(layout.settings),
                      "fingerprint": layout.settings.fingerprint(), "geometry": dataclasses.asdict(spec.geometry),
                      "threshold": spec.threshold, "image_policy": spec.policy.describe(),
-                     "memory_limit_bytes": spec.memory_limit_bytes}
+                     "memory_limit_bytes": spec.memory_limit_bytes, "beam_args": list(beam_args)}
     outputs.write_json(layout.path(names.CONFIG_FILE), config_record)
     print(f"tessera predict: {len(inputs)} images in shard {config.shard_index + 1}/{config.num_shards}, "
           f"{len(done)} already done, {len(todo)} to predict -> {config.output}", flush=True)

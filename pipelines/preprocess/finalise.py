@@ -48,7 +48,8 @@ def build_stats(spec: DatasetSpec, shards: list[dict], summary: dict, rejected: 
     return stats
 
 
-def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], started) -> dict:
+def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], started,
+             beam_args: list[str] = ()) -> dict:
     """Writes every metadata file into ``work`` and returns the run's summary."""
     shards = read_json(f"{work}/{layout.WORK_PARTS}/shards.json") if exists(f"{work}/{layout.WORK_PARTS}/shards.json") else []
     summary = read_json(f"{work}/{layout.WORK_PARTS}/sources.json") if exists(f"{work}/{layout.WORK_PARTS}/sources.json") else {
@@ -80,7 +81,7 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
     write_bytes(f"{work}/{layout.STATS_FILE}", json.dumps(stats, indent=2, sort_keys=True).encode())
     write_bytes(f"{work}/{layout.SPEC_FILE}", spec.to_json().encode())
     write_bytes(f"{work}/{layout.CONFIG_FILE}", json.dumps(
-        {"preprocess": dataclasses.asdict(config), "dataset": json.loads(spec.to_json()),
+        {"preprocess": dataclasses.asdict(config), "beam_args": list(beam_args), "dataset": json.loads(spec.to_json()),
          "policies": _policies(config)}, indent=2, sort_keys=True).encode())
     if result["rejected_fraction"] <= config.max_rejected_fraction:
         write_bytes(f"{work}/{layout.SUCCESS_FILE}", json.dumps(result, indent=2, sort_keys=True).encode())

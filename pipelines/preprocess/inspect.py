@@ -13,6 +13,7 @@ import sys
 
 from PIL import Image, ImageDraw
 
+from pipelines.beam import flags
 from pipelines.beam.files import read_bytes, resolve_version
 from pipelines.core.pixels import overlay
 from schemas import layout
@@ -20,7 +21,7 @@ from schemas.example import SEGMENTATION, DatasetSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tessera inspect", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="tessera inspect", allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("dataset", help="dataset directory written by tessera preprocess")
     p.add_argument("--output", default="tiles.png", help="PNG to write")
     p.add_argument("--split", default="train")
@@ -61,7 +62,7 @@ def contact_sheet(examples: list[dict], spec: DatasetSpec, columns: int, cell: i
 def run(argv: list[str] | None = None) -> int:
     import tensorflow_datasets as tfds
 
-    args = build_parser().parse_args(argv)
+    args, _ = flags.parse(build_parser(), argv, beam=False)
     dataset = resolve_version(args.dataset)
     spec = DatasetSpec.from_json(read_bytes(f"{dataset}/{layout.SPEC_FILE}").decode("utf-8"))
     builder = tfds.builder_from_directory(dataset)

@@ -9,7 +9,8 @@ On Dataflow, add the runner and its options; they pass through to Beam untouched
     tessera preprocess --input gs://b/raw --output gs://b/ds --runner DataflowRunner \\
         --project P --region R --temp_location gs://b/tmp
 
-Our flags are parsed with ``parse_known_args``; everything else goes to ``PipelineOptions``.
+Our flags (and ``--config FILE``) are parsed first; the rest must be Beam's own flags and goes to
+``PipelineOptions`` (a flag neither knows is an error).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam import progress, runner
+from pipelines.beam import flags, progress, runner
 from pipelines.beam.files import check_apart
 from pipelines.core import images
 from pipelines.preprocess import examples, finalise, publish, shards, static_augment
@@ -60,7 +61,7 @@ class PreprocessConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     d = PreprocessConfig("", "")
-    p = argparse.ArgumentParser(prog="tessera preprocess", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="tessera preprocess", allow_abbrev=False, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", required=True, help="raw folder (local or gs://)")
     p.add_argument("--output", required=True, help="dataset folder to create (local or gs://)")
@@ -178,7 +179,7 @@ def describe_progress(totals: dict, elapsed: float) -> str:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args, beam_args = build_parser().parse_known_args(argv)
+    args, beam_args = flags.parse(build_parser(), argv)
     config = config_from_args(args)
     try:
         check_apart(config.input, config.output)
@@ -204,7 +205,7 @@ def run(argv: list[str] | None = None) -> int:
         with runner.make_pipeline(beam_args) as p:
             build_pipeline(p, config, spec, work)
         printer.stop()
-        summary = finalise.finalise(work, config, spec, empty_folders, started)
+        summary = finalise.finalise(work, config, spec, empty_folders, started, beam_args)
     except BaseException:
         printer.stop()
         publish.delete_tree(work)  # a failed run leaves nothing behind; the output is untouched

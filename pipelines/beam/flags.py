@@ -1,0 +1,103 @@
+"""Command lines of the jobs: our flags, ``--config FILE``, and Beam's own flags, nothing else.
+
+``--config FILE`` (JSON or YAML, local or any FileSystems scheme) holds flag values by
+name (``tile_size`` or ``tile-size``; Beam's flags as a list under ``beam``); flags on the
+command line override it. A key that names no flag is an error, as a misspelt flag is. Everything our parser does not know must be a flag of one of
+Beam's registered option classes (runner, Dataflow, Flink, DirectRunner, ...): a misspelt
+flag is an error (exit 2) instead of a warning in a log that nobody reads.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import re
+import sys
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.beam.files import read_bytes
+
+CONFIG_FLAG = "--config"
+
+
+def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(CONFIG_FLAG, dest="config_file")
+    known, rest = pre.parse_known_args(argv)
+    return known.config_file, rest
+
+
+def load_config(path: str) -> dict:
+    """Flag values from a JSON or YAML file (JSON is YAML)."""
+    try:
+        values = yaml.safe_load(read_bytes(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{CONFIG_FLAG} {path}: cannot read it as JSON or YAML ({type(e).__name__}: {e})") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{CONFIG_FLAG} {path}: expected a mapping of flag names to values")
+    return values
+
+
+def config_argv(values: dict) -> list[str]:
+    """Flag tokens for ``values``: ``{"tile_size": 24, "overwrite": true, "model_dir": [a, b]}``
+    -> ``--tile-size 24 --overwrite --model-dir a --model-dir b``; ``"beam": [...]`` holds
+    Beam's own flags as written on a command line. Placed before the command line's own
+    flags, which therefore win (a repeatable flag such as --model-dir adds up instead)."""
+    tokens: list[str] = []
+    for key, value in values.items():
+        if key == "beam":
+            tokens += [str(v) for v in (value if isinstance(value, list) else [value])]
+            continue
+        flag = "--" + str(key).lstrip("-").replace("_", "-")
+        if value is True:
+            tokens.append(flag)
+        elif value is False or value is None:
+            continue
+        else:
+            for item in value if isinstance(value, list) else [value]:
+                tokens += [flag, str(item)]
+    return tokens
+
+
+def our_flags(parser: argparse.ArgumentParser) -> list[str]:
+    return sorted(set(re.findall(r"--[a-z0-9][a-z0-9-]*", parser.format_help())))
+
+
+def unknown_beam_flags(args: list[str]) -> list[str]:
+    """The flags in ``args`` that no registered Beam option class knows."""
+    options = PipelineOptions(args)
+    logger = logging.getLogger("apache_beam.options.pipeline_options")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # we report the unknown flags ourselves
+    try:
+        known = set(options.get_all_options(retain_unknown_options=False))
+        everything = set(options.get_all_options(retain_unknown_options=True))
+    finally:
+        logger.setLevel(level)
+    return sorted(f"--{dest}" for dest in everything - known)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, beam: bool = True
+          ) -> tuple[argparse.Namespace, list[str]]:
+    """(our arguments, Beam's arguments); bad flags or config exit 2 with the parser's usage."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file, argv = _split_config(argv)
+    if config_file:
+        try:
+            argv = config_argv(load_config(config_file)) + argv
+        except ValueError as e:
+            parser.error(str(e))
+    if not beam:
+        return parser.parse_args(argv), []
+    args, rest = parser.parse_known_args(argv)
+    unknown = unknown_beam_flags(rest)
+    stray = [a for i, a in enumerate(rest) if not a.startswith("-") and (i == 0 or "=" in rest[i - 1]
+                                                                          or not rest[i - 1].startswith("-"))]
+    if unknown or stray:
+        ours = our_flags(parser)
+        hints = [f"{flag} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
+            flag.split("=")[0].replace("_", "-"), ours, n=1)) else flag for flag in unknown]
+        parser.error("unrecognized arguments (neither ours nor Beam's): " + " ".join(hints + stray))
+    return args, rest
