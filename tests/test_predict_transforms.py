@@ -48,7 +48,7 @@ def test_cut_strips_emits_tasks_and_rejects_bad_files(model, tmp_path):
         assert_that(per_image, equal_to([("a", 3 * 2), ("big", 38 * 5)]), label="AllCores")
         assert_that(tiles | beam.Filter(lambda t: t[0] == "big" and t[1] > 1), is_not_empty(), label="BigInStrips")
         assert_that(cut[pt.REJECTED] | beam.Map(lambda r: (r["image_id"], r["reason"])),
-                    equal_to([("bad", "not_an_image"), ("gone", "unreadable")]), label="Rejected")
+                    equal_to([("bad", "not_an_image"), ("gone", "missing_file")]), label="Rejected")
 
 
 def test_predict_tiles_scores_every_tile(model, tmp_path):

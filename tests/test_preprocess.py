@@ -99,7 +99,7 @@ def test_write_shards_builds_every_shard_and_dead_letters_bad_sources(tmp_path):
         assert_that(out.shards | beam.Map(lambda s: s["num_examples"]) | beam.CombineGlobally(sum),
                     equal_to([5 * 4 * 2 + 4]), label="examples")
         assert_that(out.rejected | beam.Map(lambda r: (r["source"].split(" + ")[0][-8:], r["reason"])),
-                    equal_to([("tbad.png", "not_an_image"), ("gone.png", "unreadable")]), label="rejected")
+                    equal_to([("tbad.png", "not_an_image"), ("gone.png", "missing_file")]), label="rejected")
         assert_that(out.source_stats | beam.Map(lambda s: s["split"]), equal_to(["train"] * 5 + ["val"]),
                     label="stats")
 
