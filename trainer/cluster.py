@@ -35,6 +35,9 @@ DEFAULT_PORT = 2222
 # code, which the Job's podFailurePolicy ignores (the pod is recreated and the new
 # workers resume together from the backup), while exit codes 1 and 2 fail the Job.
 PEER_LOST_EXIT_CODE = 75
+# A worker told to stop (SIGTERM: node drain, spot reclaim, Job deletion) saves its backup
+# at once and exits with the same retriable code.
+PREEMPTED_EXIT_CODE = PEER_LOST_EXIT_CODE
 
 
 def worker_address(job_name: str, index: int, service: str, port: int, namespace: str | None = None) -> str:

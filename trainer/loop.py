@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import threading
 import time
 
 import keras
@@ -39,6 +41,30 @@ FINGERPRINT_KEY = "dataset_fingerprint"
 
 class ResumeRefused(ValueError):
     """The backup belongs to a run with other settings or on another dataset."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived: the backup was saved at the current step; rerun to resume."""
+
+
+class StopRequest:
+    """Turns SIGTERM into a flag the loop checks between steps (then saves and stops)."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 class NothingToExport(RuntimeError):
@@ -113,14 +139,16 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, expo
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
-        return _train(cfg, info, strategy, policy != "float32", export_model)
+        with StopRequest() as stop_request:
+            return _train(cfg, info, strategy, policy != "float32", export_model, stop_request)
     except tf.errors.DataLossError as error:
         raise locate_damage(info, error) from error
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_model: bool) -> TrainResult:
+def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_model: bool,
+           stop_request: StopRequest) -> TrainResult:
     chief = distribute.is_chief(strategy)
     spec = info.spec
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
@@ -211,6 +239,10 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
             step_losses.append(loss)
             progress.step(epoch, step, global_step, loss, lr)
             board.scalars("train", {"loss": loss, "learning_rate": lr}, global_step)
+            if stop_request.signal is not None:
+                path = save(backup, backup_write)
+                log(f"SIGTERM: backup saved at global step {global_step} ({path}); exiting to be resumed")
+                raise Preempted(f"stopped by SIGTERM at global step {global_step}; the backup {path} resumes it")
             if global_step % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                 save(backup, backup_write)
                 if cfg.verbose:

@@ -27,13 +27,16 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     from trainer import distribute
     from trainer.data import DatasetDamaged
-    from trainer.loop import NothingToExport, ResumeRefused, train
+    from trainer.loop import NothingToExport, Preempted, ResumeRefused, train
 
     try:
         train(cfg)
     except (ResumeRefused, DatasetDamaged) as error:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
+    except Preempted as error:
+        print(f"tessera train: {error}; exiting with {cluster.PREEMPTED_EXIT_CODE} (retriable)", file=sys.stderr)
+        return cluster.PREEMPTED_EXIT_CODE
     except NothingToExport as error:
         print(f"tessera train: {error}", file=sys.stderr)
         return 1
