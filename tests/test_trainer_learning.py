@@ -101,9 +101,36 @@ def test_mixed_precision_xla_and_in_step_augmentation_train(discs, tmp_path):
                       xla=True, model={"depth": 1, "filters": 4}, image_summaries=0, augment={"placement": "step"})
     result = train(cfg, export_model=False)
     assert len(result.step_losses) == 3 and np.isfinite(result.step_losses).all()
+    assert result.compute_dtype == "float16" and result.xla            # the policy and XLA were applied
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"   # restored afterwards
+
+
+def test_xla_really_compiles_the_step_and_is_refused_on_several_cpu_replicas(discs, tmp_path):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "trainer.task", "--data", str(discs), "--epochs", "1", "--steps-per-epoch", "2",
+            "--batch-size", "4", "--depth", "1", "--filters", "2", "--image-summaries", "0", "--verbose", "0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}    # TensorFlow says when XLA compiled a cluster
+    logs = {}
+    for xla in ("--xla", "--no-xla"):
+        done = subprocess.run([*argv, "--model-dir", str(tmp_path / xla), xla], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        logs[xla] = done.stderr
+    assert "Compiled cluster using XLA" in logs["--xla"] and "Compiled cluster using XLA" not in logs["--no-xla"]
+    mirrored = ("import sys, tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
+                "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2); "
+                "from trainer.config import from_dict, resolve_paths; from trainer.loop import XlaRefused, train; "
+                f"cfg = resolve_paths(from_dict({{'data': {str(discs)!r}, 'model_dir': {str(tmp_path / 'm2')!r}, "
+                "'xla': True, 'epochs': 1, 'steps_per_epoch': 1, 'verbose': 0}), {}); "
+                "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
+                "try:\n    train(cfg, strategy, export_model=False)\nexcept XlaRefused as e:\n    print(e); sys.exit(3)")
+    done = subprocess.run([sys.executable, "-c", mirrored], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 3 and "--xla is not supported with 2 CPU replicas" in done.stdout, done.stderr[-2000:]
 
 
 def test_refuses_to_resume_a_backup_of_other_settings(discs, tmp_path):

@@ -67,6 +67,21 @@ class StopRequest:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+class XlaRefused(ValueError):
+    """--xla under a multi-replica strategy on CPUs (exit 2)."""
+
+
+def check_xla(cfg: TrainConfig, strategy) -> None:
+    """XLA-compiled steps under MirroredStrategy over several CPU devices fail in TensorFlow
+    (a resource variable is placed on the wrong device), so that combination is refused up front."""
+    if not cfg.xla or strategy.num_replicas_in_sync < 2:
+        return
+    devices = list(strategy.extended.worker_devices)
+    if not any("GPU" in d.upper() for d in devices):
+        raise XlaRefused(f"--xla is not supported with {strategy.num_replicas_in_sync} CPU replicas ({devices}): "
+                         "TensorFlow places a resource on the wrong device there; train without --xla, or on GPUs")
+
+
 class NothingToExport(RuntimeError):
     """No epoch produced a finite monitored value, so there is no best model."""
 
@@ -80,6 +95,8 @@ class TrainResult:
     best_value: float
     card: object | None               # the exported ModelCard (chief) or None
     weights_checksum: float           # sum of |w| over the final weights (compare across workers)
+    compute_dtype: str = "float32"    # what the network's layers computed in (the precision policy applied)
+    xla: bool = False                 # whether the training step was compiled with XLA
 
 
 def set_backbone_trainable(model, trainable: bool) -> bool:
@@ -149,6 +166,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, expo
 
 def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_model: bool,
            stop_request: StopRequest) -> TrainResult:
+    check_xla(cfg, strategy)
     chief = distribute.is_chief(strategy)
     spec = info.spec
     global_batch = cfg.batch_size * strategy.num_replicas_in_sync
@@ -299,5 +317,6 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
             log(f"{cfg.model_dir} already holds the export of this run's best epoch")
     if distribute.task(strategy)[0] is not None:
         distribute.barrier(strategy)  # workers leave together, after the chief has exported
+    computing = [layer.compute_dtype for layer in model.layers if layer.weights]
     return TrainResult(history.rows, step_losses, resumed_at, int(best_epoch_var.numpy()), float(best_var.numpy()),
-                       card, checksum)
+                       card, checksum, computing[0] if computing else "float32", cfg.xla)

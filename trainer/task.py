@@ -27,11 +27,11 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     from trainer import distribute
     from trainer.data import DatasetDamaged
-    from trainer.loop import NothingToExport, Preempted, ResumeRefused, train
+    from trainer.loop import NothingToExport, Preempted, ResumeRefused, XlaRefused, train
 
     try:
         train(cfg)
-    except (ResumeRefused, DatasetDamaged) as error:
+    except (ResumeRefused, DatasetDamaged, XlaRefused) as error:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
     except Preempted as error:
