@@ -312,6 +312,18 @@ def test_inspect_renders_a_contact_sheet(dataset, tmp_path):
     assert sheet.std() > 10  # tiles were drawn, not a blank canvas
 
 
+def test_inspect_samples_tiles_from_many_sources(dataset, capsys):
+    from pipelines.preprocess import inspect
+
+    rows = pq.read_table(dataset / "manifest.parquet").to_pylist()
+    train = [r for r in rows if r["split"] == "train"]
+    sources = {r["source_id"] for r in train}
+    picked = inspect.spread_sample(train, len(sources) + 2)
+    assert {r["source_id"] for r in picked[:len(sources)]} == sources     # every source once before any twice
+    assert inspect.run([str(dataset), "--output", str(dataset.parent.parent / "s.png"), "--count", "8"]) == 0
+    assert f"from {min(8, len(sources))} sources" in capsys.readouterr().out
+
+
 def test_read_class_folders_labels_by_folder_and_rejects_strays(tmp_path):
     for rel in ["cup/a.jpg", "cup/sub/b.png", "book/c.png", "loose.png", "book/notes.txt", "mug/d.png"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

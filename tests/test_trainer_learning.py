@@ -62,8 +62,11 @@ def test_unet_learns_discs_and_exports(discs, tmp_path):
     assert card.config["model"]["name"] == "unet" and card.config["loss"]["loss"] == "ce+dice"
     for name in (mc.SAVED_MODEL_DIR, mc.KERAS_FILE):
         assert (model_dir / versions.CURRENT_LINK / name).exists(), name
-    for name in ("config.json", "history.csv", "checkpoints", "backup", "logs"):
+    for name in ("config.json", "history.csv", "learning_curves.png", "checkpoints", "backup", "logs"):
         assert (model_dir / name).exists(), name
+    from PIL import Image
+
+    assert Image.open(model_dir / "learning_curves.png").size == (900, 380)
     assert len((model_dir / "history.csv").read_text().strip().splitlines()) == 1 + 4
     tags = event_tags(model_dir / "logs")
     assert {"loss", "learning_rate", "val_dice", "val_loss"} <= set(tags)

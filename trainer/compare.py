@@ -14,14 +14,12 @@ validation reports side by side. Rerunning resumes either run where it stopped.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
-from trainer.config import build_parser as train_parser, parse_config
+from trainer.config import build_parser as train_parser
+from trainer.config import parse_config
+from trainer.curves import learning_curves_png
 
 RUNS = {"with-static-augmentation": True, "without-static-augmentation": False}
 COLOURS = {"with-static-augmentation": (31, 82, 160), "without-static-augmentation": (230, 120, 20)}
@@ -44,45 +42,6 @@ def side_by_side(metrics: dict[str, dict[str, float]]) -> str:
         a, b = metrics[names[0]][key], metrics[names[1]][key]
         lines.append(f"{key:<12}{a:>30.4f}{b:>30.4f}{a - b:>+14.4f}")
     return "\n".join(lines)
-
-
-def _panel(draw, box, title: str, series: dict[str, list[float]], font) -> None:
-    left, top, right, bottom = box
-    draw.rectangle(box, outline=(0, 0, 0))
-    draw.text((left, top - 18), title, fill=(0, 0, 0), font=font)
-    values = [v for ys in series.values() for v in ys if np.isfinite(v)]
-    if not values:
-        return
-    low, high = min(values), max(values)
-    high = high if high > low else low + 1.0
-    epochs = max(len(ys) for ys in series.values())
-    draw.text((left - 46, top), f"{high:.3g}", fill=(0, 0, 0), font=font)
-    draw.text((left - 46, bottom - 12), f"{low:.3g}", fill=(0, 0, 0), font=font)
-    draw.text((right - 60, bottom + 4), f"epoch {epochs}", fill=(0, 0, 0), font=font)
-    for name, ys in series.items():
-        points = [(left + (right - left) * (i / max(1, epochs - 1)), bottom - (bottom - top) * (y - low) / (high - low))
-                  for i, y in enumerate(ys) if np.isfinite(y)]
-        if len(points) > 1:
-            draw.line(points, fill=COLOURS[name], width=2)
-        for x, y in points:
-            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=COLOURS[name])
-
-
-def learning_curves_png(histories: dict[str, list[dict]], monitor: str) -> bytes:
-    """Two panels (training loss, the monitored validation metric) per epoch, one line per run."""
-    font = ImageFont.load_default(size=12)
-    image = Image.new("RGB", (900, 380), "white")
-    draw = ImageDraw.Draw(image)
-    for i, key in enumerate(("loss", monitor)):
-        series = {name: [float(row.get(key, np.nan)) for row in rows] for name, rows in histories.items()}
-        title = "training loss" if key == "loss" else key
-        _panel(draw, (70 + i * 440, 40, 70 + i * 440 + 360, 320), title, series, font)
-    for i, name in enumerate(histories):
-        draw.rectangle((70 + i * 300, 350, 82 + i * 300, 362), fill=COLOURS[name])
-        draw.text((88 + i * 300, 349), name, fill=(0, 0, 0), font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -115,7 +74,7 @@ def run(argv: list[str] | None = None) -> int:
     with tf.io.gfile.GFile(f"{output}/comparison.json", "w") as handle:
         handle.write(json.dumps({"monitor": monitor, "validation": metrics, "history": histories}, indent=2))
     with tf.io.gfile.GFile(f"{output}/learning_curves.png", "wb") as handle:
-        handle.write(learning_curves_png(histories, monitor))
+        handle.write(learning_curves_png(histories, monitor, COLOURS))
     print(f"\nvalidation ({output}/comparison.json, curves in {output}/learning_curves.png)")
     print(side_by_side(metrics))
     return 0

@@ -25,13 +25,36 @@ from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import distribute, export
 from trainer.config import TrainConfig, for_task
-from trainer.data import (DatasetInfo, count_examples, crop_to, has_examples, locate_damage, open_dataset, sample,
-                          train_dataset, verify_dataset)
-from trainer.models import BACKBONE_NAME, build_model, check_geometry, output_size, primary_output
+from trainer.curves import learning_curves_png
+from trainer.data import (
+    DatasetInfo,
+    count_examples,
+    crop_to,
+    has_examples,
+    locate_damage,
+    open_dataset,
+    sample,
+    train_dataset,
+    verify_dataset,
+)
+from trainer.models import (
+    BACKBONE_NAME,
+    build_model,
+    check_geometry,
+    output_size,
+    primary_output,
+)
 from trainer.models.layers import ToProbabilities
 from trainer.observe import Board, History, Progress, log, triptych
 from trainer.optim import build_optimizer, make_schedule
-from trainer.steps import augment_in_pipeline, loss_spec_for, make_eval_step, make_train_step, validate
+from trainer.steps import (
+    augment_in_pipeline,
+    loss_spec_for,
+    make_eval_step,
+    make_train_step,
+    validate,
+)
+
 # settings that may change between a run and its resumption
 RESUMABLE_CHANGES = ("epochs", "patience", "verbose", "image_summaries", "checkpoint_every", "model_dir",
                      "checkpoint_dir", "backup_dir", "log_dir", "keep_versions", "verify_digests")
@@ -295,6 +318,9 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
             log(f"Early stopping after epoch {epoch + 1}: {cfg.monitor} did not improve for {cfg.patience} epochs")
             break
 
+    if chief and history.rows:
+        with tf.io.gfile.GFile(f"{cfg.model_dir}/learning_curves.png", "wb") as handle:
+            handle.write(learning_curves_png({"training": history.rows}, cfg.monitor))
     checksum = float(sum(np.abs(w).sum() for w in model.get_weights()))
     log(f"Finished at epoch {int(epoch_var.numpy())}; best {cfg.monitor} {float(best_var.numpy()):.4f} at epoch "
         f"{int(best_epoch_var.numpy())}; weights checksum {checksum:.6f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 
 import keras
 import numpy as np
@@ -19,22 +20,24 @@ def log(message: str) -> None:
 
 
 class Progress:
-    """verbose 0: nothing; 1: a Keras Progbar per epoch; 2: one line per step."""
+    """verbose 0: nothing; 1: a Keras Progbar per epoch on a terminal (in a log: the epoch
+    lines only, no bar redrawn into it); 2: one line per step."""
 
     def __init__(self, verbose: int, enabled: bool = True):
         self.verbose = verbose if enabled else 0
         self.bar = None
+        self.interactive = sys.stdout.isatty()
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, first_step: int) -> None:
         if self.verbose:
             log(f"Epoch {epoch + 1}/{epochs}" + (f" (resuming at step {first_step})" if first_step else ""))
-        if self.verbose == 1:
+        if self.verbose == 1 and self.interactive:
             self.bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "lr"])
             if first_step:
                 self.bar.update(first_step)
 
     def step(self, epoch: int, step: int, global_step: int, loss: float, lr: float) -> None:
-        if self.verbose == 1:
+        if self.bar is not None:
             self.bar.update(step + 1, [("loss", loss), ("lr", lr)])
         elif self.verbose == 2:
             log(f"step {global_step} epoch {epoch + 1} batch {step + 1} loss {loss:.5f} lr {lr:.3g}")

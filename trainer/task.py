@@ -27,7 +27,13 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     from trainer import distribute
     from trainer.data import DatasetDamaged
-    from trainer.loop import NothingToExport, Preempted, ResumeRefused, XlaRefused, train
+    from trainer.loop import (
+        NothingToExport,
+        Preempted,
+        ResumeRefused,
+        XlaRefused,
+        train,
+    )
 
     try:
         train(cfg)

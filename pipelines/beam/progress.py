@@ -1,8 +1,8 @@
 """Live progress of a running Beam job, for people watching a local run.
 
 One mechanism for every job: the launcher runs a :class:`ProgressPrinter` thread that
-asks the job for a line (``report(elapsed)``) every few seconds, and once more when the
-job stops. A job counts what its workers left on storage: preprocessing workers write
+asks the job for its :class:`Status` every few seconds (and once more when it stops) and
+shows it as a tqdm bar on a terminal, or as plain lines in a log. A job counts what its workers left on storage: preprocessing workers write
 small JSON counter files (:class:`CounterFile`, throttled; :func:`counter_report` sums
 them), prediction counts finished row files. This works on every runner whose workers
 can write to the job's directory; Beam's own metrics are only readable after a
@@ -10,12 +10,14 @@ DirectRunner job has finished.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
 import time
 from typing import Callable
 
+import tqdm
 from apache_beam.io.filesystems import FileSystems
 
 
@@ -50,37 +52,73 @@ def read_counters(pattern: str) -> dict[str, int]:
     return totals
 
 
-def counter_report(pattern: str, describe: Callable[[dict, float], str]) -> Callable[[float], str | None]:
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """What a job reports: ``done`` of ``total`` (None: unknown) ``unit``, and the details."""
+
+    done: int
+    total: int | None
+    unit: str
+    details: str = ""
+
+
+def counter_report(pattern: str, describe: Callable[[dict], Status]) -> Callable[[], Status | None]:
     """A ``report`` that sums the counter files matching ``pattern`` (None while there are none)."""
-    def report(elapsed: float) -> str | None:
+    def report() -> Status | None:
         totals = read_counters(pattern)
-        return describe(totals, elapsed) if totals else None
+        return describe(totals) if totals else None
     return report
 
 
-class ProgressPrinter(threading.Thread):
-    """Prints ``report(elapsed seconds)`` every ``interval`` seconds until stopped, and once
-    more at :meth:`stop` when ``final`` (a line that is None is not printed)."""
+def plain_line(job: str, status: Status, elapsed: float) -> str:
+    """``job: 12/40 images (3.1/s, 9 s left), details, 4 s`` for logs (no terminal)."""
+    rate = status.done / elapsed if elapsed > 0 else 0.0
+    left = ""
+    if status.total is not None and rate > 0:
+        left = f", {max(status.total - status.done, 0) / rate:.0f} s left"
+    of = f"/{status.total}" if status.total is not None else ""
+    details = f", {status.details}" if status.details else ""
+    return f"{job}: {status.done}{of} {status.unit} ({rate:.1f}/s{left}){details}, {elapsed:.0f} s"
 
-    def __init__(self, report: Callable[[float], str | None], interval: float = 5.0, stream=None,
+
+class ProgressPrinter(threading.Thread):
+    """Shows ``report()`` every ``interval`` seconds until stopped (and once more at :meth:`stop`
+    when ``final``): a tqdm bar with total, rate and time left on a terminal, plain lines
+    otherwise (a report of None shows nothing)."""
+
+    def __init__(self, job: str, report: Callable[[], Status | None], interval: float = 5.0, stream=None,
                  final: bool = False):
         super().__init__(daemon=True)
-        self.report, self.interval, self.final = report, interval, final
+        self.job, self.report, self.interval, self.final = job, report, interval, final
         self.stream = stream or sys.stderr
         self.started, self._stopping = time.monotonic(), threading.Event()
+        self.bar = None
+        if self.stream.isatty():
+            self.interval = min(interval, 1.0)
 
-    def _print(self) -> None:
-        line = self.report(time.monotonic() - self.started)
-        if line:
-            print(line, file=self.stream, flush=True)
+    def _show(self) -> None:
+        status = self.report()
+        if status is None:
+            return
+        if not self.stream.isatty():
+            print(plain_line(self.job, status, time.monotonic() - self.started), file=self.stream, flush=True)
+            return
+        if self.bar is None:
+            self.bar = tqdm.tqdm(total=status.total, unit=status.unit.rstrip("s") or "it", desc=self.job,
+                                 file=self.stream, dynamic_ncols=True)
+        self.bar.total = status.total
+        self.bar.update(status.done - self.bar.n)
+        self.bar.set_postfix_str(status.details, refresh=True)
 
     def run(self) -> None:
         while not self._stopping.wait(self.interval):
-            self._print()
+            self._show()
 
     def stop(self) -> None:
         self._stopping.set()
         if self.is_alive():
             self.join()
         if self.final:
-            self._print()
+            self._show()
+        if self.bar is not None:
+            self.bar.close()

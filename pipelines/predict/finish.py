@@ -15,6 +15,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import final_of, read_bytes, read_json, write_atomically
+from pipelines.beam.progress import Status
 from pipelines.predict import outputs
 from pipelines.predict.inputs import existing
 from pipelines.predict.transforms import ImageInput
@@ -33,7 +34,7 @@ class ImagesDone:
         self.layout, self.pending, self.total = layout, {i.image_id: i.path for i in pending}, len(pending)
         self.done, self.rejected, self.tiles = 0, 0, 0
 
-    def __call__(self, elapsed: float) -> str:
+    def __call__(self) -> Status:
         files = existing(self.layout.root, self.layout.rows_dir())
         bad = existing(self.layout.root, names.REJECTED_DIR)
         new = sorted(i for i in self.pending if self.layout.row(i) in files)
@@ -46,8 +47,7 @@ class ImagesDone:
         self.done += len(new)
         self.rejected += len(rejected)
         self.tiles += sum(r["tiles"] for r in rows)
-        return (f"tessera predict: {self.done + self.rejected}/{self.total} images done ({self.rejected} rejected), "
-                f"{self.tiles} tiles, {self.tiles / max(elapsed, 1e-9):.1f} tiles/s, {elapsed:.0f} s")
+        return Status(self.done + self.rejected, self.total, "images", f"{self.rejected} rejected, {self.tiles} tiles")
 
 
 def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> int:

@@ -250,7 +250,7 @@ def _execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool,
     if todo:
         pipeline = make_pipeline(beam_args)
         build_pipeline(pipeline, config, spec, todo)
-        progress = ProgressPrinter(predict_finish.ImagesDone(layout, todo), final=True)
+        progress = ProgressPrinter("tessera predict", predict_finish.ImagesDone(layout, todo), final=True)
         progress.start()
         try:
             result = pipeline.run()

@@ -21,6 +21,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from pipelines.beam import quiet
 from pipelines.beam.files import read_bytes
 from pipelines.predict import tta as predict_tta
 from pipelines.predict.decide import decide, one_hot
@@ -203,7 +204,7 @@ class EnsemblePredictor:
 
 
 def load_predictor(model_dirs: Sequence[str], tta: str, combine: str) -> EnsemblePredictor:
-    import tensorflow as tf
+    tf = quiet.tensorflow()  # in a fresh worker process, the first import of TensorFlow
 
     models = []
     for model_dir in model_dirs:

@@ -1,6 +1,7 @@
 """``tessera inspect DATASET``: a PNG contact sheet of sample tiles, for a person to look at.
 
-Each cell shows one tile: the image, the mask drawn over it in colour (ignore pixels
+The tiles are spread over as many sources as the split has (one per source before a
+second of any). Each cell shows one tile: the image, the mask drawn over it in colour (ignore pixels
 hatched grey), and the core outlined in yellow inside its mirrored margin (cyan border),
 with the tile's source and position underneath::
 
@@ -9,6 +10,7 @@ with the tile's source and position underneath::
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 
 from PIL import Image, ImageDraw
@@ -16,6 +18,7 @@ from PIL import Image, ImageDraw
 from pipelines.beam import flags
 from pipelines.beam.files import read_bytes, resolve_version
 from pipelines.core.pixels import overlay
+from pipelines.core.sources import hash_fraction
 from schemas import layout
 from schemas.example import SEGMENTATION, DatasetSpec
 
@@ -59,7 +62,41 @@ def contact_sheet(examples: list[dict], spec: DatasetSpec, columns: int, cell: i
     return sheet
 
 
+def spread_sample(rows: list[dict], count: int) -> list[dict]:
+    """``count`` manifest rows spread over as many sources as possible: one tile of every
+    source (in a stable shuffled order) before a second of any, and so on."""
+    by_source: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (hash_fraction("inspect:" + r["id"]), r["id"])):
+        by_source.setdefault(row["source_id"], []).append(row)
+    queues = [by_source[s] for s in sorted(by_source, key=lambda s: (hash_fraction("inspect:" + s), s))]
+    picked: list[dict] = []
+    while len(picked) < count and any(queues):
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop(0))
+    return picked
+
+
+def read_examples(builder, dataset: str, split: str, picked: list[dict]) -> list[dict]:
+    """The examples of ``picked`` (in that order), read from only the shards that hold them."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    wanted = {r["id"]: i for i, r in enumerate(picked)}
+    shards = sorted({f"{dataset}/{r['shard']}" for r in picked})
+    decode = builder.info.features.deserialize_example
+    found: dict[str, dict] = {}
+    for example in tfds.as_numpy(tf.data.TFRecordDataset(shards).map(decode)):
+        key = example["id"].decode()
+        if key in wanted:
+            found[key] = example
+            if len(found) == len(wanted):
+                break
+    return [found[r["id"]] for r in picked if r["id"] in found]
+
+
 def run(argv: list[str] | None = None) -> int:
+    import pyarrow.parquet as pq
     import tensorflow_datasets as tfds
 
     args, _ = flags.parse(build_parser(), argv, beam=False)
@@ -68,12 +105,15 @@ def run(argv: list[str] | None = None) -> int:
     builder = tfds.builder_from_directory(dataset)
     if args.split not in builder.info.splits:
         raise SystemExit(f"tessera inspect: no split {args.split!r}; the dataset has {list(builder.info.splits)}")
-    examples = list(tfds.as_numpy(builder.as_dataset(split=args.split).take(args.count)))
+    manifest = pq.read_table(io.BytesIO(read_bytes(f"{dataset}/{layout.MANIFEST_FILE}")), use_threads=False)
+    rows = [r for r in manifest.select(["id", "split", "shard", "source_id"]).to_pylist() if r["split"] == args.split]
+    examples = read_examples(builder, dataset, args.split, spread_sample(rows, args.count))
     if not examples:
         raise SystemExit(f"tessera inspect: split {args.split!r} is empty")
     contact_sheet(examples, spec, args.columns, args.cell).save(args.output)
     kind = "image | mask overlay | core outline" if spec.task == SEGMENTATION else "image [label]"
-    print(f"tessera inspect: {len(examples)} {args.split} tiles ({kind}) -> {args.output}")
+    sources = len({e["source_id"] for e in examples})
+    print(f"tessera inspect: {len(examples)} {args.split} tiles from {sources} sources ({kind}) -> {args.output}")
     return 0
 
 

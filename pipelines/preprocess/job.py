@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines.beam import flags, progress, runner
 from pipelines.beam.files import check_apart
 from pipelines.core import images
+from pipelines.core.sources import has_image_extension
 from pipelines.preprocess import examples, finalise, publish, shards, static_augment
 from pipelines.preprocess import transforms as pt
 from schemas import layout, versions
@@ -172,10 +173,19 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
     _ = rejected | "WriteRejected" >> pt.WriteJson(f"{work}/{layout.WORK_PARTS}/rejected.json")
 
 
-def describe_progress(totals: dict, elapsed: float) -> str:
-    return (f"tessera preprocess: {totals.get('sources', 0)} sources done ({totals.get('rejected', 0)} rejected), "
-            f"{totals.get('examples', 0)} examples, {totals.get('pixels', 0) / 1e6 / max(elapsed, 1e-9):.1f} MP/s, "
-            f"{elapsed:.0f} s")
+def count_inputs(config: PreprocessConfig) -> int:
+    """Image files under the input (one listing): the progress bar's total."""
+    root = config.input.rstrip("/")
+    pattern = f"{root}/images/**" if config.layout == SEGMENTATION else f"{root}/**"
+    return sum(has_image_extension(m.path) for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def progress_status(total: int):
+    def describe(totals: dict) -> progress.Status:
+        return progress.Status(totals.get("sources", 0) + totals.get("rejected", 0), total, "sources",
+                               f"{totals.get('rejected', 0)} rejected, {totals.get('examples', 0)} examples, "
+                               f"{totals.get('pixels', 0) / 1e6:.0f} MP")
+    return describe
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -199,7 +209,8 @@ def run(argv: list[str] | None = None) -> int:
     work = publish.temporary_output(config.output)
     started = datetime.datetime.now(datetime.timezone.utc)
     print(f"tessera preprocess: {config.input} -> {config.output} (working in {work})", flush=True)
-    printer = progress.ProgressPrinter(progress.counter_report(f"{work}/{layout.WORK_PARTS}/progress/*.json", describe_progress))
+    printer = progress.ProgressPrinter("tessera preprocess", progress.counter_report(
+        f"{work}/{layout.WORK_PARTS}/progress/*.json", progress_status(count_inputs(config))))
     printer.start()
     try:
         with runner.make_pipeline(beam_args) as p:
