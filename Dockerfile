@@ -13,7 +13,7 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim AS builder
 WORKDIR /src
 RUN python -m pip install --no-cache-dir build==1.2.2
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY tessera ./tessera
 COPY schemas ./schemas
 COPY pipelines ./pipelines
@@ -24,12 +24,12 @@ RUN python -m build --wheel --outdir /wheels .
 FROM tensorflow/tensorflow:${TF_VERSION}-gpu AS tessera
 ARG TF_VERSION
 ARG BEAM_VERSION
-# Keep the base image's TensorFlow; pin Beam so the launcher and Dataflow workers agree.
+# Every dependency at the exact version the tests passed with (constraints.txt, which pins
+# the base image's TensorFlow and the Beam the Dataflow workers run).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    printf 'tensorflow==%s\napache-beam==%s\n' "${TF_VERSION}" "${BEAM_VERSION}" > /tmp/constraints.txt \
- && PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+    --mount=type=bind,from=builder,source=/src/constraints.txt,target=/tmp/constraints.txt \
+    PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
     python3 -m pip install --no-cache-dir --constraint /tmp/constraints.txt /wheels/tessera-*.whl \
- && rm /tmp/constraints.txt \
  && python3 -c "import tensorflow as tf, apache_beam as beam; \
 assert tf.__version__ == '${TF_VERSION}', tf.__version__; assert beam.__version__ == '${BEAM_VERSION}', beam.__version__"
 # A fixed non-root user (Kubernetes runAsUser/runAsGroup 1000 match it); a base image

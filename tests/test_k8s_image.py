@@ -93,7 +93,21 @@ def test_beam_and_python_pins_match_the_tested_stack():
     assert Version(ARGS["BEAM_VERSION"]) in requirement("apache-beam").specifier
     assert ARGS["BEAM_VERSION"] == importlib.metadata.version("apache-beam")
     assert ARGS["PYTHON_VERSION"] == "%d.%d" % sys.version_info[:2]
-    assert "${TF_VERSION}" in DOCKERFILE and "${BEAM_VERSION}" in DOCKERFILE  # pinned at install time
+    assert "${TF_VERSION}" in DOCKERFILE and "${BEAM_VERSION}" in DOCKERFILE  # checked at install time
+
+
+def test_the_image_installs_every_dependency_at_the_tested_version():
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert pins["tensorflow"] == ARGS["TF_VERSION"] and pins["apache-beam"] == ARGS["BEAM_VERSION"]
+    for dependency in PYPROJECT["project"]["dependencies"]:
+        name = Requirement(dependency).name.lower().replace("_", "-")
+        assert name in pins, f"constraints.txt does not pin {name}"
+        assert Version(pins[name]) in Requirement(dependency).specifier, (name, pins[name])
+        assert pins[name] == importlib.metadata.version(name), f"the tests run another {name}"
+    runtime = [rest for key, rest in BY_NAME["tessera"]["body"] if key == "RUN"]
+    assert any("--constraint /tmp/constraints.txt" in rest and "source=/src/constraints.txt" in rest
+               for rest in runtime)
 
 
 def test_every_image_is_pinned_to_a_version():
@@ -173,6 +187,6 @@ def test_dockerignore_keeps_tests_git_and_data_out_but_not_the_sources():
     for path in (".git", ".git/config", "tests", "tests/test_k8s_image.py", "data", "data/raw/a.png",
                  "k8s/base/kustomization.yaml", "pipelines/__pycache__/x.pyc", "tessera.egg-info"):
         assert _ignored(path, patterns), f"{path} would enter the build context"
-    for path in ("pyproject.toml", "README.md", "tessera/cli.py", "schemas/example.py", "pipelines/preprocess/job.py",
+    for path in ("pyproject.toml", "README.md", "constraints.txt", "tessera/cli.py", "schemas/example.py", "pipelines/preprocess/job.py",
                  "trainer/task.py"):
         assert not _ignored(path, patterns), f"{path} is needed by the builder"

@@ -145,9 +145,47 @@ def test_the_gke_overlay_schedules_gpu_work_on_gpu_nodes():
         assert any(t["key"] == GPU and t["effect"] == "NoSchedule" for t in pod["tolerations"]), name
 
 
-def test_gke_uses_workload_identity():
-    account = find(render("gke"), "ServiceAccount", "tessera")
-    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+def test_gke_uses_workload_identity_with_one_google_account_per_job_kind():
+    objects = render("gke")
+    accounts = {kind: find(objects, "ServiceAccount", f"tessera-{kind}")["metadata"]["annotations"][
+        "iam.gke.io/gcp-service-account"] for kind in ("preprocess", "train", "predict")}
+    assert all(a.endswith(".iam.gserviceaccount.com") for a in accounts.values())
+    assert len(set(accounts.values())) == 3                    # no job kind shares another's identity
+    launcher = find(objects, "CronJob", "tessera-preprocess")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    email = next(a for a in launcher["containers"][0]["args"] if a.startswith("--service_account_email="))
+    assert email == "--service_account_email=$(GCP_SA_DATAFLOW_WORKER)"   # Dataflow workers: yet another
+
+
+# component label -> the service account its pods run as
+ACCOUNTS = {"preprocess": "tessera-preprocess", "train": "tessera-train", "train-multi": "tessera-train",
+            "predict": "tessera-predict"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_job_kind_runs_as_its_own_service_account(overlay):
+    for where, _, template in pod_templates(render(overlay)):
+        component = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert template["spec"]["serviceAccountName"] == ACCOUNTS[component], where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_training_workers_reach_each_others_grpc_port(overlay):
+    objects = render(overlay)
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    deny = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]]
+    assert deny and deny[0]["spec"]["policyTypes"] == ["Ingress"]       # nothing else accepts connections
+    allowed = [p for p in policies if p["spec"].get("ingress")]
+    assert len(allowed) == 1
+    (rule,) = allowed[0]["spec"]["ingress"]
+    workers = {"app.kubernetes.io/component": "train-multi"}
+    assert allowed[0]["spec"]["podSelector"]["matchLabels"] == workers
+    assert [peer["podSelector"]["matchLabels"] for peer in rule["from"]] == [workers]   # from the job's pods only
+    job = find(objects, "Job", "tessera-train-multi")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert [p["port"] for p in rule["ports"]] == [int(env["TESSERA_WORKER_PORT"])] == sorted(ports)
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "train-multi"
 
 
 def _train_job(overlay="gke"):

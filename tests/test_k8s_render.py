@@ -165,7 +165,9 @@ def test_overlay_renders_the_jobs(overlay):
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for expected in [("CronJob", "tessera-preprocess"), ("Job", "tessera-train"), ("Job", "tessera-train-multi"),
                      ("Service", "tessera-train-workers"), ("Job", "tessera-predict"),
-                     ("ServiceAccount", "tessera"), ("PersistentVolumeClaim", "tessera-data")]:
+                     ("ServiceAccount", "tessera-preprocess"), ("ServiceAccount", "tessera-train"),
+                     ("ServiceAccount", "tessera-predict"), ("NetworkPolicy", "tessera-deny-ingress"),
+                     ("NetworkPolicy", "tessera-train-workers"), ("PersistentVolumeClaim", "tessera-data")]:
         assert expected in kinds, f"{overlay}: {expected} missing"
     assert sum(o["kind"] == "ConfigMap" for o in objects) == 1
 
