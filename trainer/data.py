@@ -48,7 +48,7 @@ def _read_json(path: str) -> dict:
         return json.load(handle)
 
 
-def _read_if_exists(path: str) -> bytes | None:
+def read_if_exists(path: str) -> bytes | None:
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path, "rb") as handle:
@@ -58,7 +58,7 @@ def _read_if_exists(path: str) -> bytes | None:
 def resolve_dataset(path: str) -> str:
     """The version of the dataset at ``path`` to read (``schemas.versions``): resolved once, so
     a run keeps reading the version it started on while a newer one is published."""
-    return versions.resolve(path, _read_if_exists)
+    return versions.resolve(path, read_if_exists)
 
 
 def open_dataset(path: str) -> DatasetInfo:

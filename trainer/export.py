@@ -25,7 +25,7 @@ from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
 from trainer.config import TrainConfig
-from trainer.data import DatasetInfo, has_examples
+from trainer.data import DatasetInfo, has_examples, read_if_exists
 from trainer.losses import LossSpec, combine
 from trainer.models import build_model, output_size, primary_output
 from trainer.models.layers import ToProbabilities
@@ -147,19 +147,12 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def _read_if_exists(path: str) -> bytes | None:
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path, "rb") as handle:
-        return handle.read()
-
-
 def publish(staging: str, model_dir: str, digest: str, keep: int = versions.DEFAULT_KEEP) -> str:
     """Publishes the complete export in ``staging`` as a new version of ``model_dir``: the
     version directory first, then the one-file ``CURRENT`` pointer (``schemas.versions``), so a
     reader finds the previous export or this one, never a mix. Returns the version."""
     pointer_path = f"{model_dir}/{versions.POINTER_FILE}"
-    old = _read_if_exists(pointer_path)
+    old = read_if_exists(pointer_path)
     old_pointer = None if old is None else versions.read_pointer(old, pointer_path)
     legacy = tf.io.gfile.exists(f"{model_dir}/{mc.MODEL_CARD_FILE}")  # an export of Tessera before versions
     previous = versions.next_previous(old_pointer, legacy, keep)
@@ -218,7 +211,7 @@ def newest_mtime(path: str) -> float:
 
 def current_export(model_dir: str) -> str:
     """The directory of the current export of ``model_dir`` (``schemas.versions``)."""
-    return versions.resolve(model_dir, _read_if_exists)
+    return versions.resolve(model_dir, read_if_exists)
 
 
 def load_card(model_dir: str) -> mc.ModelCard:

@@ -84,8 +84,6 @@ class OutputLayout:
         return paths + ([self.probabilities(image_id)] if self.settings.save_probabilities else [])
 
 
-
-
 def write_json(path: str, value) -> None:
     write_atomically(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
