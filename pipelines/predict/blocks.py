@@ -1,0 +1,105 @@
+"""Blocks of a large image: independent squares of its output, each predicted from a region read.
+
+The image keeps its own core grid (origin 0, 0, stride S). A block covers output pixels
+[a, b) x [c, d) on a grid of ``side`` pixels; it computes every tile whose core meets it
+(tiles straddling a block border are computed by both neighbours), blends their cores over
+their joint extent and keeps its own square. Each output pixel is blended from exactly the
+tiles covering it, in grid order, as the whole-image path blends it: the union of the
+blocks is the whole-image result, bit for bit. A block reads only the source window its
+tiles need: its extent plus the margin, mirrored at the true image border only.
+
+Memory per block (bytes; E = extent side, side = block side, K classes, C channels of
+``itemsize`` bytes, T tile, B batch): 2 (E + 2M)^2 C itemsize window pixels,
+n_tiles core^2 K 4 tile predictions, E^2 (K + 1) 4 blending, side^2 (9 + 2K) outputs,
+B T^2 (2 C itemsize + 3 K 4) one batch. ``block_side`` picks the largest multiple of the
+core that fits ``--memory-limit-mb``, whatever the image's size.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from pipelines.core import tiling
+from pipelines.predict.plan import Geometry
+from pipelines.predict.stitch import disjoint
+
+Box = tiling.Box
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    index: int
+    count: int
+    rows: tuple[int, int]    # output rows [a, b)
+    cols: tuple[int, int]    # output columns [c, d)
+
+
+def plan_blocks(height: int, width: int, side: int) -> list[Block]:
+    """Blocks of ``side`` pixels over an H x W output, row-major (the last ones smaller)."""
+    cells = [((a, min(a + side, height)), (c, min(c + side, width)))
+             for a in range(0, height, side) for c in range(0, width, side)]
+    return [Block(i, len(cells), rows, cols) for i, (rows, cols) in enumerate(cells)]
+
+
+def block_cost(side: int, g: Geometry) -> int:
+    extent = side + 2 * g.core            # cores reaching in from both neighbours
+    tiles = (-(-extent // g.stride)) ** 2
+    k = g.classes
+    return (2 * (extent + 2 * g.margin) ** 2 * g.channels * g.itemsize + tiles * g.core ** 2 * k * 4
+            + extent ** 2 * (k + 1) * 4 + side ** 2 * (9 + 2 * k)
+            + g.batch_size * g.tile ** 2 * (2 * g.channels * g.itemsize + 3 * k * 4))
+
+
+def block_side(g: Geometry, limit_bytes: int, largest: int = 1 << 14) -> int:
+    """The largest multiple of the core (at most ``largest``) whose block fits the bound."""
+    side = g.core
+    if block_cost(side, g) > limit_bytes:
+        raise ValueError(f"even a block of one core ({g.core} px) needs about {block_cost(side, g) / 2**20:.0f} "
+                         f"MiB; raise --memory-limit-mb above {limit_bytes / 2**20:.0f}")
+    while side + g.core <= largest and block_cost(side + g.core, g) <= limit_bytes:
+        side += g.core
+    return side
+
+
+def block_boxes(block: Block, height: int, width: int, g: Geometry) -> list[Box]:
+    """The image's core boxes (grid order) whose cores meet the block."""
+    (a, b), (c, d) = block.rows, block.cols
+    return [box for box in tiling.core_grid(height, width, g.core, g.stride)
+            if box[0] < b and box[0] + g.core > a and box[1] < d and box[1] + g.core > c]
+
+
+def source_window(boxes: list[Box], height: int, width: int, g: Geometry) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the source rows and columns the block's tiles read (mirroring at the
+    true border folds indices back inside, so the window stays within the image)."""
+    ys = tiling.mirror_index(np.arange(min(b[0] for b in boxes) - g.margin,
+                                       max(b[0] for b in boxes) + g.core + g.margin), height)
+    xs = tiling.mirror_index(np.arange(min(b[1] for b in boxes) - g.margin,
+                                       max(b[1] for b in boxes) + g.core + g.margin), width)
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def cut_tile(window: np.ndarray, origin: tuple[int, int], box: Box, height: int, width: int,
+             g: Geometry) -> np.ndarray:
+    """The tile of ``box`` (core + mirrored margin) cut from a source window read at ``origin``."""
+    y, x = box[0], box[1]
+    rows = tiling.mirror_index(np.arange(y - g.margin, y + g.core + g.margin), height) - origin[0]
+    cols = tiling.mirror_index(np.arange(x - g.margin, x + g.core + g.margin), width) - origin[1]
+    return window[np.ix_(rows, cols)]
+
+
+def stitch_block(block: Block, boxes: list[Box], scores: np.ndarray, blend: str) -> np.ndarray:
+    """The block's own (b - a, d - c, K) float32 output from the scores of its tiles."""
+    top, left = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    bottom = max(y + h for y, _, h, _ in boxes)
+    right = max(x + w for _, x, _, w in boxes)
+    (a, b), (c, d) = block.rows, block.cols
+    if disjoint(boxes):
+        pieces = ((y - top, x - left, h, w, s) for (y, x, h, w), s in zip(boxes, scores))
+        full = tiling.stitch(pieces, bottom - top, right - left)
+    else:
+        stitcher = tiling.Stitcher(bottom - top, right - left, scores.shape[-1], mode=blend)
+        for (y, x, h, w), s in zip(boxes, scores):
+            stitcher.add(y - top, x - left, s[:h, :w])
+        full = stitcher.result()
+    return full[a - top:b - top, c - left:d - left]
