@@ -95,6 +95,8 @@ MANIFEST_SCHEMA = pa.schema(
 #     rejected/<sha1(source)>.json    one rejected input (schemas.rejected)
 #     _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
 #     _leases/<run>.claim, .alive     the runs writing here now (one per shard, one settings)
+#     masks/<image_id>.ome.zarr/      large images: an OME-Zarr label pyramid (+ overlays/<id>.png thumbnail)
+#     _blocks/<settings>/<image_id>/  large images: one marker per finished block
 #     predictions.parquet (PREDICTIONS_SCHEMA), rejected.jsonl, config.json, _SUCCESS
 #     (sharded runs: predictions-SSSSS-of-NNNNN.parquet, rejected-..., _SUCCESS-...; merged when all are done)
 #
@@ -106,6 +108,7 @@ PROBABILITIES_DIR = "probabilities"
 ROWS_DIR = "rows"
 REJECTED_DIR = "rejected"
 STRIP_PARTS_DIR = "_tmp"
+BLOCKS_DIR = "_blocks"      # done markers of large images' blocks, per settings
 LEASES_DIR = "_leases"      # one claim + heartbeat per running run (pipelines.beam.lease)
 PREDICTIONS_FILE = "predictions.parquet"
 IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR)
@@ -154,6 +157,25 @@ def strip_parts_dir(settings: str, image_id: str | None = None) -> str:
 
 def strip_part_path(settings: str, image_id: str, strip: int, strips: int) -> str:
     return f"{strip_parts_dir(settings, image_id)}/strip-{strip:05d}-of-{strips:05d}.npz"
+
+
+def label_image_path(image_id: str) -> str:
+    """The mask of a large image: an OME-Zarr (NGFF 0.4) label pyramid, written block by block."""
+    return f"{MASKS_DIR}/{image_id}.ome.zarr"
+
+
+def label_image_marker(image_id: str) -> str:
+    """The file that exists once a large image's label pyramid is complete (its group metadata)."""
+    return f"{label_image_path(image_id)}/.zattrs"
+
+
+def block_markers_dir(settings: str, image_id: str) -> str:
+    return f"{BLOCKS_DIR}/{settings}/{image_id}"
+
+
+def block_marker_path(settings: str, image_id: str, index: int) -> str:
+    """Written once a large image's block is in its label array: the block is done."""
+    return f"{block_markers_dir(settings, image_id)}/{index:06d}.npz"
 
 
 def rejected_path(source: str) -> str:

@@ -66,6 +66,7 @@ class ModelCard:
     whole_image: bool = False
     fit: str = "resize"
     saved_model_digest: str = ""          # saved_model_digest() of the SavedModel it belongs to
+    pixel_size_um: float | None = None    # of the training data, when known: predict reads the matching level
     versions: dict[str, str] = dataclasses.field(default_factory=dict)  # libraries that exported it
     format_version: int = FORMAT_VERSION
 

@@ -286,7 +286,15 @@ def read_image(data: bytes, name: str, policy: ImagePolicy | None = None) -> np.
     policy = policy or ImagePolicy()
     im = _open(data, name)
     _check_pixels(im, policy.max_pixels, name)
-    arr = _read_native(im, data, name, policy.apply_exif)
+    return conform(_read_native(im, data, name, policy.apply_exif), policy, name)
+
+
+def conform(arr: np.ndarray, policy: ImagePolicy, name: str = "image") -> np.ndarray:
+    """(H, W, 1|3[+]) uint8/uint16 pixels -> the policy's channels and dtype (as read_image)."""
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise RejectedInput("unsupported_mode", f"{name}: {arr.dtype} pixels (8- or 16-bit integers only)")
+    if arr.shape[2] not in (1, 3):
+        arr = arr[..., :3] if arr.shape[2] > 3 else arr[..., :1]
     if policy.color_mode == "rgb" and arr.shape[2] == 1:
         arr = np.repeat(arr, 3, axis=2)
     elif policy.color_mode == "grayscale" and arr.shape[2] == 3:

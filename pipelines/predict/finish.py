@@ -91,9 +91,10 @@ def forget_other_settings(layout: outputs.OutputLayout) -> bool:
     summaries = [m.path for result in FileSystems.match([layout.path(p) for p in patterns]) for m in result.metadata_list]
     if summaries:
         FileSystems.delete(summaries)
-    stale = [layout.path(relative) for folder in (names.ROWS_DIR, names.STRIP_PARTS_DIR)
+    stale = [layout.path(relative) for folder in (names.ROWS_DIR, names.STRIP_PARTS_DIR, names.BLOCKS_DIR)
              for relative in existing(layout.root, folder)
-             if not relative.startswith((layout.rows_dir() + "/", layout.parts_dir() + "/"))]
+             if not relative.startswith((layout.rows_dir() + "/", layout.parts_dir() + "/",
+                                         f"{names.BLOCKS_DIR}/{current}/"))]
     if stale:
         FileSystems.delete(stale)
     return True

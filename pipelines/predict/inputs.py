@@ -23,6 +23,7 @@ import unicodedata
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import check_apart, read_bytes, read_json
+from pipelines.core import regions
 from pipelines.core.sources import has_image_extension
 from pipelines.predict import outputs
 from pipelines.predict.transforms import ImageInput
@@ -118,6 +119,21 @@ def image_id(path: str, root: str) -> str:
     return relative
 
 
+def _zarr_stores(files: list[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+    """A zarr store is one input (its chunk files are not): (store, bytes, newest change)."""
+    stores: dict[str, tuple[int, float]] = {}
+    others = []
+    for path, size, modified in files:
+        at = path.lower().find(".zarr/")
+        if at < 0:
+            others.append((path, size, modified))
+            continue
+        store = path[:at + len(".zarr")]
+        total, newest = stores.get(store, (0, 0.0))
+        stores[store] = (total + size, max(newest, modified))
+    return sorted(others + [(s, n, m) for s, (n, m) in stores.items()])
+
+
 def output_key(image_id: str) -> str:
     """Ids equal under this key name one output file on some file system (case, Unicode form)."""
     return unicodedata.normalize("NFC", image_id).casefold()
@@ -129,6 +145,7 @@ def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput],
     An ``output`` inside the input folder (or the reverse) is refused (ValueError). The third
     value is the input root (what ids are relative to, and symlinks must stay inside)."""
     files, root, from_list = list_files(spec)
+    files = _zarr_stores(files)
     if output:  # a list file's inputs are checked one by one: their common folder may hold the output
         for reads in [p for p, _, _ in files] if from_list else [root]:
             check_apart(reads, output)
@@ -141,7 +158,7 @@ def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput],
         except ValueError as e:
             bad.append(rejected_record(path, "unsafe_name", str(e), image_id=path))
             continue
-        if has_image_extension(path):
+        if has_image_extension(path) or regions.is_region_readable(path):
             by_key.setdefault(output_key(key), []).append((key, path))
         else:
             bad.append(rejected_record(path, "not_an_image", "not an image file extension", image_id=key))
@@ -182,13 +199,20 @@ def completed(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> set[str
     files = existing(layout.root, layout.rows_dir())
     for folder in names.IMAGE_OUTPUT_DIRS:
         files |= existing(layout.root, folder)
-    candidates = [i for i in inputs
-                  if layout.row(i.image_id) in files and all(p in files for p in layout.outputs(i.image_id))]
+    candidates = [i for i in inputs if layout.row(i.image_id) in files]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         rows = list(pool.map(lambda i: read_json(layout.path(layout.row(i.image_id))), candidates))
         now = list(pool.map(lambda i: i if i.size_bytes else _stat(i), candidates))
     return {i.image_id for i, row, current in zip(candidates, rows, now)
-            if current is not None and row.get("source_signature", current.signature) == current.signature}
+            if all(p in files for p in row_outputs(row, layout))
+            and current is not None and row.get("source_signature", current.signature) == current.signature}
+
+
+def row_outputs(row: dict, layout: outputs.OutputLayout) -> list[str]:
+    """The files an image's row vouches for (a large image's label pyramid by its metadata)."""
+    if (row.get("mask_path") or "").endswith(".ome.zarr"):
+        return [names.label_image_marker(row["image_id"]), row["overlay_path"]]
+    return layout.outputs(row["image_id"])
 
 
 def _stat(item: ImageInput) -> ImageInput | None:

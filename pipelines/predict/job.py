@@ -42,10 +42,10 @@ from pipelines.beam.files import delete_if_present, resolve_version
 from pipelines.beam.lease import Lease, LeaseBusy
 from pipelines.beam.progress import ProgressPrinter
 from pipelines.core import images
+from pipelines.predict import blocks, large, outputs, plan
 from pipelines.predict import finish as predict_finish
 from pipelines.predict import inputs as predict_inputs
 from pipelines.predict import models as inference
-from pipelines.predict import outputs, plan
 from pipelines.predict import transforms as pt
 from pipelines.predict import tta as predict_tta
 from schemas import layout as names
@@ -70,6 +70,8 @@ class PredictConfig:
     memory_limit_mb: int = 2048
     lease_ttl_s: float = 60.0         # a run's claim on the output expires this long after its last heartbeat
     lease_wait_s: float = 120.0       # how long to wait for a conflicting run (a killed one's lease expiring)
+    large_image_pixels: int = 64_000_000  # tiled TIFF / zarr inputs larger than this go block by block
+    pixel_size_um: float = 0.0        # predict the pyramid level of this pixel size (0: the model card's, else 0)
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
@@ -112,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="larger images are rejected")
     p.add_argument("--memory-limit-mb", type=int, default=d.memory_limit_mb,
                    help="per-worker bound for one image's arrays: larger images go in strips, or are rejected")
+    p.add_argument("--large-image-pixels", type=int, default=d.large_image_pixels,
+                   help="region-readable inputs (tiled TIFF, OME-TIFF, SVS, OME-Zarr) with more pixels are read "
+                        "by region and predicted block by block over the workers, into an OME-Zarr mask")
+    p.add_argument("--pixel-size", type=float, default=d.pixel_size_um, dest="pixel_size_um",
+                   help="µm/px to predict at: the pyramid level of that size is read (0: the model card's)")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinked inputs whose target lies outside the input folder (refused by default)")
     p.add_argument("--lease-ttl-s", type=float, default=d.lease_ttl_s,
@@ -152,6 +159,10 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     spec = pt.JobSpec(geometry, policy, outputs.OutputLayout(config.output, settings), config.memory_limit_mb * 2**20,
                       inference.ensemble_threshold(cards, config.ensemble), card.fit, card.input_size,
                       whole_image=card.task == "classification" and card.whole_image)
+    if card.task == "segmentation" and config.large_image_pixels:
+        spec = dataclasses.replace(spec, large_image_pixels=config.large_image_pixels,
+                                   block_side=blocks.block_side(geometry, spec.memory_limit_bytes),
+                                   pixel_size_um=config.pixel_size_um or card.pixel_size_um or None)
     return spec, cards
 
 
@@ -176,9 +187,16 @@ def prepare(config: PredictConfig) -> Job:
 
 
 def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, todo: list[pt.ImageInput]) -> None:
+    """Strips of ordinary images and blocks of large ones share one RunInference (one model
+    per worker); their results part again to be stitched."""
     handler = inference.TileModelHandler(config.model_dirs, config.tta, config.ensemble, config.batch_size)
     cut = (p | "Inputs" >> beam.Create(todo) | "Spread" >> beam.Reshuffle() | "CutStrips" >> pt.CutStrips(spec))
-    _ = cut.tasks | "PredictTiles" >> pt.PredictTiles(handler) | "StitchImages" >> pt.StitchImages(spec)
+    planned = cut[pt.LARGE] | "PlanLargeImages" >> large.PlanLargeImages(spec)
+    scored = ((cut.tasks, planned["tasks"]) | "AllTasks" >> beam.Flatten()
+              | "PredictTiles" >> pt.PredictTiles(handler)
+              | "StripsOrBlocks" >> beam.Partition(lambda r, _: int(isinstance(r.example, large.BlockTask)), 2))
+    _ = scored[0] | "StitchImages" >> pt.StitchImages(spec)
+    _ = (scored[1], planned[large.READY]) | "FinishLargeImages" >> large.FinishLargeImages(spec)
     _ = cut[pt.REJECTED] | "WriteRejected" >> pt.WriteRejected(spec.layout)
 
 

@@ -10,12 +10,14 @@ import hashlib
 import io
 import json
 import struct
+import time
 import zlib
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
 
 from pipelines.beam.files import atomic_create, read_bytes, write_atomically
 from pipelines.core.pixels import PNG_SIGNATURE, overlay, png_chunk
@@ -159,7 +161,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
         "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
         "mask_path": layout.mask(image_id), "overlay_path": layout.overlay(image_id),
         "probabilities_path": layout.probabilities(image_id) if s.save_probabilities else None,
-        "tiles": tiles, "strips": first.strips, **_common(s),
+        "tiles": tiles, "strips": first.strips, **common_row(s),
     }
 
 
@@ -171,11 +173,11 @@ def classification_row(settings: OutputSettings, image_id: str, source: str, hei
         "components": None, "mean_confidence": float(scores[decision]),
         "label": settings.class_names[decision], "probabilities": [float(p) for p in scores],
         "mask_path": None, "overlay_path": None, "probabilities_path": None,
-        "tiles": tiles, "strips": 1, **_common(settings),
+        "tiles": tiles, "strips": 1, **common_row(settings),
     }
 
 
-def _common(s: OutputSettings) -> dict:
+def common_row(s: OutputSettings) -> dict:
     return {"model_ids": list(s.model_ids), "ensemble": s.ensemble if len(s.model_ids) > 1 else "none",
             "tta": s.tta, "overlap": s.overlap, "blend": s.blend}
 
@@ -191,3 +193,12 @@ def write_parquet(path: str, rows: list[dict]) -> None:
 
 def read_parquet(path: str) -> pa.Table:
     return pq.read_table(io.BytesIO(read_bytes(path)), use_threads=False)
+
+
+def finish_row(layout: OutputLayout, row: dict, started: float, source_signature: str) -> dict:
+    """Time the image and write its row: the last file of an image, which marks it done."""
+    row = {**row, "seconds": time.time() - started, "source_signature": source_signature}
+    write_json(layout.path(layout.row(row["image_id"])), row)
+    Metrics.counter("tessera.predict", "images_predicted").inc()
+    Metrics.counter("tessera.predict", "tiles_predicted").inc(row["tiles"])
+    return row

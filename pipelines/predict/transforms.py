@@ -22,11 +22,12 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from pipelines.beam import files
 from pipelines.beam.files import read_bytes
 from pipelines.core import images, pixels
-from pipelines.predict import models, outputs, plan
+from pipelines.predict import large, models, outputs, plan
 from pipelines.predict.stitch import StripResult, strip_result
 from schemas.rejected import RejectedInput, rejected_record
 
 REJECTED = "rejected"
+LARGE = "large"          # region-readable inputs predicted block by block (pipelines.predict.large)
 STRIP_PARTS = "strip_parts"   # tagged output: parts of images predicted in several strips
 NAMESPACE = "tessera.predict"
 
@@ -58,6 +59,9 @@ class JobSpec:
     whole_image: bool = False        # classification of the fitted image; else of its tiles, averaged
     input_root: str = ""             # symlinks are followed only to files below it...
     follow_symlinks: bool = False    # ...unless this is set
+    large_image_pixels: int = 0      # region-readable inputs above this go block by block (0: never)
+    block_side: int = 0              # output pixels per side of a block (pipelines.predict.blocks)
+    pixel_size_um: float | None = None  # the pyramid level to predict is the one of this pixel size
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return models.decide(scores, self.threshold)
@@ -81,6 +85,9 @@ class _ReadAndCut(beam.DoFn):
         try:
             if not item.size_bytes:  # list-file inputs are not listed by the launcher
                 item = listed_input(item)
+            if large.is_large(item, spec):     # read by region, block by block, elsewhere
+                yield beam.pvalue.TaggedOutput(LARGE, item)
+                return
             data = files.read_input(item.path, files.file_bytes_limit(spec.policy.max_pixels),
                                     spec.input_root, spec.follow_symlinks, images.looks_like_image, images.HEADER_BYTES)
             height, width = images.image_size(data, item.path, spec.policy)
@@ -118,7 +125,7 @@ class CutStrips(beam.PTransform):
         self.spec = spec
 
     def expand(self, inputs):
-        return inputs | "ReadAndCut" >> beam.ParDo(_ReadAndCut(self.spec)).with_outputs(REJECTED, main="tasks")
+        return inputs | "ReadAndCut" >> beam.ParDo(_ReadAndCut(self.spec)).with_outputs(REJECTED, LARGE, main="tasks")
 
 
 class PredictTiles(beam.PTransform):
@@ -139,15 +146,6 @@ def listed_input(item: ImageInput) -> ImageInput:
         raise RejectedInput("missing_file", f"{item.path}: no such file")
     return dataclasses.replace(item, size_bytes=found[0].size_in_bytes,
                                modified=found[0].last_updated_in_seconds or 0.0)
-
-
-def finish_row(layout: outputs.OutputLayout, row: dict, started: float, source_signature: str) -> dict:
-    """Time the image and write its row: the last file of an image, which marks it done."""
-    row = {**row, "seconds": time.time() - started, "source_signature": source_signature}
-    outputs.write_json(layout.path(layout.row(row["image_id"])), row)
-    Metrics.counter(NAMESPACE, "images_predicted").inc()
-    Metrics.counter(NAMESPACE, "tiles_predicted").inc(row["tiles"])
-    return row
 
 
 class _StitchStrip(beam.DoFn):
@@ -174,12 +172,12 @@ class _StitchStrip(beam.DoFn):
             decision = int(self.spec.decide(image_scores))
             row = outputs.classification_row(layout.settings, task.image_id, task.source, task.height,
                                              task.width, image_scores, decision, task.num_tiles)
-            yield finish_row(layout, row, task.started, task.source_signature)
+            yield outputs.finish_row(layout, row, task.started, task.source_signature)
             return
         strip = strip_result(task, scores, self.spec.decide, layout.settings.blend,
                              layout.settings.save_probabilities)
         if task.strips == 1:
-            yield finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started,
+            yield outputs.finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started,
                              task.source_signature)
             return
         path = layout.path(layout.part(task.image_id, task.strip, task.strips))
@@ -209,7 +207,7 @@ class _FinishParts(beam.DoFn):
                 yield StripResult.from_parts(summary, read_bytes(part["part"]))
 
         layout = self.spec.layout
-        row = finish_row(layout, outputs.write_image_outputs(layout, strips), min(p["started"] for p in parts),
+        row = outputs.finish_row(layout, outputs.write_image_outputs(layout, strips), min(p["started"] for p in parts),
                          parts[0]["source_signature"])
         FileSystems.delete([p["part"] for p in parts])
         self.stitch_ms.update(int((time.time() - started) * 1000))

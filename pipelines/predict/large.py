@@ -1,0 +1,312 @@
+"""Images larger than memory: region-readable sources predicted block by block over many workers.
+
+    large ImageInput --PlanBlocks--> BlockRefs (the blocks not done yet) --Reshuffle--
+        --ReadBlock--> BlockTasks (a source window each) --(RunInference with the strips)--
+        --StitchBlock--> the block's chunk of masks/<id>.ome.zarr + a done marker
+        --GroupByKey(image)--> FinishLargeImage: pyramid, thumbnail overlay, the row
+
+A block writes whole chunks of the label array (chunk = block), so no two blocks write
+one chunk; its marker (``_blocks/<settings>/<id>/<block>.npz``, written atomically after
+the chunk) makes it done, so a rerun after a kill computes only the missing blocks. The
+row is written last, after the pyramid and the NGFF metadata: an image without its row
+is not done. Peak memory per worker: a few blocks (``blocks.block_side`` under
+``--memory-limit-mb``) and the model, whatever the image's size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+import zarr
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipelines.beam import files
+from pipelines.core import images, regions
+from pipelines.core.pixels import PALETTE, encode_png, overlay, to_rgb8
+from pipelines.predict import blocks, outputs
+from pipelines.predict.decide import chosen
+from pipelines.predict.stitch import preview_step
+from schemas import layout as names
+from schemas.crashpoints import crashpoint
+from schemas.rejected import RejectedInput
+
+NAMESPACE = "tessera.predict"
+READY = "ready"   # PlanBlocks' tagged output: large images with every block done
+LABEL_FORMAT = 2          # zarr v2 + NGFF 0.4: what napari-ome-zarr and QuPath open today
+
+
+def open_source(path: str):
+    """(RegionSource or None, the open file it reads from or None)."""
+    if path.rstrip("/").lower().endswith(".zarr"):
+        if FileSystems.get_scheme(path) not in (None, "file"):
+            raise RejectedInput("unsupported_format", f"{path}: zarr stores are read from local paths only "
+                                "for now (mount the bucket, e.g. with GCS FUSE)")
+        return regions.open_zarr(path), None
+    handle = FileSystems.open(path)
+    source = regions.open_tiff(handle, path)
+    if source is None:
+        handle.close()
+    return source, handle
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRef:
+    image_id: str
+    path: str
+    level: int
+    height: int
+    width: int
+    block: blocks.Block
+    source_signature: str
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockTask:
+    """A block with the source window its tiles are cut from (what RunInference predicts)."""
+
+    ref: BlockRef
+    boxes: tuple                     # the image's core boxes that meet the block (grid order)
+    origin: tuple[int, int]          # where the window starts in the source level
+    pixels: np.ndarray               # the window (h, w, C)
+    geometry: Any                    # plan.Geometry
+    started: float
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.boxes)
+
+    def tile(self, i: int) -> np.ndarray:
+        return blocks.cut_tile(self.pixels, self.origin, self.boxes[i], self.ref.height, self.ref.width,
+                               self.geometry)
+
+
+def label_path(layout: outputs.OutputLayout, image_id: str) -> str:
+    return layout.path(names.label_image_path(image_id))
+
+
+def marker_path(layout: outputs.OutputLayout, image_id: str, index: int) -> str:
+    return layout.path(names.block_marker_path(layout.settings.fingerprint(), image_id, index))
+
+
+def _label_array(layout, ref: BlockRef, side: int, create: bool):
+    path = label_path(layout, ref.image_id)
+    if create:
+        group = zarr.open_group(path, mode="a", zarr_format=LABEL_FORMAT)
+        existing = group.get("0")
+        if existing is not None and existing.shape == (ref.height, ref.width) and existing.chunks == (side, side) \
+                and group.attrs.get("tessera_settings") == layout.settings.fingerprint():
+            return existing
+        group = zarr.open_group(path, mode="w", zarr_format=LABEL_FORMAT)   # other settings or size: anew
+        group.attrs["tessera_settings"] = layout.settings.fingerprint()
+        return group.create_array("0", shape=(ref.height, ref.width), chunks=(side, side), dtype="uint8",
+                                  fill_value=0)
+    return zarr.open_array(f"{path}/0", mode="r+", zarr_format=LABEL_FORMAT)
+
+
+class PlanBlocks(beam.DoFn):
+    """A large image -> BlockRefs of its blocks not done yet; ``ready``: image ids whose
+    blocks are all done (an earlier run stopped before finishing them)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def process(self, item) -> Iterator[Any]:
+        spec, layout = self.spec, self.spec.layout
+        source, handle = open_source(item.path)
+        try:
+            level = regions.choose_level(source, spec.pixel_size_um)
+            height, width = source.level_shape(level)
+        finally:
+            if handle is not None:
+                handle.close()
+        plan = blocks.plan_blocks(height, width, spec.block_side)
+        ref = BlockRef(item.image_id, item.path, level, height, width, plan[0], item.signature)
+        _label_array(layout, ref, spec.block_side, create=True)
+        done = files.children(layout.path(names.block_markers_dir(layout.settings.fingerprint(), item.image_id)))
+        pending = [b for b in plan if f"{b.index:06d}.npz" not in done]
+        Metrics.counter(NAMESPACE, "blocks").inc(len(pending))
+        if not pending:
+            yield beam.pvalue.TaggedOutput(READY, (item.image_id, (item.path, item.signature)))
+        for block in pending:
+            yield dataclasses.replace(ref, block=block)
+
+
+class ReadBlock(beam.DoFn):
+    """BlockRef -> BlockTask: reads the block's source window (only the tiles it touches)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def setup(self):
+        self.open: tuple[str, Any, Any] | None = None   # (path, source, file): consecutive blocks share it
+
+    def _source(self, path: str):
+        if self.open is None or self.open[0] != path:
+            self.teardown()
+            source, handle = open_source(path)
+            self.open = (path, source, handle)
+        return self.open[1]
+
+    def process(self, ref: BlockRef) -> Iterator[BlockTask]:
+        started, g = time.time(), self.spec.geometry
+        source = self._source(ref.path)
+        boxes = blocks.block_boxes(ref.block, ref.height, ref.width, g)
+        y0, y1, x0, x1 = blocks.source_window(boxes, ref.height, ref.width, g)
+        window = source.read(ref.level, y0, x0, y1 - y0, x1 - x0)
+        yield BlockTask(ref, tuple(boxes), (y0, x0), images.conform(window, self.spec.policy, ref.path), g, started)
+
+    def teardown(self):
+        if self.open is not None and self.open[2] is not None:
+            self.open[2].close()
+        self.open = None
+
+
+class StitchBlock(beam.DoFn):
+    """A scored block -> its chunk of the label image, then its done marker (summary + preview)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def process(self, result) -> Iterator[tuple[str, tuple[str, str]]]:
+        task, scores, spec = result.example, result.inference, self.spec
+        ref, layout = task.ref, spec.layout
+        stitched = blocks.stitch_block(ref.block, list(task.boxes), scores, layout.settings.blend)
+        mask = spec.decide(stitched).astype(np.uint8)
+        (a, b), (c, d) = ref.block.rows, ref.block.cols
+        _label_array(layout, ref, spec.block_side, create=False)[a:b, c:d] = mask
+        step = preview_step(ref.height, ref.width)
+        rows, cols = slice((-a) % step, b - a, step), slice((-c) % step, d - c, step)
+        oy, ox = a - task.origin[0], c - task.origin[1]
+        image = task.pixels[oy:oy + (b - a), ox:ox + (d - c)]
+        classes = stitched.shape[-1]
+        buffer = io.BytesIO()
+        np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
+                 confidence=np.float64(chosen(stitched, mask).sum(dtype=np.float64)), tiles=len(task.boxes),
+                 preview_image=to_rgb8(image[rows, cols]), preview_mask=mask[rows, cols], at=np.array([a, c]))
+        files.write_atomically(marker_path(layout, ref.image_id, ref.block.index), buffer.getvalue())
+        Metrics.counter(NAMESPACE, "blocks_done").inc()
+        crashpoint("predict:block-done")
+        yield ref.image_id, (ref.path, ref.source_signature)
+
+
+def _downsample(source, target) -> None:
+    """Level n+1 of a label pyramid from level n, chunk by chunk (every second pixel)."""
+    side = target.chunks[0]
+    for a in range(0, target.shape[0], side):
+        for c in range(0, target.shape[1], side):
+            b, d = min(a + side, target.shape[0]), min(c + side, target.shape[1])
+            target[a:b, c:d] = source[2 * a:2 * b:2, 2 * c:2 * d:2]
+
+
+class FinishLargeImage(beam.DoFn):
+    """All blocks done -> the label pyramid with its NGFF metadata, a thumbnail overlay, the row."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def process(self, keyed: tuple[str, Any]) -> Iterator[dict]:
+        image_id, described = keyed
+        path, signature = next(iter(described))
+        spec, layout, started = self.spec, self.spec.layout, time.time()
+        group = zarr.open_group(label_path(layout, image_id), mode="a", zarr_format=LABEL_FORMAT)
+        level0 = group["0"]
+        height, width = level0.shape
+        folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), image_id))
+        markers = sorted(files.children(folder))
+        count = len(blocks.plan_blocks(height, width, level0.chunks[0]))
+        if len(markers) != count:
+            raise RuntimeError(f"{image_id}: {len(markers)} of {count} blocks done")
+        classes = len(layout.settings.class_names)
+        counts, confidence, tiles = np.zeros(classes, np.int64), 0.0, 0
+        step = preview_step(height, width)
+        thumb_h, thumb_w = -(-height // step), -(-width // step)
+        thumb_image, thumb_mask = np.zeros((thumb_h, thumb_w, 3), np.uint8), np.zeros((thumb_h, thumb_w), np.uint8)
+        for name in markers:
+            with np.load(io.BytesIO(files.read_bytes(f"{folder}/{name}"))) as part:
+                counts += part["counts"]
+                confidence += float(part["confidence"])
+                tiles += int(part["tiles"])
+                a, c = (-(-int(v) // step) for v in part["at"])
+                ph, pw = part["preview_mask"].shape
+                thumb_image[a:a + ph, c:c + pw] = part["preview_image"]
+                thumb_mask[a:a + ph, c:c + pw] = part["preview_mask"]
+        levels, previous = [level0], level0
+        while max(previous.shape) > level0.chunks[0]:
+            shape = (-(-previous.shape[0] // 2), -(-previous.shape[1] // 2))
+            nxt = group.create_array(str(len(levels)), shape=shape, chunks=level0.chunks, dtype="uint8",
+                                     fill_value=0, overwrite=True)
+            _downsample(previous, nxt)
+            levels.append(nxt)
+            previous = nxt
+        size = spec.pixel_size_um or 1.0
+        unit = "micrometer" if spec.pixel_size_um else None
+        axes = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in ("y", "x")]
+        group.attrs.update({
+            "multiscales": [{"version": "0.4", "name": image_id, "axes": axes, "datasets": [
+                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [size * 2 ** i] * 2}]}
+                for i in range(len(levels))]}],
+            "image-label": {"version": "0.4", "colors": [
+                {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}})
+        overlay_path = names.overlay_path(image_id)
+        files.write_atomically(layout.path(overlay_path), encode_png(overlay(thumb_image, thumb_mask, 0.5)))
+        pixels = height * width
+        row = {
+            "image_id": image_id, "source": path, "task": layout.settings.task,
+            "height": height, "width": width, "class_names": list(layout.settings.class_names),
+            "class_fractions": [float(n) / pixels for n in counts], "class_components": None, "components": None,
+            "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
+            "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
+            "probabilities_path": None, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
+        }
+        yield outputs.finish_row(layout, row, started, signature)
+
+
+def is_large(item, spec) -> bool:
+    """Whether ``item`` takes the block path: a region-readable source whose level to predict
+    has more pixels than ``spec.large_image_pixels`` (the header alone is read)."""
+    if not spec.large_image_pixels or not regions.is_region_readable(item.path):
+        return False
+    source, handle = open_source(item.path)
+    try:
+        if source is None:
+            return False
+        height, width = source.level_shape(regions.choose_level(source, spec.pixel_size_um))
+        return height * width > spec.large_image_pixels
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+class PlanLargeImages(beam.PTransform):
+    """Large ImageInputs -> BlockTasks (main output; spread over the workers) and ``ready``:
+    images whose blocks an earlier run finished already."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, large):
+        planned = large | "PlanBlocks" >> beam.ParDo(PlanBlocks(self.spec)).with_outputs(READY, main="refs")
+        tasks = planned.refs | "SpreadBlocks" >> beam.Reshuffle() | "ReadBlocks" >> beam.ParDo(ReadBlock(self.spec))
+        return {"tasks": tasks, READY: planned[READY]}
+
+
+class FinishLargeImages(beam.PTransform):
+    """(scored blocks, ready images) -> one row per large image, after its chunks and pyramid."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, inputs):
+        scored, ready = inputs
+        done = (scored | "StitchBlocks" >> beam.ParDo(StitchBlock(self.spec))
+                | "BlocksByImage" >> beam.GroupByKey())
+        ready = ready | "ReadyByImage" >> beam.Map(lambda kv: (kv[0], [kv[1]]))
+        return (done, ready) | "ImagesToFinish" >> beam.Flatten() | "FinishImages" >> beam.ParDo(
+            FinishLargeImage(self.spec))

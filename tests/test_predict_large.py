@@ -1,0 +1,99 @@
+"""Images larger than memory: a tiled TIFF predicted block by block over the workers equals
+the whole-image prediction pixel for pixel, in-process and multi-process alike, resumes
+per block after a kill, and leaves an OME-Zarr label pyramid that zarr opens."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+
+from pipelines.predict import blocks
+from pipelines.predict import job as predict
+from pipelines.predict.plan import Geometry, stride_for
+from schemas import layout as names
+from tessera.toy_models import export_model
+
+H, W = 301, 437
+FLAGS = ["--overlap", "0.25", "--tta", "flips", "--batch-size", "16"]
+SMALL_BLOCKS = ["--memory-limit-mb", "1"]     # several blocks even for this image
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("large")
+    export_model(str(root / "model"), kind="same", core=16, margin=3, channels=3)
+    pixels = np.random.default_rng(5).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    (root / "png").mkdir()
+    Image.fromarray(pixels).save(root / "png" / "scan.png")
+    (root / "tiff").mkdir()
+    with tifffile.TiffWriter(root / "tiff" / "scan.tif", bigtiff=True) as tw:
+        tw.write(pixels, tile=(64, 64), compression="zlib", photometric="rgb", subifds=1)
+        tw.write(pixels[::2, ::2], tile=(64, 64), compression="zlib", photometric="rgb", subfiletype=1)
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(root / "png"), "--output",
+                        str(root / "whole"), *FLAGS]) == 0
+    return root, np.asarray(Image.open(root / "whole" / names.mask_path("scan")))
+
+
+def run_blocks(root, out, *beam) -> int:
+    return predict.run(["--model-dir", str(root / "model"), "--input", str(root / "tiff"), "--output", str(out),
+                        "--large-image-pixels", "10000", *FLAGS, *SMALL_BLOCKS, *beam])
+
+
+def label_image(out) -> np.ndarray:
+    return zarr.open_group(str(out / names.label_image_path("scan")), mode="r")["0"][:]
+
+
+def test_blocks_equal_the_whole_image_prediction_and_open_as_ome_zarr(setup, tmp_path):
+    root, whole = setup
+    out = tmp_path / "blocks"
+    assert run_blocks(root, out) == 0
+    np.testing.assert_array_equal(label_image(out), whole)
+    group = zarr.open_group(str(out / names.label_image_path("scan")), mode="r")
+    multiscales = group.attrs["multiscales"][0]
+    assert [d["path"] for d in multiscales["datasets"]] == [str(i) for i in range(len(multiscales["datasets"]))]
+    assert len(multiscales["datasets"]) >= 2 and group["1"].shape == (-(-H // 2), -(-W // 2))
+    np.testing.assert_array_equal(group["1"][:], whole[::2, ::2])
+    assert "image-label" in group.attrs
+    g = Geometry("segmentation", 16, 3, 3, 1, 2, stride_for(16, 0.25), 16)
+    side = blocks.block_side(g, 2**20)
+    assert group["0"].chunks == (side, side) and len(blocks.plan_blocks(H, W, side)) > 4  # really in blocks
+    row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
+    assert row["mask_path"] == names.label_image_path("scan") and row["height"] == H and row["width"] == W
+    fractions = np.bincount(whole.ravel(), minlength=2) / whole.size
+    np.testing.assert_allclose(row["class_fractions"], fractions, rtol=1e-6)
+    thumbnail = np.asarray(Image.open(out / names.overlay_path("scan")))
+    assert thumbnail.shape == (H, W, 3)           # (1024 px long side at most: this one is small)
+    success = json.loads((out / names.SUCCESS_FILE).read_text())
+    assert (success["predicted"], success["rejected"]) == (1, 0)
+    assert run_blocks(root, out) == 0             # a rerun with the same settings does nothing
+    assert json.loads((out / names.SUCCESS_FILE).read_text())["skipped_done"] == 1
+
+
+def test_multi_process_blocks_are_byte_identical(setup, tmp_path):
+    root, whole = setup
+    out = tmp_path / "multi"
+    assert run_blocks(root, out, "--direct_running_mode=multi_processing", "--direct_num_workers=2") == 0
+    np.testing.assert_array_equal(label_image(out), whole)
+
+
+def test_a_killed_run_resumes_only_the_blocks_not_done(setup, tmp_path):
+    from tests.crash import kill_at
+
+    root, whole = setup
+    out = tmp_path / "killed"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    kill_at("predict:block-done", "pipelines.predict.job",
+            ["--model-dir", str(root / "model"), "--input", str(root / "tiff"), "--output", str(out),
+             "--large-image-pixels", "10000", "--lease-ttl-s", "1", *FLAGS, *SMALL_BLOCKS], tmp_path)
+    markers = list((out / names.BLOCKS_DIR).rglob("*.npz"))
+    assert len(markers) >= 1 and not (out / names.SUCCESS_FILE).exists()
+    import time
+
+    time.sleep(1.5)
+    assert run_blocks(root, out) == 0
+    np.testing.assert_array_equal(label_image(out), whole)
