@@ -97,6 +97,7 @@ MANIFEST_SCHEMA = pa.schema(
 #     _leases/<run>.claim, .alive     the runs writing here now (one per shard, one settings)
 #     masks/<image_id>.ome.zarr/      large images: an OME-Zarr label pyramid (+ overlays/<id>.png thumbnail)
 #     _blocks/<settings>/<image_id>/  large images: one marker per finished block
+#     objects/<image_id>.parquet      large images: one row per object (OBJECTS_SCHEMA); all in objects.parquet
 #     predictions.parquet (PREDICTIONS_SCHEMA), rejected.jsonl, config.json, _SUCCESS
 #     (sharded runs: predictions-SSSSS-of-NNNNN.parquet, rejected-..., _SUCCESS-...; merged when all are done)
 #
@@ -108,6 +109,7 @@ PROBABILITIES_DIR = "probabilities"
 ROWS_DIR = "rows"
 REJECTED_DIR = "rejected"
 STRIP_PARTS_DIR = "_tmp"
+OBJECTS_DIR = "objects"     # large images: objects/<image_id>.parquet (OBJECTS_SCHEMA)
 BLOCKS_DIR = "_blocks"      # done markers of large images' blocks, per settings
 LEASES_DIR = "_leases"      # one claim + heartbeat per running run (pipelines.beam.lease)
 PREDICTIONS_FILE = "predictions.parquet"
@@ -164,6 +166,14 @@ def label_image_path(image_id: str) -> str:
     return f"{MASKS_DIR}/{image_id}.ome.zarr"
 
 
+def objects_path(image_id: str) -> str:
+    return f"{OBJECTS_DIR}/{image_id}.parquet"
+
+
+def objects_file(suffix: str = "") -> str:
+    return f"objects{suffix}.parquet"
+
+
 def label_image_marker(image_id: str) -> str:
     """The file that exists once a large image's label pyramid is complete (its group metadata)."""
     return f"{label_image_path(image_id)}/.zattrs"
@@ -193,4 +203,15 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("overlap", pa.float32()), ("blend", pa.string()),
     ("tiles", pa.int32()), ("strips", pa.int32()), ("seconds", pa.float64()),
     ("source_signature", pa.string()),   # "<bytes>:<modified>" of the input when it was predicted
+])
+
+
+# objects.parquet (large images): one row per connected object of a class > 0, counted once
+# however many block borders cut it; bbox is [ymin, ymax) x [xmin, xmax) in level-0 pixels of
+# the predicted level; *_um are the centroid in micrometres when the pixel size is known.
+OBJECTS_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("object_id", pa.int64()), ("class_name", pa.string()), ("area", pa.int64()),
+    ("ymin", pa.int64()), ("xmin", pa.int64()), ("ymax", pa.int64()), ("xmax", pa.int64()),
+    ("centroid_y", pa.float64()), ("centroid_x", pa.float64()),
+    ("centroid_y_um", pa.float64()), ("centroid_x_um", pa.float64()), ("mean_confidence", pa.float64()),
 ])

@@ -70,6 +70,13 @@ def test_blocks_equal_the_whole_image_prediction_and_open_as_ome_zarr(setup, tmp
     assert thumbnail.shape == (H, W, 3)           # (1024 px long side at most: this one is small)
     success = json.loads((out / names.SUCCESS_FILE).read_text())
     assert (success["predicted"], success["rejected"]) == (1, 0)
+    import pyarrow.parquet as pq
+    from scipy import ndimage
+
+    found = pq.read_table(out / names.objects_file()).to_pylist()         # objects counted once over blocks
+    labels, count = ndimage.label(whole == 1)
+    assert len(found) == count == row["components"] and all(o["class_name"] == "foreground" for o in found)
+    assert sorted(o["area"] for o in found) == sorted(np.bincount(labels.ravel())[1:].tolist())
     assert run_blocks(root, out) == 0             # a rerun with the same settings does nothing
     assert json.loads((out / names.SUCCESS_FILE).read_text())["skipped_done"] == 1
 

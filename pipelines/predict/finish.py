@@ -9,9 +9,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import datetime
+import io
 import json
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import final_of, read_bytes, read_json, write_atomically
@@ -121,6 +124,9 @@ def finish(layout: outputs.OutputLayout, inputs: list[ImageInput], listing_rejec
                       key=lambda r: r["source"])
     suffix = names.shard_suffix(num_shards, shard_index)
     outputs.write_parquet(layout.path(names.predictions_file(suffix)), rows)
+    listed = existing(layout.root, names.OBJECTS_DIR)
+    write_objects_table([layout.path(names.objects_path(i)) for i in sorted(done_ids) if names.objects_path(i) in listed],
+                        layout.path(names.objects_file(suffix)))
     _write_jsonl(layout.path(names.rejected_file(suffix)), rejected)
     summary = {
         "sources_in": len(inputs) + len(listing_rejected),
@@ -155,6 +161,8 @@ def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:
         return False
     rows = [row for s in suffixes for row in outputs.read_parquet(layout.path(names.predictions_file(s))).to_pylist()]
     outputs.write_parquet(layout.path(names.PREDICTIONS_FILE), rows)
+    write_objects_table([p for p in (layout.path(names.objects_file(s)) for s in suffixes) if FileSystems.exists(p)],
+                        layout.path(names.objects_file()))
     lines = b"".join(read_bytes(layout.path(names.rejected_file(s))) for s in suffixes)
     records = sorted((json.loads(line) for line in lines.decode("utf-8").splitlines()), key=lambda r: r["source"])
     _write_jsonl(layout.path(names.REJECTED_FILE), records)
@@ -166,3 +174,13 @@ def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:
                   completed_at=max(s["completed_at"] for s in summaries))
     outputs.write_json(layout.path(names.SUCCESS_FILE), merged)
     return True
+
+
+def write_objects_table(parts: list[str], path: str) -> None:
+    """One objects table from per-image (or per-shard) parts; nothing when there are none."""
+    if not parts:
+        return
+    tables = [outputs.read_parquet(p).cast(names.OBJECTS_SCHEMA) for p in parts]
+    sink = io.BytesIO()
+    pq.write_table(pa.concat_tables(tables), sink)
+    write_atomically(path, sink.getvalue())

@@ -72,6 +72,7 @@ class PredictConfig:
     lease_wait_s: float = 120.0       # how long to wait for a conflicting run (a killed one's lease expiring)
     large_image_pixels: int = 64_000_000  # tiled TIFF / zarr inputs larger than this go block by block
     pixel_size_um: float = 0.0        # predict the pyramid level of this pixel size (0: the model card's, else 0)
+    connectivity: int = 4             # objects of large images: 4- or 8-connected
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "by region and predicted block by block over the workers, into an OME-Zarr mask")
     p.add_argument("--pixel-size", type=float, default=d.pixel_size_um, dest="pixel_size_um",
                    help="µm/px to predict at: the pyramid level of that size is read (0: the model card's)")
+    p.add_argument("--connectivity", type=int, choices=(4, 8), default=d.connectivity,
+                   help="objects.parquet of large images: 4- or 8-connected components per class")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinked inputs whose target lies outside the input folder (refused by default)")
     p.add_argument("--lease-ttl-s", type=float, default=d.lease_ttl_s,
@@ -149,7 +152,8 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     settings = outputs.OutputSettings(
         task=card.task, class_names=card.class_names, model_ids=tuple(model_id for _, model_id in read),
         ensemble=config.ensemble, tta=config.tta, overlap=config.overlap, blend=config.blend,
-        binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation")
+        binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation",
+        connectivity=config.connectivity)
     geometry = plan.Geometry(card.task, card.core, card.margin, card.channels, 2 if card.input_dtype == "uint16" else 1,
                              card.num_classes, plan.stride_for(card.core, config.overlap), config.batch_size,
                              settings.save_probabilities)
@@ -162,7 +166,8 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     if card.task == "segmentation" and config.large_image_pixels:
         spec = dataclasses.replace(spec, large_image_pixels=config.large_image_pixels,
                                    block_side=blocks.block_side(geometry, spec.memory_limit_bytes),
-                                   pixel_size_um=config.pixel_size_um or card.pixel_size_um or None)
+                                   pixel_size_um=config.pixel_size_um or card.pixel_size_um or None,
+                                   connectivity=config.connectivity)
     return spec, cards
 
 

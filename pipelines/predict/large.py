@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -28,7 +30,7 @@ from apache_beam.metrics import Metrics
 from pipelines.beam import files
 from pipelines.core import images, regions
 from pipelines.core.pixels import PALETTE, encode_png, overlay, to_rgb8
-from pipelines.predict import blocks, outputs
+from pipelines.predict import blocks, objects, outputs
 from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step
 from schemas import layout as names
@@ -184,14 +186,36 @@ class StitchBlock(beam.DoFn):
         oy, ox = a - task.origin[0], c - task.origin[1]
         image = task.pixels[oy:oy + (b - a), ox:ox + (d - c)]
         classes = stitched.shape[-1]
+        confidence = chosen(stitched, mask)
+        found = objects.block_objects(mask, confidence, (a, c), spec.connectivity)
         buffer = io.BytesIO()
         np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
-                 confidence=np.float64(chosen(stitched, mask).sum(dtype=np.float64)), tiles=len(task.boxes),
-                 preview_image=to_rgb8(image[rows, cols]), preview_mask=mask[rows, cols], at=np.array([a, c]))
+                 confidence=np.float64(confidence.sum(dtype=np.float64)), tiles=len(task.boxes),
+                 preview_image=to_rgb8(image[rows, cols]), preview_mask=mask[rows, cols], at=np.array([a, c]),
+                 **{f"objects_{k}": v for k, v in found.items()})
         files.write_atomically(marker_path(layout, ref.image_id, ref.block.index), buffer.getvalue())
         Metrics.counter(NAMESPACE, "blocks_done").inc()
         crashpoint("predict:block-done")
         yield ref.image_id, (ref.path, ref.source_signature)
+
+
+def write_objects(layout, image_id: str, found: dict, pixel_size_um: float | None) -> None:
+    """objects/<image_id>.parquet: one row per object (schemas.layout.OBJECTS_SCHEMA)."""
+    names_of = layout.settings.class_names
+    area = found["area"].astype(np.float64)
+    cy = found["sum_y"] / np.maximum(area, 1) if len(area) else np.zeros(0)
+    cx = found["sum_x"] / np.maximum(area, 1) if len(area) else np.zeros(0)
+    um = pixel_size_um if pixel_size_um else np.nan
+    table = pa.table({
+        "image_id": [image_id] * len(area), "object_id": np.arange(1, len(area) + 1, dtype=np.int64),
+        "class_name": [names_of[int(c)] for c in found["cls"]], "area": found["area"].astype(np.int64),
+        **{k: found[k].astype(np.int64) for k in ("ymin", "xmin", "ymax", "xmax")},
+        "centroid_y": cy, "centroid_x": cx, "centroid_y_um": cy * um, "centroid_x_um": cx * um,
+        "mean_confidence": found["confidence"] / np.maximum(area, 1) if len(area) else np.zeros(0),
+    }, schema=names.OBJECTS_SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    files.write_atomically(layout.path(names.objects_path(image_id)), sink.getvalue())
 
 
 def _downsample(source, target) -> None:
@@ -226,8 +250,11 @@ class FinishLargeImage(beam.DoFn):
         step = preview_step(height, width)
         thumb_h, thumb_w = -(-height // step), -(-width // step)
         thumb_image, thumb_mask = np.zeros((thumb_h, thumb_w, 3), np.uint8), np.zeros((thumb_h, thumb_w), np.uint8)
+        parts = {}
         for name in markers:
             with np.load(io.BytesIO(files.read_bytes(f"{folder}/{name}"))) as part:
+                parts[int(name.split(".")[0])] = {k[len("objects_"):]: part[k] for k in part.files
+                                                  if k.startswith("objects_")}
                 counts += part["counts"]
                 confidence += float(part["confidence"])
                 tiles += int(part["tiles"])
@@ -254,11 +281,17 @@ class FinishLargeImage(beam.DoFn):
                 {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}})
         overlay_path = names.overlay_path(image_id)
         files.write_atomically(layout.path(overlay_path), encode_png(overlay(thumb_image, thumb_mask, 0.5)))
+        side = level0.chunks[0]
+        found = objects.merge_objects(parts, (-(-height // side), -(-width // side)), spec.connectivity)
+        write_objects(layout, image_id, found, spec.pixel_size_um)
+        per_class = np.bincount(found["cls"].astype(np.int64), minlength=classes)[:classes] if len(found["cls"]) \
+            else np.zeros(classes, np.int64)
         pixels = height * width
         row = {
             "image_id": image_id, "source": path, "task": layout.settings.task,
             "height": height, "width": width, "class_names": list(layout.settings.class_names),
-            "class_fractions": [float(n) / pixels for n in counts], "class_components": None, "components": None,
+            "class_fractions": [float(n) / pixels for n in counts],
+            "class_components": [int(n) for n in per_class], "components": int(per_class[1:].sum()),
             "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
             "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
             "probabilities_path": None, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),

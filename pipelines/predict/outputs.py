@@ -39,9 +39,13 @@ class OutputSettings:
     blend: str = "gaussian"
     binary_255: bool = False
     save_probabilities: bool = False
+    connectivity: int = 4          # objects of large images
 
     def fingerprint(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        values = dataclasses.asdict(self)
+        if values["connectivity"] == 4:   # the default leaves the fingerprints of earlier runs as they were
+            del values["connectivity"]
+        text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -62,6 +62,7 @@ class JobSpec:
     large_image_pixels: int = 0      # region-readable inputs above this go block by block (0: never)
     block_side: int = 0              # output pixels per side of a block (pipelines.predict.blocks)
     pixel_size_um: float | None = None  # the pyramid level to predict is the one of this pixel size
+    connectivity: int = 4            # large images' objects: 4- or 8-connected components
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return models.decide(scores, self.threshold)

@@ -1,0 +1,119 @@
+"""Objects of a large image: connected components per class, found block by block and merged
+across block faces, so an object cut by any number of block borders is counted once.
+
+Each block labels its own mask (``scipy.ndimage.label``, 4- or 8-connected) and keeps, per
+local object, its class, area, bounding box, coordinate sums and confidence sum, plus the
+local ids along its four edges. Merging needs only those edges: a union-find joins local
+objects that touch across a face (or, 8-connected, across a corner), then the statistics
+of joined objects add up. Pure numpy; the data per block is small (edges and a table).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+FIELDS = ("cls", "area", "ymin", "xmin", "ymax", "xmax", "sum_y", "sum_x", "confidence")
+EDGES = ("top", "bottom", "left", "right")
+
+
+def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, int], connectivity: int = 4) -> dict:
+    """Local objects of one block's mask (classes > 0) and its edges; coordinates are global."""
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels = np.zeros(mask.shape, np.int64)
+    offset = 0
+    for cls in np.unique(mask[mask > 0]):
+        lab, n = ndimage.label(mask == cls, structure)
+        labels[lab > 0] = lab[lab > 0] + offset
+        offset += n
+    n = offset
+    flat = labels.ravel()
+    ys, xs = np.indices(mask.shape)
+    area = np.bincount(flat, minlength=n + 1)[1:]
+    table = {
+        "cls": np.zeros(n, np.int64), "area": area.astype(np.int64),
+        "sum_y": np.bincount(flat, (ys + origin[0]).ravel(), n + 1)[1:],
+        "sum_x": np.bincount(flat, (xs + origin[1]).ravel(), n + 1)[1:],
+        "confidence": np.bincount(flat, confidence.ravel().astype(np.float64), n + 1)[1:],
+        "ymin": np.zeros(n, np.int64), "xmin": np.zeros(n, np.int64),
+        "ymax": np.zeros(n, np.int64), "xmax": np.zeros(n, np.int64),
+    }
+    for i, box in enumerate(ndimage.find_objects(labels)):
+        if box is None:
+            continue
+        table["ymin"][i], table["ymax"][i] = box[0].start + origin[0], box[0].stop + origin[0]
+        table["xmin"][i], table["xmax"][i] = box[1].start + origin[1], box[1].stop + origin[1]
+        table["cls"][i] = mask[box][labels[box] == i + 1][0]
+    return {**table, "top": labels[0], "bottom": labels[-1], "left": labels[:, 0], "right": labels[:, -1]}
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, key):
+        self.parent.setdefault(key, key)
+        root = key
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[key] != root:
+            self.parent[key], key = root, self.parent[key]
+        return root
+
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _same_class(parts: dict, a: int, i: int, b: int, j: int) -> bool:
+    return parts[a]["cls"][i - 1] == parts[b]["cls"][j - 1]
+
+
+def _join(uf: _UnionFind, parts: dict, a: int, edge_a: np.ndarray, b: int, edge_b: np.ndarray,
+          diagonal: bool) -> None:
+    """Union the objects of blocks ``a`` and ``b`` (of one class) that touch across their face."""
+    shifts = (-1, 0, 1) if diagonal else (0,)
+    for shift in shifts:
+        left = edge_a[max(0, -shift):len(edge_a) - max(0, shift)]
+        right = edge_b[max(0, shift):len(edge_b) - max(0, -shift)]
+        both = (left > 0) & (right > 0)
+        for i, j in set(zip(left[both].tolist(), right[both].tolist())):
+            if _same_class(parts, a, i, b, j):
+                uf.union((a, i), (b, j))
+
+
+def merge_objects(parts: dict[int, dict], grid: tuple[int, int], connectivity: int = 4) -> dict[str, np.ndarray]:
+    """One table of objects from the blocks' tables (``parts``: block index -> block_objects,
+    blocks row-major on a ``grid`` of (rows, cols)); objects are ordered by (ymin, xmin)."""
+    rows, cols = grid
+    uf = _UnionFind()
+    diagonal = connectivity == 8
+    for index, part in parts.items():
+        r, c = divmod(index, cols)
+        for local in range(1, len(part["area"]) + 1):
+            uf.find((index, local))
+        if c + 1 < cols and index + 1 in parts:
+            _join(uf, parts, index, part["right"], index + 1, parts[index + 1]["left"], diagonal)
+        if r + 1 < rows and index + cols in parts:
+            _join(uf, parts, index, part["bottom"], index + cols, parts[index + cols]["top"], diagonal)
+        if diagonal and r + 1 < rows:   # corners: the last pixel of one block, the first of the other
+            below_right, below_left = index + cols + 1, index + cols - 1
+            for other, mine, theirs, exists in ((below_right, -1, 0, c + 1 < cols), (below_left, 0, -1, c > 0)):
+                if exists and other in parts:
+                    i, j = int(part["bottom"][mine]), int(parts[other]["top"][theirs])
+                    if i and j and _same_class(parts, index, i, other, j):
+                        uf.union((index, i), (other, j))
+    merged: dict = {}
+    for index, part in parts.items():
+        for local in range(1, len(part["area"]) + 1):
+            root, k = uf.find((index, local)), local - 1
+            if root not in merged:
+                merged[root] = {f: part[f][k] for f in FIELDS}
+                continue
+            m = merged[root]
+            for f in ("area", "sum_y", "sum_x", "confidence"):
+                m[f] = m[f] + part[f][k]
+            m["ymin"], m["xmin"] = min(m["ymin"], part["ymin"][k]), min(m["xmin"], part["xmin"][k])
+            m["ymax"], m["xmax"] = max(m["ymax"], part["ymax"][k]), max(m["xmax"], part["xmax"][k])
+    objects = sorted(merged.values(), key=lambda m: (int(m["ymin"]), int(m["xmin"]), int(m["cls"])))
+    return {f: np.array([o[f] for o in objects]) for f in FIELDS}
