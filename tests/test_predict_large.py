@@ -104,3 +104,12 @@ def test_a_killed_run_resumes_only_the_blocks_not_done(setup, tmp_path):
     time.sleep(1.5)
     assert run_blocks(root, out) == 0
     np.testing.assert_array_equal(label_image(out), whole)
+
+
+def test_one_shared_model_copy_per_machine_predicts_the_same(setup, tmp_path):
+    root, whole = setup
+    out = tmp_path / "shared"
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(root / "png"), "--output", str(out),
+                        *FLAGS, "--model-copies", "1", "--direct_running_mode=multi_processing",
+                        "--direct_num_workers=2"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / names.mask_path("scan"))), whole)

@@ -73,6 +73,7 @@ class PredictConfig:
     large_image_pixels: int = 64_000_000  # tiled TIFF / zarr inputs larger than this go block by block
     pixel_size_um: float = 0.0        # predict the pyramid level of this pixel size (0: the model card's, else 0)
     connectivity: int = 4             # objects of large images: 4- or 8-connected
+    model_copies: int = 0             # > 0: copies per machine shared by its processes (0: one per process)
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
@@ -120,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "by region and predicted block by block over the workers, into an OME-Zarr mask")
     p.add_argument("--pixel-size", type=float, default=d.pixel_size_um, dest="pixel_size_um",
                    help="µm/px to predict at: the pyramid level of that size is read (0: the model card's)")
+    p.add_argument("--model-copies", type=int, default=d.model_copies,
+                   help="load this many model copies per machine, shared by its worker processes "
+                        "(Beam large_model; 0: one copy per worker process)")
     p.add_argument("--connectivity", type=int, choices=(4, 8), default=d.connectivity,
                    help="objects.parquet of large images: 4- or 8-connected components per class")
     p.add_argument("--follow-symlinks", action="store_true",
@@ -194,7 +198,8 @@ def prepare(config: PredictConfig) -> Job:
 def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, todo: list[pt.ImageInput]) -> None:
     """Strips of ordinary images and blocks of large ones share one RunInference (one model
     per worker); their results part again to be stitched."""
-    handler = inference.TileModelHandler(config.model_dirs, config.tta, config.ensemble, config.batch_size)
+    handler = inference.TileModelHandler(config.model_dirs, config.tta, config.ensemble, config.batch_size,
+                                         config.model_copies)
     cut = (p | "Inputs" >> beam.Create(todo) | "Spread" >> beam.Reshuffle() | "CutStrips" >> pt.CutStrips(spec))
     planned = cut[pt.LARGE] | "PlanLargeImages" >> large.PlanLargeImages(spec)
     scored = ((cut.tasks, planned["tasks"]) | "AllTasks" >> beam.Flatten()

@@ -202,6 +202,10 @@ class EnsemblePredictor:
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return decide(scores, self.threshold if self.combine == "mean" else None)
 
+    def model_ids(self) -> str:
+        """A method, not an attribute: a model shared across processes is reached through a proxy."""
+        return ",".join(m.model_id for m in self.models)
+
 
 def load_predictor(model_dirs: Sequence[str], tta: str, combine: str) -> EnsemblePredictor:
     tf = quiet.tensorflow()  # in a fresh worker process, the first import of TensorFlow
@@ -232,15 +236,24 @@ class TileModelHandler(ModelHandler[StripTask, PredictionResult, EnsemblePredict
     """Loads the model(s) once per worker and predicts the tiles of StripTasks in fixed-size batches.
 
     Batches are counted in tiles (``element_size_fn``), so small images share a batch and
-    a large strip is cut into ``batch_size``-tile calls.
+    a large strip is cut into ``batch_size``-tile calls. ``model_copies`` > 0 loads that many
+    copies per machine, shared by all its worker processes (Beam's large-model mode), instead
+    of one per process: for models too big to hold once per process.
     """
 
     def __init__(self, model_dirs: Sequence[str], tta: str = "none", combine: str = "mean",
-                 batch_size: int = 16):
-        if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+                 batch_size: int = 16, model_copies: int = 0):
+        if batch_size < 1 or model_copies < 0:
+            raise ValueError(f"batch size must be >= 1 and model copies >= 0, got {batch_size}, {model_copies}")
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, element_size_fn=task_tiles)
         self.model_dirs, self.tta, self.combine, self.batch_size = list(model_dirs), tta, combine, batch_size
+        self.copies = model_copies
+
+    def share_model_across_processes(self) -> bool:
+        return self.copies > 0
+
+    def model_copies(self) -> int:
+        return max(1, self.copies)
 
     def load_model(self) -> EnsemblePredictor:
         return load_predictor(self.model_dirs, self.tta, self.combine)
@@ -248,7 +261,7 @@ class TileModelHandler(ModelHandler[StripTask, PredictionResult, EnsemblePredict
     def run_inference(self, batch: Sequence[StripTask], model: EnsemblePredictor,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
         scores = predict_tasks(model, batch, self.batch_size)
-        return [PredictionResult(task, score, model_id=",".join(m.model_id for m in model.models))
+        return [PredictionResult(task, score, model_id=model.model_ids())
                 for task, score in zip(batch, scores)]
 
     def get_num_bytes(self, batch: Sequence[StripTask]) -> int:

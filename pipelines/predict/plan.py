@@ -132,7 +132,9 @@ def plan_strips(height: int, width: int, file_bytes: int, g: Geometry, limit_byt
         raise RejectedInput("too_large_for_memory", (
             f"{name}: {height}x{width} needs about {need:.0f} MiB even in strips of one core row "
             f"(decoding alone {decode_cost(height, width, file_bytes, g) / 2**20:.0f} MiB); "
-            f"--memory-limit-mb is {limit_bytes / 2**20:.0f}"))
+            f"--memory-limit-mb is {limit_bytes / 2**20:.0f}. Saved as a tiled (pyramidal) TIFF or OME-Zarr it is "
+            f"read by region and predicted block by block, e.g. `vips tiffsave {name} out.tif --tile --pyramid` "
+            f"or tifffile.imwrite(..., tile=(256, 256))"))
     lo, hi = 1, n  # the largest k that fits (the cost grows with k)
     while lo < hi:
         mid = (lo + hi + 1) // 2
