@@ -46,7 +46,9 @@ def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, i
     return {**table, "top": labels[0], "bottom": labels[-1], "left": labels[:, 0], "right": labels[:, -1]}
 
 
-class _UnionFind:
+class UnionFind:
+    """Union-find over any hashable keys (the smaller root wins, so results are deterministic)."""
+
     def __init__(self):
         self.parent: dict = {}
 
@@ -59,17 +61,20 @@ class _UnionFind:
             self.parent[key], key = root, self.parent[key]
         return root
 
-    def union(self, a, b) -> None:
+    def union(self, a, b) -> bool:
+        """Join the sets of ``a`` and ``b``; whether they were apart."""
         ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        if ra == rb:
+            return False
+        self.parent[max(ra, rb)] = min(ra, rb)
+        return True
 
 
 def _same_class(parts: dict, a: int, i: int, b: int, j: int) -> bool:
     return parts[a]["cls"][i - 1] == parts[b]["cls"][j - 1]
 
 
-def _join(uf: _UnionFind, parts: dict, a: int, edge_a: np.ndarray, b: int, edge_b: np.ndarray,
+def _join(uf: UnionFind, parts: dict, a: int, edge_a: np.ndarray, b: int, edge_b: np.ndarray,
           diagonal: bool) -> None:
     """Union the objects of blocks ``a`` and ``b`` (of one class) that touch across their face."""
     shifts = (-1, 0, 1) if diagonal else (0,)
@@ -86,7 +91,7 @@ def merge_objects(parts: dict[int, dict], grid: tuple[int, int], connectivity: i
     """One table of objects from the blocks' tables (``parts``: block index -> block_objects,
     blocks row-major on a ``grid`` of (rows, cols)); objects are ordered by (ymin, xmin)."""
     rows, cols = grid
-    uf = _UnionFind()
+    uf = UnionFind()
     diagonal = connectivity == 8
     for index, part in parts.items():
         r, c = divmod(index, cols)

@@ -17,6 +17,7 @@ from scipy import ndimage
 from pipelines.core import tiling
 from pipelines.core.pixels import to_rgb8
 from pipelines.predict.decide import chosen
+from pipelines.predict.objects import UnionFind
 from pipelines.predict.plan import StripTask
 
 PREVIEW_SIDE = 1024  # the overlay preview's longest side is at most this many pixels
@@ -113,34 +114,12 @@ def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarr
         tiles=task.num_tiles, started=task.started)
 
 
-class _Unions:
-    """Union-find over the labels that touch a strip boundary."""
-
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def find(self, a: int) -> int:
-        root = a
-        while self.parent.get(root, root) != root:
-            root = self.parent[root]
-        while a != root:
-            self.parent[a], a = root, self.parent.get(a, a)
-        return root
-
-    def union(self, a: int, b: int) -> bool:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        self.parent[max(ra, rb)] = min(ra, rb)
-        return True
-
-
 class ComponentCounter:
     """Connected components (4-connectivity) of every class over strips added top to bottom."""
 
     def __init__(self, classes: int):
         self.counts, self.merges = [0] * classes, [0] * classes
-        self.unions = [_Unions() for _ in range(classes)]
+        self.unions = [UnionFind() for _ in range(classes)]
         self.previous: list[np.ndarray | None] = [None] * classes
 
     def add(self, mask: np.ndarray) -> None:
