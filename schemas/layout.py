@@ -203,6 +203,9 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("overlap", pa.float32()), ("blend", pa.string()),
     ("tiles", pa.int32()), ("strips", pa.int32()), ("seconds", pa.float64()),
     ("source_signature", pa.string()),   # "<bytes>:<modified>" of the input when it was predicted
+    # seam QA (overlap > 0): where tiles overlap, the mean total-variation distance between a
+    # tile's class scores and those already blended there, and the fraction whose class flips
+    ("seam_disagreement", pa.float64()), ("seam_flip_fraction", pa.float64()),
 ])
 
 

@@ -205,3 +205,19 @@ def test_decisions_equal_argmax_and_pick_the_decided_score(classes):
     ids = decide(scores, None)
     assert np.array_equal(ids, scores.argmax(-1))
     assert np.array_equal(chosen(scores, ids), np.take_along_axis(scores, ids[..., None].astype(int), -1)[..., 0])
+
+
+def test_seam_qa_measures_how_overlapping_tiles_disagree():
+    from pipelines.core import tiling
+
+    agree = tiling.Stitcher(4, 6, 2, seams=(0, 4, 0, 6))
+    same = np.tile(np.array([0.8, 0.2], np.float32), (4, 4, 1))
+    agree.add(0, 0, same)
+    agree.add(0, 2, same)                       # columns 2-3 overlap, in agreement
+    assert (agree.seam_pixels, agree.seam_disagreement, agree.seam_flips) == (8, 0.0, 0)
+    clash = tiling.Stitcher(4, 6, 2, seams=(0, 2, 0, 6))   # only rows 0-1 are this strip's own
+    clash.add(0, 0, same)
+    clash.add(0, 2, same[..., ::-1].copy())    # the other class where they overlap
+    assert clash.seam_pixels == 4 and clash.seam_flips == 4
+    assert clash.seam_disagreement == pytest.approx(4 * 0.6)
+    assert stitch.seam_columns(0, 0.0, 0) == {"seam_disagreement": None, "seam_flip_fraction": None}

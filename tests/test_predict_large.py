@@ -64,6 +64,11 @@ def test_blocks_equal_the_whole_image_prediction_and_open_as_ome_zarr(setup, tmp
     assert group["0"].chunks == (side, side) and len(blocks.plan_blocks(H, W, side)) > 4  # really in blocks
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["mask_path"] == names.label_image_path("scan") and row["height"] == H and row["width"] == W
+    whole_row = json.loads(next((root / "whole" / names.ROWS_DIR).rglob("*.json")).read_text())
+    # seam QA: this toy model sees its whole receptive field in every tile, so tiles agree exactly
+    assert whole_row["seam_disagreement"] == pytest.approx(0, abs=1e-6) and whole_row["seam_flip_fraction"] == 0
+    for key in ("seam_disagreement", "seam_flip_fraction"):
+        assert row[key] == pytest.approx(whole_row[key], rel=1e-9)          # the same seams, by blocks
     fractions = np.bincount(whole.ravel(), minlength=2) / whole.size
     np.testing.assert_allclose(row["class_fractions"], fractions, rtol=1e-6)
     thumbnail = np.asarray(Image.open(out / names.overlay_path("scan")))
@@ -113,3 +118,18 @@ def test_one_shared_model_copy_per_machine_predicts_the_same(setup, tmp_path):
                         *FLAGS, "--model-copies", "1", "--direct_running_mode=multi_processing",
                         "--direct_num_workers=2"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(out / names.mask_path("scan"))), whole)
+
+
+def test_seam_qa_sees_tiles_that_disagree(setup, tmp_path):
+    root, _ = setup
+    export_model(str(tmp_path / "short"), kind="same", core=16, margin=1, channels=3, layers=3)  # sees too little
+    out = tmp_path / "seams"
+    assert predict.run(["--model-dir", str(tmp_path / "short"), "--input", str(root / "png"), "--output", str(out),
+                        *FLAGS]) == 0
+    row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
+    assert row["seam_disagreement"] > 0.001 and row["seam_flip_fraction"] > 0
+    disjoint = tmp_path / "disjoint"
+    assert predict.run(["--model-dir", str(tmp_path / "short"), "--input", str(root / "png"), "--output",
+                        str(disjoint)]) == 0
+    row = json.loads(next((disjoint / names.ROWS_DIR).rglob("*.json")).read_text())
+    assert row["seam_disagreement"] is None and row["seam_flip_fraction"] is None   # no overlap, nothing to compare

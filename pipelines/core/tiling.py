@@ -155,12 +155,18 @@ class Stitcher:
     is an exact copy of its prediction, and identical predictions stay exactly identical.
     """
 
-    def __init__(self, height: int, width: int, channels: int | None = None, mode: str = "gaussian"):
+    def __init__(self, height: int, width: int, channels: int | None = None, mode: str = "gaussian",
+                 seams: tuple[int, int, int, int] | None = None):
         shape = (height, width) if channels is None else (height, width, channels)
         self.mean = np.zeros(shape, dtype=np.float32)
         self.weight = np.zeros((height, width), dtype=np.float32)
         self.mode = mode
         blend_weights(1, mode)  # validate the mode now, not at the first add
+        # Seam QA inside the region [y0, y1) x [x0, x1): where a core lands on pixels already
+        # predicted, how far its class scores are from theirs (total variation) and whether
+        # the decided class flips.
+        self.seams = seams
+        self.seam_pixels, self.seam_disagreement, self.seam_flips = 0, 0.0, 0
 
     def add(self, y: int, x: int, array: np.ndarray) -> None:
         h, w = array.shape[:2]
@@ -169,6 +175,8 @@ class Stitcher:
         if array.shape[2:] != self.mean.shape[2:]:
             raise ValueError(f"expected trailing shape {self.mean.shape[2:]}, got {array.shape[2:]}")
         new = blend_weights((h, w), self.mode)
+        if self.seams is not None and self.mean.ndim == 3:
+            self._measure_seams(y, x, array)
         total = self.weight[y:y + h, x:x + w] + new
         share = new / total
         if self.mean.ndim == 3:
@@ -176,6 +184,21 @@ class Stitcher:
         region = self.mean[y:y + h, x:x + w]
         region += share * (array.astype(np.float32) - region)
         self.weight[y:y + h, x:x + w] = total
+
+    def _measure_seams(self, y: int, x: int, array: np.ndarray) -> None:
+        y0, y1, x0, x1 = self.seams
+        h, w = array.shape[:2]
+        ry, rx = slice(max(y, y0), min(y + h, y1)), slice(max(x, x0), min(x + w, x1))
+        if ry.start >= ry.stop or rx.start >= rx.stop:
+            return
+        seen = self.weight[ry, rx] > 0
+        if not seen.any():
+            return
+        before = self.mean[ry, rx][seen]
+        now = array[ry.start - y:ry.stop - y, rx.start - x:rx.stop - x].astype(np.float32)[seen]
+        self.seam_pixels += int(seen.sum())
+        self.seam_disagreement += float(0.5 * np.abs(now - before).sum(dtype=np.float64))
+        self.seam_flips += int((now.argmax(-1) != before.argmax(-1)).sum())
 
     def result(self) -> np.ndarray:
         if not (self.weight > 0).all():

@@ -88,8 +88,10 @@ def cut_tile(window: np.ndarray, origin: tuple[int, int], box: Box, height: int,
     return window[np.ix_(rows, cols)]
 
 
-def stitch_block(block: Block, boxes: list[Box], scores: np.ndarray, blend: str) -> np.ndarray:
-    """The block's own (b - a, d - c, K) float32 output from the scores of its tiles."""
+def stitch_block(block: Block, boxes: list[Box], scores: np.ndarray, blend: str,
+                 seams: list | None = None) -> np.ndarray:
+    """The block's own (b - a, d - c, K) float32 output from the scores of its tiles (and, in
+    ``seams``, how much overlapping tiles disagree inside the block)."""
     top, left = min(b[0] for b in boxes), min(b[1] for b in boxes)
     bottom = max(y + h for y, _, h, _ in boxes)
     right = max(x + w for _, x, _, w in boxes)
@@ -98,8 +100,11 @@ def stitch_block(block: Block, boxes: list[Box], scores: np.ndarray, blend: str)
         pieces = ((y - top, x - left, h, w, s) for (y, x, h, w), s in zip(boxes, scores))
         full = tiling.stitch(pieces, bottom - top, right - left)
     else:
-        stitcher = tiling.Stitcher(bottom - top, right - left, scores.shape[-1], mode=blend)
+        stitcher = tiling.Stitcher(bottom - top, right - left, scores.shape[-1], mode=blend,
+                                   seams=(a - top, b - top, c - left, d - left))
         for (y, x, h, w), s in zip(boxes, scores):
             stitcher.add(y - top, x - left, s[:h, :w])
         full = stitcher.result()
+        if seams is not None:
+            seams[:] = [stitcher.seam_pixels, stitcher.seam_disagreement, stitcher.seam_flips]
     return full[a - top:b - top, c - left:d - left]

@@ -32,7 +32,7 @@ from pipelines.core import images, regions
 from pipelines.core.pixels import PALETTE, encode_png, overlay, to_rgb8
 from pipelines.predict import blocks, objects, outputs
 from pipelines.predict.decide import chosen
-from pipelines.predict.stitch import preview_step
+from pipelines.predict.stitch import preview_step, seam_columns
 from schemas import layout as names
 from schemas.crashpoints import crashpoint
 from schemas.rejected import RejectedInput
@@ -177,7 +177,8 @@ class StitchBlock(beam.DoFn):
     def process(self, result) -> Iterator[tuple[str, tuple[str, str]]]:
         task, scores, spec = result.example, result.inference, self.spec
         ref, layout = task.ref, spec.layout
-        stitched = blocks.stitch_block(ref.block, list(task.boxes), scores, layout.settings.blend)
+        seams = [0, 0.0, 0]
+        stitched = blocks.stitch_block(ref.block, list(task.boxes), scores, layout.settings.blend, seams)
         mask = spec.decide(stitched).astype(np.uint8)
         (a, b), (c, d) = ref.block.rows, ref.block.cols
         _label_array(layout, ref, spec.block_side, create=False)[a:b, c:d] = mask
@@ -192,6 +193,7 @@ class StitchBlock(beam.DoFn):
         np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
                  confidence=np.float64(confidence.sum(dtype=np.float64)), tiles=len(task.boxes),
                  preview_image=to_rgb8(image[rows, cols]), preview_mask=mask[rows, cols], at=np.array([a, c]),
+                 seams=np.array(seams, np.float64),
                  **{f"objects_{k}": v for k, v in found.items()})
         files.write_atomically(marker_path(layout, ref.image_id, ref.block.index), buffer.getvalue())
         Metrics.counter(NAMESPACE, "blocks_done").inc()
@@ -246,7 +248,7 @@ class FinishLargeImage(beam.DoFn):
         if len(markers) != count:
             raise RuntimeError(f"{image_id}: {len(markers)} of {count} blocks done")
         classes = len(layout.settings.class_names)
-        counts, confidence, tiles = np.zeros(classes, np.int64), 0.0, 0
+        counts, confidence, tiles, seams = np.zeros(classes, np.int64), 0.0, 0, np.zeros(3, np.float64)
         step = preview_step(height, width)
         thumb_h, thumb_w = -(-height // step), -(-width // step)
         thumb_image, thumb_mask = np.zeros((thumb_h, thumb_w, 3), np.uint8), np.zeros((thumb_h, thumb_w), np.uint8)
@@ -258,6 +260,7 @@ class FinishLargeImage(beam.DoFn):
                 counts += part["counts"]
                 confidence += float(part["confidence"])
                 tiles += int(part["tiles"])
+                seams += part["seams"]
                 a, c = (-(-int(v) // step) for v in part["at"])
                 ph, pw = part["preview_mask"].shape
                 thumb_image[a:a + ph, c:c + pw] = part["preview_image"]
@@ -295,6 +298,7 @@ class FinishLargeImage(beam.DoFn):
             "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
             "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
             "probabilities_path": None, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
+            **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])),
         }
         yield outputs.finish_row(layout, row, started, signature)
 

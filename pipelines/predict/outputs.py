@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.beam.files import atomic_create, read_bytes, write_atomically
 from pipelines.core.pixels import PNG_SIGNATURE, overlay, png_chunk
-from pipelines.predict.stitch import ComponentCounter, StripResult
+from pipelines.predict.stitch import ComponentCounter, StripResult, seam_columns
 from schemas import layout as names
 from schemas.layout import PREDICTIONS_SCHEMA
 
@@ -132,14 +132,16 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     """
     s, first = layout.settings, None
     counts, confidence, tiles, previews, masks = np.zeros(len(s.class_names), np.int64), 0.0, 0, [], []
+    seams = np.zeros(3, np.float64)
     components = ComponentCounter(len(s.class_names))
 
     def mask_rows() -> Iterator[np.ndarray]:
-        nonlocal counts, confidence, tiles
+        nonlocal counts, confidence, tiles, seams
         for r in strips():
             counts += r.class_counts
             confidence += r.confidence_sum
             tiles += r.tiles
+            seams += r.seams
             previews.append(r.preview_image)
             masks.append(r.preview_mask)
             components.add(r.mask)
@@ -166,6 +168,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
         "mask_path": layout.mask(image_id), "overlay_path": layout.overlay(image_id),
         "probabilities_path": layout.probabilities(image_id) if s.save_probabilities else None,
         "tiles": tiles, "strips": first.strips, **common_row(s),
+        **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])),
     }
 
 

@@ -40,6 +40,7 @@ class StripResult:
     preview_mask: np.ndarray           # (po, pw) uint8
     tiles: int
     started: float
+    seams: tuple[int, float, int] = (0, 0.0, 0)   # overlapped pixels, summed disagreement, class flips
 
     def to_bytes(self) -> bytes:
         arrays = {"mask": self.mask, "preview_image": self.preview_image, "preview_mask": self.preview_mask}
@@ -62,10 +63,11 @@ class StripResult:
                    preview_image=loaded["preview_image"], preview_mask=loaded["preview_mask"])
 
 
-def stitch_strip(task: StripTask, scores: np.ndarray, blend: str) -> np.ndarray:
+def stitch_strip(task: StripTask, scores: np.ndarray, blend: str, seams: list | None = None) -> np.ndarray:
     """Blend the cores of ``task`` into its output rows: (b - a, W, K) float32.
 
-    Disjoint cores (no overlap) are placed as they are; overlapping ones are blended.
+    Disjoint cores (no overlap) are placed as they are; overlapping ones are blended, and
+    (into ``seams``) how much they disagree where they overlap, in the strip's own rows.
     """
     top = min(y for y, _, _, _ in task.boxes)
     bottom = max(y + h for y, _, h, _ in task.boxes)
@@ -73,10 +75,21 @@ def stitch_strip(task: StripTask, scores: np.ndarray, blend: str) -> np.ndarray:
     if disjoint(task.boxes):
         pieces = ((y - top, x, h, w, score) for (y, x, h, w), score in zip(task.boxes, scores))
         return tiling.stitch(pieces, bottom - top, task.width)[a - top:b - top]
-    stitcher = tiling.Stitcher(bottom - top, task.width, scores.shape[-1], mode=blend)
+    stitcher = tiling.Stitcher(bottom - top, task.width, scores.shape[-1], mode=blend,
+                               seams=(a - top, b - top, 0, task.width))
     for (y, x, h, w), score in zip(task.boxes, scores):
         stitcher.add(y - top, x, score[:h, :w])
+    if seams is not None:
+        seams[:] = [stitcher.seam_pixels, stitcher.seam_disagreement, stitcher.seam_flips]
     return stitcher.result()[a - top:b - top]
+
+
+def seam_columns(pixels: int, disagreement: float, flips: int) -> dict:
+    """The row's seam QA: mean disagreement (total variation of the class scores) and the
+    fraction of class flips where neighbouring tiles overlap (None without overlap)."""
+    if not pixels:
+        return {"seam_disagreement": None, "seam_flip_fraction": None}
+    return {"seam_disagreement": disagreement / pixels, "seam_flip_fraction": flips / pixels}
 
 
 def disjoint(boxes) -> bool:
@@ -97,7 +110,8 @@ def preview_rows(a: int, b: int, step: int) -> slice:
 
 def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
                  blend: str, keep_probabilities: bool) -> StripResult:
-    stitched = stitch_strip(task, scores, blend)
+    seams = [0, 0.0, 0]
+    stitched = stitch_strip(task, scores, blend, seams)
     mask = decide(stitched)
     classes = stitched.shape[-1]
     confidence = chosen(stitched, mask)
@@ -111,7 +125,7 @@ def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarr
         probabilities=stitched.astype(np.float16) if keep_probabilities else None,
         preview_image=to_rgb8(task.image_rows()[rows, ::step]),
         preview_mask=mask[rows, ::step],
-        tiles=task.num_tiles, started=task.started)
+        tiles=task.num_tiles, started=task.started, seams=tuple(seams))
 
 
 class ComponentCounter:
