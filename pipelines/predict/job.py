@@ -196,17 +196,13 @@ def prepare(config: PredictConfig) -> Job:
 
 
 def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, todo: list[pt.ImageInput]) -> None:
-    """Strips of ordinary images and blocks of large ones share one RunInference (one model
-    per worker); their results part again to be stitched."""
+    """Ordinary images in strips; large region-readable ones block by block (pipelines.predict.large).
+    Each path keeps its pixels inside one fused stage: only small records cross a shuffle."""
     handler = inference.TileModelHandler(config.model_dirs, config.tta, config.ensemble, config.batch_size,
                                          config.model_copies)
     cut = (p | "Inputs" >> beam.Create(todo) | "Spread" >> beam.Reshuffle() | "CutStrips" >> pt.CutStrips(spec))
-    planned = cut[pt.LARGE] | "PlanLargeImages" >> large.PlanLargeImages(spec)
-    scored = ((cut.tasks, planned["tasks"]) | "AllTasks" >> beam.Flatten()
-              | "PredictTiles" >> pt.PredictTiles(handler)
-              | "StripsOrBlocks" >> beam.Partition(lambda r, _: int(isinstance(r.example, large.BlockTask)), 2))
-    _ = scored[0] | "StitchImages" >> pt.StitchImages(spec)
-    _ = (scored[1], planned[large.READY]) | "FinishLargeImages" >> large.FinishLargeImages(spec)
+    _ = cut.tasks | "PredictTiles" >> pt.PredictTiles(handler) | "StitchImages" >> pt.StitchImages(spec)
+    _ = cut[pt.LARGE] | "PredictLargeImages" >> large.PredictLargeImages(spec, handler)
     _ = cut[pt.REJECTED] | "WriteRejected" >> pt.WriteRejected(spec.layout)
 
 

@@ -1,7 +1,7 @@
 """Images larger than memory: region-readable sources predicted block by block over many workers.
 
     large ImageInput --PlanBlocks--> BlockRefs (the blocks not done yet) --Reshuffle--
-        --ReadBlock--> BlockTasks (a source window each) --(RunInference with the strips)--
+        --> BlockTasks (each reads its source window when predicted) --RunInference--
         --StitchBlock--> the block's chunk of masks/<id>.ome.zarr + a done marker
         --GroupByKey(image)--> FinishLargeImage: pyramid, thumbnail overlay, the row
 
@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import zarr
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
 
 from pipelines.beam import files
 from pipelines.core import images, regions
@@ -67,24 +68,58 @@ class BlockRef:
     source_signature: str
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class BlockTask:
-    """A block with the source window its tiles are cut from (what RunInference predicts)."""
+_OPEN: dict[str, tuple[Any, Any]] = {}   # path -> (source, file): this process's open region sources
 
-    ref: BlockRef
-    boxes: tuple                     # the image's core boxes that meet the block (grid order)
-    origin: tuple[int, int]          # where the window starts in the source level
-    pixels: np.ndarray               # the window (h, w, C)
-    geometry: Any                    # plan.Geometry
-    started: float
+
+def _cached_source(path: str):
+    """The open source of ``path``; consecutive blocks of one image share it (one kept open)."""
+    if path not in _OPEN:
+        for source, handle in _OPEN.values():
+            if handle is not None:
+                handle.close()
+        _OPEN.clear()
+        _OPEN[path] = open_source(path)
+    return _OPEN[path][0]
+
+
+class BlockTask:
+    """A block to predict. Its source window is read only when its first tile is cut, inside
+    the inference stage: no pixels travel between stages (which a runner may buffer whole)."""
+
+    def __init__(self, ref: BlockRef, geometry, policy):
+        self.ref, self.geometry, self.policy, self.started = ref, geometry, policy, time.time()
+        self.boxes = tuple(blocks.block_boxes(ref.block, ref.height, ref.width, geometry))
+        y0, y1, x0, x1 = blocks.source_window(list(self.boxes), ref.height, ref.width, geometry)
+        self.window = (y0, y1, x0, x1)
+        self.origin = (y0, x0)
+        self._pixels: np.ndarray | None = None
+        self.read_seconds = 0.0
 
     @property
     def num_tiles(self) -> int:
         return len(self.boxes)
 
+    @property
+    def nbytes(self) -> int:
+        (y0, y1, x0, x1), g = self.window, self.geometry
+        return (y1 - y0) * (x1 - x0) * g.channels * g.itemsize
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            y0, y1, x0, x1 = self.window
+            started = time.time()
+            window = _cached_source(self.ref.path).read(self.ref.level, y0, x0, y1 - y0, x1 - x0)
+            self._pixels = images.conform(window, self.policy, self.ref.path)
+            self.read_seconds = time.time() - started
+        return self._pixels
+
     def tile(self, i: int) -> np.ndarray:
         return blocks.cut_tile(self.pixels, self.origin, self.boxes[i], self.ref.height, self.ref.width,
                                self.geometry)
+
+    def __reduce__(self):  # travels without its pixels
+        return (BlockTask, (self.ref, self.geometry, self.policy))
 
 
 def label_path(layout: outputs.OutputLayout, image_id: str) -> str:
@@ -138,44 +173,20 @@ class PlanBlocks(beam.DoFn):
             yield dataclasses.replace(ref, block=block)
 
 
-class ReadBlock(beam.DoFn):
-    """BlockRef -> BlockTask: reads the block's source window (only the tiles it touches)."""
-
-    def __init__(self, spec):
-        self.spec = spec
-
-    def setup(self):
-        self.open: tuple[str, Any, Any] | None = None   # (path, source, file): consecutive blocks share it
-
-    def _source(self, path: str):
-        if self.open is None or self.open[0] != path:
-            self.teardown()
-            source, handle = open_source(path)
-            self.open = (path, source, handle)
-        return self.open[1]
-
-    def process(self, ref: BlockRef) -> Iterator[BlockTask]:
-        started, g = time.time(), self.spec.geometry
-        source = self._source(ref.path)
-        boxes = blocks.block_boxes(ref.block, ref.height, ref.width, g)
-        y0, y1, x0, x1 = blocks.source_window(boxes, ref.height, ref.width, g)
-        window = source.read(ref.level, y0, x0, y1 - y0, x1 - x0)
-        yield BlockTask(ref, tuple(boxes), (y0, x0), images.conform(window, self.spec.policy, ref.path), g, started)
-
-    def teardown(self):
-        if self.open is not None and self.open[2] is not None:
-            self.open[2].close()
-        self.open = None
-
-
 class StitchBlock(beam.DoFn):
     """A scored block -> its chunk of the label image, then its done marker (summary + preview)."""
 
     def __init__(self, spec):
         self.spec = spec
 
+    def setup(self):
+        self.stitch_ms = Metrics.distribution(NAMESPACE, "stitch_write_ms")
+        self.read_ms = Metrics.distribution(NAMESPACE, "read_cut_ms")
+
     def process(self, result) -> Iterator[tuple[str, tuple[str, str]]]:
+        started = time.time()
         task, scores, spec = result.example, result.inference, self.spec
+        self.read_ms.update(int(task.read_seconds * 1000))  # the read happened inside inference
         ref, layout = task.ref, spec.layout
         seams = [0, 0.0, 0]
         stitched = blocks.stitch_block(ref.block, list(task.boxes), scores, layout.settings.blend, seams)
@@ -197,6 +208,7 @@ class StitchBlock(beam.DoFn):
                  **{f"objects_{k}": v for k, v in found.items()})
         files.write_atomically(marker_path(layout, ref.image_id, ref.block.index), buffer.getvalue())
         Metrics.counter(NAMESPACE, "blocks_done").inc()
+        self.stitch_ms.update(int((time.time() - started) * 1000))
         crashpoint("predict:block-done")
         yield ref.image_id, (ref.path, ref.source_signature)
 
@@ -319,31 +331,23 @@ def is_large(item, spec) -> bool:
             handle.close()
 
 
-class PlanLargeImages(beam.PTransform):
-    """Large ImageInputs -> BlockTasks (main output; spread over the workers) and ``ready``:
-    images whose blocks an earlier run finished already."""
+class PredictLargeImages(beam.PTransform):
+    """Large ImageInputs -> one row per image: blocks planned, spread over the workers,
+    each read, predicted and written in one fused stage, then each image finished."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, handler):
         super().__init__()
-        self.spec = spec
+        self.spec, self.handler = spec, handler
 
     def expand(self, large):
-        planned = large | "PlanBlocks" >> beam.ParDo(PlanBlocks(self.spec)).with_outputs(READY, main="refs")
-        tasks = planned.refs | "SpreadBlocks" >> beam.Reshuffle() | "ReadBlocks" >> beam.ParDo(ReadBlock(self.spec))
-        return {"tasks": tasks, READY: planned[READY]}
-
-
-class FinishLargeImages(beam.PTransform):
-    """(scored blocks, ready images) -> one row per large image, after its chunks and pyramid."""
-
-    def __init__(self, spec):
-        super().__init__()
-        self.spec = spec
-
-    def expand(self, inputs):
-        scored, ready = inputs
-        done = (scored | "StitchBlocks" >> beam.ParDo(StitchBlock(self.spec))
+        spec = self.spec
+        planned = large | "PlanBlocks" >> beam.ParDo(PlanBlocks(spec)).with_outputs(READY, main="refs")
+        done = (planned.refs
+                | "SpreadBlocks" >> beam.Reshuffle()
+                | "BlockTasks" >> beam.Map(lambda ref: BlockTask(ref, spec.geometry, spec.policy))
+                | "PredictBlocks" >> RunInference(self.handler)
+                | "StitchBlocks" >> beam.ParDo(StitchBlock(spec))
                 | "BlocksByImage" >> beam.GroupByKey())
-        ready = ready | "ReadyByImage" >> beam.Map(lambda kv: (kv[0], [kv[1]]))
+        ready = planned[READY] | "ReadyByImage" >> beam.Map(lambda kv: (kv[0], [kv[1]]))
         return (done, ready) | "ImagesToFinish" >> beam.Flatten() | "FinishImages" >> beam.ParDo(
-            FinishLargeImage(self.spec))
+            FinishLargeImage(spec))
