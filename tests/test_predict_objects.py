@@ -23,14 +23,18 @@ def whole_objects(mask, connectivity):
 def by_blocks(mask, side, connectivity):
     height, width = mask.shape
     plan = blocks.plan_blocks(height, width, side)
-    parts = {}
+    parts, complete = {}, []
     for b in plan:
         (a, e), (c, d) = b.rows, b.cols
-        parts[b.index] = objects.block_objects(mask[a:e, c:d], np.ones((e - a, d - c)), (a, c), connectivity)
+        done, parts[b.index] = objects.block_objects(mask[a:e, c:d], np.ones((e - a, d - c)), (a, c), connectivity,
+                                                     objects.faces_of(b, height, width))
+        complete.append({**done, "object_id": [objects.object_id(b.index, i) for i in done["local_id"]]})
     grid = (-(-height // side), -(-width // side))
-    merged = objects.merge_objects(parts, grid, connectivity)
-    return sorted(zip(merged["ymin"].tolist(), merged["xmin"].tolist(), merged["cls"].tolist(),
-                      merged["area"].tolist(), merged["ymax"].tolist(), merged["xmax"].tolist())), merged
+    tables = complete + [objects.merge_objects(parts, grid, connectivity)]
+    table = {f: np.concatenate([np.asarray(t[f]) for t in tables]) for f in (*objects.FIELDS, "object_id")}
+    assert len(set(table["object_id"].tolist())) == len(table["object_id"])        # ids are unique
+    return sorted(zip(table["ymin"].tolist(), table["xmin"].tolist(), table["cls"].tolist(),
+                      table["area"].tolist(), table["ymax"].tolist(), table["xmax"].tolist())), table
 
 
 def known_shapes(height=120, width=150):

@@ -9,15 +9,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import datetime
-import io
 import json
 import time
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import final_of, read_bytes, read_json, write_atomically
+from pipelines.beam.files import atomic_create, final_of, read_bytes, read_json, write_atomically
 from pipelines.beam.progress import Status
 from pipelines.predict import outputs
 from pipelines.predict.inputs import existing
@@ -177,10 +175,14 @@ def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:
 
 
 def write_objects_table(parts: list[str], path: str) -> None:
-    """One objects table from per-image (or per-shard) parts; nothing when there are none."""
+    """One objects table from per-image (or per-shard) parts, streamed batch by batch (an image
+    may have millions of objects); nothing when there are none."""
     if not parts:
         return
-    tables = [outputs.read_parquet(p).cast(names.OBJECTS_SCHEMA) for p in parts]
-    sink = io.BytesIO()
-    pq.write_table(pa.concat_tables(tables), sink)
-    write_atomically(path, sink.getvalue())
+    with atomic_create(path) as handle:
+        writer = pq.ParquetWriter(handle, names.OBJECTS_SCHEMA)
+        for part in parts:
+            with FileSystems.open(part) as source:
+                for batch in pq.ParquetFile(source).iter_batches(batch_size=1 << 16, use_threads=False):
+                    writer.write_batch(batch)
+        writer.close()

@@ -199,13 +199,19 @@ class StitchBlock(beam.DoFn):
         image = task.pixels[oy:oy + (b - a), ox:ox + (d - c)]
         classes = stitched.shape[-1]
         confidence = chosen(stitched, mask)
-        found = objects.block_objects(mask, confidence, (a, c), spec.connectivity)
+        complete, opened = objects.block_objects(mask, confidence, (a, c), spec.connectivity,
+                                                 objects.faces_of(ref.block, ref.height, ref.width))
+        complete["object_id"] = np.array([objects.object_id(ref.block.index, i) for i in complete["local_id"]],
+                                         np.int64)
+        folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), ref.image_id))
+        files.write_atomically(f"{folder}/{ref.block.index:06d}.objects.parquet", parquet_bytes(
+            objects_table(ref.image_id, complete, layout.settings.class_names, spec.pixel_size_um)))
         buffer = io.BytesIO()
         np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
                  confidence=np.float64(confidence.sum(dtype=np.float64)), tiles=len(task.boxes),
                  preview_image=to_rgb8(image[rows, cols]), preview_mask=mask[rows, cols], at=np.array([a, c]),
                  seams=np.array(seams, np.float64),
-                 **{f"objects_{k}": v for k, v in found.items()})
+                 **{f"open_{k}": v for k, v in opened.items()})
         files.write_atomically(marker_path(layout, ref.image_id, ref.block.index), buffer.getvalue())
         Metrics.counter(NAMESPACE, "blocks_done").inc()
         self.stitch_ms.update(int((time.time() - started) * 1000))
@@ -213,23 +219,41 @@ class StitchBlock(beam.DoFn):
         yield ref.image_id, (ref.path, ref.source_signature)
 
 
-def write_objects(layout, image_id: str, found: dict, pixel_size_um: float | None) -> None:
-    """objects/<image_id>.parquet: one row per object (schemas.layout.OBJECTS_SCHEMA)."""
-    names_of = layout.settings.class_names
+def objects_table(image_id: str, found: dict, class_names, pixel_size_um: float | None) -> pa.Table:
+    """Rows of schemas.layout.OBJECTS_SCHEMA from a table of objects.block_objects fields."""
     area = found["area"].astype(np.float64)
-    cy = found["sum_y"] / np.maximum(area, 1) if len(area) else np.zeros(0)
-    cx = found["sum_x"] / np.maximum(area, 1) if len(area) else np.zeros(0)
+    safe = np.maximum(area, 1)
+    cy, cx = found["sum_y"] / safe, found["sum_x"] / safe
     um = pixel_size_um if pixel_size_um else np.nan
-    table = pa.table({
-        "image_id": [image_id] * len(area), "object_id": np.arange(1, len(area) + 1, dtype=np.int64),
-        "class_name": [names_of[int(c)] for c in found["cls"]], "area": found["area"].astype(np.int64),
+    return pa.table({
+        "image_id": [image_id] * len(area), "object_id": np.asarray(found["object_id"], np.int64),
+        "class_name": [class_names[int(c)] for c in found["cls"]], "area": found["area"].astype(np.int64),
         **{k: found[k].astype(np.int64) for k in ("ymin", "xmin", "ymax", "xmax")},
         "centroid_y": cy, "centroid_x": cx, "centroid_y_um": cy * um, "centroid_x_um": cx * um,
-        "mean_confidence": found["confidence"] / np.maximum(area, 1) if len(area) else np.zeros(0),
+        "mean_confidence": found["confidence"] / safe,
     }, schema=names.OBJECTS_SCHEMA)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)
-    files.write_atomically(layout.path(names.objects_path(image_id)), sink.getvalue())
+    return sink.getvalue()
+
+
+def write_objects(layout, image_id: str, merged: dict, parts: list[str], pixel_size_um: float | None) -> np.ndarray:
+    """objects/<image_id>.parquet: the blocks' complete objects (streamed part by part) and
+    the merged open ones; returns the number of objects per class."""
+    class_names = layout.settings.class_names
+    per_class = np.zeros(len(class_names), np.int64)
+    with files.atomic_create(layout.path(names.objects_path(image_id))) as handle:
+        writer = pq.ParquetWriter(handle, names.OBJECTS_SCHEMA)
+        for table in [*(pq.read_table(io.BytesIO(files.read_bytes(p)), use_threads=False) for p in parts),
+                      objects_table(image_id, merged, class_names, pixel_size_um)]:
+            for name in table.column("class_name").to_pylist():
+                per_class[class_names.index(name)] += 1
+            writer.write_table(table)
+        writer.close()
+    return per_class
 
 
 def _downsample(source, target) -> None:
@@ -255,7 +279,8 @@ class FinishLargeImage(beam.DoFn):
         level0 = group["0"]
         height, width = level0.shape
         folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), image_id))
-        markers = sorted(files.children(folder))
+        listed = files.children(folder)
+        markers = sorted(n for n in listed if n.endswith(".npz"))
         count = len(blocks.plan_blocks(height, width, level0.chunks[0]))
         if len(markers) != count:
             raise RuntimeError(f"{image_id}: {len(markers)} of {count} blocks done")
@@ -267,8 +292,8 @@ class FinishLargeImage(beam.DoFn):
         parts = {}
         for name in markers:
             with np.load(io.BytesIO(files.read_bytes(f"{folder}/{name}"))) as part:
-                parts[int(name.split(".")[0])] = {k[len("objects_"):]: part[k] for k in part.files
-                                                  if k.startswith("objects_")}
+                parts[int(name.split(".")[0])] = {k[len("open_"):]: part[k] for k in part.files
+                                                  if k.startswith("open_")}
                 counts += part["counts"]
                 confidence += float(part["confidence"])
                 tiles += int(part["tiles"])
@@ -297,10 +322,9 @@ class FinishLargeImage(beam.DoFn):
         overlay_path = names.overlay_path(image_id)
         files.write_atomically(layout.path(overlay_path), encode_png(overlay(thumb_image, thumb_mask, 0.5)))
         side = level0.chunks[0]
-        found = objects.merge_objects(parts, (-(-height // side), -(-width // side)), spec.connectivity)
-        write_objects(layout, image_id, found, spec.pixel_size_um)
-        per_class = np.bincount(found["cls"].astype(np.int64), minlength=classes)[:classes] if len(found["cls"]) \
-            else np.zeros(classes, np.int64)
+        merged = objects.merge_objects(parts, (-(-height // side), -(-width // side)), spec.connectivity)
+        per_class = write_objects(layout, image_id, merged, [f"{folder}/{n}" for n in sorted(listed)
+                                                              if n.endswith(".objects.parquet")], spec.pixel_size_um)
         pixels = height * width
         row = {
             "image_id": image_id, "source": path, "task": layout.settings.task,

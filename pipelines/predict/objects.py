@@ -2,10 +2,12 @@
 across block faces, so an object cut by any number of block borders is counted once.
 
 Each block labels its own mask (``scipy.ndimage.label``, 4- or 8-connected) and keeps, per
-local object, its class, area, bounding box, coordinate sums and confidence sum, plus the
-local ids along its four edges. Merging needs only those edges: a union-find joins local
-objects that touch across a face (or, 8-connected, across a corner), then the statistics
-of joined objects add up. Pure numpy; the data per block is small (edges and a table).
+local object, its class, area, bounding box, coordinate sums and confidence sum. Objects
+that touch no face shared with another block are complete and written by the block itself;
+only the *open* ones, with the block's edge labels, go to the merge: a union-find joins
+open objects that touch across a face (or, 8-connected, across a corner), and the
+statistics of joined objects add up. So the merge sees the objects along block borders,
+not every object of the image. Pure numpy.
 """
 from __future__ import annotations
 
@@ -16,8 +18,14 @@ FIELDS = ("cls", "area", "ymin", "xmin", "ymax", "xmax", "sum_y", "sum_x", "conf
 EDGES = ("top", "bottom", "left", "right")
 
 
-def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, int], connectivity: int = 4) -> dict:
-    """Local objects of one block's mask (classes > 0) and its edges; coordinates are global."""
+def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, int], connectivity: int = 4,
+                  faces: tuple[bool, bool, bool, bool] = (False, False, False, False)) -> tuple[dict, dict]:
+    """(complete, open) objects of one block's mask (classes > 0), coordinates global.
+
+    ``faces`` says which of its (top, bottom, left, right) faces meet another block: an
+    object touching one of those is *open* (it may continue there) and goes to the merge with
+    the block's edge labels; every other object is complete as it is (its final id is
+    ``object_id(block, local_id)``)."""
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     labels = np.zeros(mask.shape, np.int64)
     offset = 0
@@ -43,7 +51,16 @@ def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, i
         table["ymin"][i], table["ymax"][i] = box[0].start + origin[0], box[0].stop + origin[0]
         table["xmin"][i], table["xmax"][i] = box[1].start + origin[1], box[1].stop + origin[1]
         table["cls"][i] = mask[box][labels[box] == i + 1][0]
-    return {**table, "top": labels[0], "bottom": labels[-1], "left": labels[:, 0], "right": labels[:, -1]}
+    height, width = mask.shape
+    top, bottom, left, right = faces
+    is_open = ((top & (table["ymin"] == origin[0])) | (bottom & (table["ymax"] == origin[0] + height))
+               | (left & (table["xmin"] == origin[1])) | (right & (table["xmax"] == origin[1] + width)))
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    complete = {f: v[~is_open] for f, v in table.items()}
+    complete["local_id"] = ids[~is_open]
+    opened = {f: v[is_open] for f, v in table.items()}
+    opened.update(ids=ids[is_open], top=labels[0], bottom=labels[-1], left=labels[:, 0], right=labels[:, -1])
+    return complete, opened
 
 
 class UnionFind:
@@ -70,8 +87,14 @@ class UnionFind:
         return True
 
 
+def _row(part: dict, local: int) -> int:
+    if "_rows" not in part:
+        part["_rows"] = {int(i): k for k, i in enumerate(part["ids"])}
+    return part["_rows"][local]
+
+
 def _same_class(parts: dict, a: int, i: int, b: int, j: int) -> bool:
-    return parts[a]["cls"][i - 1] == parts[b]["cls"][j - 1]
+    return parts[a]["cls"][_row(parts[a], i)] == parts[b]["cls"][_row(parts[b], j)]
 
 
 def _join(uf: UnionFind, parts: dict, a: int, edge_a: np.ndarray, b: int, edge_b: np.ndarray,
@@ -88,14 +111,15 @@ def _join(uf: UnionFind, parts: dict, a: int, edge_a: np.ndarray, b: int, edge_b
 
 
 def merge_objects(parts: dict[int, dict], grid: tuple[int, int], connectivity: int = 4) -> dict[str, np.ndarray]:
-    """One table of objects from the blocks' tables (``parts``: block index -> block_objects,
-    blocks row-major on a ``grid`` of (rows, cols)); objects are ordered by (ymin, xmin)."""
+    """One table of the open objects of all blocks (``parts``: block index -> the open half of
+    block_objects, blocks row-major on a ``grid`` of (rows, cols)), joined across faces; each
+    keeps the id of the part its union-find root came from."""
     rows, cols = grid
     uf = UnionFind()
     diagonal = connectivity == 8
     for index, part in parts.items():
         r, c = divmod(index, cols)
-        for local in range(1, len(part["area"]) + 1):
+        for local in part["ids"].tolist():
             uf.find((index, local))
         if c + 1 < cols and index + 1 in parts:
             _join(uf, parts, index, part["right"], index + 1, parts[index + 1]["left"], diagonal)
@@ -110,15 +134,28 @@ def merge_objects(parts: dict[int, dict], grid: tuple[int, int], connectivity: i
                         uf.union((index, i), (other, j))
     merged: dict = {}
     for index, part in parts.items():
-        for local in range(1, len(part["area"]) + 1):
-            root, k = uf.find((index, local)), local - 1
+        for k, local in enumerate(part["ids"].tolist()):
+            root = uf.find((index, local))
             if root not in merged:
                 merged[root] = {f: part[f][k] for f in FIELDS}
+                merged[root]["object_id"] = object_id(*root)
                 continue
             m = merged[root]
             for f in ("area", "sum_y", "sum_x", "confidence"):
                 m[f] = m[f] + part[f][k]
             m["ymin"], m["xmin"] = min(m["ymin"], part["ymin"][k]), min(m["xmin"], part["xmin"][k])
             m["ymax"], m["xmax"] = max(m["ymax"], part["ymax"][k]), max(m["xmax"], part["xmax"][k])
-    objects = sorted(merged.values(), key=lambda m: (int(m["ymin"]), int(m["xmin"]), int(m["cls"])))
-    return {f: np.array([o[f] for o in objects]) for f in FIELDS}
+    found = sorted(merged.values(), key=lambda m: m["object_id"])
+    return {f: np.array([o[f] for o in found], np.float64 if f in ("sum_y", "sum_x", "confidence") else np.int64)
+            for f in (*FIELDS, "object_id")}
+
+
+def object_id(block: int, local: int) -> int:
+    """An object's id: the block it was (first) found in and its label there."""
+    return (block << 32) | local
+
+
+def faces_of(block, height: int, width: int) -> tuple[bool, bool, bool, bool]:
+    """Which of a block's (top, bottom, left, right) faces meet another block."""
+    (a, b), (c, d) = block.rows, block.cols
+    return a > 0, b < height, c > 0, d < width
