@@ -174,6 +174,11 @@ def objects_file(suffix: str = "") -> str:
     return f"objects{suffix}.parquet"
 
 
+def label_tiff_path(image_id: str) -> str:
+    """With --mask-format ome-tiff: the same label pyramid as a tiled OME-TIFF (QuPath, OpenSlide)."""
+    return f"{MASKS_DIR}/{image_id}.ome.tif"
+
+
 def label_image_marker(image_id: str) -> str:
     """The file that exists once a large image's label pyramid is complete (its group metadata)."""
     return f"{label_image_path(image_id)}/.zattrs"

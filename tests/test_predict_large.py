@@ -133,3 +133,29 @@ def test_seam_qa_sees_tiles_that_disagree(setup, tmp_path):
                         str(disjoint)]) == 0
     row = json.loads(next((disjoint / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["seam_disagreement"] is None and row["seam_flip_fraction"] is None   # no overlap, nothing to compare
+
+
+def test_an_ome_tiff_pyramid_with_the_pixel_size_beside_the_zarr(setup, tmp_path):
+    root, whole = setup
+    pixels = np.asarray(Image.open(root / "png" / "scan.png"))
+    (tmp_path / "in").mkdir()
+    with tifffile.TiffWriter(tmp_path / "in" / "scan.ome.tif", bigtiff=True, ome=True) as tw:
+        tw.write(pixels, tile=(64, 64), compression="zlib", photometric="rgb", subifds=1,
+                 metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tw.write(pixels[::2, ::2], tile=(64, 64), compression="zlib", photometric="rgb", subfiletype=1)
+    out = tmp_path / "out"
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(tmp_path / "in"), "--output", str(out),
+                        "--large-image-pixels", "10000", "--pixel-size", "0.5", "--mask-format", "ome-tiff",
+                        *FLAGS, *SMALL_BLOCKS]) == 0
+    image_id = "scan.ome"
+    with tifffile.TiffFile(out / names.label_tiff_path(image_id)) as tif:
+        assert tif.is_ome and len(tif.series[0].levels) >= 2
+        np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), whole)
+        np.testing.assert_array_equal(tif.series[0].levels[1].asarray(), whole[::2, ::2])
+        assert 'PhysicalSizeX="0.5"' in tif.ome_metadata
+    group = zarr.open_group(str(out / names.label_image_path(image_id)), mode="r")
+    assert group.attrs["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 1.0]
+    import pyarrow.parquet as pq
+
+    found = pq.read_table(out / names.objects_file()).to_pylist()
+    assert found and all(o["centroid_x_um"] == pytest.approx(o["centroid_x"] * 0.5) for o in found)

@@ -74,6 +74,7 @@ class PredictConfig:
     pixel_size_um: float = 0.0        # predict the pyramid level of this pixel size (0: the model card's, else 0)
     connectivity: int = 4             # objects of large images: 4- or 8-connected
     model_copies: int = 0             # > 0: copies per machine shared by its processes (0: one per process)
+    mask_format: str = "ome-zarr"     # large images: ome-zarr, or ome-tiff (an OME-TIFF beside the zarr)
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-copies", type=int, default=d.model_copies,
                    help="load this many model copies per machine, shared by its worker processes "
                         "(Beam large_model; 0: one copy per worker process)")
+    p.add_argument("--mask-format", choices=("ome-zarr", "ome-tiff"), default=d.mask_format,
+                   help="large images' masks: an OME-Zarr label pyramid, or that and a tiled pyramidal OME-TIFF")
     p.add_argument("--connectivity", type=int, choices=(4, 8), default=d.connectivity,
                    help="objects.parquet of large images: 4- or 8-connected components per class")
     p.add_argument("--follow-symlinks", action="store_true",
@@ -157,7 +160,7 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
         task=card.task, class_names=card.class_names, model_ids=tuple(model_id for _, model_id in read),
         ensemble=config.ensemble, tta=config.tta, overlap=config.overlap, blend=config.blend,
         binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation",
-        connectivity=config.connectivity)
+        connectivity=config.connectivity, mask_format=config.mask_format)
     geometry = plan.Geometry(card.task, card.core, card.margin, card.channels, 2 if card.input_dtype == "uint16" else 1,
                              card.num_classes, plan.stride_for(card.core, config.overlap), config.batch_size,
                              settings.save_probabilities)

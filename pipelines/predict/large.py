@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import tempfile
 import time
 from typing import Any, Iterator
 
@@ -23,6 +24,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tifffile
 import zarr
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -256,6 +258,38 @@ def write_objects(layout, image_id: str, merged: dict, parts: list[str], pixel_s
     return per_class
 
 
+def _tiles(level, side: int) -> Iterator[np.ndarray]:
+    """``side``-square tiles of a zarr level in row-major order, read one band of rows at a time."""
+    height, width = level.shape
+    for y in range(0, height, side):
+        band = np.asarray(level[y:min(y + side, height), :])
+        for x in range(0, width, side):
+            tile = np.zeros((side, side), np.uint8)
+            piece = band[:, x:x + side]
+            tile[:piece.shape[0], :piece.shape[1]] = piece
+            yield tile
+
+
+def write_ome_tiff(levels: list, path: str, pixel_size_um: float | None, side: int = 256) -> None:
+    """The label pyramid as a tiled, zlib-compressed OME-TIFF (level 0 + SubIFDs), streamed
+    from the zarr one band of tiles at a time through a local temporary file."""
+    metadata = {"axes": "YX"}
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um,
+                        PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
+    with tempfile.NamedTemporaryFile(suffix=".ome.tif") as local:
+        with tifffile.TiffWriter(local.name, bigtiff=True, ome=True) as tiff:
+            for i, level in enumerate(levels):
+                tiff.write(_tiles(level, side), shape=level.shape, dtype=np.uint8, tile=(side, side),
+                           compression="zlib", photometric="minisblack",
+                           **({"subifds": len(levels) - 1, "metadata": metadata} if i == 0 else
+                              {"subfiletype": 1, "metadata": None}))
+        local.seek(0)
+        with files.atomic_create(path) as handle:
+            while chunk := local.read(1 << 24):
+                handle.write(chunk)
+
+
 def _downsample(source, target) -> None:
     """Level n+1 of a label pyramid from level n, chunk by chunk (every second pixel)."""
     side = target.chunks[0]
@@ -319,6 +353,8 @@ class FinishLargeImage(beam.DoFn):
                 for i in range(len(levels))]}],
             "image-label": {"version": "0.4", "colors": [
                 {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}})
+        if layout.settings.mask_format == "ome-tiff":
+            write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), spec.pixel_size_um)
         overlay_path = names.overlay_path(image_id)
         files.write_atomically(layout.path(overlay_path), encode_png(overlay(thumb_image, thumb_mask, 0.5)))
         side = level0.chunks[0]

@@ -40,11 +40,13 @@ class OutputSettings:
     binary_255: bool = False
     save_probabilities: bool = False
     connectivity: int = 4          # objects of large images
+    mask_format: str = "ome-zarr"  # large images: "ome-zarr", or "ome-tiff" (the zarr and an OME-TIFF)
 
     def fingerprint(self) -> str:
         values = dataclasses.asdict(self)
-        if values["connectivity"] == 4:   # the default leaves the fingerprints of earlier runs as they were
-            del values["connectivity"]
+        for name, default in (("connectivity", 4), ("mask_format", "ome-zarr")):
+            if values[name] == default:   # defaults leave the fingerprints of earlier runs as they were
+                del values[name]
         text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
