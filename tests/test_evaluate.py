@@ -348,3 +348,27 @@ def test_incomplete_predictions_need_allow_incomplete_and_bad_flags_exit_2(tmp_p
     done = subprocess.run([sys.executable, "-m", "tessera.cli", "evaluate", *base, "--truth", str(tmp_path / "x.csv")],
                           check=False, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "x.csv: no such file" in done.stderr
+
+
+def test_seam_band_marks_pixels_near_inner_core_edges_only():
+    band = scores.seam_band(10, 6, core=4, stride=4, band=2)
+    assert band[:, 0].tolist() == [False, False, False, True, True, True, False, True, True, True]
+    assert band[0].tolist() == [False, False, False, True, True, True]
+    assert not scores.seam_band(3, 3, core=4, stride=4, band=2).any()   # one tile: no seam at all
+
+
+def test_evaluate_reports_errors_near_tile_seams_vs_inside(tmp_path):
+    truth = np.zeros((12, 12), np.uint8)
+    truth[2:10, 2:10] = 1
+    pred = truth.copy()
+    pred[4, :] = 1 - pred[4, :]                                 # every error on a seam row (cores of 4)
+    _png(tmp_path / "truth" / "a.png", truth)
+    _png(tmp_path / "pred" / names.mask_path("a"), pred)
+    _complete(tmp_path / "pred")
+    (tmp_path / "pred" / names.CONFIG_FILE).write_text(json.dumps({"geometry": {"core": 4, "stride": 4}}))
+    out = tmp_path / "report.json"
+    assert evaluate.run(["--predictions", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),
+                         "--output", str(out), "--class-names", "bg,fg", "--seam-band", "1"]) == 0
+    seams = json.loads(out.read_text())["overall"]["tile_seams"]
+    assert seams["error_near_seams"] == pytest.approx(12 / seams["pixels_near_seams"]) and seams["error_inside"] == 0
+    assert seams["pixels_near_seams"] + seams["pixels_inside"] == 144

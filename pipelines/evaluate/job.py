@@ -28,12 +28,14 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam import flags
 from pipelines.beam.files import (
     check_apart,
     exists,
     file_bytes_limit,
+    read_bytes,
     read_input,
     write_bytes,
 )
@@ -53,7 +55,7 @@ from pipelines.evaluate.inputs import (
     resolve_class_names,
 )
 from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
-from schemas.layout import PREDICTIONS_FILE
+from schemas.layout import CONFIG_FILE, PREDICTIONS_FILE
 from schemas.rejected import RejectedInput, rejected_record
 
 
@@ -69,6 +71,7 @@ class EvaluateConfig:
     workers: int = 1
     allow_incomplete: bool = False
     max_pixels: int = 400_000_000     # larger truth or predicted masks are rejected before decoding
+    seam_band: int = 8                # error rate within this many px of tile core edges vs inside (0: off)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="processes scoring images (0: all cores)")
     p.add_argument("--max-pixels", type=int, default=EvaluateConfig("", "").max_pixels,
                    help="truth and predicted masks larger than this are rejected from their header")
+    p.add_argument("--seam-band", type=int, default=EvaluateConfig("", "").seam_band,
+                   help="report the error rate within this many px of the prediction tiles' core edges vs "
+                        "the interior (from the predictions' config.json; 0: off)")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="score a prediction directory without _SUCCESS (an unfinished or failed run)")
     return p
@@ -94,7 +100,7 @@ def run(argv: list[str] | None = None) -> int:
     config = EvaluateConfig(
         predictions=args.predictions.rstrip("/"), truth=args.truth.rstrip("/"), output=args.output,
         mask_values=args.mask_values, beta=args.beta, task=args.task, workers=args.workers,
-        allow_incomplete=args.allow_incomplete, max_pixels=args.max_pixels,
+        allow_incomplete=args.allow_incomplete, max_pixels=args.max_pixels, seam_band=args.seam_band,
         class_names=tuple(n.strip() for n in args.class_names.split(",") if n.strip()))
     try:
         for reads, flag in ((config.predictions, "--predictions"), (config.truth, "--truth")):
@@ -115,6 +121,7 @@ class PairTask:
     truth_path: str
     prediction_path: str
     policy: MaskPolicy
+    grid: tuple[int, int, int] | None = None   # (core, stride, band px) of the prediction run's tiles
 
 
 def score_pair(task: PairTask) -> dict:
@@ -135,7 +142,11 @@ def score_pair(task: PairTask) -> dict:
     if truth.shape != pred.shape:
         return {"image_id": task.image_id, "status": "rejected", "source": source, "reason": "size_mismatch",
                 "detail": f"truth {truth.shape} vs prediction {pred.shape}"}
-    return {"image_id": task.image_id, "status": "evaluated",
+    seams = None
+    if task.grid is not None:
+        core, stride, band = task.grid
+        seams = scores.seam_errors(truth, pred, scores.seam_band(*truth.shape, core, stride, band))
+    return {"image_id": task.image_id, "status": "evaluated", "seams": seams,
             "confusion": scores.confusion_matrix(truth, pred, task.policy.num_classes),
             "rand_table": scores.rand_table(truth, pred),
             "height": truth.shape[0], "width": truth.shape[1],
@@ -160,9 +171,10 @@ def flat_scores(confusion: np.ndarray, class_names: tuple[str, ...], beta: float
 def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad):
     k = len(class_names)
     policy = dataclasses.replace(parse_mask_values(config.mask_values, k), max_pixels=config.max_pixels)
-    tasks = [PairTask(i, truth[i], preds[i], policy) for i in sorted(truth.keys() & preds.keys())]
+    grid = tile_grid(config)
+    tasks = [PairTask(i, truth[i], preds[i], policy, grid) for i in sorted(truth.keys() & preds.keys())]
     results = map_tasks(score_pair, tasks, config.workers)
-    rows, tables, micro = [], [], np.zeros((k, k), dtype=np.int64)
+    rows, tables, micro, seams = [], [], np.zeros((k, k), dtype=np.int64), np.zeros(4, np.int64)
     for task, res in zip(tasks, results):
         row = {"image_id": task.image_id, "status": res["status"], "reason": res.get("reason"),
                "truth_path": task.truth_path, "prediction_path": task.prediction_path}
@@ -171,6 +183,8 @@ def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad
         else:
             micro += res["confusion"]
             tables.append(res["rand_table"])
+            if res["seams"] is not None:
+                seams += res["seams"]
             row.update(height=res["height"], width=res["width"], ignored_pixels=res["ignored_pixels"],
                        labelled_pixels=int(res["confusion"].sum()), **flat_scores(res["confusion"], class_names, config.beta),
                        adapted_rand_error=scores.adapted_rand(res["rand_table"]), confusion=res["confusion"].tolist())
@@ -182,10 +196,28 @@ def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad
                   "adapted_rand_error": scores.adapted_rand(scores.combined_table(tables))},
         "per_image_mean": {m: _nanmean([r[m] for r in done]) for m in metric_names},
     }
+    if grid is not None:
+        overall["tile_seams"] = {
+            "band_px": grid[2], "core": grid[0], "stride": grid[1],
+            "error_near_seams": float(seams[0] / seams[1]) if seams[1] else float("nan"),
+            "error_inside": float(seams[2] / seams[3]) if seams[3] else float("nan"),
+            "pixels_near_seams": int(seams[1]), "pixels_inside": int(seams[3])}
     per_class = scores.class_scores(micro, config.beta)
     overall["per_class"] = {name: {**{m: float(per_class[m][i]) for m in scores.CLASS_METRICS},
                                    "support": int(per_class["support"][i])} for i, name in enumerate(class_names)}
     return rows, overall, micro
+
+
+def tile_grid(config: EvaluateConfig) -> tuple[int, int, int] | None:
+    """(core, stride, band) of the tiles the predictions were made from (their config.json),
+    or None when that is not known or --seam-band is 0."""
+    path = FileSystems.join(config.predictions, CONFIG_FILE)
+    if not config.seam_band or not exists(path):
+        return None
+    geometry = json.loads(read_bytes(path)).get("geometry") or {}
+    if not geometry.get("core") or not geometry.get("stride"):
+        return None
+    return int(geometry["core"]), int(geometry["stride"]), config.seam_band
 
 
 def _nanmean(values) -> float:

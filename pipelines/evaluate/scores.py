@@ -147,3 +147,26 @@ def classification_summary(confusion: np.ndarray) -> dict:
         "f1": per_class["fbeta"].tolist(),
         "support": per_class["support"].tolist(),
     }
+
+
+def seam_band(height: int, width: int, core: int, stride: int, band: int) -> np.ndarray:
+    """(H, W) bool: pixels within ``band`` px of an edge between neighbouring tile cores (the
+    image's own border is not a seam). Cores start at multiples of ``stride`` (the core grid)."""
+    def near(length: int) -> np.ndarray:
+        starts = np.arange(0, length, stride)
+        edges = np.unique(np.concatenate([starts, starts + core]))
+        edges = edges[(edges > 0) & (edges < length)]
+        if not len(edges):
+            return np.zeros(length, bool)
+        index = np.arange(length)
+        distance = np.abs(index[:, None] - edges[None, :]).min(axis=1)
+        return distance < band
+    return near(height)[:, None] | near(width)[None, :]
+
+
+def seam_errors(truth: np.ndarray, pred: np.ndarray, in_band: np.ndarray) -> tuple[int, int, int, int]:
+    """(errors near seams, labelled pixels near seams, errors inside, labelled pixels inside)."""
+    labelled = truth != IGNORE_LABEL
+    wrong = labelled & (truth != pred)
+    return (int(wrong[in_band].sum()), int(labelled[in_band].sum()),
+            int(wrong[~in_band].sum()), int(labelled[~in_band].sum()))

@@ -15,7 +15,13 @@ import time
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import atomic_create, final_of, read_bytes, read_json, write_atomically
+from pipelines.beam.files import (
+    atomic_create,
+    final_of,
+    read_bytes,
+    read_json,
+    write_atomically,
+)
 from pipelines.beam.progress import Status
 from pipelines.predict import outputs
 from pipelines.predict.inputs import existing
