@@ -16,15 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import tempfile
 import time
 from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import tifffile
 import zarr
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -33,7 +29,7 @@ from apache_beam.ml.inference.base import RunInference
 from pipelines.beam import files
 from pipelines.core import images, regions
 from pipelines.core.pixels import PALETTE, encode_png, overlay, to_rgb8
-from pipelines.predict import blocks, objects, outputs
+from pipelines.predict import blocks, label_outputs, objects, outputs
 from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step, seam_columns
 from schemas import layout as names
@@ -89,7 +85,7 @@ class BlockTask:
     the inference stage: no pixels travel between stages (which a runner may buffer whole)."""
 
     def __init__(self, ref: BlockRef, geometry, policy):
-        self.ref, self.geometry, self.policy, self.started = ref, geometry, policy, time.time()
+        self.ref, self.geometry, self.policy = ref, geometry, policy
         self.boxes = tuple(blocks.block_boxes(ref.block, ref.height, ref.width, geometry))
         y0, y1, x0, x1 = blocks.source_window(list(self.boxes), ref.height, ref.width, geometry)
         self.window = (y0, y1, x0, x1)
@@ -206,8 +202,8 @@ class StitchBlock(beam.DoFn):
         complete["object_id"] = np.array([objects.object_id(ref.block.index, i) for i in complete["local_id"]],
                                          np.int64)
         folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), ref.image_id))
-        files.write_atomically(f"{folder}/{ref.block.index:06d}.objects.parquet", parquet_bytes(
-            objects_table(ref.image_id, complete, layout.settings.class_names, spec.pixel_size_um)))
+        files.write_atomically(f"{folder}/{ref.block.index:06d}.objects.parquet", label_outputs.parquet_bytes(
+            label_outputs.objects_table(ref.image_id, complete, layout.settings.class_names, spec.pixel_size_um)))
         buffer = io.BytesIO()
         np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
                  confidence=np.float64(confidence.sum(dtype=np.float64)), tiles=len(task.boxes),
@@ -219,84 +215,6 @@ class StitchBlock(beam.DoFn):
         self.stitch_ms.update(int((time.time() - started) * 1000))
         crashpoint("predict:block-done")
         yield ref.image_id, (ref.path, ref.source_signature)
-
-
-def objects_table(image_id: str, found: dict, class_names, pixel_size_um: float | None) -> pa.Table:
-    """Rows of schemas.layout.OBJECTS_SCHEMA from a table of objects.block_objects fields."""
-    area = found["area"].astype(np.float64)
-    safe = np.maximum(area, 1)
-    cy, cx = found["sum_y"] / safe, found["sum_x"] / safe
-    um = pixel_size_um if pixel_size_um else np.nan
-    return pa.table({
-        "image_id": [image_id] * len(area), "object_id": np.asarray(found["object_id"], np.int64),
-        "class_name": [class_names[int(c)] for c in found["cls"]], "area": found["area"].astype(np.int64),
-        **{k: found[k].astype(np.int64) for k in ("ymin", "xmin", "ymax", "xmax")},
-        "centroid_y": cy, "centroid_x": cx, "centroid_y_um": cy * um, "centroid_x_um": cx * um,
-        "mean_confidence": found["confidence"] / safe,
-    }, schema=names.OBJECTS_SCHEMA)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def write_objects(layout, image_id: str, merged: dict, parts: list[str], pixel_size_um: float | None) -> np.ndarray:
-    """objects/<image_id>.parquet: the blocks' complete objects (streamed part by part) and
-    the merged open ones; returns the number of objects per class."""
-    class_names = layout.settings.class_names
-    per_class = np.zeros(len(class_names), np.int64)
-    with files.atomic_create(layout.path(names.objects_path(image_id))) as handle:
-        writer = pq.ParquetWriter(handle, names.OBJECTS_SCHEMA)
-        for table in [*(pq.read_table(io.BytesIO(files.read_bytes(p)), use_threads=False) for p in parts),
-                      objects_table(image_id, merged, class_names, pixel_size_um)]:
-            for name in table.column("class_name").to_pylist():
-                per_class[class_names.index(name)] += 1
-            writer.write_table(table)
-        writer.close()
-    return per_class
-
-
-def _tiles(level, side: int) -> Iterator[np.ndarray]:
-    """``side``-square tiles of a zarr level in row-major order, read one band of rows at a time."""
-    height, width = level.shape
-    for y in range(0, height, side):
-        band = np.asarray(level[y:min(y + side, height), :])
-        for x in range(0, width, side):
-            tile = np.zeros((side, side), np.uint8)
-            piece = band[:, x:x + side]
-            tile[:piece.shape[0], :piece.shape[1]] = piece
-            yield tile
-
-
-def write_ome_tiff(levels: list, path: str, pixel_size_um: float | None, side: int = 256) -> None:
-    """The label pyramid as a tiled, zlib-compressed OME-TIFF (level 0 + SubIFDs), streamed
-    from the zarr one band of tiles at a time through a local temporary file."""
-    metadata = {"axes": "YX"}
-    if pixel_size_um:
-        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um,
-                        PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
-    with tempfile.NamedTemporaryFile(suffix=".ome.tif") as local:
-        with tifffile.TiffWriter(local.name, bigtiff=True, ome=True) as tiff:
-            for i, level in enumerate(levels):
-                tiff.write(_tiles(level, side), shape=level.shape, dtype=np.uint8, tile=(side, side),
-                           compression="zlib", photometric="minisblack",
-                           **({"subifds": len(levels) - 1, "metadata": metadata} if i == 0 else
-                              {"subfiletype": 1, "metadata": None}))
-        local.seek(0)
-        with files.atomic_create(path) as handle:
-            while chunk := local.read(1 << 24):
-                handle.write(chunk)
-
-
-def _downsample(source, target) -> None:
-    """Level n+1 of a label pyramid from level n, chunk by chunk (every second pixel)."""
-    side = target.chunks[0]
-    for a in range(0, target.shape[0], side):
-        for c in range(0, target.shape[1], side):
-            b, d = min(a + side, target.shape[0]), min(c + side, target.shape[1])
-            target[a:b, c:d] = source[2 * a:2 * b:2, 2 * c:2 * d:2]
 
 
 class FinishLargeImage(beam.DoFn):
@@ -341,7 +259,7 @@ class FinishLargeImage(beam.DoFn):
             shape = (-(-previous.shape[0] // 2), -(-previous.shape[1] // 2))
             nxt = group.create_array(str(len(levels)), shape=shape, chunks=level0.chunks, dtype="uint8",
                                      fill_value=0, overwrite=True)
-            _downsample(previous, nxt)
+            label_outputs.downsample(previous, nxt)
             levels.append(nxt)
             previous = nxt
         size = spec.pixel_size_um or 1.0
@@ -354,12 +272,12 @@ class FinishLargeImage(beam.DoFn):
             "image-label": {"version": "0.4", "colors": [
                 {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}})
         if layout.settings.mask_format == "ome-tiff":
-            write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), spec.pixel_size_um)
+            label_outputs.write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), spec.pixel_size_um)
         overlay_path = names.overlay_path(image_id)
         files.write_atomically(layout.path(overlay_path), encode_png(overlay(thumb_image, thumb_mask, 0.5)))
         side = level0.chunks[0]
         merged = objects.merge_objects(parts, (-(-height // side), -(-width // side)), spec.connectivity)
-        per_class = write_objects(layout, image_id, merged, [f"{folder}/{n}" for n in sorted(listed)
+        per_class = label_outputs.write_objects(layout, image_id, merged, [f"{folder}/{n}" for n in sorted(listed)
                                                               if n.endswith(".objects.parquet")], spec.pixel_size_um)
         pixels = height * width
         row = {

@@ -265,7 +265,7 @@ class TileModelHandler(ModelHandler[StripTask, PredictionResult, EnsemblePredict
                 for task, score in zip(batch, scores)]
 
     def get_num_bytes(self, batch: Sequence[StripTask]) -> int:
-        return sum(getattr(task, "nbytes", None) or task.pixels.nbytes for task in batch)
+        return sum(task.nbytes for task in batch)
 
     def get_metrics_namespace(self) -> str:
         return "tessera.predict.inference"

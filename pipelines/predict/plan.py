@@ -171,6 +171,10 @@ class StripTask:
     def num_tiles(self) -> int:
         return len(self.boxes)
 
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.nbytes
+
     def tile(self, i: int) -> np.ndarray:
         if self.whole:
             return self.pixels
