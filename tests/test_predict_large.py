@@ -159,3 +159,42 @@ def test_an_ome_tiff_pyramid_with_the_pixel_size_beside_the_zarr(setup, tmp_path
 
     found = pq.read_table(out / names.objects_file()).to_pylist()
     assert found and all(o["centroid_x_um"] == pytest.approx(o["centroid_x"] * 0.5) for o in found)
+
+
+def test_gs_tiff_and_ome_zarr_inputs_predicted_by_block_into_a_gs_output(setup, tmp_path, gcs_prefix):
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.beam.zarr_store import FileSystemsStore
+    from tests.conftest import upload_tree
+
+    root, whole = setup
+    pixels = np.asarray(Image.open(root / "png" / "scan.png"))
+    local = tmp_path / "in"
+    local.mkdir()
+    (local / "scan.tif").write_bytes((root / "tiff" / "scan.tif").read_bytes())
+    image = zarr.open_group(str(local / "cells.zarr"), mode="w", zarr_format=2)
+    image.create_array("0", data=np.moveaxis(pixels, -1, 0), chunks=(3, 64, 64))
+    image.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "c", "type": "channel"},
+                                                              {"name": "y", "type": "space"},
+                                                              {"name": "x", "type": "space"}],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]
+    upload_tree(local, f"{gcs_prefix}/in")
+    out = f"{gcs_prefix}/pred"
+    argv = ["--model-dir", str(root / "model"), "--input", f"{gcs_prefix}/in", "--output", out,
+            "--large-image-pixels", "10000", "--mask-format", "ome-tiff", *FLAGS, *SMALL_BLOCKS]
+    assert predict.run(argv) == 0
+    for image_id in ("scan", "cells"):
+        group = zarr.open_group(FileSystemsStore(f"{out}/{names.label_image_path(image_id)}", read_only=True),
+                                mode="r")
+        np.testing.assert_array_equal(group["0"][:], whole)
+        np.testing.assert_array_equal(group["1"][:], whole[::2, ::2])
+        assert group.attrs["multiscales"][0]["datasets"][0]["path"] == "0"
+        with FileSystems.open(f"{out}/{names.label_tiff_path(image_id)}") as handle:
+            with tifffile.TiffFile(handle) as tif:
+                np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), whole)
+    with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as handle:
+        assert json.loads(handle.read())["predicted"] == 2
+    assert predict.run(argv) == 0                  # a rerun finds both done on the object store
+    with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as handle:
+        assert json.loads(handle.read())["skipped_done"] == 2

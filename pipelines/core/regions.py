@@ -153,10 +153,12 @@ def open_tiff(file, name: str) -> RegionSource | None:
     return RegionSource(name, levels, series.axes, _tiff_pixel_size(tif), "tiff")
 
 
-def open_zarr(path: str) -> RegionSource:
-    """An OME-Zarr image (multiscales, NGFF 0.4 or 0.5) or a plain zarr array (one level)."""
+def open_zarr(store, name: str | None = None) -> RegionSource:
+    """An OME-Zarr image (multiscales, NGFF 0.4 or 0.5) or a plain zarr array (one level);
+    ``store`` is a local path or a zarr store (e.g. on an object store), ``name`` its path."""
+    path = name or str(store)
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(store, mode="r")
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise RejectedInput("unreadable", f"{path}: not a zarr array or group ({type(e).__name__}: {e})") from e
     if isinstance(node, zarr.Array):

@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from pipelines.beam import files
+from pipelines.beam.zarr_store import store_for
 from pipelines.core import images, regions
 from pipelines.core.pixels import PALETTE, encode_png, overlay, to_rgb8
 from pipelines.predict import blocks, label_outputs, objects, outputs
@@ -34,7 +35,6 @@ from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step, seam_columns
 from schemas import layout as names
 from schemas.crashpoints import crashpoint
-from schemas.rejected import RejectedInput
 
 NAMESPACE = "tessera.predict"
 READY = "ready"   # PlanBlocks' tagged output: large images with every block done
@@ -44,10 +44,7 @@ LABEL_FORMAT = 2          # zarr v2 + NGFF 0.4: what napari-ome-zarr and QuPath 
 def open_source(path: str):
     """(RegionSource or None, the open file it reads from or None)."""
     if path.rstrip("/").lower().endswith(".zarr"):
-        if FileSystems.get_scheme(path) not in (None, "file"):
-            raise RejectedInput("unsupported_format", f"{path}: zarr stores are read from local paths only "
-                                "for now (mount the bucket, e.g. with GCS FUSE)")
-        return regions.open_zarr(path), None
+        return regions.open_zarr(store_for(path.rstrip("/"), read_only=True), path), None
     handle = FileSystems.open(path)
     source = regions.open_tiff(handle, path)
     if source is None:
@@ -131,16 +128,16 @@ def marker_path(layout: outputs.OutputLayout, image_id: str, index: int) -> str:
 def _label_array(layout, ref: BlockRef, side: int, create: bool):
     path = label_path(layout, ref.image_id)
     if create:
-        group = zarr.open_group(path, mode="a", zarr_format=LABEL_FORMAT)
+        group = zarr.open_group(store_for(path), mode="a", zarr_format=LABEL_FORMAT)
         existing = group.get("0")
         if existing is not None and existing.shape == (ref.height, ref.width) and existing.chunks == (side, side) \
                 and group.attrs.get("tessera_settings") == layout.settings.fingerprint():
             return existing
-        group = zarr.open_group(path, mode="w", zarr_format=LABEL_FORMAT)   # other settings or size: anew
+        group = zarr.open_group(store_for(path), mode="w", zarr_format=LABEL_FORMAT)   # other settings or size: anew
         group.attrs["tessera_settings"] = layout.settings.fingerprint()
         return group.create_array("0", shape=(ref.height, ref.width), chunks=(side, side), dtype="uint8",
                                   fill_value=0)
-    return zarr.open_array(f"{path}/0", mode="r+", zarr_format=LABEL_FORMAT)
+    return zarr.open_array(store_for(f"{path}/0"), mode="r+", zarr_format=LABEL_FORMAT)
 
 
 class PlanBlocks(beam.DoFn):
@@ -227,7 +224,7 @@ class FinishLargeImage(beam.DoFn):
         image_id, described = keyed
         path, signature = next(iter(described))
         spec, layout, started = self.spec, self.spec.layout, time.time()
-        group = zarr.open_group(label_path(layout, image_id), mode="a", zarr_format=LABEL_FORMAT)
+        group = zarr.open_group(store_for(label_path(layout, image_id)), mode="a", zarr_format=LABEL_FORMAT)
         level0 = group["0"]
         height, width = level0.shape
         folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), image_id))
