@@ -91,6 +91,7 @@ MANIFEST_SCHEMA = pa.schema(
 #     masks/<image_id>.png            class ids (uint8 grayscale); 0/255 with --binary-255
 #     probabilities/<image_id>.npy    float16 (H, W, K), with --save-probabilities
 #     overlays/<image_id>.png         preview (long side <= 1024 px): classes coloured over the image
+#     seams/<image_id>.png            with overlap > 0: heat map (overlay size) of where tiles disagree
 #     rows/<settings>/<image_id>.json the image's Parquet row; written last = the image is done
 #     rejected/<sha1(source)>.json    one rejected input (schemas.rejected)
 #     _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
@@ -109,11 +110,12 @@ PROBABILITIES_DIR = "probabilities"
 ROWS_DIR = "rows"
 REJECTED_DIR = "rejected"
 STRIP_PARTS_DIR = "_tmp"
+SEAMS_DIR = "seams"         # seams/<image_id>.png: where overlapping tiles disagree (overlap > 0)
 OBJECTS_DIR = "objects"     # large images: objects/<image_id>.parquet (OBJECTS_SCHEMA)
 BLOCKS_DIR = "_blocks"      # done markers of large images' blocks, per settings
 LEASES_DIR = "_leases"      # one claim + heartbeat per running run (pipelines.beam.lease)
 PREDICTIONS_FILE = "predictions.parquet"
-IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR)
+IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, SEAMS_DIR)
 
 
 def shard_suffix(num_shards: int, shard_index: int) -> str:
@@ -139,6 +141,11 @@ def mask_path(image_id: str) -> str:
 
 def overlay_path(image_id: str) -> str:
     return f"{OVERLAYS_DIR}/{image_id}.png"
+
+
+def seam_map_path(image_id: str) -> str:
+    """A heat-map thumbnail (overlay size) of the largest disagreement of overlapping tiles."""
+    return f"{SEAMS_DIR}/{image_id}.png"
 
 
 def probabilities_path(image_id: str) -> str:
@@ -211,6 +218,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     # seam QA (overlap > 0): where tiles overlap, the mean total-variation distance between a
     # tile's class scores and those already blended there, and the fraction whose class flips
     ("seam_disagreement", pa.float64()), ("seam_flip_fraction", pa.float64()),
+    ("seam_map_path", pa.string()),      # their heat map (seams/<image_id>.png), overlap > 0 only
 ])
 
 

@@ -221,3 +221,23 @@ def test_seam_qa_measures_how_overlapping_tiles_disagree():
     assert clash.seam_pixels == 4 and clash.seam_flips == 4
     assert clash.seam_disagreement == pytest.approx(4 * 0.6)
     assert stitch.seam_columns(0, 0.0, 0) == {"seam_disagreement": None, "seam_flip_fraction": None}
+
+
+def test_seam_heat_of_pieces_combines_to_that_of_the_whole_map():
+    from pipelines.predict.stitch import seam_heat
+
+    rng = np.random.default_rng(3)
+    seam_map = (rng.random((103, 77)) ** 8).astype(np.float32)
+    step = 4
+    whole = seam_heat(seam_map, 0, 0, step)
+    assert whole.shape == (26, 20)
+    assert whole[3, 5] == round(np.sqrt(seam_map[12:16, 20:24].max()) * 255)   # the cell's largest value
+    cuts = [(0, 13, 0, 30), (0, 13, 30, 77), (13, 58, 0, 77), (58, 103, 0, 41), (58, 103, 41, 77)]
+    combined = np.zeros_like(whole)
+    for a, b, c, d in cuts:                  # blocks or strips that do not start on the cell grid
+        piece = seam_heat(seam_map[a:b, c:d], a, c, step)
+        y, x = a // step, c // step
+        np.maximum(combined[y:y + piece.shape[0], x:x + piece.shape[1]], piece,
+                   out=combined[y:y + piece.shape[0], x:x + piece.shape[1]])
+    np.testing.assert_array_equal(combined, whole)
+    assert seam_heat(None, 0, 0, step) is None

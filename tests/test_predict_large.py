@@ -12,6 +12,7 @@ import tifffile
 import zarr
 from PIL import Image
 
+from pipelines.core import tiling
 from pipelines.predict import blocks
 from pipelines.predict import job as predict
 from pipelines.predict.plan import Geometry, stride_for
@@ -128,11 +129,24 @@ def test_seam_qa_sees_tiles_that_disagree(setup, tmp_path):
                         *FLAGS]) == 0
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["seam_disagreement"] > 0.001 and row["seam_flip_fraction"] > 0
+    heat = np.asarray(Image.open(out / row["seam_map_path"]))
+    assert heat.shape == (H, W, 3)                 # the overlay's size (this image is under 1024 px)
+    covered = np.zeros((H, W), int)
+    for y, x, h, w in tiling.core_grid(H, W, 16, stride_for(16, 0.25)):
+        covered[y:y + h, x:x + w] += 1
+    assert not heat[covered == 1].any()            # heat only where tiles overlap ...
+    assert (heat[covered > 1][:, 0] > 0).mean() > 0.5   # ... and there, mostly (a toy that sees too little)
+    by_blocks = tmp_path / "by_blocks"
+    assert predict.run(["--model-dir", str(tmp_path / "short"), "--input", str(root / "tiff"), "--output",
+                        str(by_blocks), "--large-image-pixels", "10000", *FLAGS, *SMALL_BLOCKS]) == 0
+    block_row = json.loads(next((by_blocks / names.ROWS_DIR).rglob("*.json")).read_text())
+    np.testing.assert_array_equal(np.asarray(Image.open(by_blocks / block_row["seam_map_path"])), heat)
     disjoint = tmp_path / "disjoint"
     assert predict.run(["--model-dir", str(tmp_path / "short"), "--input", str(root / "png"), "--output",
                         str(disjoint)]) == 0
     row = json.loads(next((disjoint / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["seam_disagreement"] is None and row["seam_flip_fraction"] is None   # no overlap, nothing to compare
+    assert row["seam_map_path"] is None and not (disjoint / names.SEAMS_DIR).exists()
 
 
 def test_an_ome_tiff_pyramid_with_the_pixel_size_beside_the_zarr(setup, tmp_path):

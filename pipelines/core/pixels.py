@@ -46,6 +46,12 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> 
     return np.round(rgb).astype(np.uint8)
 
 
+def heat(values: np.ndarray) -> np.ndarray:
+    """(h, w) uint8 -> (h, w, 3) uint8 heat colours: black, red, yellow, white as values rise."""
+    t = values.astype(np.float32) / 255
+    return np.round(np.clip(np.stack([3 * t, 3 * t - 1, 3 * t - 2], -1), 0, 1) * 255).astype(np.uint8)
+
+
 def _resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
     if image.dtype == np.uint8:
         pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)

@@ -164,9 +164,10 @@ class Stitcher:
         blend_weights(1, mode)  # validate the mode now, not at the first add
         # Seam QA inside the region [y0, y1) x [x0, x1): where a core lands on pixels already
         # predicted, how far its class scores are from theirs (total variation) and whether
-        # the decided class flips.
+        # the decided class flips; ``seam_map`` keeps each pixel's largest disagreement.
         self.seams = seams
         self.seam_pixels, self.seam_disagreement, self.seam_flips = 0, 0.0, 0
+        self.seam_map = None if seams is None else np.zeros((seams[1] - seams[0], seams[3] - seams[2]), np.float32)
 
     def add(self, y: int, x: int, array: np.ndarray) -> None:
         h, w = array.shape[:2]
@@ -196,9 +197,12 @@ class Stitcher:
             return
         before = self.mean[ry, rx][seen]
         now = array[ry.start - y:ry.stop - y, rx.start - x:rx.stop - x].astype(np.float32)[seen]
+        disagreement = 0.5 * np.abs(now - before).sum(-1)
         self.seam_pixels += int(seen.sum())
-        self.seam_disagreement += float(0.5 * np.abs(now - before).sum(dtype=np.float64))
+        self.seam_disagreement += float(disagreement.sum(dtype=np.float64))
         self.seam_flips += int((now.argmax(-1) != before.argmax(-1)).sum())
+        here = self.seam_map[ry.start - y0:ry.stop - y0, rx.start - x0:rx.stop - x0]
+        here[seen] = np.maximum(here[seen], disagreement)
 
     def result(self) -> np.ndarray:
         if not (self.weight > 0).all():

@@ -10,8 +10,8 @@ tiles need: its extent plus the margin, mirrored at the true image border only.
 
 Memory per block (bytes; E = extent side, side = block side, K classes, C channels of
 ``itemsize`` bytes, T tile, B batch): 2 (E + 2M)^2 C itemsize window pixels,
-n_tiles core^2 K 4 tile predictions, E^2 (K + 1) 4 blending, side^2 (9 + 2K) outputs,
-B T^2 (2 C itemsize + 3 K 4) one batch. ``block_side`` picks the largest multiple of the
+n_tiles core^2 K 4 tile predictions, E^2 (K + 1) 4 blending, side^2 (13 + 2K) outputs and
+seam map, B T^2 (2 C itemsize + 3 K 4) one batch. ``block_side`` picks the largest multiple of the
 core that fits ``--memory-limit-mb``, whatever the image's size.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def block_cost(side: int, g: Geometry) -> int:
     tiles = (-(-extent // g.stride)) ** 2
     k = g.classes
     return (2 * (extent + 2 * g.margin) ** 2 * g.channels * g.itemsize + tiles * g.core ** 2 * k * 4
-            + extent ** 2 * (k + 1) * 4 + side ** 2 * (9 + 2 * k)
+            + extent ** 2 * (k + 1) * 4 + side ** 2 * (13 + 2 * k)
             + g.batch_size * g.tile ** 2 * (2 * g.channels * g.itemsize + 3 * k * 4))
 
 
@@ -106,5 +106,5 @@ def stitch_block(block: Block, boxes: list[Box], scores: np.ndarray, blend: str,
             stitcher.add(y - top, x - left, s[:h, :w])
         full = stitcher.result()
         if seams is not None:
-            seams[:] = [stitcher.seam_pixels, stitcher.seam_disagreement, stitcher.seam_flips]
+            seams[:] = [stitcher.seam_pixels, stitcher.seam_disagreement, stitcher.seam_flips, stitcher.seam_map]
     return full[a - top:b - top, c - left:d - left]

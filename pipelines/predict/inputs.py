@@ -211,7 +211,8 @@ def completed(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> set[str
 def row_outputs(row: dict, layout: outputs.OutputLayout) -> list[str]:
     """The files an image's row vouches for (a large image's label pyramid by its metadata)."""
     if (row.get("mask_path") or "").endswith(".ome.zarr"):
-        return [names.label_image_marker(row["image_id"]), row["overlay_path"]]
+        return [names.label_image_marker(row["image_id"]), row["overlay_path"],
+                *([row["seam_map_path"]] if row.get("seam_map_path") else [])]
     return layout.outputs(row["image_id"])
 
 

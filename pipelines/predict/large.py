@@ -32,7 +32,7 @@ from pipelines.core import images, regions
 from pipelines.core.pixels import PALETTE, encode_png, overlay, to_rgb8
 from pipelines.predict import blocks, label_outputs, objects, outputs
 from pipelines.predict.decide import chosen
-from pipelines.predict.stitch import preview_step, seam_columns
+from pipelines.predict.stitch import preview_step, seam_columns, seam_heat
 from schemas import layout as names
 from schemas.crashpoints import crashpoint
 
@@ -183,7 +183,7 @@ class StitchBlock(beam.DoFn):
         task, scores, spec = result.example, result.inference, self.spec
         self.read_ms.update(int(task.read_seconds * 1000))  # the read happened inside inference
         ref, layout = task.ref, spec.layout
-        seams = [0, 0.0, 0]
+        seams = [0, 0.0, 0, None]
         stitched = blocks.stitch_block(ref.block, list(task.boxes), scores, layout.settings.blend, seams)
         mask = spec.decide(stitched).astype(np.uint8)
         (a, b), (c, d) = ref.block.rows, ref.block.cols
@@ -205,7 +205,8 @@ class StitchBlock(beam.DoFn):
         np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
                  confidence=np.float64(confidence.sum(dtype=np.float64)), tiles=len(task.boxes),
                  preview_image=to_rgb8(image[rows, cols]), preview_mask=mask[rows, cols], at=np.array([a, c]),
-                 seams=np.array(seams, np.float64),
+                 seams=np.array(seams[:3], np.float64),
+                 **({} if seams[3] is None else {"preview_seams": seam_heat(seams[3], a, c, step)}),
                  **{f"open_{k}": v for k, v in opened.items()})
         files.write_atomically(marker_path(layout, ref.image_id, ref.block.index), buffer.getvalue())
         Metrics.counter(NAMESPACE, "blocks_done").inc()
@@ -238,7 +239,7 @@ class FinishLargeImage(beam.DoFn):
         step = preview_step(height, width)
         thumb_h, thumb_w = -(-height // step), -(-width // step)
         thumb_image, thumb_mask = np.zeros((thumb_h, thumb_w, 3), np.uint8), np.zeros((thumb_h, thumb_w), np.uint8)
-        parts = {}
+        parts, heats = {}, []
         for name in markers:
             with np.load(io.BytesIO(files.read_bytes(f"{folder}/{name}"))) as part:
                 parts[int(name.split(".")[0])] = {k[len("open_"):]: part[k] for k in part.files
@@ -251,6 +252,8 @@ class FinishLargeImage(beam.DoFn):
                 ph, pw = part["preview_mask"].shape
                 thumb_image[a:a + ph, c:c + pw] = part["preview_image"]
                 thumb_mask[a:a + ph, c:c + pw] = part["preview_mask"]
+                if "preview_seams" in part.files:
+                    heats.append((int(part["at"][0]) // step, int(part["at"][1]) // step, part["preview_seams"]))
         levels, previous = [level0], level0
         while max(previous.shape) > level0.chunks[0]:
             shape = (-(-previous.shape[0] // 2), -(-previous.shape[1] // 2))
@@ -272,6 +275,9 @@ class FinishLargeImage(beam.DoFn):
             label_outputs.write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), spec.pixel_size_um)
         overlay_path = names.overlay_path(image_id)
         files.write_atomically(layout.path(overlay_path), encode_png(overlay(thumb_image, thumb_mask, 0.5)))
+        seam_map = names.seam_map_path(image_id) if layout.settings.overlap > 0 else None
+        if seam_map:
+            outputs.write_seam_map(layout.path(seam_map), (thumb_h, thumb_w), heats)
         side = level0.chunks[0]
         merged = objects.merge_objects(parts, (-(-height // side), -(-width // side)), spec.connectivity)
         per_class = label_outputs.write_objects(layout, image_id, merged, [f"{folder}/{n}" for n in sorted(listed)
@@ -285,7 +291,7 @@ class FinishLargeImage(beam.DoFn):
             "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
             "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
             "probabilities_path": None, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
-            **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])),
+            **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])), "seam_map_path": seam_map,
         }
         yield outputs.finish_row(layout, row, started, signature)
 

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from pipelines.beam.files import atomic_create, read_bytes, write_atomically
-from pipelines.core.pixels import PNG_SIGNATURE, overlay, png_chunk
-from pipelines.predict.stitch import ComponentCounter, StripResult, seam_columns
+from pipelines.core.pixels import PNG_SIGNATURE, encode_png, heat, overlay, png_chunk
+from pipelines.predict.stitch import ComponentCounter, StripResult, preview_step, seam_columns
 from schemas import layout as names
 from schemas.layout import PREDICTIONS_SCHEMA
 
@@ -89,6 +89,7 @@ class OutputLayout:
         if self.settings.task != "segmentation":
             return []
         paths = [self.mask(image_id), self.overlay(image_id)]
+        paths += [names.seam_map_path(image_id)] if self.settings.overlap > 0 else []
         return paths + ([self.probabilities(image_id)] if self.settings.save_probabilities else [])
 
 
@@ -133,7 +134,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     never whole in memory.
     """
     s, first = layout.settings, None
-    counts, confidence, tiles, previews, masks = np.zeros(len(s.class_names), np.int64), 0.0, 0, [], []
+    counts, confidence, tiles, previews, masks, heats = np.zeros(len(s.class_names), np.int64), 0.0, 0, [], [], []
     seams = np.zeros(3, np.float64)
     components = ComponentCounter(len(s.class_names))
 
@@ -146,6 +147,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
             seams += r.seams
             previews.append(r.preview_image)
             masks.append(r.preview_mask)
+            heats.append((r.rows[0], r.preview_seams))
             components.add(r.mask)
             yield r.mask * np.uint8(255 if s.binary_255 else 1)
 
@@ -161,6 +163,11 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     tinted = overlay(np.concatenate(previews), np.concatenate(masks), alpha=0.5)
     with atomic_create(layout.path(layout.overlay(image_id))) as handle:
         write_png_rows(handle, tinted.shape[1], tinted.shape[0], [tinted], level=1)
+    seam_map = None
+    if s.overlap > 0:
+        seam_map = names.seam_map_path(image_id)
+        step = preview_step(height, width)
+        write_seam_map(layout.path(seam_map), tinted.shape[:2], [(a // step, 0, piece) for a, piece in heats])
     pixels, per_class = height * width, components.result()
     return {
         "image_id": image_id, "source": first.source, "task": s.task, "height": height, "width": width,
@@ -170,8 +177,19 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
         "mask_path": layout.mask(image_id), "overlay_path": layout.overlay(image_id),
         "probabilities_path": layout.probabilities(image_id) if s.save_probabilities else None,
         "tiles": tiles, "strips": first.strips, **common_row(s),
-        **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])),
+        **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])), "seam_map_path": seam_map,
     }
+
+
+def write_seam_map(path: str, shape: tuple[int, int], pieces: Iterable[tuple[int, int, np.ndarray | None]]) -> None:
+    """The seam heat-map PNG (``shape``: the overlay's) from pieces (cell row, cell column,
+    stitch.seam_heat values) of one image; cells no tiles overlap stay black."""
+    values = np.zeros(shape, np.uint8)
+    for y, x, piece in pieces:
+        if piece is not None:
+            h, w = min(piece.shape[0], shape[0] - y), min(piece.shape[1], shape[1] - x)
+            np.maximum(values[y:y + h, x:x + w], piece[:h, :w], out=values[y:y + h, x:x + w])
+    write_atomically(path, encode_png(heat(values)))
 
 
 def classification_row(settings: OutputSettings, image_id: str, source: str, height: int, width: int,

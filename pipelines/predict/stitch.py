@@ -41,11 +41,13 @@ class StripResult:
     tiles: int
     started: float
     seams: tuple[int, float, int] = (0, 0.0, 0)   # overlapped pixels, summed disagreement, class flips
+    preview_seams: np.ndarray | None = None        # (cells, pw) uint8 seam heat from preview cell row ``a // step``
 
     def to_bytes(self) -> bytes:
         arrays = {"mask": self.mask, "preview_image": self.preview_image, "preview_mask": self.preview_mask}
-        if self.probabilities is not None:
-            arrays["probabilities"] = self.probabilities
+        for name in ("probabilities", "preview_seams"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -53,21 +55,23 @@ class StripResult:
     def summary(self) -> dict:
         """Everything but the arrays (what travels through the shuffle beside a part file)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not isinstance(getattr(self, f.name), np.ndarray) and f.name != "probabilities"}
+                if not isinstance(getattr(self, f.name), np.ndarray) and f.name not in ("probabilities", "preview_seams")}
 
     @classmethod
     def from_parts(cls, summary: dict, data: bytes) -> "StripResult":
         with np.load(io.BytesIO(data)) as arrays:
             loaded = {k: arrays[k] for k in arrays.files}
         return cls(**summary, mask=loaded["mask"], probabilities=loaded.get("probabilities"),
-                   preview_image=loaded["preview_image"], preview_mask=loaded["preview_mask"])
+                   preview_image=loaded["preview_image"], preview_mask=loaded["preview_mask"],
+                   preview_seams=loaded.get("preview_seams"))
 
 
 def stitch_strip(task: StripTask, scores: np.ndarray, blend: str, seams: list | None = None) -> np.ndarray:
     """Blend the cores of ``task`` into its output rows: (b - a, W, K) float32.
 
     Disjoint cores (no overlap) are placed as they are; overlapping ones are blended, and
-    (into ``seams``) how much they disagree where they overlap, in the strip's own rows.
+    (into ``seams``) how much they disagree where they overlap, in the strip's own rows:
+    [pixels, summed disagreement, flips, per-pixel map].
     """
     top = min(y for y, _, _, _ in task.boxes)
     bottom = max(y + h for y, _, h, _ in task.boxes)
@@ -80,7 +84,7 @@ def stitch_strip(task: StripTask, scores: np.ndarray, blend: str, seams: list | 
     for (y, x, h, w), score in zip(task.boxes, scores):
         stitcher.add(y - top, x, score[:h, :w])
     if seams is not None:
-        seams[:] = [stitcher.seam_pixels, stitcher.seam_disagreement, stitcher.seam_flips]
+        seams[:] = [stitcher.seam_pixels, stitcher.seam_disagreement, stitcher.seam_flips, stitcher.seam_map]
     return stitcher.result()[a - top:b - top]
 
 
@@ -90,6 +94,22 @@ def seam_columns(pixels: int, disagreement: float, flips: int) -> dict:
     if not pixels:
         return {"seam_disagreement": None, "seam_flip_fraction": None}
     return {"seam_disagreement": disagreement / pixels, "seam_flip_fraction": flips / pixels}
+
+
+def seam_heat(seam_map: np.ndarray | None, a: int, c: int, step: int) -> np.ndarray | None:
+    """A seam map at image pixel (a, c) pooled to the preview grid: each cell of ``step`` x
+    ``step`` image pixels (cells start at multiples of ``step``) holds its largest
+    disagreement, as uint8 of sqrt(disagreement) * 255 (small disagreements stay visible).
+    Pieces of one image combine with ``np.maximum``."""
+    if seam_map is None:
+        return None
+    h, w = seam_map.shape
+    top, left = a % step, c % step
+    rows, cols = -(-(top + h) // step), -(-(left + w) // step)
+    padded = np.zeros((rows * step, cols * step), np.float32)
+    padded[top:top + h, left:left + w] = seam_map
+    pooled = padded.reshape(rows, step, cols, step).max(axis=(1, 3))
+    return np.round(np.sqrt(np.clip(pooled, 0, 1)) * 255).astype(np.uint8)
 
 
 def disjoint(boxes) -> bool:
@@ -110,7 +130,7 @@ def preview_rows(a: int, b: int, step: int) -> slice:
 
 def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
                  blend: str, keep_probabilities: bool) -> StripResult:
-    seams = [0, 0.0, 0]
+    seams = [0, 0.0, 0, None]
     stitched = stitch_strip(task, scores, blend, seams)
     mask = decide(stitched)
     classes = stitched.shape[-1]
@@ -125,7 +145,8 @@ def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarr
         probabilities=stitched.astype(np.float16) if keep_probabilities else None,
         preview_image=to_rgb8(task.image_rows()[rows, ::step]),
         preview_mask=mask[rows, ::step],
-        tiles=task.num_tiles, started=task.started, seams=tuple(seams))
+        tiles=task.num_tiles, started=task.started, seams=tuple(seams[:3]),
+        preview_seams=seam_heat(seams[3], task.rows[0], 0, step))
 
 
 class ComponentCounter:
