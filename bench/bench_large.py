@@ -13,6 +13,7 @@ own (TensorFlow and the model included). Printed:
 
     python bench/bench_large.py            # SIDE 12 000, a few minutes on 2 cores
     python bench/bench_large.py --quick    # SIDE 4 000
+    python bench/bench_large.py --side 40000 --small-side 10000   # the 1.6 GP case (~40 min)
 """
 from __future__ import annotations
 
@@ -93,11 +94,15 @@ def folder_bytes(path: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    side = 4000 if parser.parse_args().quick else 12_000
+    parser.add_argument("--side", type=int, help="the large TIFF's side (default 12 000; 4 000 with --quick)")
+    parser.add_argument("--small-side", type=int, help="the small TIFF's side (default side / 4)")
+    args = parser.parse_args()
+    side = args.side or (4000 if args.quick else 12_000)
+    small_side = args.small_side or side // 4
     with tempfile.TemporaryDirectory() as work:
         model = f"{work}/model"
         export_model(model, kind="same", core=CORE, margin=MARGIN, channels=3, layers=4, width=8)
-        for name, size in (("large", side), ("small", side // 4)):
+        for name, size in (("large", side), ("small", small_side)):
             os.makedirs(f"{work}/{name}")
             write_pyramid(f"{work}/{name}/slide.tif", size)
         os.makedirs(f"{work}/pngs")
@@ -111,7 +116,7 @@ def main() -> None:
         zarr_bytes = folder_bytes(f"{work}/out-large/masks")
         thumb = os.path.getsize(f"{work}/out-large/overlays/slide.png")
     rate = {k: v["tiles"] / v["seconds"] for k, v in (("large", large), ("pngs", pngs), ("two", two))}
-    print(f"large TIFF {side}^2 ({side * side / 1e6:.0f} MP), small TIFF {side // 4}^2, 8 PNGs of 1024^2; "
+    print(f"large TIFF {side}^2 ({side * side / 1e6:.0f} MP), small TIFF {small_side}^2, 8 PNGs of 1024^2; "
           f"core {CORE}, margin {MARGIN}, --memory-limit-mb {MEMORY_MB}")
     print(f"1. peak RSS: large {large['peak_mib']:.0f} MiB, small {small['peak_mib']:.0f} MiB "
           f"(ratio {large['peak_mib'] / small['peak_mib']:.2f})")
