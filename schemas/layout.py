@@ -219,6 +219,9 @@ PREDICTIONS_SCHEMA = pa.schema([
     # tile's class scores and those already blended there, and the fraction whose class flips
     ("seam_disagreement", pa.float64()), ("seam_flip_fraction", pa.float64()),
     ("seam_map_path", pa.string()),      # their heat map (seams/<image_id>.png), overlap > 0 only
+    # large images: the pyramid level predicted, the pixel size of the predicted pixels (µm/px),
+    # and the resampling factor when no level had the model's pixel size (None: as stored)
+    ("source_level", pa.int32()), ("pixel_size_um", pa.float64()), ("resample_factor", pa.float64()),
 ])
 
 

@@ -212,3 +212,39 @@ def test_gs_tiff_and_ome_zarr_inputs_predicted_by_block_into_a_gs_output(setup, 
     assert predict.run(argv) == 0                  # a rerun finds both done on the object store
     with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as handle:
         assert json.loads(handle.read())["skipped_done"] == 2
+
+
+def test_no_level_at_the_models_pixel_size_is_resampled_and_recorded(setup, tmp_path):
+    from pipelines.core import regions
+
+    root, _ = setup
+    pixels = np.asarray(Image.open(root / "png" / "scan.png"))
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "scan.ome.tif"
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(pixels, tile=(64, 64), compression="zlib", photometric="rgb", subifds=1,
+                 metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+        tw.write(pixels[::2, ::2], tile=(64, 64), compression="zlib", photometric="rgb", subfiletype=1)
+    source = regions.open_tiff(str(path), str(path))
+    view = regions.level_view(source, 0.7)
+    assert view.level == 1 and 1.3 < view.factor < 1.5
+    (tmp_path / "png").mkdir()
+    Image.fromarray(view.read(0, 0, *view.shape)).save(tmp_path / "png" / "scan.ome.png")
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(tmp_path / "png"), "--output",
+                        str(tmp_path / "whole"), *FLAGS]) == 0
+    whole = np.asarray(Image.open(tmp_path / "whole" / names.mask_path("scan.ome")))
+    out = tmp_path / "out"             # a small image, but not as stored: it takes the block path
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(tmp_path / "in"), "--output", str(out),
+                        "--pixel-size", "0.7", *FLAGS, *SMALL_BLOCKS]) == 0
+    group = zarr.open_group(str(out / names.label_image_path("scan.ome")), mode="r")
+    np.testing.assert_array_equal(group["0"][:], whole)
+    scale = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == [pytest.approx(0.7)] * 2
+    row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
+    assert row["source_level"] == 1 and row["resample_factor"] == pytest.approx(view.factor)
+    assert row["pixel_size_um"] == pytest.approx(0.7) and (row["height"], row["width"]) == view.shape
+    refused = tmp_path / "refused"     # 10x finer than the scan: not invented, refused with the reason
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(tmp_path / "in"), "--output",
+                        str(refused), "--pixel-size", "0.025", *FLAGS]) == 0
+    record = json.loads((refused / names.REJECTED_FILE).read_text().splitlines()[0])
+    assert record["reason"] == "pixel_size_mismatch" and "enlarging" in record["detail"]

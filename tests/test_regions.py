@@ -69,10 +69,17 @@ def test_ome_tiff_16_bit_grayscale_with_its_pixel_size(tmp_path):
     assert source.dtype == np.uint16 and source.channels == 1
     assert source.pixel_size_um == pytest.approx(0.25) and source.pixel_size(2) == pytest.approx(0.25 * 517 / 130)
     check_every_region(path, source)
-    assert regions.choose_level(source, 0.5) == 1 and regions.choose_level(source, None) == 0
-    with pytest.raises(RejectedInput) as e:
-        regions.choose_level(source, 0.7)
-    assert e.value.reason == "pixel_size_mismatch"
+    assert regions.level_view(source, 0.5) == regions.LevelView(source, 1)
+    assert regions.level_view(source, None) == regions.LevelView(source, 0)
+    assert regions.level_view(source, 0.52).level == 1                        # within 10%: as stored
+    shrunk = regions.level_view(source, 0.7)          # no level has it: level 1 (0.5) shrunk 1.4x
+    assert (shrunk.level, shrunk.factor) == (1, pytest.approx(1.4, rel=0.01)) and shrunk.pixel_size == pytest.approx(0.7)
+    enlarged = regions.level_view(source, 0.2)        # finer than level 0: enlarged 1.25x
+    assert (enlarged.level, enlarged.factor) == (0, pytest.approx(0.8)) and enlarged.shape == (H * 5 // 4, 646)
+    for refused in ({"pixel_size_um": 0.7, "resample": False}, {"pixel_size_um": 0.1}):   # > 2x enlarged
+        with pytest.raises(RejectedInput) as e:
+            regions.level_view(source, **refused)
+        assert e.value.reason == "pixel_size_mismatch"
 
 
 def test_svs_style_description_and_resolution_tags_give_the_pixel_size(tmp_path):
@@ -96,7 +103,7 @@ def test_strip_tiffs_are_not_region_readable_and_regions_stay_inside(tmp_path):
         with pytest.raises(ValueError):
             source.read(0, *bad)
     with pytest.raises(RejectedInput) as e:
-        regions.choose_level(source, 0.5)
+        regions.level_view(source, 0.5)
     assert e.value.reason == "pixel_size_unknown"
     (tmp_path / "junk.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(RejectedInput):
@@ -125,7 +132,7 @@ def test_ome_zarr_multiscales_regions_equal_the_arrays(tmp_path, zarr_format):
         for y, x, h, w in regions_of(height, width):
             np.testing.assert_array_equal(source.read(level, y, x, h, w),
                                           np.moveaxis(layer[:, y:y + h, x:x + w], 0, -1))
-    assert regions.choose_level(source, 1.2) == 2
+    assert regions.level_view(source, 1.2).level == 2
 
 
 def test_a_plain_zarr_array_is_one_level(tmp_path):
@@ -149,3 +156,25 @@ def test_a_tiled_tiff_on_gcs_is_read_by_region_through_an_open_file(tmp_path, gc
         source = regions.open_tiff(handle, f"{gcs_prefix}/in/slide.tif")
         np.testing.assert_array_equal(source.read(0, 250, 480, 51, 37), image[250:, 480:])
         np.testing.assert_array_equal(source.read(2, 0, 0, 76, 130), pyramid(image)[2])
+
+
+@pytest.mark.parametrize("factor", [2.0, 1.37, 0.8])
+def test_a_resampled_view_reads_any_region_bit_identical_to_the_whole_view(factor):
+    from PIL import Image
+
+    image = np.random.default_rng(4).integers(0, 65536, (200, 160), dtype=np.uint16)[..., None]
+    array = zarr.create_array(store={}, shape=image.shape, chunks=(TILE, TILE, 1), dtype="uint16")
+    array[:] = image
+    view = regions.LevelView(regions.RegionSource("s", (array,), "YXS", 0.25), 0, factor)
+    height, width = view.shape
+    assert (height, width) == (round(200 / factor), round(160 / factor))
+    whole = view.read(0, 0, height, width)
+    assert whole.dtype == np.uint16 and whole.shape == (height, width, 1)
+    for y, x, h, w in regions_of(height, width):         # what blocks read: exactly their part of the whole
+        np.testing.assert_array_equal(view.read(y, x, h, w), whole[y:y + h, x:x + w])
+    if factor == 2.0:   # an exact halving is PIL's antialiased bilinear (away from the border)
+        expected = np.asarray(Image.fromarray(image[..., 0].astype(np.float32), "F").resize(
+            (width, height), Image.Resampling.BILINEAR))
+        np.testing.assert_allclose(whole[3:-3, 3:-3, 0], expected[3:-3, 3:-3], atol=1)
+    with pytest.raises(ValueError):
+        view.read(height - 2, 0, 5, 5)

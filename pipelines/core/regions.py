@@ -87,21 +87,89 @@ class RegionSource:
         return region if region.ndim == 3 else region[..., None]
 
 
-def choose_level(source: RegionSource, pixel_size_um: float | None, tolerance: float = 0.1) -> int:
-    """The level whose pixel size matches ``pixel_size_um`` within ``tolerance`` (relative);
-    level 0 when none is asked. Refuses (RejectedInput) a size no level matches, or a
-    source that does not say its own."""
+@dataclasses.dataclass(frozen=True)
+class LevelView:
+    """The pixels to predict: one level of a source, resampled by ``factor`` (output pixel
+    size / level pixel size) when no level has the wanted pixel size (factor 1: as stored).
+
+    Resampling is separable, with a triangle kernel widened to the factor when shrinking
+    (so it averages instead of aliasing), evaluated from absolute output coordinates in a
+    fixed order: any region is bit-identical to the same pixels of any larger region.
+    """
+
+    source: RegionSource
+    level: int
+    factor: float = 1.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        height, width = self.source.level_shape(self.level)
+        if self.factor == 1.0:
+            return height, width
+        return max(1, round(height / self.factor)), max(1, round(width / self.factor))
+
+    @property
+    def pixel_size(self) -> float | None:
+        size = self.source.pixel_size(self.level)
+        return None if size is None else size * self.factor
+
+    def read(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if self.factor == 1.0:
+            return self.source.read(self.level, y, x, h, w)
+        height, width = self.shape
+        if not (0 <= y and 0 <= x and h > 0 and w > 0 and y + h <= height and x + w <= width):
+            raise ValueError(f"{self.source.name}: region y={y} x={x} h={h} w={w} is outside {height}x{width}")
+        level_h, level_w = self.source.level_shape(self.level)
+        rows, row_weights = _taps(y, h, self.factor, level_h)
+        cols, col_weights = _taps(x, w, self.factor, level_w)
+        y0, x0 = int(rows.min()), int(cols.min())
+        window = self.source.read(self.level, y0, x0, int(rows.max()) + 1 - y0, int(cols.max()) + 1 - x0)
+        window = window.astype(np.float32)
+        along_y = sum(row_weights[:, k, None, None] * window[rows[:, k] - y0] for k in range(rows.shape[1]))
+        out = sum(col_weights[None, :, k, None] * along_y[:, cols[:, k] - x0] for k in range(cols.shape[1]))
+        dtype = self.source.dtype
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            return np.clip(np.rint(out), info.min, info.max).astype(dtype)
+        return out.astype(dtype)
+
+
+def _taps(start: int, count: int, factor: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices (clamped to the level) and normalised weights, (count, taps) each,
+    of output pixels [start, start + count) for a resampling ``factor``."""
+    support = max(factor, 1.0)
+    centres = (np.arange(start, start + count, dtype=np.float64) + 0.5) * factor - 0.5
+    first = np.floor(centres - support).astype(np.int64) + 1
+    taps = int(np.ceil(2 * support)) + 1
+    index = first[:, None] + np.arange(taps)[None, :]
+    weights = np.clip(1 - np.abs(index - centres[:, None]) / support, 0, None)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.clip(index, 0, size - 1), weights.astype(np.float32)
+
+
+def level_view(source: RegionSource, pixel_size_um: float | None, tolerance: float = 0.1,
+               resample: bool = True, max_upsample: float = 2.0) -> LevelView:
+    """What to read for a model of ``pixel_size_um``: the level within ``tolerance`` of it;
+    else (``resample``) the finest level finer than it, shrunk to it, or level 0 enlarged
+    at most ``max_upsample`` times. Refuses (RejectedInput) a source without a pixel size,
+    or a size it cannot reach."""
     if pixel_size_um is None:
-        return 0
+        return LevelView(source, 0)
     if source.pixel_size_um is None:
         raise RejectedInput("pixel_size_unknown", f"{source.name}: the file records no pixel size, so no level "
                             f"can be matched to {pixel_size_um} µm/px; pass its pixel size explicitly")
     sizes = [source.pixel_size(level) for level in range(len(source.levels))]
     best = min(range(len(sizes)), key=lambda i: abs(sizes[i] - pixel_size_um))
-    if abs(sizes[best] - pixel_size_um) > tolerance * pixel_size_um:
+    if abs(sizes[best] - pixel_size_um) <= tolerance * pixel_size_um:
+        return LevelView(source, best)
+    finer = [i for i, size in enumerate(sizes) if size < pixel_size_um]
+    level = max(finer, key=lambda i: sizes[i]) if finer else 0
+    factor = pixel_size_um / sizes[level]
+    if not resample or factor < 1 / max_upsample:
         raise RejectedInput("pixel_size_mismatch", f"{source.name}: levels have {[round(s, 4) for s in sizes]} "
-                            f"µm/px, none within {tolerance:.0%} of {pixel_size_um} µm/px")
-    return best
+                            f"µm/px, none within {tolerance:.0%} of {pixel_size_um} µm/px"
+                            + ("" if not resample else f", and enlarging more than {max_upsample:g}x is refused"))
+    return LevelView(source, level, factor)
 
 
 def _ome_pixel_size(tif: tifffile.TiffFile) -> float | None:

@@ -61,6 +61,16 @@ class BlockRef:
     width: int
     block: blocks.Block
     source_signature: str
+    factor: float = 1.0                 # the level resampled by this factor (regions.LevelView)
+    pixel_size_um: float | None = None  # of the predicted pixels, when known
+
+    def view(self, source) -> regions.LevelView:
+        return regions.LevelView(source, self.level, self.factor)
+
+    def described(self) -> dict:
+        """What the image's finishing step needs to know of its source."""
+        return {"path": self.path, "signature": self.source_signature, "level": self.level,
+                "factor": self.factor, "pixel_size_um": self.pixel_size_um}
 
 
 _OPEN: dict[str, tuple[Any, Any]] = {}   # path -> (source, file): this process's open region sources
@@ -104,7 +114,7 @@ class BlockTask:
         if self._pixels is None:
             y0, y1, x0, x1 = self.window
             started = time.time()
-            window = _cached_source(self.ref.path).read(self.ref.level, y0, x0, y1 - y0, x1 - x0)
+            window = self.ref.view(_cached_source(self.ref.path)).read(y0, x0, y1 - y0, x1 - x0)
             self._pixels = images.conform(window, self.policy, self.ref.path)
             self.read_seconds = time.time() - started
         return self._pixels
@@ -151,19 +161,21 @@ class PlanBlocks(beam.DoFn):
         spec, layout = self.spec, self.spec.layout
         source, handle = open_source(item.path)
         try:
-            level = regions.choose_level(source, spec.pixel_size_um)
-            height, width = source.level_shape(level)
+            view = regions.level_view(source, spec.pixel_size_um)
+            height, width = view.shape
+            size = view.pixel_size
         finally:
             if handle is not None:
                 handle.close()
         plan = blocks.plan_blocks(height, width, spec.block_side)
-        ref = BlockRef(item.image_id, item.path, level, height, width, plan[0], item.signature)
+        ref = BlockRef(item.image_id, item.path, view.level, height, width, plan[0], item.signature, view.factor,
+                       size)
         _label_array(layout, ref, spec.block_side, create=True)
         done = files.children(layout.path(names.block_markers_dir(layout.settings.fingerprint(), item.image_id)))
         pending = [b for b in plan if f"{b.index:06d}.npz" not in done]
         Metrics.counter(NAMESPACE, "blocks").inc(len(pending))
         if not pending:
-            yield beam.pvalue.TaggedOutput(READY, (item.image_id, (item.path, item.signature)))
+            yield beam.pvalue.TaggedOutput(READY, (item.image_id, ref.described()))
         for block in pending:
             yield dataclasses.replace(ref, block=block)
 
@@ -200,7 +212,7 @@ class StitchBlock(beam.DoFn):
                                          np.int64)
         folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), ref.image_id))
         files.write_atomically(f"{folder}/{ref.block.index:06d}.objects.parquet", label_outputs.parquet_bytes(
-            label_outputs.objects_table(ref.image_id, complete, layout.settings.class_names, spec.pixel_size_um)))
+            label_outputs.objects_table(ref.image_id, complete, layout.settings.class_names, ref.pixel_size_um)))
         buffer = io.BytesIO()
         np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
                  confidence=np.float64(confidence.sum(dtype=np.float64)), tiles=len(task.boxes),
@@ -212,7 +224,7 @@ class StitchBlock(beam.DoFn):
         Metrics.counter(NAMESPACE, "blocks_done").inc()
         self.stitch_ms.update(int((time.time() - started) * 1000))
         crashpoint("predict:block-done")
-        yield ref.image_id, (ref.path, ref.source_signature)
+        yield ref.image_id, ref.described()
 
 
 class FinishLargeImage(beam.DoFn):
@@ -223,7 +235,8 @@ class FinishLargeImage(beam.DoFn):
 
     def process(self, keyed: tuple[str, Any]) -> Iterator[dict]:
         image_id, described = keyed
-        path, signature = next(iter(described))
+        source = next(iter(described))
+        path, signature, pixel_size = source["path"], source["signature"], source["pixel_size_um"]
         spec, layout, started = self.spec, self.spec.layout, time.time()
         group = zarr.open_group(store_for(label_path(layout, image_id)), mode="a", zarr_format=LABEL_FORMAT)
         level0 = group["0"]
@@ -262,8 +275,8 @@ class FinishLargeImage(beam.DoFn):
             label_outputs.downsample(previous, nxt)
             levels.append(nxt)
             previous = nxt
-        size = spec.pixel_size_um or 1.0
-        unit = "micrometer" if spec.pixel_size_um else None
+        size = pixel_size or 1.0
+        unit = "micrometer" if pixel_size else None
         axes = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in ("y", "x")]
         group.attrs.update({
             "multiscales": [{"version": "0.4", "name": image_id, "axes": axes, "datasets": [
@@ -272,7 +285,7 @@ class FinishLargeImage(beam.DoFn):
             "image-label": {"version": "0.4", "colors": [
                 {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}})
         if layout.settings.mask_format == "ome-tiff":
-            label_outputs.write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), spec.pixel_size_um)
+            label_outputs.write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), pixel_size)
         overlay_path = names.overlay_path(image_id)
         files.write_atomically(layout.path(overlay_path), encode_png(overlay(thumb_image, thumb_mask, 0.5)))
         seam_map = names.seam_map_path(image_id) if layout.settings.overlap > 0 else None
@@ -281,7 +294,7 @@ class FinishLargeImage(beam.DoFn):
         side = level0.chunks[0]
         merged = objects.merge_objects(parts, (-(-height // side), -(-width // side)), spec.connectivity)
         per_class = label_outputs.write_objects(layout, image_id, merged, [f"{folder}/{n}" for n in sorted(listed)
-                                                              if n.endswith(".objects.parquet")], spec.pixel_size_um)
+                                                              if n.endswith(".objects.parquet")], pixel_size)
         pixels = height * width
         row = {
             "image_id": image_id, "source": path, "task": layout.settings.task,
@@ -292,21 +305,25 @@ class FinishLargeImage(beam.DoFn):
             "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
             "probabilities_path": None, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
             **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])), "seam_map_path": seam_map,
+            "source_level": source["level"], "pixel_size_um": pixel_size,
+            "resample_factor": None if source["factor"] == 1.0 else source["factor"],
         }
         yield outputs.finish_row(layout, row, started, signature)
 
 
 def is_large(item, spec) -> bool:
-    """Whether ``item`` takes the block path: a region-readable source whose level to predict
-    has more pixels than ``spec.large_image_pixels`` (the header alone is read)."""
+    """Whether ``item`` takes the block path: a region-readable source whose pixels to predict
+    are more than ``spec.large_image_pixels``, or are not its level 0 as stored (another
+    pyramid level, or resampled to the model's pixel size). Only the header is read."""
     if not spec.large_image_pixels or not regions.is_region_readable(item.path):
         return False
     source, handle = open_source(item.path)
     try:
         if source is None:
             return False
-        height, width = source.level_shape(regions.choose_level(source, spec.pixel_size_um))
-        return height * width > spec.large_image_pixels
+        view = regions.level_view(source, spec.pixel_size_um)
+        height, width = view.shape
+        return height * width > spec.large_image_pixels or (view.level, view.factor) != (0, 1.0)
     finally:
         if handle is not None:
             handle.close()
