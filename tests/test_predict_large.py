@@ -13,6 +13,7 @@ import zarr
 from PIL import Image
 
 from pipelines.core import tiling
+from pipelines.evaluate import job as evaluate
 from pipelines.predict import blocks
 from pipelines.predict import job as predict
 from pipelines.predict.plan import Geometry, stride_for
@@ -85,6 +86,15 @@ def test_blocks_equal_the_whole_image_prediction_and_open_as_ome_zarr(setup, tmp
     assert sorted(o["area"] for o in found) == sorted(np.bincount(labels.ravel())[1:].tolist())
     assert run_blocks(root, out) == 0             # a rerun with the same settings does nothing
     assert json.loads((out / names.SUCCESS_FILE).read_text())["skipped_done"] == 1
+    (tmp_path / "truth").mkdir()                  # tessera evaluate reads the label pyramid
+    truth = whole.copy()
+    truth[:40] = 1 - truth[:40]
+    Image.fromarray(truth).save(tmp_path / "truth" / "scan.png")
+    assert evaluate.run(["--predictions", str(out), "--truth", str(tmp_path / "truth"), "--output",
+                         str(tmp_path / "report.json"), "--mask-values", "ids"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["counts"]["evaluated"] == 1
+    assert report["overall"]["micro"]["pixel_error"] == pytest.approx(40 * W / (H * W))
 
 
 def test_multi_process_blocks_are_byte_identical(setup, tmp_path):
@@ -209,6 +219,15 @@ def test_gs_tiff_and_ome_zarr_inputs_predicted_by_block_into_a_gs_output(setup, 
                 np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), whole)
     with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as handle:
         assert json.loads(handle.read())["predicted"] == 2
+    (tmp_path / "truth").mkdir()
+    for image_id in ("scan", "cells"):
+        Image.fromarray(whole).save(tmp_path / "truth" / f"{image_id}.png")
+    upload_tree(tmp_path / "truth", f"{gcs_prefix}/truth")
+    assert evaluate.run(["--predictions", out, "--truth", f"{gcs_prefix}/truth", "--output",
+                         f"{gcs_prefix}/report.json", "--mask-values", "ids"]) == 0
+    with FileSystems.open(f"{gcs_prefix}/report.json") as handle:
+        report = json.loads(handle.read())
+    assert report["counts"]["evaluated"] == 2 and report["overall"]["micro"]["pixel_error"] == 0
     assert predict.run(argv) == 0                  # a rerun finds both done on the object store
     with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as handle:
         assert json.loads(handle.read())["skipped_done"] == 2

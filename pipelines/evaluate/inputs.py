@@ -14,9 +14,11 @@ import posixpath
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zarr
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import exists, read_bytes
+from pipelines.beam.zarr_store import store_for
 from pipelines.core.images import decode_png
 from pipelines.core.sources import (
     classification_source,
@@ -115,6 +117,33 @@ def prediction_mask_paths(pred_dir: str, table: pa.Table | None) -> tuple[dict[s
             bad.append(rejected_record(path, "duplicate_id", f"{PREDICTIONS_FILE} lists {image_id!r} twice"))
         out[image_id] = path
     return out, bad
+
+
+def is_label_image(path: str) -> bool:
+    """Whether ``path`` is a large image's OME-Zarr label pyramid (not a PNG mask)."""
+    return path.rstrip("/").endswith(".ome.zarr")
+
+
+def label_image_exists(path: str) -> bool:
+    return exists(f"{path.rstrip('/')}/.zattrs")
+
+
+def read_label_image(path: str, num_classes: int, max_pixels: int) -> np.ndarray:
+    """Class ids of a large image's predicted label pyramid (its full-resolution level), read
+    whole when it has at most ``max_pixels`` (the header is checked first)."""
+    try:
+        level = zarr.open_group(store_for(path.rstrip("/"), read_only=True), mode="r")["0"]
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise RejectedInput("unreadable", f"{path}: not an OME-Zarr label image ({type(e).__name__}: {e})") from e
+    height, width = level.shape
+    if height * width > max_pixels:
+        raise RejectedInput("too_large", f"{path}: {height}x{width} label image is more than --max-pixels "
+                            f"{max_pixels}; raise it to evaluate this image (it is read whole)")
+    mask = np.asarray(level[:])
+    if mask.size and int(mask.max()) >= num_classes:
+        raise RejectedInput("prediction_out_of_range", f"{path}: class id {int(mask.max())} but only "
+                            f"{num_classes} classes; pass --class-names")
+    return mask
 
 
 def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int) -> np.ndarray:

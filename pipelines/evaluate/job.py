@@ -45,10 +45,13 @@ from pipelines.evaluate.confusion_plot import render_confusion_png
 from pipelines.evaluate.inputs import (
     check_complete,
     detect_task,
+    is_label_image,
+    label_image_exists,
     list_files,
     match_ids,
     predicted_labels,
     prediction_mask_paths,
+    read_label_image,
     read_prediction,
     read_predictions_table,
     read_truth_labels,
@@ -126,7 +129,8 @@ class PairTask:
 
 def score_pair(task: PairTask) -> dict:
     """Confusion counts and the adapted-Rand contingency table of one image, or a rejection."""
-    if not exists(task.prediction_path):
+    large = is_label_image(task.prediction_path)
+    if not (label_image_exists(task.prediction_path) if large else exists(task.prediction_path)):
         return {"image_id": task.image_id, "status": "rejected", "source": task.prediction_path,
                 "reason": "prediction_file_missing",
                 "detail": f"{PREDICTIONS_FILE} lists {task.prediction_path}, which does not exist"}
@@ -135,7 +139,11 @@ def score_pair(task: PairTask) -> dict:
         limit = file_bytes_limit(task.policy.max_pixels)
         truth = read_mask(read_input(source, limit), source, task.policy)
         source = task.prediction_path
-        pred = read_prediction(read_input(source, limit), source, task.policy.num_classes, task.policy.max_pixels)
+        if large:
+            pred = read_label_image(source, task.policy.num_classes, task.policy.max_pixels)
+        else:
+            pred = read_prediction(read_input(source, limit), source, task.policy.num_classes,
+                                   task.policy.max_pixels)
     except RejectedInput as e:
         return {"image_id": task.image_id, "status": "rejected", "source": source,
                 "reason": e.reason, "detail": e.detail}
