@@ -97,6 +97,7 @@ MANIFEST_SCHEMA = pa.schema(
 #     _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
 #     _leases/<run>.claim, .alive     the runs writing here now (one per shard, one settings)
 #     masks/<image_id>.ome.zarr/      large images: an OME-Zarr label pyramid (+ overlays/<id>.png thumbnail)
+#     probabilities/<image_id>.ome.zarr/  large images, --save-probabilities: (c, y, x) float16 pyramid
 #     _blocks/<settings>/<image_id>/  large images: one marker per finished block
 #     objects/<image_id>.parquet      large images: one row per object (OBJECTS_SCHEMA); all in objects.parquet
 #     predictions.parquet (PREDICTIONS_SCHEMA), rejected.jsonl, config.json, _SUCCESS
@@ -171,6 +172,11 @@ def strip_part_path(settings: str, image_id: str, strip: int, strips: int) -> st
 def label_image_path(image_id: str) -> str:
     """The mask of a large image: an OME-Zarr (NGFF 0.4) label pyramid, written block by block."""
     return f"{MASKS_DIR}/{image_id}.ome.zarr"
+
+
+def probability_image_path(image_id: str) -> str:
+    """A large image's class probabilities (--save-probabilities): an OME-Zarr (c, y, x) float16 pyramid."""
+    return f"{PROBABILITIES_DIR}/{image_id}.ome.zarr"
 
 
 def objects_path(image_id: str) -> str:

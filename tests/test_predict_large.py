@@ -267,3 +267,24 @@ def test_no_level_at_the_models_pixel_size_is_resampled_and_recorded(setup, tmp_
                         str(refused), "--pixel-size", "0.025", *FLAGS]) == 0
     record = json.loads((refused / names.REJECTED_FILE).read_text().splitlines()[0])
     assert record["reason"] == "pixel_size_mismatch" and "enlarging" in record["detail"]
+
+
+def test_probabilities_of_a_large_image_as_an_ome_zarr_pyramid(setup, tmp_path):
+    root, whole = setup
+    dense = tmp_path / "dense"
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(root / "png"), "--output", str(dense),
+                        "--save-probabilities", *FLAGS]) == 0
+    expected = np.load(dense / names.probabilities_path("scan"))               # (H, W, K) float16
+    out = tmp_path / "out"
+    assert run_blocks(root, out, "--save-probabilities") == 0
+    np.testing.assert_array_equal(label_image(out), whole)
+    group = zarr.open_group(str(out / names.probability_image_path("scan")), mode="r")
+    assert group["0"].dtype == np.float16 and group["0"].shape == (2, H, W)
+    np.testing.assert_array_equal(np.moveaxis(group["0"][:], 0, -1), expected)   # the same float16 values
+    level1 = group["1"][:].astype(np.float32)
+    assert level1.shape == (2, -(-H // 2), -(-W // 2))
+    np.testing.assert_allclose(level1[:, 10, 20], expected[20:22, 40:42].astype(np.float32).mean(axis=(0, 1)),
+                               atol=1e-3)
+    assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["c", "y", "x"]
+    row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
+    assert row["probabilities_path"] == names.probability_image_path("scan")

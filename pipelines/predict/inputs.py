@@ -212,7 +212,8 @@ def row_outputs(row: dict, layout: outputs.OutputLayout) -> list[str]:
     """The files an image's row vouches for (a large image's label pyramid by its metadata)."""
     if (row.get("mask_path") or "").endswith(".ome.zarr"):
         return [names.label_image_marker(row["image_id"]), row["overlay_path"],
-                *([row["seam_map_path"]] if row.get("seam_map_path") else [])]
+                *([row["seam_map_path"]] if row.get("seam_map_path") else []),
+                *([f"{row['probabilities_path']}/.zattrs"] if row.get("probabilities_path") else [])]
     return layout.outputs(row["image_id"])
 
 

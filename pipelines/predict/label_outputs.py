@@ -1,5 +1,6 @@
-"""What a large image leaves besides its blocks' chunks: the rest of its label pyramid, an
-optional OME-TIFF copy of it, and its objects table; each written without holding the image.
+"""What a large image leaves: its OME-Zarr label pyramid (and, on request, a probability
+pyramid and an OME-TIFF copy of the labels) and its objects table; blocks write the chunks
+of the full-resolution levels, the rest is written from them without holding the image.
 """
 from __future__ import annotations
 
@@ -11,9 +12,60 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tifffile
+import zarr
 
 from pipelines.beam import files
+from pipelines.beam.zarr_store import store_for
+from pipelines.core.pixels import PALETTE
 from schemas import layout as names
+
+ZARR_FORMAT = 2          # zarr v2 + NGFF 0.4: what napari-ome-zarr and QuPath open today
+
+
+def block_array(path: str, shape: tuple[int, ...], side: int, dtype: str, settings: str, create: bool):
+    """Level 0 of the pyramid at ``path``, chunked ``side`` square over its last two axes (one
+    chunk per block). ``create``: keep it when its shape, chunks and settings fingerprint
+    match (a resumed run), else make it anew."""
+    chunks = (*shape[:-2], side, side)
+    if not create:
+        return zarr.open_array(store_for(f"{path}/0"), mode="r+", zarr_format=ZARR_FORMAT)
+    group = zarr.open_group(store_for(path), mode="a", zarr_format=ZARR_FORMAT)
+    existing = group.get("0")
+    if existing is not None and existing.shape == shape and existing.chunks == chunks \
+            and group.attrs.get("tessera_settings") == settings:
+        return existing
+    group = zarr.open_group(store_for(path), mode="w", zarr_format=ZARR_FORMAT)   # other settings or size: anew
+    group.attrs["tessera_settings"] = settings
+    return group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+
+
+def finish_pyramid(path: str, name: str, pixel_size_um: float | None, labels: bool) -> list:
+    """Levels 1.. (halving until one chunk covers a level) and the NGFF 0.4 metadata of the
+    pyramid at ``path``; labels are subsampled and get the image-label colours, (c, y, x)
+    probabilities are averaged. Returns the levels, full resolution first."""
+    group = zarr.open_group(store_for(path), mode="a", zarr_format=ZARR_FORMAT)
+    level0 = group["0"]
+    side = level0.chunks[-1]
+    levels = [level0]
+    while max(levels[-1].shape[-2:]) > side:
+        previous = levels[-1]
+        shape = (*previous.shape[:-2], -(-previous.shape[-2] // 2), -(-previous.shape[-1] // 2))
+        levels.append(group.create_array(str(len(levels)), shape=shape, chunks=level0.chunks, dtype=level0.dtype,
+                                         fill_value=0, overwrite=True))
+        (downsample if labels else average_down)(previous, levels[-1])
+    size = pixel_size_um or 1.0
+    unit = {"unit": "micrometer"} if pixel_size_um else {}
+    axes = ([] if labels else [{"name": "c", "type": "channel"}]) + [
+        {"name": n, "type": "space", **unit} for n in ("y", "x")]
+    scale = ([] if labels else [1.0]) + [size, size]
+    attrs = {"multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": [
+        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
+            *scale[:-2], scale[-2] * 2 ** i, scale[-1] * 2 ** i]}]} for i in range(len(levels))]}]}
+    if labels:
+        attrs["image-label"] = {"version": "0.4", "colors": [
+            {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}
+    group.attrs.update(attrs)
+    return levels
 
 
 def objects_table(image_id: str, found: dict, class_names, pixel_size_um: float | None) -> pa.Table:
@@ -85,10 +137,27 @@ def write_ome_tiff(levels: list, path: str, pixel_size_um: float | None, side: i
                 handle.write(chunk)
 
 
+def _chunks(target) -> Iterator[tuple[int, int, int, int]]:
+    side = target.chunks[-1]
+    height, width = target.shape[-2:]
+    for a in range(0, height, side):
+        for c in range(0, width, side):
+            yield a, min(a + side, height), c, min(c + side, width)
+
+
 def downsample(source, target) -> None:
     """Level n+1 of a label pyramid from level n, chunk by chunk (every second pixel)."""
-    side = target.chunks[0]
-    for a in range(0, target.shape[0], side):
-        for c in range(0, target.shape[1], side):
-            b, d = min(a + side, target.shape[0]), min(c + side, target.shape[1])
-            target[a:b, c:d] = source[2 * a:2 * b:2, 2 * c:2 * d:2]
+    for a, b, c, d in _chunks(target):
+        target[a:b, c:d] = source[2 * a:2 * b:2, 2 * c:2 * d:2]
+
+
+def average_down(source, target) -> None:
+    """Level n+1 of a (c, y, x) float pyramid from level n, chunk by chunk: the mean of each
+    2 x 2 (an odd last row or column is averaged with itself)."""
+    height, width = source.shape[-2:]
+    for a, b, c, d in _chunks(target):
+        rows = np.minimum(np.arange(2 * a, 2 * b), height - 1)
+        cols = np.minimum(np.arange(2 * c, 2 * d), width - 1)
+        piece = np.asarray(source[:, 2 * a:min(2 * b, height), 2 * c:min(2 * d, width)], np.float32)
+        piece = piece[:, rows - 2 * a][:, :, cols - 2 * c]
+        target[:, a:b, c:d] = piece.reshape(piece.shape[0], b - a, 2, d - c, 2).mean(axis=(2, 4))

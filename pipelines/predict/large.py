@@ -29,7 +29,7 @@ from apache_beam.ml.inference.base import RunInference
 from pipelines.beam import files
 from pipelines.beam.zarr_store import store_for
 from pipelines.core import images, regions
-from pipelines.core.pixels import PALETTE, encode_png, overlay, to_rgb8
+from pipelines.core.pixels import encode_png, overlay, to_rgb8
 from pipelines.predict import blocks, label_outputs, objects, outputs
 from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step, seam_columns, seam_heat
@@ -38,7 +38,6 @@ from schemas.crashpoints import crashpoint
 
 NAMESPACE = "tessera.predict"
 READY = "ready"   # PlanBlocks' tagged output: large images with every block done
-LABEL_FORMAT = 2          # zarr v2 + NGFF 0.4: what napari-ome-zarr and QuPath open today
 
 
 def open_source(path: str):
@@ -135,19 +134,20 @@ def marker_path(layout: outputs.OutputLayout, image_id: str, index: int) -> str:
     return layout.path(names.block_marker_path(layout.settings.fingerprint(), image_id, index))
 
 
-def _label_array(layout, ref: BlockRef, side: int, create: bool):
-    path = label_path(layout, ref.image_id)
-    if create:
-        group = zarr.open_group(store_for(path), mode="a", zarr_format=LABEL_FORMAT)
-        existing = group.get("0")
-        if existing is not None and existing.shape == (ref.height, ref.width) and existing.chunks == (side, side) \
-                and group.attrs.get("tessera_settings") == layout.settings.fingerprint():
-            return existing
-        group = zarr.open_group(store_for(path), mode="w", zarr_format=LABEL_FORMAT)   # other settings or size: anew
-        group.attrs["tessera_settings"] = layout.settings.fingerprint()
-        return group.create_array("0", shape=(ref.height, ref.width), chunks=(side, side), dtype="uint8",
-                                  fill_value=0)
-    return zarr.open_array(store_for(f"{path}/0"), mode="r+", zarr_format=LABEL_FORMAT)
+def probabilities_path(layout: outputs.OutputLayout, image_id: str) -> str:
+    return layout.path(names.probability_image_path(image_id))
+
+
+def _block_arrays(layout, ref: BlockRef, side: int, create: bool) -> tuple:
+    """The label array and (with --save-probabilities) the (K, H, W) float16 probability array."""
+    settings = layout.settings
+    arrays = [label_outputs.block_array(label_path(layout, ref.image_id), (ref.height, ref.width), side, "uint8",
+                                        settings.fingerprint(), create)]
+    if settings.save_probabilities:
+        arrays.append(label_outputs.block_array(probabilities_path(layout, ref.image_id),
+                                                (len(settings.class_names), ref.height, ref.width), side, "float16",
+                                                settings.fingerprint(), create))
+    return tuple(arrays)
 
 
 class PlanBlocks(beam.DoFn):
@@ -170,7 +170,7 @@ class PlanBlocks(beam.DoFn):
         plan = blocks.plan_blocks(height, width, spec.block_side)
         ref = BlockRef(item.image_id, item.path, view.level, height, width, plan[0], item.signature, view.factor,
                        size)
-        _label_array(layout, ref, spec.block_side, create=True)
+        _block_arrays(layout, ref, spec.block_side, create=True)
         done = files.children(layout.path(names.block_markers_dir(layout.settings.fingerprint(), item.image_id)))
         pending = [b for b in plan if f"{b.index:06d}.npz" not in done]
         Metrics.counter(NAMESPACE, "blocks").inc(len(pending))
@@ -199,7 +199,10 @@ class StitchBlock(beam.DoFn):
         stitched = blocks.stitch_block(ref.block, list(task.boxes), scores, layout.settings.blend, seams)
         mask = spec.decide(stitched).astype(np.uint8)
         (a, b), (c, d) = ref.block.rows, ref.block.cols
-        _label_array(layout, ref, spec.block_side, create=False)[a:b, c:d] = mask
+        arrays = _block_arrays(layout, ref, spec.block_side, create=False)
+        arrays[0][a:b, c:d] = mask
+        if len(arrays) > 1:
+            arrays[1][:, a:b, c:d] = np.moveaxis(stitched, -1, 0).astype(np.float16)
         step = preview_step(ref.height, ref.width)
         rows, cols = slice((-a) % step, b - a, step), slice((-c) % step, d - c, step)
         oy, ox = a - task.origin[0], c - task.origin[1]
@@ -238,8 +241,7 @@ class FinishLargeImage(beam.DoFn):
         source = next(iter(described))
         path, signature, pixel_size = source["path"], source["signature"], source["pixel_size_um"]
         spec, layout, started = self.spec, self.spec.layout, time.time()
-        group = zarr.open_group(store_for(label_path(layout, image_id)), mode="a", zarr_format=LABEL_FORMAT)
-        level0 = group["0"]
+        level0 = zarr.open_array(store_for(f"{label_path(layout, image_id)}/0"), mode="r")
         height, width = level0.shape
         folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), image_id))
         listed = files.children(folder)
@@ -267,23 +269,11 @@ class FinishLargeImage(beam.DoFn):
                 thumb_mask[a:a + ph, c:c + pw] = part["preview_mask"]
                 if "preview_seams" in part.files:
                     heats.append((int(part["at"][0]) // step, int(part["at"][1]) // step, part["preview_seams"]))
-        levels, previous = [level0], level0
-        while max(previous.shape) > level0.chunks[0]:
-            shape = (-(-previous.shape[0] // 2), -(-previous.shape[1] // 2))
-            nxt = group.create_array(str(len(levels)), shape=shape, chunks=level0.chunks, dtype="uint8",
-                                     fill_value=0, overwrite=True)
-            label_outputs.downsample(previous, nxt)
-            levels.append(nxt)
-            previous = nxt
-        size = pixel_size or 1.0
-        unit = "micrometer" if pixel_size else None
-        axes = [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in ("y", "x")]
-        group.attrs.update({
-            "multiscales": [{"version": "0.4", "name": image_id, "axes": axes, "datasets": [
-                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [size * 2 ** i] * 2}]}
-                for i in range(len(levels))]}],
-            "image-label": {"version": "0.4", "colors": [
-                {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}})
+        levels = label_outputs.finish_pyramid(label_path(layout, image_id), image_id, pixel_size, labels=True)
+        probabilities = None
+        if layout.settings.save_probabilities:
+            label_outputs.finish_pyramid(probabilities_path(layout, image_id), image_id, pixel_size, labels=False)
+            probabilities = names.probability_image_path(image_id)
         if layout.settings.mask_format == "ome-tiff":
             label_outputs.write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), pixel_size)
         overlay_path = names.overlay_path(image_id)
@@ -303,7 +293,7 @@ class FinishLargeImage(beam.DoFn):
             "class_components": [int(n) for n in per_class], "components": int(per_class[1:].sum()),
             "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
             "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
-            "probabilities_path": None, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
+            "probabilities_path": probabilities, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
             **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])), "seam_map_path": seam_map,
             "source_level": source["level"], "pixel_size_um": pixel_size,
             "resample_factor": None if source["factor"] == 1.0 else source["factor"],
