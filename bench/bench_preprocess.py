@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from pipelines.core import images, pixels, tiling
+from pipelines.core import images, masks, pixels, tiling
 from tessera import synthetic
 
 
@@ -39,7 +39,7 @@ def make_sources(root: str, count: int, size: int, seed: int = 0) -> float:
 
 def floor(root: str, core: int, margin: int) -> float:
     started = time.perf_counter()
-    policy, mask_policy = images.ImagePolicy(), images.parse_mask_values("binary", 2)
+    policy, mask_policy = images.ImagePolicy(), masks.parse_mask_values("binary", 2)
     for name in sorted(os.listdir(f"{root}/images")):
         with open(f"{root}/images/{name}", "rb") as f:
             image = images.read_image(f.read(), name, policy)

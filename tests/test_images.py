@@ -12,8 +12,9 @@ import pytest
 import tifffile
 from PIL import Image, ImageFile, ImageOps
 
-from pipelines.core import images, pixels
-from pipelines.core.images import ImagePolicy, MaskPolicy
+from pipelines.core import images, masks, pixels
+from pipelines.core.images import ImagePolicy
+from pipelines.core.masks import MaskPolicy
 from schemas.rejected import RejectedInput
 from tests import corpus
 
@@ -242,8 +243,8 @@ def mask_png(values) -> bytes:
     ([[0, 255]], MaskPolicy(mode="binary"), [[0, 1]]),
     ([[0, 1]], MaskPolicy(mode="binary"), [[0, 1]]),
     ([[0, 2, 255]], MaskPolicy(mode="ids", num_classes=3), [[0, 2, 255]]),
-    ([[0, 128, 255]], images.parse_mask_values("0:0,128:1,255:2", 3), [[0, 1, 2]]),
-    ([[0, 128, 255]], images.parse_mask_values("0:0, 128:ignore, 255:1", 2), [[0, 255, 1]]),
+    ([[0, 128, 255]], masks.parse_mask_values("0:0,128:1,255:2", 3), [[0, 1, 2]]),
+    ([[0, 128, 255]], masks.parse_mask_values("0:0, 128:ignore, 255:1", 2), [[0, 255, 1]]),
     ([[0, 128, 255]], MaskPolicy(mode="binary", ignore_values=(128,)), [[0, 255, 1]]),
     ([[0, 255, 255]], MaskPolicy(), [[0, 1, 1]]),                  # auto: binary
     ([[255, 255]], MaskPolicy(), [[1, 1]]),                          # auto: all foreground
@@ -261,7 +262,7 @@ def test_mask_modes(disk, policy, expected):
     ([[0, 7, 255]], MaskPolicy(mode="binary"), "[7]"),
     ([[0, 1, 255]], MaskPolicy(mode="binary"), "both 1 and 255"),
     ([[0, 2]], MaskPolicy(mode="ids"), "[2]"),
-    ([[0, 64]], images.parse_mask_values("0:0,255:1", 2), "[64]"),
+    ([[0, 64]], masks.parse_mask_values("0:0,255:1", 2), "[64]"),
 ])
 def test_mask_values_refused_with_a_hint(disk, policy, hint):
     with pytest.raises(RejectedInput) as info:
@@ -287,30 +288,30 @@ def test_colour_and_wide_masks():
         images.read_mask(save(coloured), "m")
     assert info.value.reason == "mask_values" and "palette" in info.value.detail
     wide = save(gray.astype(np.uint16) * 257)  # 16-bit 0/65535
-    np.testing.assert_array_equal(images.read_mask(wide, "m", images.parse_mask_values("0:0,65535:1", 2)), gray // 255)
+    np.testing.assert_array_equal(images.read_mask(wide, "m", masks.parse_mask_values("0:0,65535:1", 2)), gray // 255)
     assert reason(images.read_mask, wide, "m") == "mask_values"
     assert reason(images.read_mask, raw_png(np.zeros((2, 2, 3), np.uint16), 2), "m") == "unsupported_mode"
 
 
 def test_parse_mask_values_and_policy_validation():
-    assert images.parse_mask_values(" ids ", 4) == MaskPolicy(mode="ids", num_classes=4)
-    assert images.parse_mask_values("0:0,255:1", 2).mapping == {0: 0, 255: 1}
+    assert masks.parse_mask_values(" ids ", 4) == MaskPolicy(mode="ids", num_classes=4)
+    assert masks.parse_mask_values("0:0,255:1", 2).mapping == {0: 0, 255: 1}
     for text in ("0:0,0:1", "0-1", "a:b", "0:0,255:2"):
         with pytest.raises(ValueError):
-            images.parse_mask_values(text, 2)
+            masks.parse_mask_values(text, 2)
     with pytest.raises(ValueError):
         MaskPolicy(mode="map")
     with pytest.raises(ValueError):
         MaskPolicy(num_classes=1)
     with pytest.raises(ValueError):
         ImagePolicy(bit_depth="float")
-    hash(images.parse_mask_values("0:0,255:1", 2))
+    hash(masks.parse_mask_values("0:0,255:1", 2))
 
 
 def test_describe_is_json():
     d = json.loads(json.dumps(KEEP16.describe()))
     assert d["dtype"] == "uint16" and d["channels"] == 3 and d["max_pixels"] == 178_956_970
-    m = json.loads(json.dumps(images.parse_mask_values("0:0,128:1", 2).describe()))
+    m = json.loads(json.dumps(masks.parse_mask_values("0:0,128:1", 2).describe()))
     assert m["mode"] == "map" and m["mapping"] == {"0": 0, "128": 1} and m["ignore_label"] == 255
 
 

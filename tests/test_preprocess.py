@@ -13,7 +13,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.beam.files import resolve_version
-from pipelines.core import images, pixels, sources, tiling
+from pipelines.core import images, masks, pixels, sources, tiling
 from pipelines.preprocess import examples, shards, static_augment
 from pipelines.preprocess import job as preprocess
 from pipelines.preprocess import transforms as pt
@@ -90,7 +90,7 @@ def test_write_shards_builds_every_shard_and_dead_letters_bad_sources(tmp_path):
     settings = examples.TileSettings(spec=spec, augment_copies=1)
     with test_pipeline.TestPipeline() as p:
         out = p | beam.Create(good + [bad, gone]) | shards.WriteShards(
-            str(tmp_path / "out"), settings, images.ImagePolicy(), images.parse_mask_values("binary", 2),
+            str(tmp_path / "out"), settings, images.ImagePolicy(), masks.parse_mask_values("binary", 2),
             shard_bytes=10**9, min_shards=3)
         # 7 train sources -> 3 shards, 1 val source -> 1 shard; 2 x 2 cores, train doubled by one copy
         assert_that(out.shards | beam.Map(lambda s: (s["name"], s["count"])),
@@ -162,7 +162,7 @@ def test_job_writes_a_tfds_dataset_whose_tiles_equal_the_source_pixels(dataset, 
             sid = e["source_id"].decode()
             image = images.read_image((raw_folder / "images" / f"{sid}.png").read_bytes(), sid)
             mask = images.read_mask((raw_folder / "masks" / f"{sid}.png").read_bytes(), sid,
-                                    images.parse_mask_values("binary", 2))
+                                    masks.parse_mask_values("binary", 2))
             y, x, m = int(e["core_y"]), int(e["core_x"]), int(e["margin"])
             if e["copy"] == 0:
                 np.testing.assert_array_equal(e["image"], tiling.cut_tile(image, y, x, 24, m))

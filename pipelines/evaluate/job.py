@@ -39,7 +39,8 @@ from pipelines.beam.files import (
     read_input,
     write_bytes,
 )
-from pipelines.core.images import MaskPolicy, parse_mask_values, read_mask
+from pipelines.core.images import read_mask
+from pipelines.core.masks import MaskPolicy, parse_mask_values
 from pipelines.evaluate import scores
 from pipelines.evaluate.confusion_plot import render_confusion_png
 from pipelines.evaluate.inputs import (

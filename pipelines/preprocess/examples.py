@@ -11,13 +11,13 @@ from typing import Iterator
 import numpy as np
 
 from pipelines.beam import files
-from pipelines.core import images, pixels, sources, tiling
+from pipelines.core import images, masks, pixels, sources, tiling
 from pipelines.preprocess import static_augment
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 from schemas.rejected import RejectedInput, rejected_record
 
 
-def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask_policy: images.MaskPolicy | None,
+def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask_policy: masks.MaskPolicy | None,
                   root: str | None = None, follow_symlinks: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """(image (H,W,C), mask (H,W) or None); raises RejectedInput with the reason. Files are read
     only once sized (``files.read_input``); symlinks leading out of ``root`` are refused."""
@@ -29,7 +29,7 @@ def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask
         image = images.read_image(read(source.image_path, image_policy.max_pixels), source.image_path, image_policy)
         mask = None
         if source.mask_path:
-            mask_pixels = (mask_policy or images.MaskPolicy()).max_pixels
+            mask_pixels = (mask_policy or masks.MaskPolicy()).max_pixels
             mask = images.read_mask(read(source.mask_path, mask_pixels), source.mask_path, mask_policy)
             images.check_pair(image, mask, source.id)
     except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all

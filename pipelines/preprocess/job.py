@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam import flags, progress, runner
 from pipelines.beam.files import check_apart
-from pipelines.core import images
+from pipelines.core import images, masks
 from pipelines.core.sources import has_image_extension
 from pipelines.preprocess import examples, finalise, publish, shards, static_augment
 from pipelines.preprocess import transforms as pt
@@ -154,7 +154,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
     if config.layout == SEGMENTATION:
         listed = p | "ReadImagePairs" >> pt.ReadImagePairs(config.input)
         listed_sources, listing_rejected = listed.sources, [listed.rejected]
-        mask_policy = images.parse_mask_values(config.mask_values, spec.num_classes)
+        mask_policy = masks.parse_mask_values(config.mask_values, spec.num_classes)
     else:
         found = p | "ReadClassFolders" >> pt.ReadClassFolders(config.input, spec.class_names)
         unique = found.sources | "RejectDuplicateIds" >> pt.RejectDuplicateIds()
