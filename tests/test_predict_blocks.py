@@ -52,11 +52,11 @@ def test_tiles_cut_from_a_block_window_equal_tiles_cut_from_the_image(height, wi
     image = np.random.default_rng(1).integers(0, 256, (height, width, 1), dtype=np.uint8)
     for block in blocks.plan_blocks(height, width, 2 * core):
         boxes = blocks.block_boxes(block, height, width, g)
-        y0, y1, x0, x1 = blocks.source_window(boxes, height, width, g)
+        y0, y1, x0, x1 = tiling.source_window(boxes, core, margin, height, width)
         assert 0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width
         window = image[y0:y1, x0:x1]                          # all a worker reads of the image
         for box in boxes:
-            np.testing.assert_array_equal(blocks.cut_tile(window, (y0, x0), box, height, width, g),
+            np.testing.assert_array_equal(tiling.cut_from_window(window, (y0, x0), *box[:2], core, margin, height, width),
                                           tiling.cut_tile(image, box[0], box[1], core, margin))
 
 

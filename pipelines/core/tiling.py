@@ -92,6 +92,24 @@ def cut_mask_tile(mask: np.ndarray, y: int, x: int, core: int, margin: int, igno
     return out
 
 
+def source_window(boxes: list[Box], core: int, margin: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the source rows and columns that the tiles of ``boxes`` read
+    (mirroring at the true border folds indices back inside, so it stays within the image)."""
+    top, left = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    ys = mirror_index(np.arange(top - margin, max(b[0] for b in boxes) + core + margin), height)
+    xs = mirror_index(np.arange(left - margin, max(b[1] for b in boxes) + core + margin), width)
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def cut_from_window(window: np.ndarray, origin: tuple[int, int], y: int, x: int, core: int, margin: int,
+                    height: int, width: int) -> np.ndarray:
+    """The tile of the core at (y, x) of an H x W image, cut from a ``window`` of it read at
+    ``origin`` (which holds :func:`source_window`): equal to ``cut_tile`` on the whole image."""
+    rows = mirror_index(_window(y, core, margin), height) - origin[0]
+    cols = mirror_index(_window(x, core, margin), width) - origin[1]
+    return window[np.ix_(rows, cols)]
+
+
 def cut_tiles(image: np.ndarray, core: int, margin: int, stride: int | None = None) -> Iterator[tuple[Box, np.ndarray]]:
     """Yield ((y, x, h, w), tile) for every core of ``image``."""
     for box in core_grid(image.shape[0], image.shape[1], core, stride):

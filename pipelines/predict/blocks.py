@@ -69,25 +69,6 @@ def block_boxes(block: Block, height: int, width: int, g: Geometry) -> list[Box]
             if box[0] < b and box[0] + g.core > a and box[1] < d and box[1] + g.core > c]
 
 
-def source_window(boxes: list[Box], height: int, width: int, g: Geometry) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): the source rows and columns the block's tiles read (mirroring at the
-    true border folds indices back inside, so the window stays within the image)."""
-    ys = tiling.mirror_index(np.arange(min(b[0] for b in boxes) - g.margin,
-                                       max(b[0] for b in boxes) + g.core + g.margin), height)
-    xs = tiling.mirror_index(np.arange(min(b[1] for b in boxes) - g.margin,
-                                       max(b[1] for b in boxes) + g.core + g.margin), width)
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-
-
-def cut_tile(window: np.ndarray, origin: tuple[int, int], box: Box, height: int, width: int,
-             g: Geometry) -> np.ndarray:
-    """The tile of ``box`` (core + mirrored margin) cut from a source window read at ``origin``."""
-    y, x = box[0], box[1]
-    rows = tiling.mirror_index(np.arange(y - g.margin, y + g.core + g.margin), height) - origin[0]
-    cols = tiling.mirror_index(np.arange(x - g.margin, x + g.core + g.margin), width) - origin[1]
-    return window[np.ix_(rows, cols)]
-
-
 def stitch_block(block: Block, boxes: list[Box], scores: np.ndarray, blend: str,
                  seams: list | None = None) -> np.ndarray:
     """The block's own (b - a, d - c, K) float32 output from the scores of its tiles (and, in

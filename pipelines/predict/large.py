@@ -22,13 +22,12 @@ from typing import Any, Iterator
 import apache_beam as beam
 import numpy as np
 import zarr
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
-from pipelines.beam import files
+from pipelines.beam import files, region_files
 from pipelines.beam.zarr_store import store_for
-from pipelines.core import images, regions
+from pipelines.core import images, regions, tiling
 from pipelines.core.pixels import encode_png, overlay, to_rgb8
 from pipelines.predict import blocks, label_outputs, objects, outputs
 from pipelines.predict.decide import chosen
@@ -38,17 +37,6 @@ from schemas.crashpoints import crashpoint
 
 NAMESPACE = "tessera.predict"
 READY = "ready"   # PlanBlocks' tagged output: large images with every block done
-
-
-def open_source(path: str):
-    """(RegionSource or None, the open file it reads from or None)."""
-    if path.rstrip("/").lower().endswith(".zarr"):
-        return regions.open_zarr(store_for(path.rstrip("/"), read_only=True), path), None
-    handle = FileSystems.open(path)
-    source = regions.open_tiff(handle, path)
-    if source is None:
-        handle.close()
-    return source, handle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,20 +60,6 @@ class BlockRef:
                 "factor": self.factor, "pixel_size_um": self.pixel_size_um}
 
 
-_OPEN: dict[str, tuple[Any, Any]] = {}   # path -> (source, file): this process's open region sources
-
-
-def _cached_source(path: str):
-    """The open source of ``path``; consecutive blocks of one image share it (one kept open)."""
-    if path not in _OPEN:
-        for source, handle in _OPEN.values():
-            if handle is not None:
-                handle.close()
-        _OPEN.clear()
-        _OPEN[path] = open_source(path)
-    return _OPEN[path][0]
-
-
 class BlockTask:
     """A block to predict. Its source window is read only when its first tile is cut, inside
     the inference stage: no pixels travel between stages (which a runner may buffer whole)."""
@@ -93,7 +67,8 @@ class BlockTask:
     def __init__(self, ref: BlockRef, geometry, policy):
         self.ref, self.geometry, self.policy = ref, geometry, policy
         self.boxes = tuple(blocks.block_boxes(ref.block, ref.height, ref.width, geometry))
-        y0, y1, x0, x1 = blocks.source_window(list(self.boxes), ref.height, ref.width, geometry)
+        y0, y1, x0, x1 = tiling.source_window(list(self.boxes), geometry.core, geometry.margin, ref.height,
+                                              ref.width)
         self.window = (y0, y1, x0, x1)
         self.origin = (y0, x0)
         self._pixels: np.ndarray | None = None
@@ -113,14 +88,15 @@ class BlockTask:
         if self._pixels is None:
             y0, y1, x0, x1 = self.window
             started = time.time()
-            window = self.ref.view(_cached_source(self.ref.path)).read(y0, x0, y1 - y0, x1 - x0)
+            window = self.ref.view(region_files.cached(self.ref.path)).read(y0, x0, y1 - y0, x1 - x0)
             self._pixels = images.conform(window, self.policy, self.ref.path)
             self.read_seconds = time.time() - started
         return self._pixels
 
     def tile(self, i: int) -> np.ndarray:
-        return blocks.cut_tile(self.pixels, self.origin, self.boxes[i], self.ref.height, self.ref.width,
-                               self.geometry)
+        y, x, g = self.boxes[i][0], self.boxes[i][1], self.geometry
+        return tiling.cut_from_window(self.pixels, self.origin, y, x, g.core, g.margin, self.ref.height,
+                                      self.ref.width)
 
     def __reduce__(self):  # travels without its pixels
         return (BlockTask, (self.ref, self.geometry, self.policy))
@@ -159,14 +135,10 @@ class PlanBlocks(beam.DoFn):
 
     def process(self, item) -> Iterator[Any]:
         spec, layout = self.spec, self.spec.layout
-        source, handle = open_source(item.path)
-        try:
+        with region_files.opened(item.path) as source:
             view = regions.level_view(source, spec.pixel_size_um)
             height, width = view.shape
             size = view.pixel_size
-        finally:
-            if handle is not None:
-                handle.close()
         plan = blocks.plan_blocks(height, width, spec.block_side)
         ref = BlockRef(item.image_id, item.path, view.level, height, width, plan[0], item.signature, view.factor,
                        size)
@@ -307,16 +279,12 @@ def is_large(item, spec) -> bool:
     pyramid level, or resampled to the model's pixel size). Only the header is read."""
     if not spec.large_image_pixels or not regions.is_region_readable(item.path):
         return False
-    source, handle = open_source(item.path)
-    try:
+    with region_files.opened(item.path) as source:
         if source is None:
             return False
         view = regions.level_view(source, spec.pixel_size_um)
         height, width = view.shape
         return height * width > spec.large_image_pixels or (view.level, view.factor) != (0, 1.0)
-    finally:
-        if handle is not None:
-            handle.close()
 
 
 class PredictLargeImages(beam.PTransform):
