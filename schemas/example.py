@@ -51,6 +51,7 @@ class DatasetSpec:
     dtype: str = "uint8"      # "uint8", or "uint16" when 16-bit inputs are kept
     class_names: tuple[str, ...] = ("background", "foreground")
     whole_image: bool = False  # classification of whole images resized/padded to core
+    pixel_size_um: float | None = None   # µm/px of the examples, when known (the model card copies it)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -80,6 +80,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("augmentation", pa.string()),
         ("fg_fraction", pa.float32()),
         ("num_bytes", pa.int64()),
+        ("source_level", pa.int32()),      # the pyramid level the tile was cut from
+        ("pixel_size_um", pa.float64()),   # µm/px of that level, when known
+        ("objects", pa.int32()),           # --mask-values instances: instances in the core
     ]
 )
 

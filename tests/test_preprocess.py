@@ -337,15 +337,30 @@ def test_read_class_folders_labels_by_folder_and_rejects_strays(tmp_path):
                               ("mug/d.png", "unknown_class")]), label="rejected")
 
 
-def test_summarise_sources_counts_splits_pixels_and_labels(tmp_path):
+def test_summarise_sources_counts_splits_pixels_labels_and_the_blocks_of_large_sources(tmp_path):
+    from collections import Counter
 
-    stats = [{"split": "train", "label": None, "class_pixels": [3, 1]},
-             {"split": "train", "label": None, "class_pixels": [5, 7]},
-             {"split": "val", "label": None, "class_pixels": [100, 100]}]
+    spec = DatasetSpec("segmentation", 8, 2, 3)
+
+    def unit(source_id, split, pixels, units=1, failed=False, tiles=4, kept=4):
+        counts = Counter(tiles=tiles, kept=kept, dropped_background=tiles - kept, class_0=pixels[0], class_1=pixels[1])
+        if failed:
+            counts = Counter(rejected_tiles=tiles, tiles=tiles)
+        return examples.unit_stats(sources.Source(source_id, f"{source_id}.png", f"m/{source_id}.png", split=split),
+                                   counts, spec, units=units, failed=failed, level=0, pixel_size_um=None)
+
+    stats = [unit("a", "train", [3, 1]), unit("b", "train", [5, 7]), unit("c", "val", [100, 100]),
+             unit("big", "train", [10, 0], units=3), unit("big", "train", [0, 10], units=3, kept=1),
+             unit("big", "train", [0, 0], units=3, failed=True),           # one block unreadable: the rest stays
+             unit("lost", "test", [0, 0], failed=True)]                    # its only block unreadable: rejected
     with test_pipeline.TestPipeline() as p:
         _ = p | beam.Create(stats) | pt.SummariseSources(str(tmp_path / "s.json"))
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary == {"sources": {"train": 2, "val": 1}, "class_pixels": [8, 8], "labels": {}}
+    assert summary["sources"] == {"train": 3, "val": 1} and summary["failed_sources"] == ["lost"]
+    assert summary["class_pixels"] == [18, 18] and summary["labels"] == {}
+    big = summary["per_source"]["big"]
+    assert (big["tiles"], big["kept"], big["dropped_background"], big["rejected_tiles"]) == (12, 5, 3, 4)
+    assert summary["tiles"]["tiles"] == 4 * 3 + 12 and summary["tiles"]["kept"] == 12 + 5
 
 
 def test_sixteen_bit_grayscale_is_kept_when_asked(tmp_path):

@@ -110,7 +110,8 @@ def export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Loss
         output_size=out, channels=spec.channels, class_names=spec.class_names, input_dtype=spec.dtype,
         normalization=info.normalization, threshold=threshold, threshold_rule=rule,
         metrics={k: float(v) for k, v in metrics_.items()}, config=json.loads(cfg.to_json()),
-        dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit)
+        dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit,
+        pixel_size_um=spec.pixel_size_um)
     model = inference_model(net, info.normalization)
     staging = f"{cfg.model_dir}/{versions.STAGING_MARK}export-{uuid.uuid4().hex[:12]}"
     try:

@@ -46,6 +46,26 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> 
     return np.round(rgb).astype(np.uint8)
 
 
+GLASS_MIN, GLASS_SPREAD, PADDING_MAX = 215, 20, 8   # 8-bit levels of the tissue test below
+TISSUE_MIN_FRACTION = 0.05
+
+
+def tissue_fraction(image: np.ndarray, step: int = 4) -> float:
+    """The fraction of ``image`` (h, w, C; every ``step``-th pixel each way: a low-resolution
+    look) that is neither slide glass nor padding. Glass: bright and grey (every channel >=
+    GLASS_MIN and channels within GLASS_SPREAD of each other); padding: black (every channel
+    <= PADDING_MAX). Meant for brightfield slides; fluorescence has dark empty areas."""
+    sample = to_uint8(image[::step, ::step]).astype(np.int16)
+    low, high = sample.min(axis=-1), sample.max(axis=-1)
+    empty = ((low >= GLASS_MIN) & (high - low <= GLASS_SPREAD)) | (high <= PADDING_MAX)
+    return float(1.0 - empty.mean()) if empty.size else 0.0
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """Whether a tile's core is empty glass or padding (tissue under TISSUE_MIN_FRACTION)."""
+    return tissue_fraction(image) < TISSUE_MIN_FRACTION
+
+
 def heat(values: np.ndarray) -> np.ndarray:
     """(h, w) uint8 -> (h, w, 3) uint8 heat colours: black, red, yellow, white as values rise."""
     t = values.astype(np.float32) / 255

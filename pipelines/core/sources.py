@@ -23,7 +23,8 @@ from typing import Iterable, Sequence
 from schemas.layout import SPLITS
 from schemas.rejected import rejected_record
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif",
+                    ".svs", ".ndpi", ".btf", ".tf8", ".zarr")   # the last five: region-readable (large) sources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Source:
     label: str | None = None     # classification: class folder name
     split: str | None = None     # set by a split folder, else assigned by hash
     num_bytes: int = 0           # size of its file(s) on disk: the basis of shard planning
+    pixel_size_um: float | None = None   # µm/px, from its header or --pixel-size, when known
 
 
 def relative_parts(path: str, root: str) -> list[str]:
@@ -51,8 +53,10 @@ def split_folder(parts: list[str]) -> tuple[str | None, list[str]]:
 
 
 def stem_key(parts: list[str]) -> str:
-    """``['a', 'b.PNG']`` -> ``'a/b'``: the id shared by an image and its mask."""
-    return posixpath.splitext("/".join(parts))[0]
+    """``['a', 'b.PNG']`` -> ``'a/b'``: the id shared by an image and its mask (an OME
+    ``.ome.tif`` / ``.ome.zarr`` loses ``.ome`` too, so ``A.svs`` pairs with ``A.ome.tiff``)."""
+    stem = posixpath.splitext("/".join(parts))[0]
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
 
 
 def segmentation_key(path: str, root: str) -> tuple[str, str]:

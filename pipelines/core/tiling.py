@@ -28,7 +28,8 @@ def mirror_index(index: np.ndarray, n: int) -> np.ndarray:
     return np.where(folded >= n, period - folded, folded)
 
 
-def _axis_starts(length: int, core: int, stride: int) -> list[int]:
+def axis_starts(length: int, core: int, stride: int) -> list[int]:
+    """Where the cores of one axis start (see :func:`core_grid`)."""
     if stride == core:
         return list(range(0, length, core))
     last = max(length - core, 0)
@@ -52,8 +53,8 @@ def core_grid(height: int, width: int, core: int, stride: int | None = None) -> 
     stride = core if stride is None else stride
     if not 1 <= stride <= core:
         raise ValueError(f"stride must be in [1, core={core}] so the grid covers the image, got {stride}")
-    ys = _axis_starts(height, core, stride)
-    xs = _axis_starts(width, core, stride)
+    ys = axis_starts(height, core, stride)
+    xs = axis_starts(width, core, stride)
     return [(y, x, min(core, height - y), min(core, width - x)) for y in ys for x in xs]
 
 

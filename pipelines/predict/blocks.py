@@ -65,8 +65,9 @@ def block_side(g: Geometry, limit_bytes: int, largest: int = 1 << 14) -> int:
 def block_boxes(block: Block, height: int, width: int, g: Geometry) -> list[Box]:
     """The image's core boxes (grid order) whose cores meet the block."""
     (a, b), (c, d) = block.rows, block.cols
-    return [box for box in tiling.core_grid(height, width, g.core, g.stride)
-            if box[0] < b and box[0] + g.core > a and box[1] < d and box[1] + g.core > c]
+    ys = [y for y in tiling.axis_starts(height, g.core, g.stride) if a - g.core < y < b]
+    xs = [x for x in tiling.axis_starts(width, g.core, g.stride) if c - g.core < x < d]
+    return [(y, x, min(g.core, height - y), min(g.core, width - x)) for y in ys for x in xs]
 
 
 def stitch_block(block: Block, boxes: list[Box], scores: np.ndarray, blend: str,

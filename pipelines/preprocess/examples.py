@@ -1,12 +1,15 @@
-"""The pure per-source work of preprocessing: decode a source, cut its tiles, augment, describe.
+"""The pure per-source work of preprocessing: decode a source, cut its tiles, keep or drop
+each, augment, describe.
 
-The shard writer calls these for every source of its shard; nothing here knows Beam.
+The shard writer calls these for every source (or block of a large source) of its shard;
+nothing here knows Beam.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -16,30 +19,65 @@ from pipelines.preprocess import static_augment
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 from schemas.rejected import RejectedInput, rejected_record
 
+TILE_COUNTS = ("tiles", "kept", "dropped_blank", "dropped_background")
+
 
 def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask_policy: masks.MaskPolicy | None,
-                  root: str | None = None, follow_symlinks: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """(image (H,W,C), mask (H,W) or None); raises RejectedInput with the reason. Files are read
-    only once sized (``files.read_input``); symlinks leading out of ``root`` are refused."""
+                  root: str | None = None, follow_symlinks: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(image (H,W,C), mask (H,W) class ids or None, instance ids (H,W) or None); raises
+    RejectedInput with the reason. Files are read only once sized (``files.read_input``);
+    symlinks leading out of ``root`` are refused."""
     def read(path: str, max_pixels: int) -> bytes:
         return files.read_input(path, files.file_bytes_limit(max_pixels), root, follow_symlinks,
                                 images.looks_like_image, images.HEADER_BYTES)
 
     try:
         image = images.read_image(read(source.image_path, image_policy.max_pixels), source.image_path, image_policy)
-        mask = None
+        mask = instances = None
         if source.mask_path:
-            mask_pixels = (mask_policy or masks.MaskPolicy()).max_pixels
-            mask = images.read_mask(read(source.mask_path, mask_pixels), source.mask_path, mask_policy)
+            policy = mask_policy or masks.MaskPolicy()
+            data = read(source.mask_path, policy.max_pixels)
+            if policy.mode == "instances":
+                instances = images.read_mask_values(data, source.mask_path, policy).astype(np.uint32)
+                mask = masks.class_ids(instances, policy, source.mask_path)
+            else:
+                mask = images.read_mask(data, source.mask_path, policy)
             images.check_pair(image, mask, source.id)
     except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
         raise RejectedInput("unreadable", str(error)) from error
-    return image, mask
+    return image, mask, instances
 
 
-def rejected_source(source: sources.Source, error: RejectedInput) -> dict:
+def rejected_source(source: sources.Source, error: RejectedInput, **context) -> dict:
     files = [source.image_path] + ([source.mask_path] if source.mask_path else [])
-    return rejected_record(" + ".join(files), error.reason, error.detail, files)
+    return rejected_record(" + ".join(files), error.reason, error.detail, files, **context)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileFilter:
+    """Which tiles to keep. ``min_foreground``: at least this fraction of the core's labelled
+    pixels is not background; of the other tiles a ``background_fraction`` share is kept
+    anyway (chosen by a stable hash of the tile). ``skip_blank``: drop cores that are empty
+    glass or padding (``pixels.is_blank``)."""
+
+    min_foreground: float = 0.0
+    background_fraction: float = 0.0
+    skip_blank: bool = False
+
+    def drop_reason(self, source_id: str, y: int, x: int, core: np.ndarray, mask_core: np.ndarray | None):
+        if self.skip_blank and pixels.is_blank(core):
+            return "dropped_blank"
+        if self.min_foreground > 0 and mask_core is not None and foreground(mask_core) < self.min_foreground \
+                and sources.hash_fraction(f"background:{source_id}:{y}:{x}") >= self.background_fraction:
+            return "dropped_background"
+        return None
+
+
+def foreground(mask: np.ndarray) -> float:
+    """The fraction of labelled (non-ignore) pixels that are not background (0 when none are)."""
+    labelled = mask[mask != IGNORE_LABEL]
+    return float(np.mean(labelled != 0)) if labelled.size else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,50 +88,90 @@ class TileSettings:
     fit: str = "resize"           # whole-image classification: resize | pad | crop
     input_root: str = ""          # symlinks are followed only to files below it...
     follow_symlinks: bool = False  # ...unless this is set
+    keep: TileFilter = TileFilter()
 
 
-def tile_examples(source: sources.Source, image: np.ndarray, mask: np.ndarray | None,
-                  settings: TileSettings) -> Iterator[dict]:
-    """Every example of one decoded source: copy 0 of each tile, plus augmented copies in train."""
+Cut = Callable[[tiling.Box], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+
+
+def tile_examples(source: sources.Source, image: np.ndarray, mask: np.ndarray | None, settings: TileSettings,
+                  counts: Counter | None = None, instances: np.ndarray | None = None) -> Iterator[dict]:
+    """Every kept example of one decoded source: copy 0 of each tile, plus augmented copies in
+    train. ``counts`` receives the tiles seen, kept and dropped (by reason) and the class
+    pixels of kept cores."""
     spec = settings.spec
     height, width = image.shape[:2]
     if spec.whole_image:
+        def cut(box):
+            return pixels.fit_to_size(image, spec.core, settings.fit), None, None
         boxes = [(0, 0, height, width)]
-        cut = lambda box: (pixels.fit_to_size(image, spec.core, settings.fit), None)  # noqa: E731
     else:
+        def cut(box):
+            y, x = box[0], box[1]
+            return (tiling.cut_tile(image, y, x, spec.core, spec.margin),
+                    None if mask is None else tiling.cut_mask_tile(mask[..., None], y, x, spec.core, spec.margin),
+                    None if instances is None else tiling.cut_mask_tile(instances[..., None], y, x, spec.core,
+                                                                        spec.margin, ignore=0))
         boxes = tiling.core_grid(height, width, spec.core)
-        cut = lambda box: (  # noqa: E731
-            tiling.cut_tile(image, box[0], box[1], spec.core, spec.margin),
-            None if mask is None else tiling.cut_mask_tile(mask[..., None], box[0], box[1], spec.core, spec.margin))
+    extra = {"source_level": 0, "pixel_size_um": source.pixel_size_um}
+    return cut_examples(source, boxes, cut, (height, width), settings, Counter() if counts is None else counts,
+                        extra)
+
+
+def cut_examples(source: sources.Source, boxes: list[tiling.Box], cut: Cut, shape: tuple[int, int],
+                 settings: TileSettings, counts: Counter, extra: dict | None = None) -> Iterator[dict]:
+    """The examples of ``boxes`` of one source, ``cut(box)`` giving (tile, mask tile, instance
+    tile); whole sources and blocks of large ones alike (``extra``: manifest fields)."""
+    spec = settings.spec
+    margin = 0 if spec.whole_image else spec.margin
     copies = settings.augment_copies if source.split == "train" else 0
     for box in boxes:
-        tile, mask_tile = cut(box)
+        counts["tiles"] += 1
+        tile, mask_tile, instance_tile = cut(box)
+        core = (slice(margin, margin + box[2]), slice(margin, margin + box[3])) if not spec.whole_image else \
+            (slice(None), slice(None))
+        dropped = settings.keep.drop_reason(source.id, box[0], box[1], tile[core],
+                                            None if mask_tile is None else mask_tile[core])
+        if dropped:
+            counts[dropped] += 1
+            continue
+        counts["kept"] += 1
+        if mask_tile is not None:
+            counts.update({f"class_{c}": int(n) for c, n in enumerate(
+                class_pixels(mask_tile[core], spec.num_classes)) if n})
         for copy in range(copies + 1):
             out_image, out_mask, params = static_augment.augment(
                 tile, mask_tile, source.id, box[0], box[1], copy, settings.augment_config)
             example = {
                 "image": out_image, "id": example_id(source.id, box[0], box[1], copy),
                 "source_id": source.id, "core_y": box[0], "core_x": box[1], "core_h": box[2], "core_w": box[3],
-                "margin": 0 if spec.whole_image else spec.margin, "source_h": height, "source_w": width,
+                "margin": margin, "source_h": shape[0], "source_w": shape[1],
                 "copy": copy, "augmentation": json.dumps(params, sort_keys=True),
                 "split": source.split, "image_path": source.image_path, "mask_path": source.mask_path or "",
+                **(extra or {}),
             }
             if out_mask is not None:
-                labelled = out_mask[out_mask != IGNORE_LABEL]
                 example["mask"] = out_mask
-                example["fg_fraction"] = float(np.mean(labelled != 0)) if labelled.size else 0.0
+                example["fg_fraction"] = foreground(out_mask)
             else:
                 example["label"] = source.label
                 example["fg_fraction"] = 0.0
+            if instance_tile is not None:
+                moved = instance_tile if copy == 0 else static_augment.move_labels(instance_tile, params)
+                example["instances"] = moved
+                example["objects"] = int(np.count_nonzero(np.unique(moved[core])))
             yield example
 
 
 def class_pixels(mask: np.ndarray, num_classes: int) -> list[int]:
-    """Labelled pixels per class of a whole source mask (each pixel counted once)."""
+    """Labelled pixels per class of a mask (ignore pixels not counted)."""
     labelled = mask[mask != IGNORE_LABEL]
     return np.bincount(labelled.ravel(), minlength=num_classes)[:num_classes].tolist()
 
 
-def source_stats(source: sources.Source, mask: np.ndarray | None, spec: DatasetSpec) -> dict:
-    return {"split": source.split, "label": source.label,
-            "class_pixels": None if mask is None else class_pixels(mask, spec.num_classes)}
+def unit_stats(source: sources.Source, counts: Counter, spec: DatasetSpec, **context) -> dict:
+    """What one source (or one block of a large source) adds to the dataset's statistics."""
+    has_mask = bool(source.mask_path)
+    return {"split": source.split, "label": source.label, "source_id": source.id,
+            "class_pixels": [int(counts[f"class_{c}"]) for c in range(spec.num_classes)] if has_mask else None,
+            **{k: int(counts[k]) for k in (*TILE_COUNTS, "rejected_tiles")}, **context}

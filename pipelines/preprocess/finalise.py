@@ -32,7 +32,9 @@ def build_stats(spec: DatasetSpec, shards: list[dict], summary: dict, rejected: 
     for shard in shards:
         examples[shard["split"]] += shard["num_examples"]
     stats = {"examples": dict(examples), "sources": summary["sources"],
-             "rejected": dict(Counter(r["reason"] for r in rejected))}
+             "rejected": dict(Counter(r["reason"] for r in rejected if "region" not in r)),
+             "rejected_regions": dict(Counter(r["reason"] for r in rejected if "region" in r)),
+             "tiles": summary.get("tiles", {}), "per_source": summary.get("per_source", {})}
     pixels = summary.get("class_pixels")
     if pixels is not None:
         total = sum(pixels) or 1
@@ -53,25 +55,24 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
     """Writes every metadata file into ``work`` and returns the run's summary."""
     shards = read_json(f"{work}/{layout.WORK_PARTS}/shards.json") if exists(f"{work}/{layout.WORK_PARTS}/shards.json") else []
     summary = read_json(f"{work}/{layout.WORK_PARTS}/sources.json") if exists(f"{work}/{layout.WORK_PARTS}/sources.json") else {
-        "sources": {}, "class_pixels": None, "labels": {}}
+        "sources": {}, "class_pixels": None, "labels": {}, "tiles": {}, "per_source": {}, "failed_sources": []}
     rejected = read_json(f"{work}/{layout.WORK_PARTS}/rejected.json")
     rejected += [rejected_record(f"{config.input.rstrip('/')}/{folder}", "empty_folder",
                                   "class folder holds no files; the class is left out of the dataset", [])
                  for folder in empty_folders]
     rejected.sort(key=lambda r: (r["source"], r["reason"]))
+    spec = dataclasses.replace(spec, pixel_size_um=dataset_pixel_size(config, summary["per_source"]))
     write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")
     manifest = merge_manifest(work)
-    rows = manifest.num_rows
     stats = build_stats(spec, shards, summary, rejected, manifest)
+    check_counts(summary, manifest, shards)
     sources_written = sum(summary["sources"].values())
-    distinct = len(set(manifest.column("source_id").to_pylist()))
-    if distinct != sources_written or rows != sum(s["num_examples"] for s in shards):
-        raise RuntimeError(f"count mismatch: {sources_written} sources tiled, {distinct} in the manifest, "
-                           f"{rows} manifest rows vs {sum(s['num_examples'] for s in shards)} examples in shards")
-    inputs = sources_written + len(rejected)
+    rejected_sources = sum("region" not in r for r in rejected) + len(summary["failed_sources"])
+    inputs = sources_written + rejected_sources
     result = {
-        "sources_in": inputs, "sources_written": sources_written, "rejected": len(rejected),
-        "rejected_fraction": len(rejected) / inputs if inputs else 0.0,
+        "sources_in": inputs, "sources_written": sources_written, "rejected": rejected_sources,
+        "rejected_regions": sum("region" in r for r in rejected), "tiles": summary["tiles"],
+        "rejected_fraction": rejected_sources / inputs if inputs else 0.0,
         "examples": stats["examples"], "fingerprint": fingerprint(shards),
         "shards": {s["name"]: {"bytes": s["num_bytes"], "sha256": s["sha256"], "examples": s["num_examples"]}
                    for s in shards},
@@ -87,6 +88,30 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
         write_bytes(f"{work}/{layout.SUCCESS_FILE}", json.dumps(result, indent=2, sort_keys=True).encode())
     result["stats"] = stats
     return result
+
+
+def check_counts(summary: dict, manifest, shards: list[dict]) -> None:
+    """Nothing lost: every source's tiles are kept, dropped (by reason) or in a rejected block;
+    the sources with kept tiles are those in the manifest; its rows are the shards' records."""
+    for source_id, s in summary["per_source"].items():
+        if s["tiles"] != s["kept"] + s["dropped_blank"] + s["dropped_background"] + s["rejected_tiles"]:
+            raise RuntimeError(f"count mismatch for {source_id}: {s}")
+    with_examples = {i for i, s in summary["per_source"].items() if s["kept"]}
+    in_manifest = set(manifest.column("source_id").to_pylist())
+    examples = sum(s["num_examples"] for s in shards)
+    if in_manifest != with_examples or manifest.num_rows != examples:
+        raise RuntimeError(f"count mismatch: {len(with_examples)} sources with kept tiles, {len(in_manifest)} in the "
+                           f"manifest, {manifest.num_rows} manifest rows vs {examples} examples in shards")
+
+
+def dataset_pixel_size(config, per_source: dict) -> float | None:
+    """µm/px of the dataset: ``--pixel-size``, else the one all its sources share (within 1%)."""
+    if config.pixel_size_um:
+        return config.pixel_size_um
+    sizes = [s["pixel_size_um"] for s in per_source.values()]
+    if not sizes or any(size is None for size in sizes):
+        return None
+    return sizes[0] if max(sizes) <= min(sizes) * 1.01 else None
 
 
 def _policies(config) -> dict:
@@ -105,6 +130,12 @@ def describe(summary: dict, output: str, version: str | None = None) -> str:
             lines.append(f"  {split:<5} {stats['sources'].get(split, 0):>6} sources {stats['examples'][split]:>8} examples")
     for reason, n in sorted(stats["rejected"].items()):
         lines.append(f"  rejected {reason}: {n}")
+    for reason, n in sorted(stats.get("rejected_regions", {}).items()):
+        lines.append(f"  rejected blocks of large sources, {reason}: {n}")
+    tiles = stats.get("tiles", {})
+    if tiles.get("dropped_blank") or tiles.get("dropped_background"):
+        lines.append(f"  tiles: {tiles['tiles']} cut, {tiles['kept']} kept, {tiles['dropped_background']} dropped "
+                     f"as background, {tiles['dropped_blank']} as blank")
     if "class_frequencies" in stats:
         lines.append("  class pixel frequencies (train): " + ", ".join(
             f"{k} {v:.3f}" for k, v in stats["class_frequencies"].items()))

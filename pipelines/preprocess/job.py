@@ -27,7 +27,7 @@ from pipelines.beam import flags, progress, runner
 from pipelines.beam.files import check_apart
 from pipelines.core import images, masks
 from pipelines.core.sources import has_image_extension
-from pipelines.preprocess import examples, finalise, publish, shards, static_augment
+from pipelines.preprocess import examples, finalise, large, publish, shards, static_augment
 from pipelines.preprocess import transforms as pt
 from schemas import layout, versions
 from schemas.example import CLASSIFICATION, SEGMENTATION, DatasetSpec
@@ -58,6 +58,13 @@ class PreprocessConfig:
     overwrite: bool = False
     keep_versions: int = versions.DEFAULT_KEEP
     follow_symlinks: bool = False
+    large_image_pixels: int = 64_000_000  # region-readable sources larger than this are cut block by block
+    memory_limit_mb: int = 512            # per block of a large source (its image and mask windows)
+    pixel_size_um: float = 0.0            # µm/px: pick this pyramid level; assumed where a file records none
+    level: int = -1                       # or read this pyramid level (-1: by --pixel-size, else the first)
+    min_foreground: float = 0.0           # keep tiles with at least this foreground fraction...
+    background_tiles_fraction: float = 0.0   # ...and this sampled share of the others
+    skip_blank: bool = False              # drop tiles of empty slide glass or padding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read symlinked inputs whose target lies outside --input (refused by default)")
     p.add_argument("--keep-versions", type=int, default=d.keep_versions,
                    help="versions of the output kept (the newest ones); older ones are deleted")
+    g = p.add_argument_group("large sources (tiled / pyramidal TIFF, OME-TIFF, SVS, OME-Zarr)")
+    g.add_argument("--large-image-pixels", type=int, default=d.large_image_pixels,
+                   help="region-readable sources with more pixels are read by region, block by block over "
+                        "the workers (0: never)")
+    g.add_argument("--memory-limit-mb", type=int, default=d.memory_limit_mb,
+                   help="the image and mask windows of one block of a large source stay within this")
+    g.add_argument("--pixel-size", type=float, default=d.pixel_size_um, dest="pixel_size_um",
+                   help="µm/px of the dataset: the pyramid level of this size is read; sources that record "
+                        "no pixel size are taken to have it (0: not known)")
+    g.add_argument("--level", type=int, default=d.level, help="read this pyramid level (-1: by --pixel-size)")
+    t = p.add_argument_group("which tiles to keep")
+    t.add_argument("--min-foreground", type=float, default=d.min_foreground,
+                   help="keep tiles whose core has at least this fraction of labelled non-background pixels")
+    t.add_argument("--background-tiles-fraction", type=float, default=d.background_tiles_fraction,
+                   help="with --min-foreground: keep this share of the other tiles too (a stable sample)")
+    t.add_argument("--skip-blank", action="store_true",
+                   help="drop tiles that are empty slide glass or padding (see docs: the tissue test)")
     return p
 
 
@@ -106,7 +130,16 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         raise SystemExit("--tile-size must be >= 1, --margin and --augment-copies >= 0")
     if config.keep_versions < 1:
         raise SystemExit("--keep-versions must be >= 1")
+    if not (0 <= config.min_foreground <= 1 and 0 <= config.background_tiles_fraction <= 1):
+        raise SystemExit("--min-foreground and --background-tiles-fraction must be in [0, 1]")
+    if config.large_image_pixels < 0 or config.memory_limit_mb < 1 or config.pixel_size_um < 0 or config.level < -1:
+        raise SystemExit("--large-image-pixels and --pixel-size must be >= 0, --memory-limit-mb >= 1, --level >= -1")
     return config
+
+
+def large_settings(config: PreprocessConfig) -> large.LargeSettings:
+    return large.LargeSettings(config.large_image_pixels, config.memory_limit_mb, config.pixel_size_um or None,
+                               None if config.level < 0 else config.level)
 
 
 def class_folders(root: str, list_files: bool = True) -> tuple[list[str], list[str]]:
@@ -162,10 +195,14 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
         mask_policy = None
     split = listed_sources | "AssignSplits" >> pt.AssignSplits(
         config.split_fractions, stratify=config.layout == CLASSIFICATION, salt=config.split_salt)
+    keep = examples.TileFilter(config.min_foreground, config.background_tiles_fraction, config.skip_blank)
     settings = examples.TileSettings(spec=spec, augment_copies=config.augment_copies,
                                      augment_config=static_augment.StaticAugmentConfig(), fit=config.fit,
-                                     input_root=config.input, follow_symlinks=config.follow_symlinks)
-    built = split | "WriteShards" >> shards.WriteShards(
+                                     input_root=config.input, follow_symlinks=config.follow_symlinks, keep=keep)
+    planned = split | "PlanLargeSources" >> beam.ParDo(pt.PlanLargeSources(
+        large_settings(config), spec, mask_policy)).with_outputs(pt.REJECTED, main="units")
+    listing_rejected.append(planned[pt.REJECTED])
+    built = planned.units | "WriteShards" >> shards.WriteShards(
         work, settings, image_policy, mask_policy, config.shard_bytes, config.min_shards, config.png_compression)
     _ = built.shards | "WriteShardInfo" >> pt.WriteJson(f"{work}/{layout.WORK_PARTS}/shards.json")
     _ = built.source_stats | "WriteSourceStats" >> pt.SummariseSources(f"{work}/{layout.WORK_PARTS}/sources.json")

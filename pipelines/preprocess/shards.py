@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -22,7 +23,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.beam import progress
 from pipelines.core import pixels, sources
-from pipelines.preprocess import example_proto, examples
+from pipelines.preprocess import example_proto, examples, large
 from pipelines.preprocess.transforms import NAMESPACE, REJECTED, reject
 from schemas import layout
 from schemas.example import PROVENANCE_FIELDS, DatasetSpec
@@ -52,31 +53,48 @@ class ExampleEncoder:
         return example_proto.serialize_example(values)
 
 
-def estimated_bytes(source: sources.Source, spec: DatasetSpec, augment_copies: int) -> float:
-    """A rough size of a source's encoded examples, from its file size (JPEG re-encodes ~3x larger)."""
+def unit_order(unit) -> tuple[str, int]:
+    """Where a unit (a whole Source or a SourceBlock of a large one) goes in its shard."""
+    return unit.id, getattr(unit, "index", 0)
+
+
+def estimated_bytes(unit, spec: DatasetSpec, augment_copies: int) -> float:
+    """A rough size of a unit's encoded examples: from its file size (JPEG re-encodes ~3x
+    larger), or for a block of a large source half its decoded bytes (PNG of natural images)."""
     tile_overhead = 1.0 if spec.whole_image else (spec.tile_size / spec.core) ** 2
+    source = unit if isinstance(unit, sources.Source) else unit.source
     copies = 1 + (augment_copies if source.split == "train" else 0)
-    jpeg = source.image_path.lower().endswith((".jpg", ".jpeg"))
-    return source.num_bytes * tile_overhead * copies * (3.0 if jpeg else 1.0)
+    if isinstance(unit, large.SourceBlock):
+        (a, b), (c, d) = unit.rows, unit.cols
+        base = (b - a) * (d - c) * spec.channels * (2 if spec.dtype == "uint16" else 1) * 0.5
+    else:
+        base = source.num_bytes * (3.0 if source.image_path.lower().endswith((".jpg", ".jpeg")) else 1.0)
+    return base * tile_overhead * copies
 
 
-def shard_count(estimated: float, sources_in_split: int, shard_bytes: int, min_shards: int) -> int:
+def shard_count(estimated: float, units_in_split: int, shard_bytes: int, min_shards: int) -> int:
     by_size = math.ceil(estimated / shard_bytes)
-    return max(1, min(sources_in_split, max(by_size, min_shards)))
+    return max(1, min(units_in_split, max(by_size, min_shards)))
 
 
-def plan_shards(split_sources: list[sources.Source], spec: DatasetSpec, augment_copies: int,
-                shard_bytes: int, min_shards: int) -> Iterator[tuple[tuple[str, int, int], sources.Source]]:
-    """((split, shard index, shard count), source) for every source of one split.
+def plan_shards(units: list, spec: DatasetSpec, augment_copies: int,
+                shard_bytes: int, min_shards: int) -> Iterator[tuple[tuple[str, int, int], Any]]:
+    """((split, shard index, shard count), unit) for every unit of one split.
 
-    Sources are ordered by a stable hash of their id and cut into contiguous, equally
-    sized runs, so no shard is empty and the plan does not depend on the runner.
+    Units (whole sources, and blocks of large ones) are ordered by a stable hash of their id
+    (and block) and cut into contiguous, equally sized runs, so no shard is empty, one large
+    source spreads over many shards, and the plan does not depend on the runner.
     """
-    ordered = sorted(split_sources, key=lambda s: (sources.hash_fraction("shard:" + s.id), s.id))
-    estimated = sum(estimated_bytes(s, spec, augment_copies) for s in ordered)
+    def key(unit):
+        name, index = unit_order(unit)
+        text = f"shard:{name}" if isinstance(unit, sources.Source) else f"shard:{name}#{index}"
+        return sources.hash_fraction(text), name, index
+
+    ordered = sorted(units, key=key)
+    estimated = sum(estimated_bytes(u, spec, augment_copies) for u in ordered)
     count = shard_count(estimated, len(ordered), shard_bytes, min_shards)
-    for rank, source in enumerate(ordered):
-        yield (source.split, rank * count // len(ordered), count), source
+    for rank, unit in enumerate(ordered):
+        yield (unit.split, rank * count // len(ordered), count), unit
 
 
 class _HashingWriter:
@@ -102,28 +120,35 @@ class _BuildShard(beam.DoFn):
         self.encoder = ExampleEncoder(self.settings.spec, self.png_compression)
 
     def process(self, keyed):
-        (split, index, count), shard_sources = keyed
+        (split, index, count), shard_units = keyed
         name = layout.shard_name(split, index, count)
         rows, started = [], time.monotonic()
         counters = progress.CounterFile(f"{self.directory}/{layout.WORK_PARTS}/progress/{name}.json")
         with FileSystems.create(f"{self.directory}/{name}") as handle:
             writer = _HashingWriter(handle)
-            for source in sorted(shard_sources, key=lambda s: s.id):
+            for unit in sorted(shard_units, key=unit_order):
+                counts, source = Counter(), getattr(unit, "source", unit)
                 try:
-                    image, mask = examples.decode_source(source, self.image_policy, self.mask_policy,
-                                                           self.settings.input_root, self.settings.follow_symlinks)
+                    made = self._unit_examples(unit, counts)
                 except RejectedInput as error:
-                    counters.add(rejected=1)
-                    yield reject(examples.rejected_source(source, error))
+                    if isinstance(unit, large.SourceBlock):   # a block: the source's other blocks go on
+                        counters.add(rejected_regions=1)
+                        counts["rejected_tiles"] += len(large.unit_boxes(unit, self.settings.spec))
+                        yield reject(examples.rejected_source(source, error, region=unit.region))
+                        yield beam.pvalue.TaggedOutput("source_stats", self._stats(unit, counts, failed=True))
+                    else:
+                        counters.add(rejected=1)
+                        yield reject(examples.rejected_source(source, error))
                     continue
                 before = len(rows)
-                for example in examples.tile_examples(source, image, mask, self.settings):
+                for example in made:
                     data = self.encoder.encode(example)
                     writer.write(example_proto.tfrecord(data))
                     rows.append(manifest_row(example, len(data), name))
                 Metrics.counter(NAMESPACE, "sources_written").inc()
-                counters.add(sources=1, examples=len(rows) - before, pixels=int(image.shape[0] * image.shape[1]))
-                yield beam.pvalue.TaggedOutput("source_stats", examples.source_stats(source, mask, self.settings.spec))
+                counters.add(sources=int(unit_order(unit)[1] == 0), examples=len(rows) - before,
+                             pixels=counts["pixels"])
+                yield beam.pvalue.TaggedOutput("source_stats", self._stats(unit, counts, failed=False))
         counters.flush()
         Metrics.counter(NAMESPACE, "examples").inc(len(rows))
         table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["id"]), schema=layout.MANIFEST_SCHEMA)
@@ -133,6 +158,29 @@ class _BuildShard(beam.DoFn):
                      time.monotonic() - started)
         yield {"split": split, "index": index, "count": count, "name": name,
                "num_examples": len(rows), "num_bytes": writer.size, "sha256": writer.digest.hexdigest()}
+
+    def _unit_examples(self, unit, counts: Counter):
+        """The examples of a unit, once all its pixels are read (RejectedInput before any)."""
+        settings = self.settings
+        if isinstance(unit, large.SourceBlock):
+            try:
+                read = large.read_block(unit, settings.spec, self.image_policy, self.mask_policy)
+            except (OSError, ValueError, RuntimeError) as error:   # a codec's error on a damaged tile
+                raise RejectedInput("unreadable_region", f"{unit.source.image_path}: rows {unit.rows}, columns "
+                                    f"{unit.cols} of level {unit.level} ({type(error).__name__}: {error})") from error
+            counts["pixels"] = (unit.rows[1] - unit.rows[0]) * (unit.cols[1] - unit.cols[0])
+            return large.block_examples(unit, read, settings, counts)
+        image, mask, instances = examples.decode_source(unit, self.image_policy, self.mask_policy,
+                                                        settings.input_root, settings.follow_symlinks)
+        counts["pixels"] = int(image.shape[0] * image.shape[1])
+        return examples.tile_examples(unit, image, mask, settings, counts, instances)
+
+    def _stats(self, unit, counts: Counter, failed: bool) -> dict:
+        block = isinstance(unit, large.SourceBlock)
+        return examples.unit_stats(getattr(unit, "source", unit), counts, self.settings.spec,
+                                   units=unit.count if block else 1, failed=failed,
+                                   level=unit.level if block else 0,
+                                   pixel_size_um=unit.pixel_size_um if block else unit.pixel_size_um)
 
 
 class WriteShards(beam.PTransform):

@@ -155,10 +155,18 @@ def apply_transform(
     coords = _source_coordinates(image.shape[:2], params)
     if coords is not None:
         scaled = _resample(scaled, coords, order=1)
-        mask = None if mask is None else _resample(mask, coords, order=0)
     scaled = _intensity(_dihedral(scaled, params), params)
     out = np.clip(np.rint(scaled * top), 0, top).astype(image.dtype)
-    return out, None if mask is None else _dihedral(mask, params)
+    return out, None if mask is None else move_labels(mask, params)
+
+
+def move_labels(labels: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """The geometric part of ``params`` on an (H, W, 1) label array of any integer type (class
+    or instance ids): nearest-neighbour, so every id stays an id; what moves the mask."""
+    coords = _source_coordinates(labels.shape[:2], params)
+    if coords is not None:
+        labels = _resample(labels, coords, order=0)
+    return _dihedral(labels, params)
 
 
 def augment(

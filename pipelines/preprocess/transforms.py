@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.beam.files import write_bytes
 from pipelines.core import sources
-from schemas.rejected import rejected_record
+from schemas.rejected import RejectedInput, rejected_record
 
 REJECTED = "rejected"
 NAMESPACE = "tessera.preprocess"
@@ -30,7 +30,14 @@ def reject(record: dict) -> beam.pvalue.TaggedOutput:
 
 
 def _match_files(pattern: str) -> list[tuple[str, int]]:
-    return sorted((m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list)
+    """(path, bytes) of the files matching ``pattern``; a zarr store is one entry (its chunk
+    files are not inputs), its bytes summed."""
+    sizes: dict[str, int] = {}
+    for m in FileSystems.match([pattern])[0].metadata_list:
+        at = m.path.lower().find(".zarr/")
+        path = m.path if at < 0 else m.path[:at + len(".zarr")]
+        sizes[path] = sizes.get(path, 0) + m.size_in_bytes
+    return sorted(sizes.items())
 
 
 class _PairFiles(beam.DoFn):
@@ -151,35 +158,93 @@ class AssignSplits(beam.PTransform):
                 | "Stratify" >> beam.FlatMap(stratified))
 
 
+class PlanLargeSources(beam.DoFn):
+    """Source -> itself (whole-image path), or the SourceBlocks of a large one (headers only);
+    the pixel size of region-readable sources from their header (else ``--pixel-size``)."""
+
+    def __init__(self, settings, spec, mask_policy):
+        self.settings, self.spec, self.mask_policy = settings, spec, mask_policy
+
+    def process(self, source: sources.Source) -> Iterator[Any]:
+        from pipelines.preprocess import examples, large
+
+        try:
+            blocks = large.plan_source(source, self.settings, self.spec, self.mask_policy)
+        except RejectedInput as error:
+            yield reject(examples.rejected_source(source, error))
+            return
+        except (OSError, ValueError) as error:
+            yield reject(examples.rejected_source(source, RejectedInput("unreadable", f"{type(error).__name__}: "
+                                                                                      f"{error}")))
+            return
+        if blocks is None:
+            yield dataclasses.replace(source, pixel_size_um=large.header_pixel_size(source, self.settings))
+            return
+        Metrics.counter(NAMESPACE, "large_sources").inc()
+        Metrics.counter(NAMESPACE, "source_blocks").inc(len(blocks))
+        yield from blocks
+
+
 class _SumSources(beam.CombineFn):
-    """Per-source stats -> sources per split, class pixels and labels of the train split."""
+    """Per-unit stats (``examples.unit_stats``) -> {source id: the same summed over its units}."""
 
     def create_accumulator(self):
-        return {"sources": Counter(), "class_pixels": None, "labels": Counter()}
+        return {}
 
     def add_input(self, acc, stats):
-        acc["sources"][stats["split"]] += 1
-        if stats["split"] == "train":
-            if stats["class_pixels"] is not None:
-                pixels = stats["class_pixels"]
-                acc["class_pixels"] = pixels if acc["class_pixels"] is None else [
-                    a + b for a, b in zip(acc["class_pixels"], pixels)]
-            if stats["label"] is not None:
-                acc["labels"][stats["label"]] += 1
-        return acc
+        return self._add(acc, {**stats, "units_failed": int(stats["failed"]), "units_seen": 1})
 
     def merge_accumulators(self, accs):
         out = self.create_accumulator()
         for acc in accs:
-            out["sources"].update(acc["sources"])
-            out["labels"].update(acc["labels"])
-            if acc["class_pixels"] is not None:
-                out["class_pixels"] = acc["class_pixels"] if out["class_pixels"] is None else [
-                    a + b for a, b in zip(out["class_pixels"], acc["class_pixels"])]
+            for summed in acc.values():
+                self._add(out, summed)
         return out
 
+    @staticmethod
+    def _add(acc, stats):
+        mine = acc.get(stats["source_id"])
+        if mine is None:
+            acc[stats["source_id"]] = dict(stats)
+            return acc
+        for key in (*examples_counts(), "units_failed", "units_seen"):
+            mine[key] += stats[key]
+        if stats["class_pixels"] is not None:
+            mine["class_pixels"] = [a + b for a, b in zip(mine["class_pixels"], stats["class_pixels"])]
+        return acc
+
     def extract_output(self, acc):
-        return {"sources": dict(acc["sources"]), "class_pixels": acc["class_pixels"], "labels": dict(acc["labels"])}
+        return summarise(acc.values())
+
+
+def examples_counts() -> tuple[str, ...]:
+    from pipelines.preprocess.examples import TILE_COUNTS
+
+    return (*TILE_COUNTS, "rejected_tiles")
+
+
+def summarise(per_source) -> dict:
+    """The dataset's source statistics from the per-source sums: sources per split (those with
+    a block that was read), class pixels and labels of the train split, tile counts (in
+    total and per source), sources none of whose blocks could be read, pixel sizes."""
+    written, class_pixels, labels, tiles, failed, detail = Counter(), None, Counter(), Counter(), [], {}
+    for s in sorted(per_source, key=lambda s: s["source_id"]):
+        if s["units_failed"] == s["units_seen"]:
+            failed.append(s["source_id"])
+            continue
+        written[s["split"]] += 1
+        counts = {k: s[k] for k in examples_counts()}
+        tiles.update(counts)
+        detail[s["source_id"]] = {**counts, "split": s["split"], "level": s["level"], "units": s["units"],
+                                  "pixel_size_um": s["pixel_size_um"]}
+        if s["split"] == "train":
+            if s["class_pixels"] is not None:
+                class_pixels = s["class_pixels"] if class_pixels is None else [
+                    a + b for a, b in zip(class_pixels, s["class_pixels"])]
+            if s["label"] is not None:
+                labels[s["label"]] += 1
+    return {"sources": dict(written), "class_pixels": class_pixels, "labels": dict(labels),
+            "tiles": dict(tiles), "per_source": detail, "failed_sources": failed}
 
 
 class SummariseSources(beam.PTransform):
