@@ -15,14 +15,19 @@ Dataset directory (written by ``tessera preprocess``)::
 stats.json::
 
     {"examples": {split: n}, "sources": {split: n},
-     "class_pixels": {class_name: n},        # labelled (non-255) pixels of the train sources' masks
+     "class_pixels": {class_name: n},        # labelled (non-255) pixels of the kept train tiles' cores
      "class_frequencies": {class_name: f},   # the same, normalised to sum 1
      "labels": {class_name: n},              # classification: train examples per class
-     "rejected": {reason: n}, "fg_fraction_mean": {split: f}}
+     "rejected": {reason: n}, "fg_fraction_mean": {split: f},
+     "rejected_regions": {reason: n},        # unreadable blocks of large sources (their other blocks stay)
+     "tiles": {"tiles": n, "kept": n, "dropped_blank": n, "dropped_background": n, "rejected_tiles": n},
+     "per_source": {source_id: {the same counts, "split", "level", "units", "pixel_size_um"}},
+     "shards_per_worker": [n, ...]}          # shards written by each worker process, most first
 
 _SUCCESS::
 
     {"sources_in": n, "sources_written": n, "rejected": n, "examples": {split: n},
+     "rejected_regions": n, "tiles": {as in stats.json},   # sources_in = sources_written + rejected
      "shards": {name: {"bytes": n, "sha256": hex, "examples": n}},   # every shard, nothing else
      "fingerprint": dataset_fingerprint(shards), "completed_at": "<UTC ISO>"}
 

@@ -47,6 +47,8 @@ def build_stats(spec: DatasetSpec, shards: list[dict], summary: dict, rejected: 
         fg[0][split] += value
         fg[1][split] += 1
     stats["fg_fraction_mean"] = {s: fg[0][s] / fg[1][s] for s in fg[1]}
+    workers = Counter(shard.get("worker") for shard in shards)
+    stats["shards_per_worker"] = sorted(workers.values(), reverse=True)   # how the work spread (no pids)
     return stats
 
 
@@ -62,7 +64,8 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
                  for folder in empty_folders]
     rejected.sort(key=lambda r: (r["source"], r["reason"]))
     spec = dataclasses.replace(spec, pixel_size_um=dataset_pixel_size(config, summary["per_source"]))
-    write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")
+    if shards:   # none: nothing to publish (the launcher says why)
+        write_tfds_metadata(work, spec, shards, description=f"Tessera {spec.task} dataset from {config.input}")
     manifest = merge_manifest(work)
     stats = build_stats(spec, shards, summary, rejected, manifest)
     check_counts(summary, manifest, shards)

@@ -265,6 +265,12 @@ def run(argv: list[str] | None = None) -> int:
             f"tessera preprocess: {summary['rejected']} of {summary['sources_in']} inputs rejected "
             f"({summary['rejected_fraction']:.1%} > --max-rejected-fraction {config.max_rejected_fraction:.1%}); "
             f"nothing was published. Rejected records with reasons: {kept}/{layout.REJECTED_FILE}")
+    if not sum(summary["examples"].values()):
+        kept = publish.keep_only_reports(work)
+        print(finalise.describe(summary, config.output), file=sys.stderr)
+        raise SystemExit(f"tessera preprocess: no examples were written ({summary['rejected']} of "
+                         f"{summary['sources_in']} inputs rejected, {summary['tiles'].get('kept', 0)} tiles kept); "
+                         f"nothing was published. Reports: {kept}")
     version = publish.commit(work, config.output, config.overwrite, summary["fingerprint"], config.keep_versions)
     print(finalise.describe(summary, config.output, version), flush=True)
     return 0

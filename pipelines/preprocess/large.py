@@ -97,13 +97,36 @@ def _mask_level(mask: regions.RegionSource, shape: tuple[int, int], name: str) -
                         f"image's; mask levels are {[mask.level_shape(i) for i in range(len(mask.levels))]}")
 
 
+SMALL_LEVEL_PIXELS, SAMPLED_CHUNKS = 4_000_000, 64
+
+
 def _resolve_mask_mode(mask: regions.RegionSource, policy: masks.MaskPolicy, name: str) -> str:
-    """``auto`` decided once per source, from the values of the mask's smallest level."""
+    """``auto`` decided once per source, from the values of the mask's smallest level when that
+    is small, else of up to SAMPLED_CHUNKS chunks spread over the mask (a bounded read); a block
+    holding values outside that decision is rejected with the reason."""
     if policy.mode != "auto":
         return policy.mode
-    smallest = len(mask.levels) - 1
-    values = np.unique(mask.read(smallest, 0, 0, *mask.level_shape(smallest))).tolist()
-    return masks.auto_mask_mode([v for v in values if v not in policy.ignore_values], policy.num_classes, name)
+    level = len(mask.levels) - 1
+    height, width = mask.level_shape(level)
+    if height * width <= SMALL_LEVEL_PIXELS:
+        values = set(np.unique(mask.read(level, 0, 0, height, width)).tolist())
+    else:
+        values = set()
+        for y, x, h, w in _spread_chunks(mask, level, SAMPLED_CHUNKS):
+            values |= set(np.unique(mask.read(level, y, x, h, w)).tolist())
+    return masks.auto_mask_mode([v for v in sorted(values) if v not in policy.ignore_values], policy.num_classes,
+                                name)
+
+
+def _spread_chunks(source: regions.RegionSource, level: int, count: int) -> list[tiling.Box]:
+    """Up to ``count`` chunk-aligned regions of one chunk each, spread evenly over a level."""
+    height, width = source.level_shape(level)
+    sizes = dict(zip(source.axes, source.levels[level].chunks))
+    ch, cw = min(int(sizes["Y"]), height), min(int(sizes["X"]), width)
+    rows, cols = -(-height // ch), -(-width // cw)
+    picks = np.unique(np.linspace(0, rows * cols - 1, min(count, rows * cols)).round().astype(int))
+    return [((i // cols) * ch, (i % cols) * cw, min(ch, height - (i // cols) * ch), min(cw, width - (i % cols) * cw))
+            for i in picks.tolist()]
 
 
 def header_pixel_size(source: sources.Source, settings: LargeSettings) -> float | None:

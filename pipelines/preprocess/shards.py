@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import Counter
 from typing import Any, Iterator
@@ -156,7 +157,8 @@ class _BuildShard(beam.DoFn):
             pq.write_table(table, handle)
         logging.info("shard %s: %d examples, %.1f MB in %.1f s", name, len(rows), writer.size / 1e6,
                      time.monotonic() - started)
-        yield {"split": split, "index": index, "count": count, "name": name,
+        yield {"split": split, "index": index, "count": count, "name": name, "worker": os.getpid(),
+               "units": [list(unit_order(u)) for u in sorted(shard_units, key=unit_order)],
                "num_examples": len(rows), "num_bytes": writer.size, "sha256": writer.digest.hexdigest()}
 
     def _unit_examples(self, unit, counts: Counter):
