@@ -2,8 +2,8 @@
 
 Inputs: a pyramidal JPEG-compressed tiled TIFF of SIDE x SIDE RGB (generated tile by tile,
 never whole in memory) and the same content at SIDE / 4 a side; a folder of small PNGs for
-the ordinary path. Each job runs in a fresh process (DirectRunner), so its peak RSS is its
-own (TensorFlow and the model included). Printed:
+the ordinary path. Each job runs in a fresh process (DirectRunner); each process's own peak
+RSS (TensorFlow and the model included) is read from /proc while it runs (tessera.peak_memory). Printed:
 
 1. peak RSS per worker for the large and the small TIFF (target: the same within 10%);
 2. tiles/s of the block path vs the same model on small images (target >= 0.8x);
@@ -31,20 +31,19 @@ import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tessera.peak_memory import PeakWatcher  # noqa: E402
 from tessera.toy_models import export_model  # noqa: E402
 
 CORE, MARGIN, TILE_BYTES = 128, 16, 256
 MEMORY_MB = 48   # blocks of ~640 px: both TIFFs span several blocks a side
 
 JOB = """
-import json, resource, sys, time
+import json, sys, time
 from pipelines.predict import job
 config = job.config_from_args(job.build_parser().parse_args(sys.argv[1:sys.argv.index("--")]))
 started = time.perf_counter()
 summary, stages = job.execute(config, sys.argv[sys.argv.index("--") + 1:], collect_metrics=True)
-print(json.dumps({"seconds": time.perf_counter() - started, "tiles": summary["tiles"], "stages": stages,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "children_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+print(json.dumps({"seconds": time.perf_counter() - started, "tiles": summary["tiles"], "stages": stages}))
 """
 
 
@@ -80,11 +79,14 @@ def write_pyramid(path: str, side: int, tile: int = TILE_BYTES) -> None:
 def run(model: str, inputs: str, output: str, *extra: str, beam=("--direct_running_mode=in_memory",)) -> dict:
     argv = ["--model-dir", model, "--input", inputs, "--output", output, "--batch-size", "16",
             "--large-image-pixels", "1000000", "--memory-limit-mb", str(MEMORY_MB), *extra, "--", *beam]
-    done = subprocess.run([sys.executable, "-c", JOB, *argv], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    job = subprocess.Popen([sys.executable, "-c", JOB, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with PeakWatcher(job.pid, interval=0.1) as watcher:   # each process's own peak (not ru_maxrss: see there)
+        out, err = job.communicate()
+    if job.returncode:
+        raise SystemExit(err[-3000:])
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_mib": watcher.root_peak(),
+            "children_peak_mib": watcher.children_peak()}
 
 
 def folder_bytes(path: str) -> int:

@@ -36,7 +36,7 @@ from pipelines.core.masks import PILLOW_DEFAULT_MAX_PIXELS, MaskPolicy
 from schemas.rejected import RejectedInput
 
 FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
-_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"BM", b"GIF8")  # TIFF, BigTIFF
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _ORIENTATION_TAG = 0x0112
 # Pillow modes reduced to "L" or "RGB" by Pillow itself (alpha dropped, colour spaces converted).
