@@ -241,3 +241,30 @@ def test_the_pyramid_level_of_the_pixel_size_is_cut_and_recorded(tmp_path):
     reports = next(tmp_path.glob("mismatch*"))
     record = json.loads(next(reports.rglob("rejected.jsonl")).read_text().splitlines()[0])
     assert record["reason"] == "pixel_size_mismatch" and "0.7" in record["detail"]
+
+
+def test_a_large_tiff_with_a_zarr_mask_on_gcs_is_cut_by_region(tmp_path, gcs_prefix):
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.beam.files import resolve_version
+    from tests.conftest import upload_tree
+
+    image = texture(300, 260)
+    mask = ((np.indices((300, 260)).sum(0) // 40) % 2).astype(np.uint8)
+    root = tmp_path / "raw"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    tifffile.imwrite(root / "images" / "scan.tif", image, tile=(64, 64), compression="zlib", photometric="rgb")
+    zarr.create_array(str(root / "masks" / "scan.zarr"), data=mask, chunks=(64, 64), zarr_format=2)
+    upload_tree(root, f"{gcs_prefix}/raw")
+    args = ("--tile-size", 32, "--margin", 8, *BLOCKS)
+    assert run(f"{gcs_prefix}/raw", f"{gcs_prefix}/ds", *args) == 0
+    assert run(root, tmp_path / "local", *args) == 0
+    version = resolve_version(f"{gcs_prefix}/ds")
+    local = tmp_path / "copy"
+    local.mkdir()
+    for m in FileSystems.match([f"{version}/tessera-*"])[0].metadata_list:
+        with FileSystems.open(m.path) as handle:
+            (local / m.path.rsplit("/", 1)[1]).write_bytes(handle.read())
+    on_gcs = decoded(local)
+    assert on_gcs == decoded(tmp_path / "local" / "current") and len(on_gcs) == 10 * 9
