@@ -146,6 +146,15 @@ def read_label_image(path: str, num_classes: int, max_pixels: int) -> np.ndarray
     return mask
 
 
+def probability_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
+    """{image id: its probabilities .npy} for the images predicted with --save-probabilities."""
+    if table is None or "probabilities_path" not in table.column_names:
+        return {}
+    return {i: (p if "://" in p or p.startswith("/") else FileSystems.join(pred_dir, p))
+            for i, p in zip(table["image_id"].to_pylist(), table["probabilities_path"].to_pylist())
+            if p and p.endswith(".npy")}
+
+
 def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int) -> np.ndarray:
     """Class ids of a predicted mask PNG; a binary model's 0/255 masks (--binary-255) -> 0/1.
 

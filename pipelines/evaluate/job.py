@@ -39,9 +39,9 @@ from pipelines.beam.files import (
     read_input,
     write_bytes,
 )
-from pipelines.core.images import read_mask
+from pipelines.core.images import read_mask, read_mask_values
 from pipelines.core.masks import MaskPolicy, parse_mask_values
-from pipelines.evaluate import scores
+from pipelines.evaluate import objects, scores
 from pipelines.evaluate.confusion_plot import render_confusion_png
 from pipelines.evaluate.inputs import (
     check_complete,
@@ -52,6 +52,7 @@ from pipelines.evaluate.inputs import (
     match_ids,
     predicted_labels,
     prediction_mask_paths,
+    probability_paths,
     read_label_image,
     read_prediction,
     read_predictions_table,
@@ -61,6 +62,9 @@ from pipelines.evaluate.inputs import (
 from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
 from schemas.layout import CONFIG_FILE, PREDICTIONS_FILE
 from schemas.rejected import RejectedInput, rejected_record
+
+OBJECT_METRICS = ("object_precision", "object_recall", "object_f1", "object_ap50", "object_f1_50_95",
+                  "object_ap_50_95")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,7 @@ class EvaluateConfig:
     allow_incomplete: bool = False
     max_pixels: int = 400_000_000     # larger truth or predicted masks are rejected before decoding
     seam_band: int = 8                # error rate within this many px of tile core edges vs inside (0: off)
+    truth_instances: bool = False     # truth masks are instance label images (an id per object, 0 none)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seam-band", type=int, default=EvaluateConfig("", "").seam_band,
                    help="report the error rate within this many px of the prediction tiles' core edges vs "
                         "the interior (from the predictions' config.json; 0: off)")
+    p.add_argument("--truth-instances", action="store_true",
+                   help="truth masks hold an id per object (0 background): objects are those ids, so touching "
+                        "cells stay apart (otherwise: connected components of each class)")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="score a prediction directory without _SUCCESS (an unfinished or failed run)")
     return p
@@ -105,6 +113,7 @@ def run(argv: list[str] | None = None) -> int:
         predictions=args.predictions.rstrip("/"), truth=args.truth.rstrip("/"), output=args.output,
         mask_values=args.mask_values, beta=args.beta, task=args.task, workers=args.workers,
         allow_incomplete=args.allow_incomplete, max_pixels=args.max_pixels, seam_band=args.seam_band,
+        truth_instances=args.truth_instances,
         class_names=tuple(n.strip() for n in args.class_names.split(",") if n.strip()))
     try:
         for reads, flag in ((config.predictions, "--predictions"), (config.truth, "--truth")):
@@ -126,6 +135,8 @@ class PairTask:
     prediction_path: str
     policy: MaskPolicy
     grid: tuple[int, int, int] | None = None   # (core, stride, band px) of the prediction run's tiles
+    probabilities_path: str | None = None      # the image's class probabilities (.npy), when saved
+    truth_instances: bool = False
 
 
 def score_pair(task: PairTask) -> dict:
@@ -138,7 +149,12 @@ def score_pair(task: PairTask) -> dict:
     source = task.truth_path
     try:
         limit = file_bytes_limit(task.policy.max_pixels)
-        truth = read_mask(read_input(source, limit), source, task.policy)
+        truth_ids = None
+        if task.truth_instances:
+            truth_ids = read_mask_values(read_input(source, limit), source, task.policy)
+            truth = (truth_ids > 0).astype(np.uint8)
+        else:
+            truth = read_mask(read_input(source, limit), source, task.policy)
         source = task.prediction_path
         if large:
             pred = read_label_image(source, task.policy.num_classes, task.policy.max_pixels)
@@ -155,9 +171,18 @@ def score_pair(task: PairTask) -> dict:
     if task.grid is not None:
         core, stride, band = task.grid
         seams = scores.seam_errors(truth, pred, scores.seam_band(*truth.shape, core, stride, band))
+    ignored = objects.ignored_of(truth)
+    truth_ids = objects.objects_of(truth if truth_ids is None else truth_ids, ignored, truth_ids is not None)
+    pred_ids = objects.objects_of(pred, ignored)
+    vrand = (float("nan"), float("nan"))
+    if task.probabilities_path and exists(task.probabilities_path):
+        probabilities = np.load(io.BytesIO(read_bytes(task.probabilities_path)))
+        if probabilities.shape[:2] == truth.shape:
+            vrand = objects.vrand_isbi(truth_ids, objects.foreground_of(probabilities), ignored)
     return {"image_id": task.image_id, "status": "evaluated", "seams": seams,
             "confusion": scores.confusion_matrix(truth, pred, task.policy.num_classes),
-            "rand_table": scores.rand_table(truth, pred),
+            "rand_table": scores.ids_table(truth_ids, pred_ids),
+            "objects": objects.object_counts(truth_ids, pred_ids), "vrand_isbi": vrand,
             "height": truth.shape[0], "width": truth.shape[1],
             "ignored_pixels": int(np.sum(truth == IGNORE_LABEL))}
 
@@ -177,13 +202,16 @@ def flat_scores(confusion: np.ndarray, class_names: tuple[str, ...], beta: float
     return row
 
 
-def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad):
+def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad, probabilities=None):
     k = len(class_names)
     policy = dataclasses.replace(parse_mask_values(config.mask_values, k), max_pixels=config.max_pixels)
     grid = tile_grid(config)
-    tasks = [PairTask(i, truth[i], preds[i], policy, grid) for i in sorted(truth.keys() & preds.keys())]
+    probabilities = probabilities or {}
+    tasks = [PairTask(i, truth[i], preds[i], policy, grid, probabilities.get(i), config.truth_instances)
+             for i in sorted(truth.keys() & preds.keys())]
     results = map_tasks(score_pair, tasks, config.workers)
     rows, tables, micro, seams = [], [], np.zeros((k, k), dtype=np.int64), np.zeros(4, np.int64)
+    found = None
     for task, res in zip(tasks, results):
         row = {"image_id": task.image_id, "status": res["status"], "reason": res.get("reason"),
                "truth_path": task.truth_path, "prediction_path": task.prediction_path}
@@ -192,17 +220,25 @@ def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad
         else:
             micro += res["confusion"]
             tables.append(res["rand_table"])
+            found = objects.add_counts(found, res["objects"])
             if res["seams"] is not None:
                 seams += res["seams"]
             row.update(height=res["height"], width=res["width"], ignored_pixels=res["ignored_pixels"],
                        labelled_pixels=int(res["confusion"].sum()), **flat_scores(res["confusion"], class_names, config.beta),
-                       adapted_rand_error=scores.adapted_rand(res["rand_table"]), confusion=res["confusion"].tolist())
+                       adapted_rand_error=scores.adapted_rand(res["rand_table"]), confusion=res["confusion"].tolist(),
+                       **objects.object_summary(res["objects"]), **objects.information_variation(res["rand_table"]),
+                       vrand_isbi=res["vrand_isbi"][0], vrand_isbi_threshold=res["vrand_isbi"][1])
         rows.append(row)
     done = [r for r in rows if r["status"] == "evaluated"]
-    metric_names = (*scores.CLASS_METRICS, "pixel_error", "adapted_rand_error")
+    metric_names = (*scores.CLASS_METRICS, "pixel_error", "adapted_rand_error", *OBJECT_METRICS, "vi",
+                    "vi_merge", "vi_split", "vrand_isbi")
+    combined = scores.combined_table(tables)
     overall = {
         "micro": {**scores.segmentation_summary(micro, config.beta),
-                  "adapted_rand_error": scores.adapted_rand(scores.combined_table(tables))},
+                  "adapted_rand_error": scores.adapted_rand(combined),
+                  **{m: v for m, v in objects.object_summary(found).items() if m in OBJECT_METRICS},
+                  **objects.information_variation(combined),
+                  "vrand_isbi": _nanmean([r["vrand_isbi"] for r in done])},
         "per_image_mean": {m: _nanmean([r[m] for r in done]) for m in metric_names},
     }
     if grid is not None:
@@ -286,7 +322,8 @@ def evaluate(config: EvaluateConfig, out=None) -> dict:
         preds, pred_bad = prediction_mask_paths(config.predictions, table)
         bad += pred_bad
         missing_pred, missing_truth = sorted(truth.keys() - preds.keys()), sorted(preds.keys() - truth.keys())
-        rows, overall, confusion = evaluate_segmentation(config, class_names, truth, preds, bad)
+        rows, overall, confusion = evaluate_segmentation(config, class_names, truth, preds, bad,
+                                                         probability_paths(config.predictions, table))
     if not any(r["status"] == "evaluated" for r in rows):
         overall = _undefined(overall)  # nothing scored: no numbers, not the 1.0 of "both empty"
     rows += [{"image_id": i, "status": "missing_prediction"} for i in missing_pred]

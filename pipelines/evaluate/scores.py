@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse
-from skimage.measure import label as connected_components
 from skimage.metrics import adapted_rand_error, contingency_table
 
+from pipelines.evaluate.objects import objects_of
 from schemas.example import IGNORE_LABEL
 
 CLASS_METRICS = ("dice", "iou", "precision", "recall", "fbeta")
@@ -100,8 +100,11 @@ def segmentation_summary(confusion: np.ndarray, beta: float = 1.0) -> dict[str, 
 def rand_table(truth: np.ndarray, pred: np.ndarray):
     """The contingency table of truth components (rows) vs predicted components (columns)."""
     ignored = truth == IGNORE_LABEL
-    truth_ids = connected_components(np.where(ignored, 0, truth), background=0, connectivity=1)
-    pred_ids = connected_components(np.where(ignored, 0, pred), background=0, connectivity=1)
+    return ids_table(objects_of(truth, ignored), objects_of(pred, ignored))
+
+
+def ids_table(truth_ids: np.ndarray, pred_ids: np.ndarray):
+    """The contingency table of truth objects (rows; background 0 excluded) vs predicted ones."""
     return contingency_table(truth_ids, pred_ids, ignore_labels=(0,), sparse_type="array")
 
 
