@@ -100,6 +100,7 @@ MANIFEST_SCHEMA = pa.schema(
 #     probabilities/<image_id>.npy    float16 (H, W, K), with --save-probabilities
 #     overlays/<image_id>.png         preview (long side <= 1024 px): classes coloured over the image
 #     seams/<image_id>.png            with overlap > 0: heat map (overlay size) of where tiles disagree
+#     instances/<image_id>.tif        --instances: uint32 instance ids (+ objects/<image_id>.parquet)
 #     rows/<settings>/<image_id>.json the image's Parquet row; written last = the image is done
 #     rejected/<sha1(source)>.json    one rejected input (schemas.rejected)
 #     _tmp/<settings>/<image_id>/     strip parts of images predicted in several strips
@@ -119,12 +120,13 @@ PROBABILITIES_DIR = "probabilities"
 ROWS_DIR = "rows"
 REJECTED_DIR = "rejected"
 STRIP_PARTS_DIR = "_tmp"
+INSTANCES_DIR = "instances"  # instances/<image_id>.tif: uint32 instance ids (--instances)
 SEAMS_DIR = "seams"         # seams/<image_id>.png: where overlapping tiles disagree (overlap > 0)
-OBJECTS_DIR = "objects"     # large images: objects/<image_id>.parquet (OBJECTS_SCHEMA)
+OBJECTS_DIR = "objects"     # large images, --instances: objects/<image_id>.parquet (OBJECTS_SCHEMA)
 BLOCKS_DIR = "_blocks"      # done markers of large images' blocks, per settings
 LEASES_DIR = "_leases"      # one claim + heartbeat per running run (pipelines.beam.lease)
 PREDICTIONS_FILE = "predictions.parquet"
-IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, SEAMS_DIR)
+IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, SEAMS_DIR, INSTANCES_DIR, OBJECTS_DIR)
 
 
 def shard_suffix(num_shards: int, shard_index: int) -> str:
@@ -150,6 +152,10 @@ def mask_path(image_id: str) -> str:
 
 def overlay_path(image_id: str) -> str:
     return f"{OVERLAYS_DIR}/{image_id}.png"
+
+
+def instances_path(image_id: str) -> str:
+    return f"{INSTANCES_DIR}/{image_id}.tif"
 
 
 def seam_map_path(image_id: str) -> str:
@@ -233,6 +239,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     # tile's class scores and those already blended there, and the fraction whose class flips
     ("seam_disagreement", pa.float64()), ("seam_flip_fraction", pa.float64()),
     ("seam_map_path", pa.string()),      # their heat map (seams/<image_id>.png), overlap > 0 only
+    ("instances_path", pa.string()),     # --instances: the instance label image
     # large images: the pyramid level predicted, the pixel size of the predicted pixels (µm/px),
     # and the resampling factor when no level had the model's pixel size (None: as stored)
     ("source_level", pa.int32()), ("pixel_size_um", pa.float64()), ("resample_factor", pa.float64()),

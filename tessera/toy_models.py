@@ -40,6 +40,9 @@ class ToyModel(tf.Module):
             self.dense = tf.Variable(rng.normal(0, 2.0, (channels, classes)).astype(np.float32))
             self.kernels = []
             return
+        if kind == "bright":   # foreground probability = brightness: a mask is whatever the image draws
+            self.kernels = []
+            return
         sizes = [channels] + [width] * (layers if kind in ("same", "valid") else 0)
         self.kernels = [tf.Variable(rng.normal(0, 0.5, (3, 3, a, b)).astype(np.float32))
                         for a, b in zip(sizes[:-1], sizes[1:])]
@@ -49,6 +52,9 @@ class ToyModel(tf.Module):
         x = tf.cast(pixels, tf.float32) * self.scale + self.offset
         if self.kind == "classify":
             return tf.nn.softmax(tf.reduce_mean(x, axis=(1, 2)) @ self.dense)
+        if self.kind == "bright":
+            bright = tf.reduce_mean(tf.cast(pixels, tf.float32), axis=-1, keepdims=True) / 255.0
+            return tf.concat([1.0 - bright, bright], axis=-1)
         for kernel in self.kernels:
             x = tf.tanh(tf.nn.conv2d(x, kernel, 1, self.padding))
         return tf.nn.softmax(tf.nn.conv2d(x, self.head, 1, "SAME"))

@@ -89,8 +89,8 @@ def forget_other_settings(layout: outputs.OutputLayout) -> bool:
     Masks and overlays are shared by all settings, so another settings' rows (and Parquet,
     rejected JSONL, _SUCCESS files) would otherwise vouch for masks this run overwrites, or
     claim done images whose masks a later run replaced. Rows go last: the summaries are
-    never left pointing at deleted rows. Seam maps and probabilities that these settings do not
-    write are deleted too. Returns whether anything was forgotten.
+    never left pointing at deleted rows. Seam maps, probabilities and instance images that these
+    settings do not write are deleted too. Returns whether anything was forgotten.
     """
     previous, current = previous_settings(layout), layout.settings.fingerprint()
     if previous in (None, current):
@@ -104,7 +104,8 @@ def forget_other_settings(layout: outputs.OutputLayout) -> bool:
              if not relative.startswith((layout.rows_dir() + "/", layout.parts_dir() + "/",
                                          f"{names.BLOCKS_DIR}/{current}/"))]
     unwritten = [folder for folder, written in ((names.SEAMS_DIR, layout.settings.overlap > 0),
-                                                (names.PROBABILITIES_DIR, layout.settings.save_probabilities))
+                                                (names.PROBABILITIES_DIR, layout.settings.save_probabilities),
+                                                (names.INSTANCES_DIR, layout.settings.instances != "none"))
                  if not written]     # outputs these settings do not make would outlive the run that made them
     stale += [layout.path(relative) for folder in unwritten for relative in existing(layout.root, folder)]
     if stale:

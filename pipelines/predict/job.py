@@ -72,7 +72,9 @@ class PredictConfig:
     lease_wait_s: float = 120.0       # how long to wait for a conflicting run (a killed one's lease expiring)
     large_image_pixels: int = 64_000_000  # tiled TIFF / zarr inputs larger than this go block by block
     pixel_size_um: float = 0.0        # predict the pyramid level of this pixel size (0: the model card's, else 0)
-    connectivity: int = 4             # objects of large images: 4- or 8-connected
+    connectivity: int = 4             # objects (and instances): 4- or 8-connected
+    instances: str = "none"           # none | components | watershed: instance labels of small images
+    min_distance: int = 5             # watershed: seeds at least this many px apart
     model_copies: int = 0             # > 0: copies per machine shared by its processes (0: one per process)
     mask_format: str = "ome-zarr"     # large images: ome-zarr, or ome-tiff (an OME-TIFF beside the zarr)
     follow_symlinks: bool = False
@@ -128,7 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-format", choices=("ome-zarr", "ome-tiff"), default=d.mask_format,
                    help="large images' masks: an OME-Zarr label pyramid, or that and a tiled pyramidal OME-TIFF")
     p.add_argument("--connectivity", type=int, choices=(4, 8), default=d.connectivity,
-                   help="objects.parquet of large images: 4- or 8-connected components per class")
+                   help="objects (objects.parquet of large images, --instances): 4- or 8-connected")
+    p.add_argument("--instances", choices=("none", "components", "watershed"), default=d.instances,
+                   help="write instances/<id>.tif (an id per object) and objects/<id>.parquet: connected "
+                        "components per class, or split at the necks between touching objects (watershed)")
+    p.add_argument("--min-distance", type=int, default=d.min_distance,
+                   help="--instances watershed: seeds (distance maxima) at least this many px apart")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinked inputs whose target lies outside the input folder (refused by default)")
     p.add_argument("--lease-ttl-s", type=float, default=d.lease_ttl_s,
@@ -160,10 +167,11 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
         task=card.task, class_names=card.class_names, model_ids=tuple(model_id for _, model_id in read),
         ensemble=config.ensemble, tta=config.tta, overlap=config.overlap, blend=config.blend,
         binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation",
-        connectivity=config.connectivity, mask_format=config.mask_format)
+        connectivity=config.connectivity, mask_format=config.mask_format,
+        instances=config.instances if card.task == "segmentation" else "none", min_distance=config.min_distance)
     geometry = plan.Geometry(card.task, card.core, card.margin, card.channels, 2 if card.input_dtype == "uint16" else 1,
                              card.num_classes, plan.stride_for(card.core, config.overlap), config.batch_size,
-                             settings.save_probabilities)
+                             settings.save_probabilities, settings.instances != "none")
     policy = images.ImagePolicy(color_mode="rgb" if card.channels == 3 else "grayscale",
                                 bit_depth="keep16" if card.input_dtype == "uint16" else "scale8",
                                 max_pixels=config.max_image_pixels)

@@ -17,10 +17,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tifffile
 from apache_beam.metrics import Metrics
 
 from pipelines.beam.files import atomic_create, read_bytes, write_atomically
 from pipelines.core.pixels import PNG_SIGNATURE, encode_png, heat, overlay, png_chunk
+from pipelines.predict import label_outputs
+from pipelines.predict.instances import instance_labels, instance_table
 from pipelines.predict.stitch import ComponentCounter, StripResult, preview_step, seam_columns
 from schemas import layout as names
 from schemas.layout import PREDICTIONS_SCHEMA
@@ -41,10 +44,13 @@ class OutputSettings:
     save_probabilities: bool = False
     connectivity: int = 4          # objects of large images
     mask_format: str = "ome-zarr"  # large images: "ome-zarr", or "ome-tiff" (the zarr and an OME-TIFF)
+    instances: str = "none"        # small images: "components" or "watershed" instance labels
+    min_distance: int = 5          # watershed seeds at least this far apart (px)
 
     def fingerprint(self) -> str:
         values = dataclasses.asdict(self)
-        for name, default in (("connectivity", 4), ("mask_format", "ome-zarr")):
+        for name, default in (("connectivity", 4), ("mask_format", "ome-zarr"), ("instances", "none"),
+                              ("min_distance", 5)):
             if values[name] == default:   # defaults leave the fingerprints of earlier runs as they were
                 del values[name]
         text = json.dumps(values, sort_keys=True)
@@ -90,6 +96,8 @@ class OutputLayout:
             return []
         paths = [self.mask(image_id), self.overlay(image_id)]
         paths += [names.seam_map_path(image_id)] if self.settings.overlap > 0 else []
+        paths += [names.instances_path(image_id), names.objects_path(image_id)] \
+            if self.settings.instances != "none" else []
         return paths + ([self.probabilities(image_id)] if self.settings.save_probabilities else [])
 
 
@@ -135,6 +143,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     """
     s, first = layout.settings, None
     counts, confidence, tiles, previews, masks, heats = np.zeros(len(s.class_names), np.int64), 0.0, 0, [], [], []
+    masks_full, confidences = [], []    # with --instances: the whole mask, labelled at the end
     seams = np.zeros(3, np.float64)
     components = ComponentCounter(len(s.class_names))
 
@@ -148,6 +157,9 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
             previews.append(r.preview_image)
             masks.append(r.preview_mask)
             heats.append((r.rows[0], r.preview_seams))
+            if s.instances != "none":
+                masks_full.append(r.mask)
+                confidences.append(r.confidence)
             components.add(r.mask)
             yield r.mask * np.uint8(255 if s.binary_255 else 1)
 
@@ -163,6 +175,9 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     tinted = overlay(np.concatenate(previews), np.concatenate(masks), alpha=0.5)
     with atomic_create(layout.path(layout.overlay(image_id))) as handle:
         write_png_rows(handle, tinted.shape[1], tinted.shape[0], [tinted], level=1)
+    instances = None
+    if s.instances != "none":
+        instances = write_instances(layout, image_id, np.concatenate(masks_full), np.concatenate(confidences))
     seam_map = None
     if s.overlap > 0:
         seam_map = names.seam_map_path(image_id)
@@ -178,7 +193,20 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
         "probabilities_path": layout.probabilities(image_id) if s.save_probabilities else None,
         "tiles": tiles, "strips": first.strips, **common_row(s),
         **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])), "seam_map_path": seam_map,
+        "instances_path": instances,
     }
+
+
+def write_instances(layout: OutputLayout, image_id: str, mask: np.ndarray, confidence: np.ndarray) -> str:
+    """instances/<id>.tif (uint32 ids, zlib) and objects/<id>.parquet, one row per instance."""
+    s = layout.settings
+    labels = instance_labels(mask, s.instances, s.connectivity, s.min_distance)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels, compression="zlib", photometric="minisblack")
+    write_atomically(layout.path(names.instances_path(image_id)), buffer.getvalue())
+    table = label_outputs.objects_table(image_id, instance_table(labels, mask, confidence), s.class_names, None)
+    write_atomically(layout.path(names.objects_path(image_id)), label_outputs.parquet_bytes(table))
+    return names.instances_path(image_id)
 
 
 def write_seam_map(path: str, shape: tuple[int, int], pieces: Iterable[tuple[int, int, np.ndarray | None]]) -> None:

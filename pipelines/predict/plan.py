@@ -46,6 +46,7 @@ class Geometry:
     stride: int
     batch_size: int = 16
     save_probabilities: bool = False
+    instances: bool = False          # --instances: the finishing step labels the whole mask
 
     @property
     def tile(self) -> int:
@@ -82,6 +83,9 @@ def involved_rows(starts: list[int], core: int, a: int, b: int) -> list[int]:
 
 def image_bytes(height: int, width: int, g: Geometry) -> int:
     return height * width * g.channels * g.itemsize
+
+
+INSTANCE_BYTES = 40   # per pixel: mask, confidence, labels, distance map, watershed's work arrays
 
 
 def decode_cost(height: int, width: int, file_bytes: int, g: Geometry) -> int:
@@ -124,6 +128,11 @@ def plan_strips(height: int, width: int, file_bytes: int, g: Geometry, limit_byt
     def fits(k: int) -> bool:
         return peak_bytes(height, width, file_bytes, g, strip_rows(height, g, k)) <= limit_bytes
 
+    if g.instances and height * width * INSTANCE_BYTES > limit_bytes:
+        raise RejectedInput("too_large_for_memory", (
+            f"{name}: {height}x{width} is labelled whole for --instances (about "
+            f"{height * width * INSTANCE_BYTES / 2**20:.0f} MiB, --memory-limit-mb {limit_bytes / 2**20:.0f}); "
+            "raise the limit, or save it as a tiled TIFF: large images get objects.parquet block by block"))
     n = len(row_starts(height, g))
     if fits(n):
         return strip_rows(height, g, n)

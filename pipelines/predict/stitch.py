@@ -42,10 +42,11 @@ class StripResult:
     started: float
     seams: tuple[int, float, int] = (0, 0.0, 0)   # overlapped pixels, summed disagreement, class flips
     preview_seams: np.ndarray | None = None        # (cells, pw) uint8 seam heat from preview cell row ``a // step``
+    confidence: np.ndarray | None = None           # (o, W) float16 of the chosen class, kept for --instances
 
     def to_bytes(self) -> bytes:
         arrays = {"mask": self.mask, "preview_image": self.preview_image, "preview_mask": self.preview_mask}
-        for name in ("probabilities", "preview_seams"):
+        for name in ("probabilities", "preview_seams", "confidence"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
         buf = io.BytesIO()
@@ -55,7 +56,8 @@ class StripResult:
     def summary(self) -> dict:
         """Everything but the arrays (what travels through the shuffle beside a part file)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not isinstance(getattr(self, f.name), np.ndarray) and f.name not in ("probabilities", "preview_seams")}
+                if not isinstance(getattr(self, f.name), np.ndarray)
+                and f.name not in ("probabilities", "preview_seams", "confidence")}
 
     @classmethod
     def from_parts(cls, summary: dict, data: bytes) -> "StripResult":
@@ -63,7 +65,7 @@ class StripResult:
             loaded = {k: arrays[k] for k in arrays.files}
         return cls(**summary, mask=loaded["mask"], probabilities=loaded.get("probabilities"),
                    preview_image=loaded["preview_image"], preview_mask=loaded["preview_mask"],
-                   preview_seams=loaded.get("preview_seams"))
+                   preview_seams=loaded.get("preview_seams"), confidence=loaded.get("confidence"))
 
 
 def stitch_strip(task: StripTask, scores: np.ndarray, blend: str, seams: list | None = None) -> np.ndarray:
@@ -129,7 +131,7 @@ def preview_rows(a: int, b: int, step: int) -> slice:
 
 
 def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
-                 blend: str, keep_probabilities: bool) -> StripResult:
+                 blend: str, keep_probabilities: bool, keep_confidence: bool = False) -> StripResult:
     seams = [0, 0.0, 0, None]
     stitched = stitch_strip(task, scores, blend, seams)
     mask = decide(stitched)
@@ -146,7 +148,8 @@ def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarr
         preview_image=to_rgb8(task.image_rows()[rows, ::step]),
         preview_mask=mask[rows, ::step],
         tiles=task.num_tiles, started=task.started, seams=tuple(seams[:3]),
-        preview_seams=seam_heat(seams[3], task.rows[0], 0, step))
+        preview_seams=seam_heat(seams[3], task.rows[0], 0, step),
+        confidence=confidence.astype(np.float16) if keep_confidence else None)
 
 
 class ComponentCounter:

@@ -176,7 +176,7 @@ class _StitchStrip(beam.DoFn):
             yield outputs.finish_row(layout, row, task.started, task.source_signature)
             return
         strip = strip_result(task, scores, self.spec.decide, layout.settings.blend,
-                             layout.settings.save_probabilities)
+                             layout.settings.save_probabilities, layout.settings.instances != "none")
         if task.strips == 1:
             yield outputs.finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started,
                              task.source_signature)
