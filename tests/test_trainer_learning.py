@@ -99,12 +99,13 @@ def test_res_attention_unet_with_deep_supervision_exports_the_fused_output(tmp_p
     np.testing.assert_allclose(out[mc.SERVING_OUTPUT].numpy().sum(-1), 1.0, rtol=1e-5)
 
 
-def test_mixed_precision_xla_and_in_step_augmentation_train(discs, tmp_path):
-    cfg = make_config(discs, tmp_path / "m", epochs=1, steps_per_epoch=3, batch_size=4, mixed_precision="on",
+@pytest.mark.parametrize("precision, dtype", [("on", "float16"), ("bfloat16", "bfloat16")])
+def test_mixed_precision_xla_and_in_step_augmentation_train(discs, tmp_path, precision, dtype):
+    cfg = make_config(discs, tmp_path / "m", epochs=1, steps_per_epoch=3, batch_size=4, mixed_precision=precision,
                       xla=True, model={"depth": 1, "filters": 4}, image_summaries=0, augment={"placement": "step"})
     result = train(cfg, export_model=False)
     assert len(result.step_losses) == 3 and np.isfinite(result.step_losses).all()
-    assert result.compute_dtype == "float16" and result.xla            # the policy and XLA were applied
+    assert result.compute_dtype == dtype and result.xla            # the policy and XLA were applied
     import keras
 
     assert keras.mixed_precision.global_policy().name == "float32"   # restored afterwards
@@ -187,3 +188,19 @@ def test_early_stopping_and_its_state_survive_a_rerun(discs, tmp_path):
     assert result.history[1]["val_dice"] == result.history[0]["val_dice"]
     again = train(cfg, export_model=False)
     assert again.step_losses == [] and [row["epoch"] for row in again.history] == [1, 2]
+
+
+def test_the_precision_policy_follows_the_hardware():
+    from trainer import distribute
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n"
+    avx512_bf16 = "flags\t\t: fpu avx512f avx512_bf16\n"
+    plain = "flags\t\t: fpu sse2 avx2 avx512f\n"
+    assert distribute.cpu_has_native_bf16(amx) and distribute.cpu_has_native_bf16(avx512_bf16)
+    assert not distribute.cpu_has_native_bf16(plain) and not distribute.cpu_has_native_bf16("")
+    policy = distribute.mixed_precision_policy
+    assert policy("auto", gpu=True, native_bf16=True) == "mixed_float16"
+    assert policy("auto", gpu=False, native_bf16=True) == "mixed_bfloat16"
+    assert policy("auto", gpu=False, native_bf16=False) == "float32"
+    assert [policy(s) for s in ("on", "float16", "bfloat16", "off")] == [
+        "mixed_float16", "mixed_float16", "mixed_bfloat16", "float32"]

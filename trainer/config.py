@@ -92,7 +92,7 @@ class TrainConfig:
     batch_size: int = 8             # per replica
     steps_per_epoch: int = 0        # 0 = train examples // global batch
     seed: int = 0
-    mixed_precision: str = "auto"   # auto (on with a GPU), on, off
+    mixed_precision: str = "auto"   # auto (float16 on a GPU, bfloat16 on a bf16 CPU), on/float16, bfloat16, off
     xla: bool = False
     checkpoint_every: int = 100     # steps between preemption backups (and every epoch end)
     patience: int = 0               # early stopping after this many epochs without improvement (0 = off)
@@ -174,7 +174,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--weight-decay",), "optim.weight_decay", float, "decoupled weight decay (0 = off)"),
     (("--freeze-epochs",), "optim.freeze_epochs", int, "transfer: epochs with a frozen backbone"),
     (("--fine-tune-lr-factor",), "optim.fine_tune_lr_factor", float, "transfer: learning-rate factor when fine-tuning"),
-    (("--mixed-precision",), "mixed_precision", str, "auto | on | off"),
+    (("--mixed-precision",), "mixed_precision", str,
+     "auto (float16 on GPUs, bfloat16 on CPUs with AMX/AVX512-BF16) | on | float16 | bfloat16 | off"),
     (("--xla",), "xla", argparse.BooleanOptionalAction, "compile the step with XLA"),
     (("--seed",), "seed", int, "seed of initialisation, shuffling and augmentation"),
     (("--checkpoint-every",), "checkpoint_every", int, "steps between preemption backups"),
@@ -262,7 +263,7 @@ def resolve_paths(cfg: TrainConfig, env: dict[str, str]) -> TrainConfig:
 
 
 _CHOICES = {
-    "mixed_precision": ("auto", "on", "off"),
+    "mixed_precision": ("auto", "on", "float16", "bfloat16", "off"),
     "model.padding": ("same", "valid"),
     "model.upsampling": ("transpose", "bilinear"),
     "model.attention": ("se", "eca", "cbam"),

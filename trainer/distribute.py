@@ -65,8 +65,30 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     all_reduce().numpy()
 
 
-def mixed_precision_policy(setting: str) -> str:
-    """"auto" -> mixed_float16 when a GPU is present; "on" / "off" force it."""
-    if setting == "on" or (setting == "auto" and tf.config.list_logical_devices("GPU")):
-        return "mixed_float16"
-    return "float32"
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")   # /proc/cpuinfo flags of CPUs with bf16 arithmetic
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16), from the flags
+    of /proc/cpuinfo (``cpuinfo``: its text, for tests); False where it cannot be read."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def mixed_precision_policy(setting: str, gpu: bool | None = None, native_bf16: bool | None = None) -> str:
+    """The Keras precision policy: "auto" -> mixed_float16 with a GPU, mixed_bfloat16 on a CPU
+    with native bf16, float32 otherwise; "on" / "float16" -> mixed_float16, "bfloat16" ->
+    mixed_bfloat16, "off" -> float32."""
+    if setting == "auto":
+        gpu = bool(tf.config.list_logical_devices("GPU")) if gpu is None else gpu
+        if gpu:
+            return "mixed_float16"
+        native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        return "mixed_bfloat16" if native_bf16 else "float32"
+    return {"on": "mixed_float16", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16", "off": "float32"}[setting]

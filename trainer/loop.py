@@ -180,14 +180,14 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, expo
     keras.mixed_precision.set_global_policy(policy)
     try:
         with StopRequest() as stop_request:
-            return _train(cfg, info, strategy, policy != "float32", export_model, stop_request)
+            return _train(cfg, info, strategy, policy == "mixed_float16", export_model, stop_request)
     except tf.errors.DataLossError as error:
         raise locate_damage(info, error) from error
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_model: bool,
+def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, export_model: bool,
            stop_request: StopRequest) -> TrainResult:
     check_xla(cfg, strategy)
     chief = distribute.is_chief(strategy)
@@ -213,7 +213,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, mixed: bool, export_mo
         model = build_model(cfg.model, spec)
         check_geometry(model, spec, cfg.model)
         schedule = make_schedule(cfg.optim, steps_per_epoch, cfg.epochs, transfer)
-        optimizer = build_optimizer(cfg.optim, schedule, mixed)
+        optimizer = build_optimizer(cfg.optim, schedule, loss_scaling)   # float16 only: bf16 needs no scaling
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
