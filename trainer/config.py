@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 
@@ -79,6 +80,19 @@ class OptimConfig:
     fine_tune_lr_factor: float = 0.1  # transfer: learning-rate factor once the backbone trains
 
 
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds of "90", "90s", "25m", "1.5h" (0: no budget)."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(text))
+    if not match:
+        raise ValueError(f"--time-budget: expected seconds or a number with s, m or h (e.g. 25m), got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or ""]
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     data: str = ""
@@ -96,6 +110,7 @@ class TrainConfig:
     xla: bool = False
     checkpoint_every: int = 100     # steps between preemption backups (and every epoch end)
     patience: int = 0               # early stopping after this many epochs without improvement (0 = off)
+    time_budget_s: float = 0.0      # train at most this long (schedule fitted after the first epoch; 0 = off)
     monitor: str = ""               # "" = val_dice / val_accuracy; or val_loss, val_iou, ...
     beta: float = 1.0               # F-beta for metrics and threshold calibration
     target_recall: float = 0.0      # > 0: calibrate the highest threshold whose val recall reaches it
@@ -180,6 +195,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--seed",), "seed", int, "seed of initialisation, shuffling and augmentation"),
     (("--checkpoint-every",), "checkpoint_every", int, "steps between preemption backups"),
     (("--patience",), "patience", int, "early-stopping patience in epochs (0 = off)"),
+    (("--time-budget",), "time_budget_s", parse_duration,
+     "train at most this long, e.g. 25m or 1.5h; the epochs and schedule are fitted to it (0 = off)"),
     (("--monitor",), "monitor", str, "metric for best model / early stopping (default: val_dice / val_accuracy)"),
     (("--beta",), "beta", float, "F-beta"),
     (("--target-recall",), "target_recall", float, "calibrate the threshold to reach this validation recall"),
@@ -288,6 +305,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name, value in positive.items():
         if value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    if isinstance(cfg.time_budget_s, str):     # "25m" in a config file
+        cfg = dataclasses.replace(cfg, time_budget_s=parse_duration(cfg.time_budget_s))
+    if cfg.time_budget_s < 0:
+        raise ValueError(f"--time-budget must be >= 0, got {cfg.time_budget_s}")
     if not 0.0 <= cfg.target_recall < 1.0:
         raise ValueError(f"--target-recall must be in [0, 1), got {cfg.target_recall}")
     if not 0.0 <= cfg.model.dropout < 1.0:

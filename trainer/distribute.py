@@ -56,6 +56,21 @@ def remove_temp(path: str, strategy: tf.distribute.Strategy) -> None:
         tf.io.gfile.rmtree(path)
 
 
+def chief_value(strategy: tf.distribute.Strategy, value: int) -> int:
+    """The chief's ``value`` on every worker (an all-reduce sum: the chief's replicas share
+    its value, every other replica adds 0), so a decision taken from a clock is everyone's."""
+    if task(strategy)[0] is None:
+        return value
+    local = len(strategy.extended.worker_devices)
+    share = tf.constant(float(value) / local if is_chief(strategy) else 0.0)
+
+    @tf.function
+    def broadcast():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(share)), axis=None)
+
+    return int(round(float(broadcast().numpy())))
+
+
 def barrier(strategy: tf.distribute.Strategy) -> None:
     """Blocks until every replica of every worker gets here (an all-reduce of a constant)."""
     @tf.function

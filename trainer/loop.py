@@ -24,6 +24,7 @@ import tensorflow as tf
 from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import distribute, export
+from trainer.budget import TimeBudget, plan_epochs
 from trainer.config import TrainConfig, for_task
 from trainer.curves import learning_curves_png
 from trainer.data import (
@@ -109,6 +110,8 @@ class NothingToExport(RuntimeError):
     """No epoch produced a finite monitored value, so there is no best model."""
 
 
+EXPORT_RESERVE_S = 10.0   # --time-budget: kept back for the export at the end (besides validation)
+
 @dataclasses.dataclass
 class TrainResult:
     history: list[dict]
@@ -120,6 +123,9 @@ class TrainResult:
     weights_checksum: float           # sum of |w| over the final weights (compare across workers)
     compute_dtype: str = "float32"    # what the network's layers computed in (the precision policy applied)
     xla: bool = False                 # whether the training step was compiled with XLA
+    seconds_spent: float = 0.0        # training time of this and earlier (resumed) runs, as the budget counts it
+    planned_epochs: int = 0           # --time-budget: the epochs fitted to it (0: no budget)
+    trained_until_s: float = 0.0      # the budget clock when the last step ended (before the export)
 
 
 def set_backbone_trainable(model, trainable: bool) -> bool:
@@ -221,8 +227,10 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
         best_var = tf.Variable(-np.inf if mode_max else np.inf, dtype=tf.float64, trainable=False, name="best")
         best_epoch_var = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
         wait_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+        clock = TimeBudget(cfg.time_budget_s)
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step=step_var, best=best_var,
-                                best_epoch=best_epoch_var, wait=wait_var)
+                                best_epoch=best_epoch_var, wait=wait_var, seconds_spent=clock.spent,
+                                epochs_planned=clock.planned)
     backup_write = distribute.write_dir(cfg.backup_dir, strategy)
     backup = tf.train.CheckpointManager(state, backup_write, max_to_keep=1, checkpoint_name="backup")
     best_write = distribute.write_dir(cfg.checkpoint_dir, strategy)
@@ -232,6 +240,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
     resumed_at = 0
     if latest:
         state.restore(latest).assert_existing_objects_matched()
+        clock.resumed()
         resumed_at = int(epoch_var.numpy()) * steps_per_epoch + int(step_var.numpy())
         if int(epoch_var.numpy()) < cfg.epochs:
             log(f"Resumed from {latest}: epoch {int(epoch_var.numpy()) + 1}, step {int(step_var.numpy())} "
@@ -240,6 +249,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
             log(f"Training already complete in {latest} (global step {resumed_at})")
 
     def save(manager, write_path):
+        clock.record()
         path = manager.save(checkpoint_number=int(epoch_var.numpy()) * steps_per_epoch + int(step_var.numpy()))
         distribute.remove_temp(write_path, strategy)
         return path
@@ -255,7 +265,14 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
 
     start_epoch = int(epoch_var.numpy())
     stop = cfg.patience and int(wait_var.numpy()) >= cfg.patience
+    if int(clock.planned.numpy()):       # resumed under a time budget: the schedule already fitted to it
+        schedule.set_total_steps(int(clock.planned.numpy()) * steps_per_epoch)
+    cycles = []                          # seconds of each whole epoch of this run (the budget's estimate)
+    step_seconds, reserve, trained_until = 0.0, EXPORT_RESERVE_S, 0.0   # the budget: a step, validation + export
+    single_worker = distribute.task(strategy)[0] is None
     for epoch in range(start_epoch, cfg.epochs if not stop else start_epoch):
+        if int(clock.planned.numpy()) and epoch >= int(clock.planned.numpy()) or stop:
+            break
         if transfer and frozen != (epoch < cfg.optim.freeze_epochs):
             frozen = epoch < cfg.optim.freeze_epochs
             set_backbone_trainable(model, not frozen)
@@ -272,7 +289,15 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
         iterator, started, epoch_losses = iter(dist), time.time(), []
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, first)
         for step in range(first, steps_per_epoch):
+            if single_worker and clock.crosses(step_seconds, reserve):
+                stop = True
+                log(f"Time budget: {clock.seconds():.0f} of {clock.budget_s:.0f} s spent; stopping at step "
+                    f"{step} of epoch {epoch + 1} to leave {reserve:.0f} s for validation and export")
+                break
+            step_started = time.monotonic()
             loss = float(train_step(iterator))
+            step_seconds = time.monotonic() - step_started if step > first else step_seconds
+            trained_until = clock.seconds()
             step_var.assign(step + 1)
             global_step = epoch * steps_per_epoch + step + 1
             lr = float(schedule(global_step - 1))
@@ -288,10 +313,15 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
                 save(backup, backup_write)
                 if cfg.verbose:
                     log(f"checkpoint saved at global step {global_step}")
+        if stop and not epoch_losses:
+            break
         row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
                "lr": float(schedule((epoch + 1) * steps_per_epoch - 1))}
+        validated = time.monotonic()
         if has_val:
             row.update(validate(strategy, eval_step, info, cfg, loss_spec))
+        validation_seconds = time.monotonic() - validated
+        reserve = max(reserve, 2 * validation_seconds + EXPORT_RESERVE_S)
         value = row.get(cfg.monitor, row["loss"])   # without a val split: the training loss
         improved = value > best_var.numpy() if mode_max else value < best_var.numpy()
         epoch_var.assign(epoch + 1)
@@ -317,6 +347,17 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
         if cfg.patience and int(wait_var.numpy()) >= cfg.patience:
             log(f"Early stopping after epoch {epoch + 1}: {cfg.monitor} did not improve for {cfg.patience} epochs")
             break
+        cycles.append(time.time() - started)
+        if clock.on and len(cycles) >= 2 and not stop:      # refit the schedule to the time left, every epoch
+            epoch_seconds = float(np.mean(cycles[1:]))        # whole epochs after the first (which traces)
+            planned = plan_epochs(clock.budget_s, clock.seconds(), epoch_seconds, reserve, epoch + 1, cfg.epochs)
+            planned = distribute.chief_value(strategy, planned)
+            if planned != int(clock.planned.numpy()):
+                clock.planned.assign(planned)
+                schedule.set_total_steps(planned * steps_per_epoch)
+                save(backup, backup_write)
+                log(f"Time budget {clock.budget_s:.0f} s, {clock.seconds():.0f} s spent: an epoch takes "
+                    f"{epoch_seconds:.2f} s, so {planned} of {cfg.epochs} epochs (the schedule ends with the last)")
 
     if chief and history.rows:
         with tf.io.gfile.GFile(f"{cfg.model_dir}/learning_curves.png", "wb") as handle:
@@ -345,4 +386,5 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
         distribute.barrier(strategy)  # workers leave together, after the chief has exported
     computing = [layer.compute_dtype for layer in model.layers if layer.weights]
     return TrainResult(history.rows, step_losses, resumed_at, int(best_epoch_var.numpy()), float(best_var.numpy()),
-                       card, checksum, computing[0] if computing else "float32", cfg.xla)
+                       card, checksum, computing[0] if computing else "float32", cfg.xla, clock.seconds(),
+                       int(clock.planned.numpy()), trained_until)

@@ -24,12 +24,18 @@ class TesseraSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.kind, self.learning_rate, self.total_steps = kind, learning_rate, max(1, total_steps)
         self.warmup_steps, self.step_size, self.step_factor = warmup_steps, max(1, step_size), step_factor
         self.fine_tune_step, self.fine_tune_factor = fine_tune_step, fine_tune_factor
+        # the cosine's length, changeable while training (--time-budget) without retracing the step
+        self.horizon = tf.Variable(float(self.total_steps), trainable=False, name="schedule_horizon")
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = max(1, int(total_steps))
+        self.horizon.assign(float(self.total_steps))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         lr = tf.constant(self.learning_rate, tf.float32)
         if self.kind == "cosine":
-            decay_steps = max(1, self.total_steps - self.warmup_steps)
+            decay_steps = tf.maximum(1.0, self.horizon - self.warmup_steps)
             progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
         elif self.kind == "step":
