@@ -52,6 +52,7 @@ class DatasetSpec:
     class_names: tuple[str, ...] = ("background", "foreground")
     whole_image: bool = False  # classification of whole images resized/padded to core
     pixel_size_um: float | None = None   # µm/px of the examples, when known (the model card copies it)
+    intensity: str = "fixed"             # per-image normalisation of the sources (images.ImagePolicy)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -67,6 +67,7 @@ class ModelCard:
     fit: str = "resize"
     saved_model_digest: str = ""          # saved_model_digest() of the SavedModel it belongs to
     pixel_size_um: float | None = None    # of the training data, when known: predict reads the matching level
+    intensity: str = "fixed"              # the dataset's per-image normalisation: predict applies the same
     versions: dict[str, str] = dataclasses.field(default_factory=dict)  # libraries that exported it
     format_version: int = FORMAT_VERSION
 

@@ -144,11 +144,11 @@ def _stats(spec: DatasetSpec, splits: dict[str, list[dict]]) -> dict:
 def segmentation_dataset(path: str, n_train: int = 192, n_val: int = 48, n_test: int = 8, core: int = 24,
                          margin: int = 4, channels: int = 1, num_classes: int = 2, num_shards: int = 2,
                          seed: int = 0, empty_splits: tuple[str, ...] = (),
-                         pixel_size_um: float | None = None) -> DatasetSpec:
+                         pixel_size_um: float | None = None, intensity: str = "fixed") -> DatasetSpec:
     """Discs (and squares); a split of 0 examples is left out unless named in ``empty_splits``."""
     names = ("background", "disc", "square")[:num_classes]
     spec = DatasetSpec(task=SEGMENTATION, core=core, margin=margin, channels=channels, class_names=names,
-                       pixel_size_um=pixel_size_um)
+                       pixel_size_um=pixel_size_um, intensity=intensity)
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):

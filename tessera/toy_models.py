@@ -63,7 +63,8 @@ class ToyModel(tf.Module):
 def export_model(directory: str, kind: str = "same", core: int = 8, margin: int = 3, channels: int = 3,
                  classes: int = 2, layers: int = 3, width: int = 4, seed: int = 0,
                  threshold: float | None = None, name: str | None = None,
-                 input_size: int | None = None, whole_image: bool = True, fit: str = "resize") -> ToyModel:
+                 input_size: int | None = None, whole_image: bool = True, fit: str = "resize",
+                 intensity: str = "fixed") -> ToyModel:
     """Write a model directory (saved_model/ + model_card.json); returns the module.
 
     A ``classify`` model is a whole-image classifier of ``input_size`` (its card's ``fit``),
@@ -86,7 +87,7 @@ def export_model(directory: str, kind: str = "same", core: int = 8, margin: int 
                      margin=0 if whole_image else margin, input_size=tile,
                      output_size=output_size, channels=channels,
                      class_names=names, normalization={"scale": scale, "offset": offset}, threshold=threshold,
-                     config={"seed": seed}, whole_image=whole_image, fit=fit,
+                     config={"seed": seed}, whole_image=whole_image, fit=fit, intensity=intensity,
                      saved_model_digest=saved_model_digest(read_file(os.path.join(directory, "saved_model"))))
     with open(os.path.join(directory, "model_card.json"), "w") as f:
         f.write(card.to_json())

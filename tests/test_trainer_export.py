@@ -53,7 +53,7 @@ FRESH_PROCESS = textwrap.dedent("""
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("valid")
     synthetic_dataset.segmentation_dataset(str(root / "data"), n_train=64, n_val=16, n_test=2, core=16, margin=8,
-                                           pixel_size_um=0.5)
+                                           pixel_size_um=0.5, intensity="percentile")
     cfg = make_config(root / "data", root / "model", epochs=2, batch_size=8, target_recall=0.9,
                       model={"depth": 1, "filters": 8, "padding": "valid"}, optim={"learning_rate": 0.01},
                       image_summaries=1)
@@ -67,7 +67,7 @@ def test_valid_unet_card_geometry_and_recall_calibration(exported):
     assert card.geometry() == (16, 8, 32, 16)
     assert card.threshold_rule == "recall >= 0.9 on val" and card.metrics["recall"] >= 0.9
     assert card.input_dtype == "uint8" and card.normalization == {"scale": 1 / 255, "offset": 0.0}
-    assert card.pixel_size_um == 0.5                # from the dataset: predict reads the matching level
+    assert card.pixel_size_um == 0.5 and card.intensity == "percentile"   # from the dataset, for predict
     # the card's threshold is the highest one that reaches the recall on val: recompute it
     info = data.open_dataset(cfg.data)
     resolved = from_dict(card.config)   # the card holds the resolved config

@@ -111,7 +111,7 @@ def export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Loss
         normalization=info.normalization, threshold=threshold, threshold_rule=rule,
         metrics={k: float(v) for k, v in metrics_.items()}, config=json.loads(cfg.to_json()),
         dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit,
-        pixel_size_um=spec.pixel_size_um)
+        pixel_size_um=spec.pixel_size_um, intensity=spec.intensity)
     model = inference_model(net, info.normalization)
     staging = f"{cfg.model_dir}/{versions.STAGING_MARK}export-{uuid.uuid4().hex[:12]}"
     try:

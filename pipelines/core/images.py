@@ -54,8 +54,11 @@ class ImagePolicy:
     bit_depth: str = "scale8"      # "scale8" (16-bit -> round(v*255/65535)) | "keep16" (8-bit -> v*257)
     max_pixels: int = PILLOW_DEFAULT_MAX_PIXELS
     apply_exif: bool = True        # apply the EXIF orientation (as ImageOps.exif_transpose)
+    intensity: str = "fixed"       # "fixed" (bit_depth only) | "percentile" | "zscore" per image (pixels.py)
 
     def __post_init__(self) -> None:
+        if self.intensity not in pixels.INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {pixels.INTENSITY_MODES}, got {self.intensity!r}")
         if self.color_mode not in ("rgb", "grayscale"):
             raise ValueError(f"color_mode must be 'rgb' or 'grayscale', got {self.color_mode!r}")
         if self.bit_depth not in ("scale8", "keep16"):
@@ -227,12 +230,30 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(rgb.dtype)[..., None]
 
 
-def read_image(data: bytes, name: str, policy: ImagePolicy | None = None) -> np.ndarray:
-    """Decode ``data`` to (H, W, policy.channels) of policy.dtype, or raise RejectedInput."""
+def read_image(data: bytes, name: str, policy: ImagePolicy | None = None, ranges: list | None = None) -> np.ndarray:
+    """Decode ``data`` to (H, W, policy.channels) of policy.dtype, or raise RejectedInput;
+    with an intensity normalisation, its (low, high) from this image go into ``ranges``."""
     policy = policy or ImagePolicy()
     im = _open(data, name)
     _check_pixels(im, policy.max_pixels, name)
-    return conform(_read_native(im, data, name, policy.apply_exif), policy, name)
+    native = _read_native(im, data, name, policy.apply_exif)
+    if policy.intensity != "fixed":
+        low, high = pixels.intensity_range(native, policy.intensity)
+        if ranges is not None:
+            ranges.append((low, high))
+        return normalised(native, policy, (low, high), name)
+    return conform(native, policy, name)
+
+
+def normalised(native: np.ndarray, policy: ImagePolicy, intensity_range: tuple[float, float],
+               name: str = "image") -> np.ndarray:
+    """Native pixels with the policy's intensity normalisation over ``intensity_range`` (of the
+    whole image: a region of a large one uses its image's range), then its channels."""
+    if policy.intensity == "fixed":
+        return conform(native, policy, name)
+    if native.dtype not in (np.uint8, np.uint16):
+        raise RejectedInput("unsupported_mode", f"{name}: {native.dtype} pixels (8- or 16-bit integers only)")
+    return conform(pixels.stretch(native, *intensity_range, np.dtype(policy.dtype)), policy, name)
 
 
 def conform(arr: np.ndarray, policy: ImagePolicy, name: str = "image") -> np.ndarray:

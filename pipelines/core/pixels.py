@@ -46,6 +46,33 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.45) -> 
     return np.round(rgb).astype(np.uint8)
 
 
+INTENSITY_MODES = ("fixed", "percentile", "zscore")
+PERCENTILES = (1.0, 99.8)    # "percentile": these map to the bottom and top of the output range
+ZSCORE_SPAN = 3.0            # "zscore": mean -/+ this many standard deviations do
+
+
+def intensity_range(values: np.ndarray, mode: str) -> tuple[float, float]:
+    """(low, high) native values that an image's ``mode`` normalisation maps to 0 and the top
+    of the output range (all channels together, as CSBDeep / StarDist normalise)."""
+    values = np.asarray(values)
+    if mode == "percentile":
+        low, high = np.percentile(values, PERCENTILES)
+    elif mode == "zscore":
+        mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+        low, high = mean - ZSCORE_SPAN * std, mean + ZSCORE_SPAN * std
+    else:
+        raise ValueError(f"intensity must be one of {INTENSITY_MODES[1:]} here, got {mode!r}")
+    return float(low), float(max(high, low + 1e-6))
+
+
+def stretch(image: np.ndarray, low: float, high: float, dtype) -> np.ndarray:
+    """``image`` with [low, high] mapped linearly onto the whole range of ``dtype`` (clipped,
+    rounded): the same native value always gives the same output, whatever the region."""
+    top = np.iinfo(dtype).max
+    scaled = (image.astype(np.float32) - np.float32(low)) * np.float32(top / (high - low))
+    return np.clip(np.rint(scaled), 0, top).astype(dtype)
+
+
 GLASS_MIN, GLASS_SPREAD, PADDING_MAX = 215, 20, 8   # 8-bit levels of the tissue test below
 TISSUE_MIN_FRACTION = 0.05
 

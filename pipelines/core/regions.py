@@ -250,6 +250,26 @@ def open_zarr(store, name: str | None = None) -> RegionSource:
     return RegionSource(path, levels, axes, size, "zarr")
 
 
+def sample_values(source: RegionSource, max_pixels: int = 4_000_000, chunks: int = 64) -> np.ndarray:
+    """Values of a bounded look at the whole source: its largest level with at most
+    ``max_pixels`` pixels, read whole, or (no level is that small) ``chunks`` chunks spread
+    evenly over its smallest level. For per-image decisions (mask value modes, intensity
+    ranges) that every block of a large image must share."""
+    small = [i for i in range(len(source.levels)) if np.prod(source.level_shape(i)) <= max_pixels]
+    if small:
+        level = min(small)
+        return source.read(level, 0, 0, *source.level_shape(level))
+    level = len(source.levels) - 1
+    height, width = source.level_shape(level)
+    sizes = dict(zip(source.axes, source.levels[level].chunks))
+    ch, cw = min(int(sizes["Y"]), height), min(int(sizes["X"]), width)
+    rows, cols = -(-height // ch), -(-width // cw)
+    picks = np.unique(np.linspace(0, rows * cols - 1, min(chunks, rows * cols)).round().astype(int)).tolist()
+    parts = [source.read(level, (i // cols) * ch, (i % cols) * cw, min(ch, height - (i // cols) * ch),
+                         min(cw, width - (i % cols) * cw)) for i in picks]
+    return np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts])
+
+
 def is_region_readable(path: str) -> bool:
     """Whether ``path`` may be region-readable by its name (a TIFF family file or a zarr store)."""
     lower = path.rstrip("/").lower()

@@ -174,7 +174,7 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
                              settings.save_probabilities, settings.instances != "none")
     policy = images.ImagePolicy(color_mode="rgb" if card.channels == 3 else "grayscale",
                                 bit_depth="keep16" if card.input_dtype == "uint16" else "scale8",
-                                max_pixels=config.max_image_pixels)
+                                max_pixels=config.max_image_pixels, intensity=card.intensity)
     spec = pt.JobSpec(geometry, policy, outputs.OutputLayout(config.output, settings), config.memory_limit_mb * 2**20,
                       inference.ensemble_threshold(cards, config.ensemble), card.fit, card.input_size,
                       whole_image=card.task == "classification" and card.whole_image)

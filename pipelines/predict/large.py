@@ -27,7 +27,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from pipelines.beam import files, region_files
 from pipelines.beam.zarr_store import store_for
-from pipelines.core import images, regions, tiling
+from pipelines.core import images, pixels, regions, tiling
 from pipelines.core.pixels import encode_png, overlay, to_rgb8
 from pipelines.predict import blocks, label_outputs, objects, outputs
 from pipelines.predict.decide import chosen
@@ -50,6 +50,7 @@ class BlockRef:
     source_signature: str
     factor: float = 1.0                 # the level resampled by this factor (regions.LevelView)
     pixel_size_um: float | None = None  # of the predicted pixels, when known
+    intensity_range: tuple[float, float] | None = None   # the image's, for the card's per-image intensity
 
     def view(self, source) -> regions.LevelView:
         return regions.LevelView(source, self.level, self.factor)
@@ -89,7 +90,7 @@ class BlockTask:
             y0, y1, x0, x1 = self.window
             started = time.time()
             window = self.ref.view(region_files.cached(self.ref.path)).read(y0, x0, y1 - y0, x1 - x0)
-            self._pixels = images.conform(window, self.policy, self.ref.path)
+            self._pixels = images.normalised(window, self.policy, self.ref.intensity_range, self.ref.path)
             self.read_seconds = time.time() - started
         return self._pixels
 
@@ -139,9 +140,11 @@ class PlanBlocks(beam.DoFn):
             view = regions.level_view(source, spec.pixel_size_um)
             height, width = view.shape
             size = view.pixel_size
+            intensity = None if spec.policy.intensity == "fixed" else pixels.intensity_range(   # one range for
+                regions.sample_values(source), spec.policy.intensity)                          # every block
         plan = blocks.plan_blocks(height, width, spec.block_side)
         ref = BlockRef(item.image_id, item.path, view.level, height, width, plan[0], item.signature, view.factor,
-                       size)
+                       size, intensity)
         _block_arrays(layout, ref, spec.block_side, create=True)
         done = files.children(layout.path(names.block_markers_dir(layout.settings.fingerprint(), item.image_id)))
         pending = [b for b in plan if f"{b.index:06d}.npz" not in done]

@@ -112,13 +112,14 @@ def check_compatible(cards: Sequence[ModelCard], model_dirs: Sequence[str]) -> N
     first = cards[0]
 
     def key(c: ModelCard) -> tuple:
-        return (c.task, c.geometry(), c.channels, c.input_dtype, c.class_names)
+        return (c.task, c.geometry(), c.channels, c.input_dtype, c.class_names, c.intensity)
 
     for card, model_dir in zip(cards[1:], model_dirs[1:]):
         if key(card) != key(first):
             raise ValueError(
                 f"models disagree and cannot form an ensemble: {model_dirs[0]} has (task, (core, margin, "
-                f"input, output), channels, dtype, classes) = {key(first)} but {model_dir} has {key(card)}")
+                f"input, output), channels, dtype, classes, intensity) = {key(first)} but {model_dir} has "
+                f"{key(card)}")
 
 
 def local_model_dir(model_dir: str) -> str:

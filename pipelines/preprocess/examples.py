@@ -23,7 +23,7 @@ TILE_COUNTS = ("tiles", "kept", "dropped_blank", "dropped_background")
 
 
 def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask_policy: masks.MaskPolicy | None,
-                  root: str | None = None, follow_symlinks: bool = False
+                  root: str | None = None, follow_symlinks: bool = False, ranges: list | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(image (H,W,C), mask (H,W) class ids or None, instance ids (H,W) or None); raises
     RejectedInput with the reason. Files are read only once sized (``files.read_input``);
@@ -33,7 +33,8 @@ def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask
                                 images.looks_like_image, images.HEADER_BYTES)
 
     try:
-        image = images.read_image(read(source.image_path, image_policy.max_pixels), source.image_path, image_policy)
+        image = images.read_image(read(source.image_path, image_policy.max_pixels), source.image_path, image_policy,
+                                  ranges)
         mask = instances = None
         if source.mask_path:
             policy = mask_policy or masks.MaskPolicy()

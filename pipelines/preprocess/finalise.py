@@ -119,7 +119,7 @@ def dataset_pixel_size(config, per_source: dict) -> float | None:
 
 def _policies(config) -> dict:
     return {"image": images.ImagePolicy(color_mode=config.color_mode, bit_depth=config.bit_depth,
-                                        max_pixels=config.max_pixels).describe(),
+                                        max_pixels=config.max_pixels, intensity=config.intensity).describe(),
             "mask_values": config.mask_values}
 
 

@@ -65,6 +65,7 @@ class PreprocessConfig:
     min_foreground: float = 0.0           # keep tiles with at least this foreground fraction...
     background_tiles_fraction: float = 0.0   # ...and this sampled share of the others
     skip_blank: bool = False              # drop tiles of empty slide glass or padding
+    intensity: str = "fixed"              # fixed (--bit-depth) | percentile | zscore, per image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", default="", help="comma-separated class names (segmentation: background first)")
     p.add_argument("--color-mode", choices=["rgb", "grayscale"], default=d.color_mode)
     p.add_argument("--bit-depth", choices=["scale8", "keep16"], default=d.bit_depth)
+    p.add_argument("--intensity", choices=["fixed", "percentile", "zscore"], default=d.intensity,
+                   help="per-image normalisation onto the stored range: percentile (1st-99.8th -> full range, as "
+                        "CSBDeep/StarDist), zscore (mean -/+ 3 sd -> full range), or fixed (--bit-depth only); "
+                        "recorded in the dataset and the model card, and predict applies the same")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse larger images before decoding")
     p.add_argument("--image-size", type=int, default=d.image_size, help="classification whole-image size (0: tile size)")
     p.add_argument("--fit", choices=["resize", "pad", "crop"], default=d.fit)
@@ -139,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 def large_settings(config: PreprocessConfig) -> large.LargeSettings:
     return large.LargeSettings(config.large_image_pixels, config.memory_limit_mb, config.pixel_size_um or None,
-                               None if config.level < 0 else config.level)
+                               None if config.level < 0 else config.level, config.intensity)
 
 
 def class_folders(root: str, list_files: bool = True) -> tuple[list[str], list[str]]:
@@ -169,8 +174,10 @@ def dataset_spec(config: PreprocessConfig, class_names: tuple[str, ...]) -> Data
     dtype = "uint16" if config.bit_depth == "keep16" else "uint8"
     if config.layout == CLASSIFICATION and not config.tiles:
         size = config.image_size or config.tile_size
-        return DatasetSpec(CLASSIFICATION, size, 0, channels, dtype, class_names, whole_image=True)
-    return DatasetSpec(config.layout, config.tile_size, config.margin, channels, dtype, class_names)
+        return DatasetSpec(CLASSIFICATION, size, 0, channels, dtype, class_names, whole_image=True,
+                           intensity=config.intensity)
+    return DatasetSpec(config.layout, config.tile_size, config.margin, channels, dtype, class_names,
+                       intensity=config.intensity)
 
 
 def check_input(config: PreprocessConfig) -> None:
@@ -183,7 +190,7 @@ def check_input(config: PreprocessConfig) -> None:
 
 def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec, work: str) -> None:
     image_policy = images.ImagePolicy(color_mode=config.color_mode, bit_depth=config.bit_depth,
-                                      max_pixels=config.max_pixels)
+                                      max_pixels=config.max_pixels, intensity=config.intensity)
     if config.layout == SEGMENTATION:
         listed = p | "ReadImagePairs" >> pt.ReadImagePairs(config.input)
         listed_sources, listing_rejected = listed.sources, [listed.rejected]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from pipelines.beam import region_files
-from pipelines.core import images, masks, regions, sources, tiling
+from pipelines.core import images, masks, pixels, regions, sources, tiling
 from pipelines.preprocess import examples
 from schemas.example import IGNORE_LABEL
 from schemas.rejected import RejectedInput
@@ -31,6 +31,7 @@ class LargeSettings:
     memory_limit_mb: int = 512             # per unit: its image and mask windows
     pixel_size_um: float | None = None     # read the pyramid level of this pixel size
     level: int | None = None               # or this level
+    intensity: str = "fixed"               # per-image normalisation: its range from a look at the whole
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,7 @@ class SourceBlock:
     cols: tuple[int, int]
     mask_mode: str | None = None        # the mask policy's mode, ``auto`` resolved once per source
     pixel_size_um: float | None = None
+    intensity_range: tuple[float, float] | None = None   # the source's, for --intensity percentile|zscore
 
     @property
     def id(self) -> str:
@@ -97,36 +99,14 @@ def _mask_level(mask: regions.RegionSource, shape: tuple[int, int], name: str) -
                         f"image's; mask levels are {[mask.level_shape(i) for i in range(len(mask.levels))]}")
 
 
-SMALL_LEVEL_PIXELS, SAMPLED_CHUNKS = 4_000_000, 64
-
-
 def _resolve_mask_mode(mask: regions.RegionSource, policy: masks.MaskPolicy, name: str) -> str:
-    """``auto`` decided once per source, from the values of the mask's smallest level when that
-    is small, else of up to SAMPLED_CHUNKS chunks spread over the mask (a bounded read); a block
-    holding values outside that decision is rejected with the reason."""
+    """``auto`` decided once per source, from a bounded look at the whole mask
+    (``regions.sample_values``); a block holding values outside that decision is rejected
+    with the reason."""
     if policy.mode != "auto":
         return policy.mode
-    level = len(mask.levels) - 1
-    height, width = mask.level_shape(level)
-    if height * width <= SMALL_LEVEL_PIXELS:
-        values = set(np.unique(mask.read(level, 0, 0, height, width)).tolist())
-    else:
-        values = set()
-        for y, x, h, w in _spread_chunks(mask, level, SAMPLED_CHUNKS):
-            values |= set(np.unique(mask.read(level, y, x, h, w)).tolist())
-    return masks.auto_mask_mode([v for v in sorted(values) if v not in policy.ignore_values], policy.num_classes,
-                                name)
-
-
-def _spread_chunks(source: regions.RegionSource, level: int, count: int) -> list[tiling.Box]:
-    """Up to ``count`` chunk-aligned regions of one chunk each, spread evenly over a level."""
-    height, width = source.level_shape(level)
-    sizes = dict(zip(source.axes, source.levels[level].chunks))
-    ch, cw = min(int(sizes["Y"]), height), min(int(sizes["X"]), width)
-    rows, cols = -(-height // ch), -(-width // cw)
-    picks = np.unique(np.linspace(0, rows * cols - 1, min(count, rows * cols)).round().astype(int))
-    return [((i // cols) * ch, (i % cols) * cw, min(ch, height - (i // cols) * ch), min(cw, width - (i % cols) * cw))
-            for i in picks.tolist()]
+    values = np.unique(regions.sample_values(mask)).tolist()
+    return masks.auto_mask_mode([v for v in values if v not in policy.ignore_values], policy.num_classes, name)
 
 
 def header_pixel_size(source: sources.Source, settings: LargeSettings) -> float | None:
@@ -155,6 +135,8 @@ def plan_source(source: sources.Source, settings: LargeSettings, spec, mask_poli
         if height * width <= settings.large_image_pixels and level == 0:
             return None
         pixel_size = image.pixel_size(level) or settings.pixel_size_um
+        intensity = None if settings.intensity == "fixed" else \
+            pixels.intensity_range(regions.sample_values(image), settings.intensity)
         itemsize = 2 if spec.dtype == "uint16" else 1
         mask_level = mode = None
         mask_itemsize = 0
@@ -174,8 +156,8 @@ def plan_source(source: sources.Source, settings: LargeSettings, spec, mask_poli
                       settings.memory_limit_mb * 2**20)
     cells = [((a, min(a + side, height)), (c, min(c + side, width)))
              for a in range(0, height, side) for c in range(0, width, side)]
-    return [SourceBlock(source, level, mask_level, height, width, i, len(cells), rows, cols, mode, pixel_size)
-            for i, (rows, cols) in enumerate(cells)]
+    return [SourceBlock(source, level, mask_level, height, width, i, len(cells), rows, cols, mode, pixel_size,
+                        intensity) for i, (rows, cols) in enumerate(cells)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +184,7 @@ def read_block(block: SourceBlock, spec, image_policy: images.ImagePolicy,
     source, boxes = block.source, unit_boxes(block, spec)
     y0, y1, x0, x1 = tiling.source_window(boxes, spec.core, spec.margin, block.height, block.width)
     image = region_files.cached(source.image_path).read(block.level, y0, x0, y1 - y0, x1 - x0)
-    image = images.conform(image, image_policy, source.image_path)
+    image = images.normalised(image, image_policy, block.intensity_range, source.image_path)
     mask = instances = None
     if source.mask_path:
         raw = region_files.cached(source.mask_path).read(block.mask_level, y0, x0, y1 - y0, x1 - x0)[..., 0]

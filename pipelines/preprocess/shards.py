@@ -119,6 +119,7 @@ class _BuildShard(beam.DoFn):
 
     def setup(self):
         self.encoder = ExampleEncoder(self.settings.spec, self.png_compression)
+        self._ranges = {}     # source id -> its intensity range, for its stats
 
     def process(self, keyed):
         (split, index, count), shard_units = keyed
@@ -172,17 +173,19 @@ class _BuildShard(beam.DoFn):
                                     f"{unit.cols} of level {unit.level} ({type(error).__name__}: {error})") from error
             counts["pixels"] = (unit.rows[1] - unit.rows[0]) * (unit.cols[1] - unit.cols[0])
             return large.block_examples(unit, read, settings, counts)
+        ranges = []
         image, mask, instances = examples.decode_source(unit, self.image_policy, self.mask_policy,
-                                                        settings.input_root, settings.follow_symlinks)
+                                                        settings.input_root, settings.follow_symlinks, ranges)
         counts["pixels"] = int(image.shape[0] * image.shape[1])
+        self._ranges[unit.id] = ranges[0] if ranges else None
         return examples.tile_examples(unit, image, mask, settings, counts, instances)
 
     def _stats(self, unit, counts: Counter, failed: bool) -> dict:
         block = isinstance(unit, large.SourceBlock)
         return examples.unit_stats(getattr(unit, "source", unit), counts, self.settings.spec,
                                    units=unit.count if block else 1, failed=failed,
-                                   level=unit.level if block else 0,
-                                   pixel_size_um=unit.pixel_size_um if block else unit.pixel_size_um)
+                                   level=unit.level if block else 0, pixel_size_um=unit.pixel_size_um,
+                                   intensity_range=unit.intensity_range if block else self._ranges.pop(unit.id, None))
 
 
 class WriteShards(beam.PTransform):

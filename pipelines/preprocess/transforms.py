@@ -236,7 +236,7 @@ def summarise(per_source) -> dict:
         counts = {k: s[k] for k in examples_counts()}
         tiles.update(counts)
         detail[s["source_id"]] = {**counts, "split": s["split"], "level": s["level"], "units": s["units"],
-                                  "pixel_size_um": s["pixel_size_um"]}
+                                  "pixel_size_um": s["pixel_size_um"], "intensity_range": s.get("intensity_range")}
         if s["split"] == "train":
             if s["class_pixels"] is not None:
                 class_pixels = s["class_pixels"] if class_pixels is None else [
