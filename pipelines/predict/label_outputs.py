@@ -5,6 +5,7 @@ of the full-resolution levels, the rest is written from them without holding the
 from __future__ import annotations
 
 import io
+import itertools
 import tempfile
 from typing import Iterator
 
@@ -96,8 +97,9 @@ def write_objects(layout, image_id: str, merged: dict, parts: list[str], pixel_s
     per_class = np.zeros(len(class_names), np.int64)
     with files.atomic_create(layout.path(names.objects_path(image_id))) as handle:
         writer = pq.ParquetWriter(handle, names.OBJECTS_SCHEMA)
-        for table in [*(pq.read_table(io.BytesIO(files.read_bytes(p)), use_threads=False) for p in parts),
-                      objects_table(image_id, merged, class_names, pixel_size_um)]:
+        tables = itertools.chain((pq.read_table(io.BytesIO(files.read_bytes(p)), use_threads=False) for p in parts),
+                                 [objects_table(image_id, merged, class_names, pixel_size_um)])
+        for table in tables:          # one part at a time: an image may have millions of objects
             for name in table.column("class_name").to_pylist():
                 per_class[class_names.index(name)] += 1
             writer.write_table(table)
