@@ -9,6 +9,7 @@ per-class probabilities; under deep supervision only the fused output is kept.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,15 +33,22 @@ from trainer.models.layers import ToProbabilities
 from trainer.steps import evaluate_split, make_eval_step
 
 
-def restore_network(cfg: TrainConfig, info: DatasetInfo, checkpoint: str) -> keras.Model:
-    """A float32 copy of the network, outside any distribution strategy, with the weights of
-    ``checkpoint`` (the primary output only)."""
+@contextlib.contextmanager
+def float32_policy():
+    """Keras layers built inside compute in float32, whatever the training's precision policy."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        net = build_model(cfg.model, info.spec)
+        yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def restore_network(cfg: TrainConfig, info: DatasetInfo, checkpoint: str) -> keras.Model:
+    """A float32 copy of the network, outside any distribution strategy, with the weights of
+    ``checkpoint`` (the primary output only)."""
+    with float32_policy():
+        net = build_model(cfg.model, info.spec)
     tf.train.Checkpoint(model=net).restore(checkpoint).expect_partial().assert_existing_objects_matched()
     if isinstance(net.output, (list, tuple)):
         net = keras.Model(net.input, net.outputs[0], name=net.name)
@@ -94,7 +102,13 @@ def write_saved_model(model: keras.Model, path: str, input_dtype: str) -> None:
 def export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: LossSpec,
            extra_metrics: dict | None = None) -> mc.ModelCard:
     """Restores ``checkpoint``, calibrates and scores on validation, writes the model directory
-    (staged, then ``publish``ed)."""
+    (staged, then ``publish``ed); all in float32, however the network was trained."""
+    with float32_policy():
+        return _export(cfg, info, checkpoint, loss_spec, extra_metrics)
+
+
+def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: LossSpec,
+            extra_metrics: dict | None) -> mc.ModelCard:
     spec = info.spec
     net = restore_network(cfg, info, checkpoint)
     metrics_, threshold, rule = {}, None, ""
