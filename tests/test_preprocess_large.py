@@ -268,3 +268,28 @@ def test_a_large_tiff_with_a_zarr_mask_on_gcs_is_cut_by_region(tmp_path, gcs_pre
             (local / m.path.rsplit("/", 1)[1]).write_bytes(handle.read())
     on_gcs = decoded(local)
     assert on_gcs == decoded(tmp_path / "local" / "current") and len(on_gcs) == 10 * 9
+
+
+def test_a_damaged_tile_rejects_its_block_only_and_every_tile_is_counted(raw, tmp_path):
+    source = tmp_path / "raw"
+    (source / "images").mkdir(parents=True)
+    (source / "masks").mkdir()
+    data = bytearray((raw / "images" / "big.tif").read_bytes())
+    with tifffile.TiffFile(raw / "images" / "big.tif") as tif:
+        page = tif.pages.first
+        offset, size = page.dataoffsets[0], page.databytecounts[0]      # the first tile: block 0
+    data[offset:offset + size] = b"\x00garbage" * (size // 8) + b"\x00" * (size % 8)
+    (source / "images" / "big.tif").write_bytes(bytes(data))
+    (source / "masks" / "big.tif").write_bytes((raw / "masks" / "big.ome.tif").read_bytes())
+    out = tmp_path / "ds"
+    assert run(source, out, "--tile-size", 64, "--margin", 16, *BLOCKS) == 0
+    version = out / "current"
+    success = json.loads((version / "_SUCCESS").read_text())
+    assert (success["sources_written"], success["rejected"], success["rejected_regions"]) == (1, 0, 1)
+    tiles = success["tiles"]
+    assert tiles["tiles"] == 11 * 15 and 0 < tiles["rejected_tiles"] < tiles["tiles"]
+    assert tiles["kept"] + tiles["rejected_tiles"] == tiles["tiles"]
+    record = json.loads((version / "rejected.jsonl").read_text().splitlines()[0])
+    assert record["reason"] == "unreadable_region" and record["region"][0] == 0 and "big.tif" in record["source"]
+    manifest = pq.read_table(version / "manifest.parquet").to_pylist()
+    assert len(manifest) == tiles["kept"] and not any(r["core_y"] == 0 and r["core_x"] == 0 for r in manifest)

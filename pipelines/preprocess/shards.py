@@ -135,7 +135,8 @@ class _BuildShard(beam.DoFn):
                 except RejectedInput as error:
                     if isinstance(unit, large.SourceBlock):   # a block: the source's other blocks go on
                         counters.add(rejected_regions=1)
-                        counts["rejected_tiles"] += len(large.unit_boxes(unit, self.settings.spec))
+                        lost = len(large.unit_boxes(unit, self.settings.spec))   # its tiles: cut, then lost
+                        counts.update(tiles=lost, rejected_tiles=lost)
                         yield reject(examples.rejected_source(source, error, region=unit.region))
                         yield beam.pvalue.TaggedOutput("source_stats", self._stats(unit, counts, failed=True))
                     else:
@@ -147,9 +148,9 @@ class _BuildShard(beam.DoFn):
                     data = self.encoder.encode(example)
                     writer.write(example_proto.tfrecord(data))
                     rows.append(manifest_row(example, len(data), name))
-                Metrics.counter(NAMESPACE, "sources_written").inc()
-                counters.add(sources=int(unit_order(unit)[1] == 0), examples=len(rows) - before,
-                             pixels=counts["pixels"])
+                first = unit_order(unit)[1] == 0          # a source counts once, with its first block
+                Metrics.counter(NAMESPACE, "sources_written" if first else "blocks_written").inc()
+                counters.add(sources=int(first), examples=len(rows) - before, pixels=counts["pixels"])
                 yield beam.pvalue.TaggedOutput("source_stats", self._stats(unit, counts, failed=False))
         counters.flush()
         Metrics.counter(NAMESPACE, "examples").inc(len(rows))
