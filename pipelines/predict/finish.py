@@ -187,14 +187,15 @@ def merge_shards(layout: outputs.OutputLayout, num_shards: int) -> bool:
 
 
 def write_objects_table(parts: list[str], path: str) -> None:
-    """One objects table from per-image (or per-shard) parts, streamed batch by batch (an image
-    may have millions of objects); nothing when there are none."""
+    """One objects table from per-image (or per-shard) parts, streamed row group by row group
+    (an image may have millions of objects); nothing when there are none."""
     if not parts:
         return
     with atomic_create(path) as handle:
         writer = pq.ParquetWriter(handle, names.OBJECTS_SCHEMA)
         for part in parts:
             with FileSystems.open(part) as source:
-                for batch in pq.ParquetFile(source).iter_batches(batch_size=1 << 16, use_threads=False):
-                    writer.write_batch(batch)
+                parquet = pq.ParquetFile(source)
+                for group in range(parquet.num_row_groups):   # a block's objects at a time (iter_batches
+                    writer.write_table(parquet.read_row_group(group, use_threads=False))   # held ~the file)
         writer.close()
