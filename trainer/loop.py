@@ -291,6 +291,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
         for step in range(first, steps_per_epoch):
             if single_worker and clock.crosses(step_seconds, reserve):
                 stop = True
+                clock.planned.assign(epoch + (1 if step > first else 0))   # what was trained is the plan now
                 log(f"Time budget: {clock.seconds():.0f} of {clock.budget_s:.0f} s spent; stopping at step "
                     f"{step} of epoch {epoch + 1} to leave {reserve:.0f} s for validation and export")
                 break
@@ -314,6 +315,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
                 if cfg.verbose:
                     log(f"checkpoint saved at global step {global_step}")
         if stop and not epoch_losses:
+            save(backup, backup_write)      # the plan, cut to the epochs done, for a resumed run
             break
         row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
                "lr": float(schedule((epoch + 1) * steps_per_epoch - 1))}
