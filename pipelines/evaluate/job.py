@@ -26,8 +26,6 @@ import json
 import sys
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam import flags
@@ -37,12 +35,11 @@ from pipelines.beam.files import (
     file_bytes_limit,
     read_bytes,
     read_input,
-    write_bytes,
 )
 from pipelines.core.images import read_mask, read_mask_values
 from pipelines.core.masks import MaskPolicy, parse_mask_values
 from pipelines.evaluate import objects, scores
-from pipelines.evaluate.confusion_plot import render_confusion_png
+from pipelines.evaluate import report as report_files
 from pipelines.evaluate.inputs import (
     check_complete,
     detect_task,
@@ -325,10 +322,10 @@ def evaluate(config: EvaluateConfig, out=None) -> dict:
         rows, overall, confusion = evaluate_segmentation(config, class_names, truth, preds, bad,
                                                          probability_paths(config.predictions, table))
     if not any(r["status"] == "evaluated" for r in rows):
-        overall = _undefined(overall)  # nothing scored: no numbers, not the 1.0 of "both empty"
+        overall = report_files.undefined(overall)  # nothing scored: no numbers, not the 1.0 of "both empty"
     rows += [{"image_id": i, "status": "missing_prediction"} for i in missing_pred]
     rows += [{"image_id": i, "status": "missing_truth"} for i in missing_truth]
-    paths = output_paths(config.output)
+    paths = report_files.output_paths(config.output)
     report = {
         "task": task, "class_names": list(class_names), "config": dataclasses.asdict(config),
         "counts": {"truth": len(truth), "predictions": len(preds),
@@ -340,8 +337,8 @@ def evaluate(config: EvaluateConfig, out=None) -> dict:
         "missing_predictions": missing_pred, "missing_truth": missing_truth, "rejected": bad,
         "files": paths, "conventions": "see pipelines/evaluate/scores.py (zero-division rule, foreground mean, Rand)",
     }
-    write_outputs(report, rows, confusion, class_names, paths)
-    print_report(report, out or sys.stdout)
+    report_files.write_outputs(report, rows, confusion, class_names, paths)
+    report_files.print_report(report, out or sys.stdout)
     return report
 
 
@@ -349,90 +346,3 @@ def _require_truth(path: str, truth: dict, bad: list) -> tuple[dict, list]:
     if not truth and not bad:
         raise ValueError(f"--truth {path}: no truth found there")
     return truth, bad
-
-
-def output_paths(output: str) -> dict[str, str]:
-    stem = output[:-5] if output.endswith(".json") else output
-    return {"json": output, "parquet": stem + ".parquet",
-            "confusion_parquet": stem + "_confusion.parquet", "confusion_png": stem + "_confusion.png"}
-
-
-def write_outputs(report: dict, rows: list[dict], confusion: np.ndarray, class_names, paths) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    write_parquet(paths["parquet"], pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows]))
-    k = len(class_names)
-    write_parquet(paths["confusion_parquet"], pa.table({
-        "truth": [class_names[i] for i in range(k) for _ in range(k)],
-        "predicted": [class_names[j] for _ in range(k) for j in range(k)],
-        "count": pa.array(confusion.ravel().tolist(), type=pa.int64())}))
-    title = "pixels" if report["task"] == SEGMENTATION else "images"
-    write_bytes(paths["confusion_png"], render_confusion_png(confusion, class_names, f"{title}: truth vs predicted"))
-    write_bytes(paths["json"], json.dumps(_json_safe(report), indent=2).encode("utf-8"))
-
-
-def write_parquet(path: str, table: pa.Table) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    write_bytes(path, buffer.getvalue())
-
-
-def _undefined(value):
-    """Every float score in ``value`` (nested dicts) replaced by NaN; counts stay."""
-    if isinstance(value, dict):
-        return {k: _undefined(v) for k, v in value.items()}
-    return float("nan") if isinstance(value, float) else value
-
-
-def _json_safe(value):
-    """NaN (an undefined score) becomes null; numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-# ---------------------------------------------------------------- the printed table
-
-def print_report(report: dict, out) -> None:
-    c = report["counts"]
-    w = lambda line="": print(line, file=out)  # noqa: E731
-    w(f"tessera evaluate ({report['task']}): {c['evaluated']} evaluated; truth {c['truth']}, "
-      f"predictions {c['predictions']}, missing predictions {c['missing_predictions']}, "
-      f"missing truth {c['missing_truth']}, rejected {c['rejected']}")
-    overall = report["overall"]
-    names = report["class_names"]
-    width = max([12, *(len(n) + 2 for n in names)])
-    if report["task"] == SEGMENTATION:
-        w(f"\n{'metric':<20}{'overall':>10}{'per-image mean':>16}")
-        for metric, value in overall["micro"].items():
-            w(f"{metric:<20}{_fmt(value):>10}{_fmt(overall['per_image_mean'][metric]):>16}")
-        cols = (*scores.CLASS_METRICS, "support")
-    else:
-        w(f"\naccuracy {_fmt(overall['accuracy'])}   macro-F1 {_fmt(overall['macro_f1'])}")
-        cols = ("precision", "recall", "f1", "support")
-    w("\n" + f"{'class':<{width}}" + "".join(f"{col:>11}" for col in cols))
-    for name, values in overall["per_class"].items():
-        w(f"{name:<{width}}" + "".join(f"{_fmt(values[col]):>11}" for col in cols))
-    w("\nconfusion matrix (rows truth, columns predicted):")
-    w(" " * width + "".join(f"{n[:10]:>11}" for n in names))
-    for name, row in zip(names, report["confusion_matrix"]["counts"]):
-        w(f"{name:<{width}}" + "".join(f"{v:>11}" for v in row))
-    for key in ("missing_predictions", "missing_truth"):
-        if report[key]:
-            more = f" (+{len(report[key]) - 10} more)" if len(report[key]) > 10 else ""
-            w(f"\n{key.replace('_', ' ')}: {', '.join(report[key][:10])}{more}")
-    for item in report["rejected"][:10]:
-        w(f"rejected {item['source']}: {item['reason']} ({item['detail']})")
-    w(f"\nreport: {report['files']['json']}  rows: {report['files']['parquet']}  "
-      f"confusion plot: {report['files']['confusion_png']}")
-
-
-def _fmt(value) -> str:
-    if isinstance(value, (int, np.integer)):
-        return str(value)
-    return "n/a" if value is None or np.isnan(value) else f"{value:.4f}"
