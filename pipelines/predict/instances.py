@@ -14,6 +14,8 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
+from pipelines.predict.objects import label_table
+
 METHODS = ("none", "components", "watershed")
 
 
@@ -56,20 +58,7 @@ def _renumbered(labels: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def instance_table(labels: np.ndarray, mask: np.ndarray, confidence: np.ndarray) -> dict:
-    """Per instance (ids 1..n): class, area, bbox [min, max), coordinate and confidence sums,
-    in the fields ``label_outputs.objects_table`` takes (object_id = the instance id)."""
+    """Per instance (ids 1..n) the fields ``label_outputs.objects_table`` takes (object_id =
+    the instance id): ``objects.label_table`` of the instance image."""
     n = int(labels.max()) if labels.size else 0
-    flat = labels.ravel().astype(np.int64)
-    ys, xs = np.indices(labels.shape)
-    table = {"object_id": np.arange(1, n + 1, dtype=np.int64),
-             "area": np.bincount(flat, minlength=n + 1)[1:].astype(np.int64),
-             "sum_y": np.bincount(flat, ys.ravel(), n + 1)[1:], "sum_x": np.bincount(flat, xs.ravel(), n + 1)[1:],
-             "confidence": np.bincount(flat, confidence.ravel().astype(np.float64), n + 1)[1:],
-             **{k: np.zeros(n, np.int64) for k in ("cls", "ymin", "xmin", "ymax", "xmax")}}
-    for i, box in enumerate(ndimage.find_objects(labels.astype(np.int64))):
-        if box is None:
-            continue
-        table["ymin"][i], table["ymax"][i] = box[0].start, box[0].stop
-        table["xmin"][i], table["xmax"][i] = box[1].start, box[1].stop
-        table["cls"][i] = mask[box][labels[box] == i + 1][0]
-    return table
+    return {"object_id": np.arange(1, n + 1, dtype=np.int64), **label_table(labels, n, mask, confidence)}

@@ -34,23 +34,7 @@ def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, i
         labels[lab > 0] = lab[lab > 0] + offset
         offset += n
     n = offset
-    flat = labels.ravel()
-    ys, xs = np.indices(mask.shape)
-    area = np.bincount(flat, minlength=n + 1)[1:]
-    table = {
-        "cls": np.zeros(n, np.int64), "area": area.astype(np.int64),
-        "sum_y": np.bincount(flat, (ys + origin[0]).ravel(), n + 1)[1:],
-        "sum_x": np.bincount(flat, (xs + origin[1]).ravel(), n + 1)[1:],
-        "confidence": np.bincount(flat, confidence.ravel().astype(np.float64), n + 1)[1:],
-        "ymin": np.zeros(n, np.int64), "xmin": np.zeros(n, np.int64),
-        "ymax": np.zeros(n, np.int64), "xmax": np.zeros(n, np.int64),
-    }
-    for i, box in enumerate(ndimage.find_objects(labels)):
-        if box is None:
-            continue
-        table["ymin"][i], table["ymax"][i] = box[0].start + origin[0], box[0].stop + origin[0]
-        table["xmin"][i], table["xmax"][i] = box[1].start + origin[1], box[1].stop + origin[1]
-        table["cls"][i] = mask[box][labels[box] == i + 1][0]
+    table = label_table(labels, n, mask, confidence, origin)
     height, width = mask.shape
     top, bottom, left, right = faces
     is_open = ((top & (table["ymin"] == origin[0])) | (bottom & (table["ymax"] == origin[0] + height))
@@ -61,6 +45,29 @@ def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, i
     opened = {f: v[is_open] for f, v in table.items()}
     opened.update(ids=ids[is_open], top=labels[0], bottom=labels[-1], left=labels[:, 0], right=labels[:, -1])
     return complete, opened
+
+
+def label_table(labels: np.ndarray, n: int, mask: np.ndarray, confidence: np.ndarray,
+                origin: tuple[int, int] = (0, 0)) -> dict:
+    """Per object of a label image (ids 1..n): class (from ``mask``), area, bounding box
+    [min, max) and coordinate sums in image coordinates (``origin`` added), confidence sum."""
+    flat = labels.ravel().astype(np.int64)
+    ys, xs = np.indices(labels.shape)
+    table = {
+        "cls": np.zeros(n, np.int64), "area": np.bincount(flat, minlength=n + 1)[1:].astype(np.int64),
+        "sum_y": np.bincount(flat, (ys + origin[0]).ravel(), n + 1)[1:],
+        "sum_x": np.bincount(flat, (xs + origin[1]).ravel(), n + 1)[1:],
+        "confidence": np.bincount(flat, confidence.ravel().astype(np.float64), n + 1)[1:],
+        "ymin": np.zeros(n, np.int64), "xmin": np.zeros(n, np.int64),
+        "ymax": np.zeros(n, np.int64), "xmax": np.zeros(n, np.int64),
+    }
+    for i, box in enumerate(ndimage.find_objects(labels.astype(np.int64), max_label=n)):
+        if box is None:
+            continue
+        table["ymin"][i], table["ymax"][i] = box[0].start + origin[0], box[0].stop + origin[0]
+        table["xmin"][i], table["xmax"][i] = box[1].start + origin[1], box[1].stop + origin[1]
+        table["cls"][i] = mask[box][labels[box] == i + 1][0]
+    return table
 
 
 class UnionFind:
