@@ -109,31 +109,23 @@ def _resolve_mask_mode(mask: regions.RegionSource, policy: masks.MaskPolicy, nam
     return masks.auto_mask_mode([v for v in values if v not in policy.ignore_values], policy.num_classes, name)
 
 
-def header_pixel_size(source: sources.Source, settings: LargeSettings) -> float | None:
-    """µm/px of a source taking the whole-image path: its header's (region-readable files), else
-    ``--pixel-size``."""
-    if regions.is_region_readable(source.image_path):
-        with region_files.opened(source.image_path) as image:
-            if image is not None and image.pixel_size_um:
-                return image.pixel_size_um
-    return settings.pixel_size_um
-
-
 def plan_source(source: sources.Source, settings: LargeSettings, spec, mask_policy: masks.MaskPolicy | None
-                ) -> list[SourceBlock] | None:
-    """The work units of ``source``, or None when it takes the whole-image path (not region
-    readable, or small and read at its first level). Headers only; RejectedInput with a
-    reason for a source that cannot be cut (mask not region-readable or of another size,
-    no matching level)."""
-    if not settings.large_image_pixels or spec.whole_image or not regions.is_region_readable(source.image_path):
-        return None
+                ) -> tuple[list[SourceBlock] | None, float | None]:
+    """(the work units of ``source``, or None when it takes the whole-image path — not region
+    readable, or small and read at its first level —; its pixel size: the header's, else
+    ``--pixel-size``). Headers only; RejectedInput with a reason for a source that cannot be
+    cut (mask not region-readable or of another size, no matching level)."""
+    if not regions.is_region_readable(source.image_path):
+        return None, settings.pixel_size_um
     with region_files.opened(source.image_path) as image:
         if image is None:
-            return None
+            return None, settings.pixel_size_um
+        if not settings.large_image_pixels or spec.whole_image:
+            return None, image.pixel_size_um or settings.pixel_size_um
         level = _level(image, settings)
         height, width = image.level_shape(level)
         if height * width <= settings.large_image_pixels and level == 0:
-            return None
+            return None, image.pixel_size_um or settings.pixel_size_um
         pixel_size = image.pixel_size(level) or settings.pixel_size_um
         intensity = None if settings.intensity == "fixed" else \
             pixels.intensity_range(regions.sample_values(image), settings.intensity)
@@ -157,7 +149,7 @@ def plan_source(source: sources.Source, settings: LargeSettings, spec, mask_poli
     cells = [((a, min(a + side, height)), (c, min(c + side, width)))
              for a in range(0, height, side) for c in range(0, width, side)]
     return [SourceBlock(source, level, mask_level, height, width, i, len(cells), rows, cols, mode, pixel_size,
-                        intensity) for i, (rows, cols) in enumerate(cells)]
+                        intensity) for i, (rows, cols) in enumerate(cells)], pixel_size
 
 
 @dataclasses.dataclass(frozen=True)

@@ -169,7 +169,7 @@ class PlanLargeSources(beam.DoFn):
         from pipelines.preprocess import examples, large
 
         try:
-            blocks = large.plan_source(source, self.settings, self.spec, self.mask_policy)
+            blocks, pixel_size = large.plan_source(source, self.settings, self.spec, self.mask_policy)
         except RejectedInput as error:
             yield reject(examples.rejected_source(source, error))
             return
@@ -178,7 +178,7 @@ class PlanLargeSources(beam.DoFn):
                                                                                       f"{error}")))
             return
         if blocks is None:
-            yield dataclasses.replace(source, pixel_size_um=large.header_pixel_size(source, self.settings))
+            yield dataclasses.replace(source, pixel_size_um=pixel_size)
             return
         Metrics.counter(NAMESPACE, "large_sources").inc()
         Metrics.counter(NAMESPACE, "source_blocks").inc(len(blocks))
