@@ -267,7 +267,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
     stop = cfg.patience and int(wait_var.numpy()) >= cfg.patience
     if int(clock.planned.numpy()):       # resumed under a time budget: the schedule already fitted to it
         schedule.set_total_steps(int(clock.planned.numpy()) * steps_per_epoch)
-    cycles = []                          # seconds of each whole epoch of this run (the budget's estimate)
+    epoch_ends = []                      # the clock at each epoch's end: whole cycles, data set-up and saves included
     step_seconds, reserve, trained_until = 0.0, EXPORT_RESERVE_S, 0.0   # the budget: a step, validation + export
     single_worker = distribute.task(strategy)[0] is None
     for epoch in range(start_epoch, cfg.epochs if not stop else start_epoch):
@@ -349,9 +349,11 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
         if cfg.patience and int(wait_var.numpy()) >= cfg.patience:
             log(f"Early stopping after epoch {epoch + 1}: {cfg.monitor} did not improve for {cfg.patience} epochs")
             break
-        cycles.append(time.time() - started)
-        if clock.on and len(cycles) >= 2 and not stop:      # refit the schedule to the time left, every epoch
-            epoch_seconds = float(np.mean(cycles[1:]))        # whole epochs after the first (which traces)
+        epoch_ends.append(clock.seconds())
+        if clock.on and len(epoch_ends) >= 2 and not stop:  # refit the schedule to the time left, every epoch
+            # the mean cycle after the first epoch (which traces), end to end: the iterator's set-up, validation
+            # and every save count, or the plan runs long and the cosine does not reach its end
+            epoch_seconds = (epoch_ends[-1] - epoch_ends[0]) / (len(epoch_ends) - 1)
             planned = plan_epochs(clock.budget_s, clock.seconds(), epoch_seconds, reserve, epoch + 1, cfg.epochs)
             planned = distribute.chief_value(strategy, planned)
             if planned != int(clock.planned.numpy()):
