@@ -2,7 +2,9 @@
 
 A dataset holds examples of one task:
 
-- ``segmentation``: ``image`` (T, T, C) and ``mask`` (T, T, 1) with class ids, 255 = ignore.
+- ``segmentation``: ``image`` (T, T, C) and ``mask`` (T, T, 1) with class ids, 255 = ignore;
+  with a weight map (``weight_map = "unet"``) also ``weight`` (T, T, 1) uint8, the U-Net
+  border term scaled so 255 = 1 (``pipelines.core.weight_map``).
 - ``classification``: ``image`` (T, T, C) and ``label`` (class index).
 
 T is the network input size: ``core + 2 * margin`` for tiles, the set size for whole images.
@@ -53,6 +55,9 @@ class DatasetSpec:
     whole_image: bool = False  # classification of whole images resized/padded to core
     pixel_size_um: float | None = None   # µm/px of the examples, when known (the model card copies it)
     intensity: str = "fixed"             # per-image normalisation of the sources (images.ImagePolicy)
+    weight_map: str = "none"             # "unet": each example carries the border term (core.weight_map)
+    weight_map_w0: float = 10.0          # ...its weight w0 in the loss...
+    weight_map_sigma: float = 5.0        # ...and its sigma (px), with which the term was computed
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -65,6 +70,11 @@ class DatasetSpec:
             raise ValueError(f"need core >= 1 and margin >= 0, got {self.core}, {self.margin}")
         if len(self.class_names) < 2:
             raise ValueError("need at least two classes")
+        if self.weight_map not in ("none", "unet"):
+            raise ValueError(f"weight_map must be none or unet, got {self.weight_map!r}")
+        if self.weight_map != "none" and (self.task != SEGMENTATION or self.weight_map_sigma <= 0
+                                          or self.weight_map_w0 < 0):
+            raise ValueError("a weight map needs a segmentation dataset, sigma > 0 and w0 >= 0")
 
     @property
     def tile_size(self) -> int:
@@ -100,6 +110,8 @@ def tfds_features(spec: DatasetSpec):
     }
     if spec.task == SEGMENTATION:
         feats["mask"] = tfds.features.Image(shape=(t, t, 1), dtype=np.uint8, encoding_format="png")
+        if spec.weight_map != "none":
+            feats["weight"] = tfds.features.Image(shape=(t, t, 1), dtype=np.uint8, encoding_format="png")
     else:
         feats["label"] = tfds.features.ClassLabel(names=list(spec.class_names))
     for name, dtype in PROVENANCE_FIELDS.items():

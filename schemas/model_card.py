@@ -58,6 +58,8 @@ class ModelCard:
         default_factory=lambda: {"scale": 1.0 / 255.0, "offset": 0.0})
     threshold: float | None = None        # binary decision threshold on P(foreground)
     threshold_rule: str = ""              # e.g. "max F1 on val" or "recall >= 0.95 on val"
+    # --calibrate: the rule, its threshold and (object rules) the pixel rule's threshold beside it
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset_fingerprint: str = ""
@@ -68,6 +70,7 @@ class ModelCard:
     saved_model_digest: str = ""          # saved_model_digest() of the SavedModel it belongs to
     pixel_size_um: float | None = None    # of the training data, when known: predict reads the matching level
     intensity: str = "fixed"              # the dataset's per-image normalisation: predict applies the same
+    weight_map: str = "none"              # the border weights the loss used, e.g. "unet w0=10 sigma=5"
     versions: dict[str, str] = dataclasses.field(default_factory=dict)  # libraries that exported it
     format_version: int = FORMAT_VERSION
 

@@ -18,6 +18,8 @@ def example(spec: DatasetSpec, rng) -> dict:
     e = {"image": rng.integers(0, 256, (t, t, spec.channels), dtype=np.uint8)}
     if spec.task == SEGMENTATION:
         e["mask"] = rng.integers(0, 2, (t, t, 1), dtype=np.uint8)
+        if spec.weight_map != "none":
+            e["weight"] = rng.integers(0, 256, (t, t, 1), dtype=np.uint8)
     else:
         e["label"] = spec.class_names[1]
     for name, dtype in PROVENANCE_FIELDS.items():
@@ -25,11 +27,11 @@ def example(spec: DatasetSpec, rng) -> dict:
     return e
 
 
-@pytest.mark.parametrize("task", [SEGMENTATION, CLASSIFICATION])
-def test_matches_the_tfds_serializer_and_parses_back(task):
+@pytest.mark.parametrize("task,weights", [(SEGMENTATION, "none"), (SEGMENTATION, "unet"), (CLASSIFICATION, "none")])
+def test_matches_the_tfds_serializer_and_parses_back(task, weights):
     from tensorflow_datasets.core import example_parser, example_serializer
 
-    spec = DatasetSpec(task, core=8, margin=2, channels=3, class_names=("a", "b", "c"))
+    spec = DatasetSpec(task, core=8, margin=2, channels=3, class_names=("a", "b", "c"), weight_map=weights)
     e = example(spec, np.random.default_rng(0))
     ours = shards.ExampleEncoder(spec).encode(e)
 
@@ -38,6 +40,8 @@ def test_matches_the_tfds_serializer_and_parses_back(task):
     values["image"] = pixels.encode_png(e["image"])
     if task == SEGMENTATION:
         values["mask"] = pixels.encode_png(e["mask"])
+        if weights != "none":
+            values["weight"] = pixels.encode_png(e["weight"])
     else:
         values["label"] = e["label"]
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
@@ -49,6 +53,8 @@ def test_matches_the_tfds_serializer_and_parses_back(task):
     assert parsed["core_y"].numpy() == -3 and parsed["source_id"].numpy().decode() == "src/ü#y0x16#a2"
     if task == CLASSIFICATION:
         assert parsed["label"].numpy() == 1
+    if weights != "none":
+        np.testing.assert_array_equal(parsed["weight"].numpy(), e["weight"])
 
 
 def test_refuses_values_it_cannot_represent():

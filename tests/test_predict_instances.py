@@ -10,6 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from pipelines.evaluate import job as evaluate
 from pipelines.predict import job as predict
 from pipelines.predict.instances import instance_labels, instance_table
 from schemas import layout as names
@@ -58,3 +59,13 @@ def test_predict_writes_instance_images_and_one_object_row_each(tmp_path, method
     assert predict.run(["--model-dir", str(tmp_path / "model"), "--input", str(tmp_path / "in"), "--output",
                         str(out), "--instances", method]) == 0      # done: a rerun skips it
     assert json.loads((out / names.SUCCESS_FILE).read_text())["skipped_done"] == 1
+    # tessera evaluate scores the instances as the predicted objects (touching discs: one truth each)
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    tifffile.imwrite(truth / "cells.tif", instance_labels(touching_discs(), "watershed").astype(np.uint16))
+    assert evaluate.run(["--predictions", str(out), "--truth", str(truth), "--truth-instances", "--mask-values",
+                         "instances", "--output", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    (row,) = pq.read_table(tmp_path / "report.parquet").to_pylist()
+    assert row["pred_objects"] == "instances" and row["objects_pred"] == expected
+    assert (report["overall"]["micro"]["object_f1"] == 1.0) == (method == "watershed")

@@ -192,6 +192,21 @@ def test_binary_255_masks_use_the_card_threshold(tmp_path):
     assert rows_of(out)["x"]["tta"] == "flips" and module is not None and images
 
 
+def test_a_threshold_given_replaces_the_cards_and_a_rerun_with_another_predicts_again(tmp_path):
+    export_model(str(tmp_path / "model"), kind="same", core=8, margin=4, threshold=0.8)
+    write_images(tmp_path / "in", {"x": (19, 23)}, seed=3)
+    out, masks = tmp_path / "out", []
+    for threshold in (0.3, 0.6):
+        run_job(tmp_path, out, "--binary-255", "--threshold", str(threshold))
+        mask = np.asarray(Image.open(out / names.MASKS_DIR / "x.png"))
+        masks.append(mask)
+        foreground = np.load(out / "probabilities" / "x.npy").astype(np.float32)[..., 1]
+        sure = np.abs(foreground - threshold) > 2e-3
+        assert sure.mean() > 0.9 and np.array_equal(mask[sure] == 255, foreground[sure] >= threshold)
+    assert json.loads((out / names.CONFIG_FILE).read_text())["threshold"] == 0.6
+    assert np.count_nonzero(masks[0]) > np.count_nonzero(masks[1])    # predicted again, not skipped
+
+
 def test_config_errors_exit_2_with_one_line_and_touch_no_output(tmp_path, capsys):
     export_model(str(tmp_path / "a"), kind="same", core=8, margin=4)
     export_model(str(tmp_path / "b"), kind="same", core=8, margin=2, layers=2)
@@ -205,6 +220,7 @@ def test_config_errors_exit_2_with_one_line_and_touch_no_output(tmp_path, capsys
     base = ["--input", str(tmp_path / "in"), "--output", str(out)]
     cases = {"disagree": ["--model-dir", str(tmp_path / "a"), "--model-dir", str(tmp_path / "b"), *base],
              "binary": ["--model-dir", str(tmp_path / "c"), "--binary-255", *base],
+             "--threshold applies to a binary": ["--model-dir", str(tmp_path / "c"), "--threshold", "0.4", *base],
              "no model_card.json": ["--model-dir", str(tmp_path / "missing"), *base],
              "no saved_model/saved_model.pb": ["--model-dir", str(tmp_path / "no-saved-model"), *base],
              "not a valid model card": ["--model-dir", str(tmp_path / "bad-card"), *base],

@@ -3,7 +3,8 @@
 Vectorised over the batch (one draw per example, no per-example graph), which keeps it
 cheap next to decoding. Every draw is stateless and comes from ``seed`` (shape [2]), so an
 epoch replays exactly on resume. Images are normalised floats in [0, 1]; masks hold class
-ids (255 = ignore) and only follow the geometric transforms, so ignore stays ignore.
+ids (255 = ignore; and the border weights as a second channel when the loss uses them) and
+only follow the geometric transforms, so ignore stays ignore.
 
 Geometry is an element of the dihedral group of the square: an optional transpose then
 optional left-right and up-down flips. Flips and 90-degree rotations together draw all
@@ -95,9 +96,10 @@ def augment(images, masks, seed, cfg: AugmentConfig):
         bits = geometry_bits(geometry_seed, tf.shape(images)[0], cfg)
         if masks is None:
             images = apply_geometry(images, bits)
-        else:  # one gather moves both: the mask rides along as an extra channel
+        else:  # one gather moves both: the mask (and its weights) ride along as extra channels
             both = apply_geometry(tf.concat([images, tf.cast(masks, images.dtype)], axis=-1), bits)
-            images, masks = both[..., :-1], tf.cast(both[..., -1:], masks.dtype)
+            split = images.shape[-1]
+            images, masks = both[..., :split], tf.cast(both[..., split:], masks.dtype)
     return photometric(images, photometric_seed, cfg), masks
 
 

@@ -51,3 +51,54 @@ def scores_at(histograms, threshold: float, beta: float = 1.0) -> dict[str, floa
     thresholds, tp, fp, fn = counts_at_thresholds(histograms)
     i = int(np.clip(np.searchsorted(thresholds, threshold - 1e-9), 0, len(thresholds) - 1))
     return segmentation_scores(np.array([[0.0, fp[i]], [fn[i], tp[i]]]), beta)
+
+
+OBJECT_RULES = ("rand", "object-f1")
+OBJECT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ... 0.95
+
+
+class ObjectCalibration:
+    """The threshold that scores best for objects on validation (``--calibrate rand|object-f1``).
+
+    Each validation core is labelled at every candidate threshold (4-connected components
+    of the predicted foreground; the truth's objects are the components of its mask, as in
+    ``tessera evaluate``) and scored against the truth: ``rand`` by the Rand F-score (1 -
+    adapted Rand error) of all cores' tables together, ``object-f1`` by the object F1 at
+    IoU >= 0.5. Cores are scored on their own, so an object cut by a core border counts as
+    two there; what is kept per threshold grows with the objects, not the pixels."""
+
+    def __init__(self, metric: str):
+        if metric not in OBJECT_RULES:
+            raise ValueError(f"object calibration is {OBJECT_RULES}, got {metric!r}")
+        self.metric = metric
+        self.tables: list[list] = [[] for _ in OBJECT_THRESHOLDS]
+        self.counts: list[dict | None] = [None] * len(OBJECT_THRESHOLDS)
+
+    def add(self, foreground, truth) -> None:
+        """One core: P(foreground) (H, W) and its truth class ids (H, W; 255 ignored)."""
+        from pipelines.evaluate import objects, scores
+        from schemas.example import IGNORE_LABEL
+
+        ignored = truth == IGNORE_LABEL
+        truth_ids = objects.objects_of(truth, ignored)
+        for i, threshold in enumerate(OBJECT_THRESHOLDS):
+            predicted = objects.objects_of((foreground >= threshold).astype(np.uint8), ignored)
+            if self.metric == "rand":
+                self.tables[i].append(scores.ids_table(truth_ids, predicted))
+            else:
+                self.counts[i] = objects.add_counts(self.counts[i], objects.object_counts(truth_ids, predicted))
+
+    def values(self) -> np.ndarray:
+        from pipelines.evaluate import objects, scores
+
+        if self.metric == "rand":
+            return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
+        return np.array([objects.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+
+    def best(self) -> tuple[float, float, str]:
+        """(threshold, value, rule); the threshold nearest 0.5 among equal values."""
+        values = np.nan_to_num(self.values(), nan=-1.0)
+        ties = np.nonzero(values == values.max())[0]
+        best = ties[np.argmin([abs(OBJECT_THRESHOLDS[i] - 0.5) for i in ties])]
+        name = "Rand F-score (1 - adapted Rand error)" if self.metric == "rand" else "object F1 at IoU 0.5"
+        return OBJECT_THRESHOLDS[best], float(values[best]), f"max {name} on val cores"

@@ -63,6 +63,7 @@ class LossConfig:
     tversky_alpha: float = 0.3      # weight of false positives
     tversky_beta: float = 0.7       # weight of false negatives (> alpha favours recall)
     smooth: float = 1.0             # dice / Tversky smoothing
+    weight_map: str = "auto"        # the dataset's border weights in ce / focal: auto (when it has them) | unet | none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,7 @@ class TrainConfig:
     monitor: str = ""               # "" = val_dice / val_accuracy; or val_loss, val_iou, ...
     beta: float = 1.0               # F-beta for metrics and threshold calibration
     target_recall: float = 0.0      # > 0: calibrate the highest threshold whose val recall reaches it
+    calibrate: str = "fbeta"        # the threshold's rule: fbeta | recall (--target-recall) | rand | object-f1
     shuffle_buffer: int = 1024
     static_copies: bool = True      # train on the static augmentation copies too (False: originals only)
     image_summaries: int = 4        # validation tiles shown in TensorBoard (0 = none)
@@ -173,6 +175,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--loss",), "loss.loss", str, "e.g. focal+dice, 0.5*ce+dice, tversky (default: ce+dice / ce)"),
     (("--class-weights",), "loss.class_weights", str, "auto | none | w0,w1,..."),
     (("--focal-gamma",), "loss.focal_gamma", float, "focal loss gamma"),
+    (("--weight-map",), "loss.weight_map", str,
+     "auto | unet | none: weight ce / focal per pixel by the dataset's border weights (preprocess --weight-map)"),
     (("--tversky-alpha",), "loss.tversky_alpha", float, "Tversky false-positive weight"),
     (("--tversky-beta",), "loss.tversky_beta", float, "Tversky false-negative weight"),
     (("--epochs",), "epochs", int, "epochs"),
@@ -200,6 +204,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--monitor",), "monitor", str, "metric for best model / early stopping (default: val_dice / val_accuracy)"),
     (("--beta",), "beta", float, "F-beta"),
     (("--target-recall",), "target_recall", float, "calibrate the threshold to reach this validation recall"),
+    (("--calibrate",), "calibrate", str,
+     "the threshold's rule on val: fbeta (max F-beta; recall with --target-recall) | recall | rand | object-f1"),
     (("--shuffle-buffer",), "shuffle_buffer", int, "shuffle buffer (records)"),
     (("--static-copies",), "static_copies", argparse.BooleanOptionalAction,
      "train on the static augmentation copies written by preprocess (--no-static-copies: originals only)"),
@@ -288,6 +294,8 @@ _CHOICES = {
     "model.name": ("",) + SEGMENTATION_MODELS + CLASSIFICATION_MODELS,
     "optim.optimizer": ("adam", "sgd", "rmsprop"),
     "optim.schedule": ("constant", "cosine", "step"),
+    "loss.weight_map": ("auto", "unet", "none"),
+    "calibrate": ("fbeta", "recall", "rand", "object-f1"),
 }
 
 
@@ -311,6 +319,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"--time-budget must be >= 0, got {cfg.time_budget_s}")
     if not 0.0 <= cfg.target_recall < 1.0:
         raise ValueError(f"--target-recall must be in [0, 1), got {cfg.target_recall}")
+    if cfg.calibrate == "recall" and not cfg.target_recall:
+        raise ValueError("--calibrate recall needs --target-recall (e.g. 0.95)")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
     return cfg

@@ -36,6 +36,7 @@ class DatasetInfo:
     stats: dict
     fingerprint: str
     fit: str = "resize"          # classification: how preprocess fitted photos to the core (--fit)
+    weight_map: bool = False     # segmentation targets carry the border weights as a second channel
 
     @property
     def normalization(self) -> dict[str, float]:
@@ -81,6 +82,15 @@ def open_dataset(path: str) -> DatasetInfo:
     config = _read_json(config_path) if tf.io.gfile.exists(config_path) else {}
     return DatasetInfo(path, spec, sizes, files, stats, _read_json(success).get("fingerprint", ""),
                        config.get("preprocess", {}).get("fit", "resize"))
+
+
+def with_weight_map(info: DatasetInfo, setting: str) -> DatasetInfo:
+    """``--weight-map``: auto uses the dataset's border weights when it has them, unet
+    requires them, none leaves them out."""
+    has = info.spec.weight_map != "none"
+    if setting == "unet" and not has:
+        raise ValueError(f"--weight-map unet: {info.path} has no weight maps; preprocess it with --weight-map unet")
+    return dataclasses.replace(info, weight_map=has and setting != "none")
 
 
 class DatasetDamaged(ValueError):
@@ -142,19 +152,24 @@ def locate_damage(info: DatasetInfo, error: tf.errors.DataLossError) -> DatasetD
     return DatasetDamaged(f"{info.path}: a shard is damaged ({error.message})")
 
 
-def parse_fn(spec: DatasetSpec) -> Callable:
-    """serialized tf.train.Example -> (image float32 [T, T, C] normalised, mask uint8 [T, T, 1] | label int32)."""
+def parse_fn(spec: DatasetSpec, weight_map: bool = False) -> Callable:
+    """serialized tf.train.Example -> (image float32 [T, T, C] normalised, mask uint8 [T, T, 1] | label int32);
+    with ``weight_map`` the mask is [T, T, 2]: class ids, then the stored border term."""
     features = tfds_features(spec)
     target = "mask" if spec.task == SEGMENTATION else "label"
     info = features.get_serialized_info()
-    parse_spec = {name: tf.io.FixedLenFeature(info[name].shape, info[name].tf_dtype) for name in ("image", target)}
+    names = ("image", target) + (("weight",) if weight_map else ())
+    parse_spec = {name: tf.io.FixedLenFeature(info[name].shape, info[name].tf_dtype) for name in names}
     scale = 1.0 / float(np.iinfo(spec.dtype).max)
 
     def parse(serialized):
         parsed = tf.io.parse_single_example(serialized, parse_spec)
         image = tf.cast(features["image"].decode_example(parsed["image"]), tf.float32) * scale
         if target == "mask":
-            return image, features["mask"].decode_example(parsed["mask"])
+            mask = features["mask"].decode_example(parsed["mask"])
+            if weight_map:
+                mask = tf.concat([mask, features["weight"].decode_example(parsed["weight"])], axis=-1)
+            return image, mask
         return image, tf.cast(parsed["label"], tf.int32)
 
     return parse
@@ -216,7 +231,7 @@ def train_dataset(info: DatasetInfo, batch_size: int, epoch: int, seed: int, aug
         ds = ds.filter(_is_original)
     ds = ds.shuffle(shuffle_buffer, seed=seed * 100003 + epoch, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().skip(skip_steps * replicas * batch_size)
-    parse = parse_fn(info.spec)
+    parse = parse_fn(info.spec, info.weight_map)
     epoch_seed = tf.constant([seed, epoch], tf.int64)
 
     def decode(index, serialized):
@@ -238,16 +253,16 @@ def eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val", input_c
     pipelines, pipeline_id, _ = _context(input_context)
     files, shard_records = _shard_files(info.split_files[split], pipelines, pipeline_id)
     ds = _records(files, shard_records, pipelines, pipeline_id)
-    ds = ds.map(parse_fn(info.spec), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(parse_fn(info.spec, info.weight_map), num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def sample(info: DatasetInfo, count: int, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` examples of ``split`` as numpy (image, target) arrays."""
+    """The first ``count`` examples of ``split`` as numpy (image, target) arrays (masks without weights)."""
     images, targets = [], []
     for image, target in eval_dataset(info, 1, split).unbatch().take(count):
         images.append(image.numpy())
-        targets.append(target.numpy())
+        targets.append(target.numpy()[..., :1] if info.weight_map else target.numpy())
     return np.stack(images), np.stack(targets)
 
 

@@ -26,8 +26,8 @@ from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
 from trainer.config import TrainConfig
-from trainer.data import DatasetInfo, has_examples, read_if_exists
-from trainer.losses import LossSpec, combine
+from trainer.data import DatasetInfo, crop_to, eval_dataset, has_examples, read_if_exists
+from trainer.losses import LossSpec, combine, probabilities
 from trainer.models import build_model, output_size, primary_output
 from trainer.models.layers import ToProbabilities
 from trainer.steps import evaluate_split, make_eval_step
@@ -85,6 +85,17 @@ def card_metrics(info: DatasetInfo, loss: float, confusion, histograms, beta: fl
     return {"loss": loss, **calibrate.scores_at(histograms, threshold, beta)}, threshold, rule
 
 
+def object_threshold(net: keras.Model, info: DatasetInfo, metric: str, batch_size: int) -> tuple[float, float, str]:
+    """``calibrate.ObjectCalibration`` over the validation cores: (threshold, value, rule)."""
+    size = output_size(net)
+    found = calibrate.ObjectCalibration(metric)
+    for x, y in eval_dataset(info, batch_size):
+        foreground = probabilities(primary_output(net(x, training=False))).numpy()[..., 1]
+        for p, truth in zip(foreground, crop_to(y, size).numpy()[..., 0]):
+            found.add(p, truth)
+    return found.best()
+
+
 def write_saved_model(model: keras.Model, path: str, input_dtype: str) -> None:
     """SavedModel whose "serving_default" maps "tiles" (integer pixels) to "probabilities"."""
     archive = keras.export.ExportArchive()
@@ -112,9 +123,16 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
     spec = info.spec
     net = restore_network(cfg, info, checkpoint)
     metrics_, threshold, rule = {}, None, ""
+    calibration = {}
     if has_examples(info, "val"):
         loss, confusion, hist = evaluate(net, info, loss_spec, cfg.batch_size)
         metrics_, threshold, rule = card_metrics(info, loss, confusion, hist, cfg.beta, cfg.target_recall)
+        if threshold is not None and cfg.calibrate in calibrate.OBJECT_RULES:
+            calibration = {"pixel_threshold": threshold, "pixel_rule": rule}
+            threshold, value, rule = object_threshold(net, info, cfg.calibrate, cfg.batch_size)
+            metrics_.update(calibrate.scores_at(hist, threshold, cfg.beta))
+            metrics_["rand_fscore" if cfg.calibrate == "rand" else "object_f1"] = value
+        calibration.update(rule=cfg.calibrate, threshold=threshold)
     elif spec.task == SEGMENTATION and spec.num_classes == 2:
         threshold, rule = 0.5, "default 0.5 (no validation split)"
     metrics_.update(extra_metrics or {})
@@ -125,7 +143,8 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
         normalization=info.normalization, threshold=threshold, threshold_rule=rule,
         metrics={k: float(v) for k, v in metrics_.items()}, config=json.loads(cfg.to_json()),
         dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit,
-        pixel_size_um=spec.pixel_size_um, intensity=spec.intensity)
+        calibration=calibration, pixel_size_um=spec.pixel_size_um, intensity=spec.intensity,
+        weight_map=f"unet w0={spec.weight_map_w0:g} sigma={spec.weight_map_sigma:g}" if info.weight_map else "none")
     model = inference_model(net, info.normalization)
     staging = f"{cfg.model_dir}/{versions.STAGING_MARK}export-{uuid.uuid4().hex[:12]}"
     try:

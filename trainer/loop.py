@@ -37,6 +37,7 @@ from trainer.data import (
     sample,
     train_dataset,
     verify_dataset,
+    with_weight_map,
 )
 from trainer.models import (
     BACKBONE_NAME,
@@ -177,7 +178,7 @@ def _current_export(cfg: TrainConfig, best_epoch: int):
 def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, export_model: bool = True) -> TrainResult:
     """Trains (resuming from the backup if there is one) and, on the chief, exports the best
     model. ``strategy`` defaults to ``distribute.choose_strategy()``."""
-    info = open_dataset(cfg.data)
+    info = with_weight_map(open_dataset(cfg.data), cfg.loss.weight_map)
     verify_dataset(info, cfg.verify_digests)
     cfg = for_task(cfg, info.spec.task)
     strategy = strategy or distribute.choose_strategy()

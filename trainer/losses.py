@@ -9,7 +9,9 @@ device on the global batch, and ignored pixels change nothing.
 
 Logits have one channel for binary segmentation (sigmoid) and K channels otherwise
 (softmax). Class weights (``--class-weights``, the role of focal's alpha) weight each
-labelled pixel or example by its true class.
+labelled pixel or example by its true class. With the U-Net border weight map
+(``border_w0 > 0``) the mask has a second channel, the stored border term b (255 = 1), and a
+pixel term weighs each pixel by w_c + w0 * b / 255 (w_c its class weight, 1 without).
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class LossSpec:
     tversky_alpha: float = 0.3      # false positives
     tversky_beta: float = 0.7       # false negatives
     smooth: float = 1.0
+    border_w0: float = 0.0          # > 0: y_true's second channel holds the border term (weight_map)
 
     @classmethod
     def from_text(cls, text: str, task: str = SEGMENTATION, **kwargs) -> "LossSpec":
@@ -142,6 +145,9 @@ def loss_sums(y_true, logits, spec: LossSpec):
     pixel_weight = valid
     if spec.class_weights is not None:
         pixel_weight = valid * tf.gather(tf.constant(spec.class_weights, tf.float32), labels)
+    if spec.border_w0 > 0:
+        border = tf.cast(y_true[..., 1], tf.float32) * (spec.border_w0 / 255.0)
+        pixel_weight = pixel_weight + valid * border
     sums, counts = [], []
     for _, name in spec.terms:
         if name in PIXEL_TERMS:

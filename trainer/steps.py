@@ -19,7 +19,8 @@ def loss_spec_for(cfg: TrainConfig, info: DatasetInfo) -> LossSpec:
     weights = class_weights_from_setting(cfg.loss.class_weights, info.stats, info.spec.class_names, info.spec.task)
     return LossSpec.from_text(cfg.loss.loss, info.spec.task, class_weights=weights, focal_gamma=cfg.loss.focal_gamma,
                               tversky_alpha=cfg.loss.tversky_alpha, tversky_beta=cfg.loss.tversky_beta,
-                              smooth=cfg.loss.smooth)
+                              smooth=cfg.loss.smooth,
+                              border_w0=info.spec.weight_map_w0 if info.weight_map else 0.0)
 
 
 def output_loss_sums(y, outputs, spec: LossSpec):

@@ -14,6 +14,7 @@ import posixpath
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tifffile
 import zarr
 from apache_beam.io.filesystems import FileSystems
 
@@ -148,11 +149,28 @@ def read_label_image(path: str, num_classes: int, max_pixels: int) -> np.ndarray
 
 def probability_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
     """{image id: its probabilities .npy} for the images predicted with --save-probabilities."""
-    if table is None or "probabilities_path" not in table.column_names:
+    return row_paths(pred_dir, table, "probabilities_path", ".npy")
+
+
+def instance_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
+    """{image id: its instance labels .tif} for the images predicted with --instances."""
+    return row_paths(pred_dir, table, "instances_path", ".tif")
+
+
+def row_paths(pred_dir: str, table: pa.Table | None, column: str, suffix: str) -> dict[str, str]:
+    if table is None or column not in table.column_names:
         return {}
     return {i: (p if "://" in p or p.startswith("/") else FileSystems.join(pred_dir, p))
-            for i, p in zip(table["image_id"].to_pylist(), table["probabilities_path"].to_pylist())
-            if p and p.endswith(".npy")}
+            for i, p in zip(table["image_id"].to_pylist(), table[column].to_pylist())
+            if p and p.endswith(suffix)}
+
+
+def read_instances(data: bytes, name: str) -> np.ndarray:
+    """The ids of an instance label TIFF written by ``tessera predict --instances``."""
+    try:
+        return tifffile.imread(io.BytesIO(data)).astype(np.int64)
+    except (ValueError, OSError, tifffile.TiffFileError) as error:
+        raise RejectedInput("undecodable", f"{name}: not an instance label TIFF ({error})") from error
 
 
 def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int) -> np.ndarray:

@@ -43,6 +43,7 @@ from pipelines.evaluate import report as report_files
 from pipelines.evaluate.inputs import (
     check_complete,
     detect_task,
+    instance_paths,
     is_label_image,
     label_image_exists,
     list_files,
@@ -50,6 +51,7 @@ from pipelines.evaluate.inputs import (
     predicted_labels,
     prediction_mask_paths,
     probability_paths,
+    read_instances,
     read_label_image,
     read_prediction,
     read_predictions_table,
@@ -134,6 +136,7 @@ class PairTask:
     grid: tuple[int, int, int] | None = None   # (core, stride, band px) of the prediction run's tiles
     probabilities_path: str | None = None      # the image's class probabilities (.npy), when saved
     truth_instances: bool = False
+    instances_path: str | None = None          # predicted instance labels (.tif): the predicted objects
 
 
 def score_pair(task: PairTask) -> dict:
@@ -170,7 +173,17 @@ def score_pair(task: PairTask) -> dict:
         seams = scores.seam_errors(truth, pred, scores.seam_band(*truth.shape, core, stride, band))
     ignored = objects.ignored_of(truth)
     truth_ids = objects.objects_of(truth if truth_ids is None else truth_ids, ignored, truth_ids is not None)
-    pred_ids = objects.objects_of(pred, ignored)
+    pred_ids, pred_objects = objects.objects_of(pred, ignored), "components"
+    if task.instances_path and exists(task.instances_path):
+        try:
+            instances = read_instances(read_input(task.instances_path, limit), task.instances_path)
+        except RejectedInput as e:
+            return {"image_id": task.image_id, "status": "rejected", "source": task.instances_path,
+                    "reason": e.reason, "detail": e.detail}
+        if instances.shape != truth.shape:
+            return {"image_id": task.image_id, "status": "rejected", "source": task.instances_path,
+                    "reason": "size_mismatch", "detail": f"truth {truth.shape} vs instances {instances.shape}"}
+        pred_ids, pred_objects = objects.objects_of(instances, ignored, instances=True), "instances"
     vrand = (float("nan"), float("nan"))
     if task.probabilities_path and exists(task.probabilities_path):
         probabilities = np.load(io.BytesIO(read_bytes(task.probabilities_path)))
@@ -179,7 +192,7 @@ def score_pair(task: PairTask) -> dict:
     return {"image_id": task.image_id, "status": "evaluated", "seams": seams,
             "confusion": scores.confusion_matrix(truth, pred, task.policy.num_classes),
             "rand_table": scores.ids_table(truth_ids, pred_ids),
-            "objects": objects.object_counts(truth_ids, pred_ids), "vrand_isbi": vrand,
+            "objects": objects.object_counts(truth_ids, pred_ids), "vrand_isbi": vrand, "pred_objects": pred_objects,
             "height": truth.shape[0], "width": truth.shape[1],
             "ignored_pixels": int(np.sum(truth == IGNORE_LABEL))}
 
@@ -199,12 +212,14 @@ def flat_scores(confusion: np.ndarray, class_names: tuple[str, ...], beta: float
     return row
 
 
-def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad, probabilities=None):
+def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad, probabilities=None,
+                          instances=None):
     k = len(class_names)
     policy = dataclasses.replace(parse_mask_values(config.mask_values, k), max_pixels=config.max_pixels)
     grid = tile_grid(config)
-    probabilities = probabilities or {}
-    tasks = [PairTask(i, truth[i], preds[i], policy, grid, probabilities.get(i), config.truth_instances)
+    probabilities, instances = probabilities or {}, instances or {}
+    tasks = [PairTask(i, truth[i], preds[i], policy, grid, probabilities.get(i), config.truth_instances,
+                      instances.get(i))
              for i in sorted(truth.keys() & preds.keys())]
     results = map_tasks(score_pair, tasks, config.workers)
     rows, tables, micro, seams = [], [], np.zeros((k, k), dtype=np.int64), np.zeros(4, np.int64)
@@ -224,7 +239,8 @@ def evaluate_segmentation(config: EvaluateConfig, class_names, truth, preds, bad
                        labelled_pixels=int(res["confusion"].sum()), **flat_scores(res["confusion"], class_names, config.beta),
                        adapted_rand_error=scores.adapted_rand(res["rand_table"]), confusion=res["confusion"].tolist(),
                        **objects.object_summary(res["objects"]), **objects.information_variation(res["rand_table"]),
-                       vrand_isbi=res["vrand_isbi"][0], vrand_isbi_threshold=res["vrand_isbi"][1])
+                       vrand_isbi=res["vrand_isbi"][0], vrand_isbi_threshold=res["vrand_isbi"][1],
+                       pred_objects=res["pred_objects"])
         rows.append(row)
     done = [r for r in rows if r["status"] == "evaluated"]
     metric_names = (*scores.CLASS_METRICS, "pixel_error", "adapted_rand_error", *OBJECT_METRICS, "vi",
@@ -320,7 +336,8 @@ def evaluate(config: EvaluateConfig, out=None) -> dict:
         bad += pred_bad
         missing_pred, missing_truth = sorted(truth.keys() - preds.keys()), sorted(preds.keys() - truth.keys())
         rows, overall, confusion = evaluate_segmentation(config, class_names, truth, preds, bad,
-                                                         probability_paths(config.predictions, table))
+                                                         probability_paths(config.predictions, table),
+                                                         instance_paths(config.predictions, table))
     if not any(r["status"] == "evaluated" for r in rows):
         overall = report_files.undefined(overall)  # nothing scored: no numbers, not the 1.0 of "both empty"
     rows += [{"image_id": i, "status": "missing_prediction"} for i in missing_pred]

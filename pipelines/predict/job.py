@@ -58,6 +58,7 @@ class PredictConfig:
     input: str
     output: str
     ensemble: str = "mean"
+    threshold: float = -1.0           # binary models: decide P(foreground) >= this (-1: the model card's)
     tta: str = "none"
     batch_size: int = 16
     overlap: float = 0.0
@@ -85,6 +86,8 @@ class PredictConfig:
         if self.ensemble not in inference.ENSEMBLES:
             raise ValueError(f"--ensemble must be one of {inference.ENSEMBLES}")
         predict_tta.transforms(self.tta)
+        if self.threshold != -1.0 and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"--threshold must be in (0, 1), got {self.threshold}")
         plan.stride_for(1, self.overlap)
         if self.blend not in ("gaussian", "linear"):
             raise ValueError(f"--blend must be gaussian or linear, got {self.blend!r}")
@@ -104,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a `tessera train` model directory; repeat for an ensemble")
     p.add_argument("--ensemble", choices=inference.ENSEMBLES, default=d.ensemble,
                    help="combine several models by mean probability or majority vote")
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help="binary models: foreground where P >= this, instead of the model card's calibrated one (-1)")
     p.add_argument("--input", required=True, help="folder, glob, or .txt list of images (local or gs://)")
     p.add_argument("--output", required=True, help="prediction directory (local or gs://)")
     p.add_argument("--tta", choices=tuple(predict_tta.TTA_MODES), default=d.tta,
@@ -163,20 +168,25 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     card = cards[0]
     if config.binary_255 and card.num_classes != 2:
         raise ValueError(f"--binary-255 needs a binary model; {config.model_dirs[0]} has {card.num_classes} classes")
+    if config.threshold != -1.0 and (card.num_classes != 2 or config.ensemble == "vote"):
+        raise ValueError("--threshold applies to a binary model's (or a mean ensemble's) P(foreground); "
+                         f"{config.model_dirs[0]} has {card.num_classes} classes, --ensemble {config.ensemble}")
     settings = outputs.OutputSettings(
         task=card.task, class_names=card.class_names, model_ids=tuple(model_id for _, model_id in read),
         ensemble=config.ensemble, tta=config.tta, overlap=config.overlap, blend=config.blend,
         binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation",
         connectivity=config.connectivity, mask_format=config.mask_format,
-        instances=config.instances if card.task == "segmentation" else "none", min_distance=config.min_distance)
+        instances=config.instances if card.task == "segmentation" else "none", min_distance=config.min_distance,
+        threshold=config.threshold)
     geometry = plan.Geometry(card.task, card.core, card.margin, card.channels, 2 if card.input_dtype == "uint16" else 1,
                              card.num_classes, plan.stride_for(card.core, config.overlap), config.batch_size,
                              settings.save_probabilities, settings.instances != "none")
     policy = images.ImagePolicy(color_mode="rgb" if card.channels == 3 else "grayscale",
                                 bit_depth="keep16" if card.input_dtype == "uint16" else "scale8",
                                 max_pixels=config.max_image_pixels, intensity=card.intensity)
+    threshold = config.threshold if config.threshold != -1.0 else inference.ensemble_threshold(cards, config.ensemble)
     spec = pt.JobSpec(geometry, policy, outputs.OutputLayout(config.output, settings), config.memory_limit_mb * 2**20,
-                      inference.ensemble_threshold(cards, config.ensemble), card.fit, card.input_size,
+                      threshold, card.fit, card.input_size,
                       whole_image=card.task == "classification" and card.whole_image)
     if card.task == "segmentation" and config.large_image_pixels:
         spec = dataclasses.replace(spec, large_image_pixels=config.large_image_pixels,

@@ -46,11 +46,12 @@ class OutputSettings:
     mask_format: str = "ome-zarr"  # large images: "ome-zarr", or "ome-tiff" (the zarr and an OME-TIFF)
     instances: str = "none"        # small images: "components" or "watershed" instance labels
     min_distance: int = 5          # watershed seeds at least this far apart (px)
+    threshold: float = -1.0        # --threshold (binary): instead of the model card's (-1)
 
     def fingerprint(self) -> str:
         values = dataclasses.asdict(self)
         for name, default in (("connectivity", 4), ("mask_format", "ome-zarr"), ("instances", "none"),
-                              ("min_distance", 5)):
+                              ("min_distance", 5), ("threshold", -1.0)):
             if values[name] == default:   # defaults leave the fingerprints of earlier runs as they were
                 del values[name]
         text = json.dumps(values, sort_keys=True)

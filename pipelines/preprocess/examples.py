@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from pipelines.beam import files
-from pipelines.core import images, masks, pixels, sources, tiling
+from pipelines.core import images, masks, pixels, sources, tiling, weight_map
 from pipelines.preprocess import static_augment
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 from schemas.rejected import RejectedInput, rejected_record
@@ -140,6 +140,9 @@ def cut_examples(source: sources.Source, boxes: list[tiling.Box], cut: Cut, shap
         if mask_tile is not None:
             counts.update({f"class_{c}": int(n) for c, n in enumerate(
                 class_pixels(mask_tile[core], spec.num_classes)) if n})
+        weights = None
+        if spec.weight_map != "none" and mask_tile is not None:
+            weights = weight_map.tile_weights(mask_tile, instance_tile, spec.weight_map_sigma, IGNORE_LABEL)
         for copy in range(copies + 1):
             out_image, out_mask, params = static_augment.augment(
                 tile, mask_tile, source.id, box[0], box[1], copy, settings.augment_config)
@@ -157,6 +160,8 @@ def cut_examples(source: sources.Source, boxes: list[tiling.Box], cut: Cut, shap
             else:
                 example["label"] = source.label
                 example["fg_fraction"] = 0.0
+            if weights is not None:
+                example["weight"] = weights if copy == 0 else static_augment.move_map(weights, params)
             if instance_tile is not None:
                 moved = instance_tile if copy == 0 else static_augment.move_labels(instance_tile, params)
                 example["instances"] = moved

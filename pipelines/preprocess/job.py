@@ -66,6 +66,9 @@ class PreprocessConfig:
     background_tiles_fraction: float = 0.0   # ...and this sampled share of the others
     skip_blank: bool = False              # drop tiles of empty slide glass or padding
     intensity: str = "fixed"              # fixed (--bit-depth) | percentile | zscore, per image
+    weight_map: str = "none"              # unet: store the U-Net border weights of every tile
+    weight_map_w0: float = 10.0
+    weight_map_sigma: float = 5.0         # px
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --min-foreground: keep this share of the other tiles too (a stable sample)")
     t.add_argument("--skip-blank", action="store_true",
                    help="drop tiles that are empty slide glass or padding (see docs: the tissue test)")
+    w = p.add_argument_group("border weight map (U-Net eq. 2), for touching objects")
+    w.add_argument("--weight-map", choices=["none", "unet"], default=d.weight_map,
+                   help="unet: store w0 * exp(-(d1 + d2)^2 / 2 sigma^2) per tile, objects from instance masks "
+                        "or the mask's connected components (a background that separates them)")
+    w.add_argument("--weight-map-w0", type=float, default=d.weight_map_w0, help="w0: the border term's weight")
+    w.add_argument("--weight-map-sigma", type=float, default=d.weight_map_sigma, help="sigma in pixels")
     return p
 
 
@@ -139,6 +148,9 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         raise SystemExit("--min-foreground and --background-tiles-fraction must be in [0, 1]")
     if config.large_image_pixels < 0 or config.memory_limit_mb < 1 or config.pixel_size_um < 0 or config.level < -1:
         raise SystemExit("--large-image-pixels and --pixel-size must be >= 0, --memory-limit-mb >= 1, --level >= -1")
+    if config.weight_map != "none" and (config.layout != SEGMENTATION or config.weight_map_sigma <= 0
+                                        or config.weight_map_w0 < 0):
+        raise SystemExit("--weight-map needs --layout segmentation, --weight-map-sigma > 0 and --weight-map-w0 >= 0")
     return config
 
 
@@ -177,7 +189,8 @@ def dataset_spec(config: PreprocessConfig, class_names: tuple[str, ...]) -> Data
         return DatasetSpec(CLASSIFICATION, size, 0, channels, dtype, class_names, whole_image=True,
                            intensity=config.intensity)
     return DatasetSpec(config.layout, config.tile_size, config.margin, channels, dtype, class_names,
-                       intensity=config.intensity)
+                       intensity=config.intensity, weight_map=config.weight_map, weight_map_w0=config.weight_map_w0,
+                       weight_map_sigma=config.weight_map_sigma)
 
 
 def check_input(config: PreprocessConfig) -> None:

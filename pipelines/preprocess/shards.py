@@ -51,6 +51,8 @@ class ExampleEncoder:
             values["mask"] = pixels.encode_png(example["mask"], compress_level=self.png_compression)
         else:
             values["label"] = self.label_ids[example["label"]]
+        if "weight" in example:
+            values["weight"] = pixels.encode_png(example["weight"], compress_level=self.png_compression)
         return example_proto.serialize_example(values)
 
 

@@ -169,6 +169,15 @@ def move_labels(labels: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     return _dihedral(labels, params)
 
 
+def move_map(values: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """The geometric part of ``params`` on an (H, W, 1) uint8 map of a continuous quantity
+    (the border weights): interpolated linearly, as the image is."""
+    coords = _source_coordinates(values.shape[:2], params)
+    if coords is not None:
+        values = np.clip(np.rint(_resample(values.astype(np.float64), coords, order=1)), 0, 255).astype(np.uint8)
+    return _dihedral(values, params)
+
+
 def augment(
     image: np.ndarray,
     mask: np.ndarray | None,
