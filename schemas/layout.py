@@ -243,6 +243,7 @@ PREDICTIONS_SCHEMA = pa.schema([
     # large images: the pyramid level predicted, the pixel size of the predicted pixels (µm/px),
     # and the resampling factor when no level had the model's pixel size (None: as stored)
     ("source_level", pa.int32()), ("pixel_size_um", pa.float64()), ("resample_factor", pa.float64()),
+    ("precision", pa.string()),          # the SavedModel that ran: float32, or the bfloat16 export
 ])
 
 

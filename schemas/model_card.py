@@ -34,6 +34,8 @@ from schemas.example import TASKS
 
 MODEL_CARD_FILE = "model_card.json"
 SAVED_MODEL_DIR = "saved_model"
+PRECISIONS = ("float32", "bfloat16")     # what a SavedModel of an export computes in
+VARIANT_DIRS = {"bfloat16": "saved_model_bf16"}
 KERAS_FILE = "model.keras"
 SERVING_INPUT = "tiles"
 SERVING_OUTPUT = "probabilities"
@@ -71,8 +73,22 @@ class ModelCard:
     pixel_size_um: float | None = None    # of the training data, when known: predict reads the matching level
     intensity: str = "fixed"              # the dataset's per-image normalisation: predict applies the same
     weight_map: str = "none"              # the border weights the loss used, e.g. "unet w0=10 sigma=5"
+    # other exports of the same weights, by compute precision: {"bfloat16": {"dir": ..., "digest": ...}}
+    variants: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)  # libraries that exported it
     format_version: int = FORMAT_VERSION
+
+    def saved_model_dir(self, precision: str = "float32") -> str:
+        """The SavedModel directory (relative to the export) that computes in ``precision``."""
+        if precision == "float32":
+            return SAVED_MODEL_DIR
+        if precision not in self.variants:
+            raise ValueError(f"this model has no {precision} export (it has {['float32', *self.variants]}); "
+                             f"train it with --export-bf16 to get one")
+        return self.variants[precision]["dir"]
+
+    def saved_model_digest_of(self, precision: str = "float32") -> str:
+        return self.saved_model_digest if precision == "float32" else self.variants[precision]["digest"]
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

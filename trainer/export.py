@@ -56,11 +56,26 @@ def restore_network(cfg: TrainConfig, info: DatasetInfo, checkpoint: str) -> ker
 
 
 def inference_model(net: keras.Model, normalization: dict[str, float]) -> keras.Model:
-    """Raw pixel values (float) -> normalisation -> network -> probabilities."""
+    """Raw pixel values (float) -> normalisation -> network -> probabilities (float32)."""
     inputs = keras.Input(net.input_shape[1:], name="pixels")
     x = keras.layers.Rescaling(normalization["scale"], normalization["offset"], name="normalize")(inputs)
-    outputs = ToProbabilities(name="probabilities")(primary_output(net(x)))
+    outputs = ToProbabilities(name="probabilities", dtype="float32")(primary_output(net(x)))
     return keras.Model(inputs, outputs, name=f"{net.name}_inference")
+
+
+def bfloat16_twin(cfg: TrainConfig, info: DatasetInfo, net: keras.Model) -> keras.Model:
+    """The inference model of ``net``'s weights computing in bfloat16 (mixed_bfloat16: variables
+    float32, the probabilities float32)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        twin = build_model(cfg.model, info.spec)
+        if isinstance(twin.output, (list, tuple)):
+            twin = keras.Model(twin.input, twin.outputs[0], name=twin.name)
+        twin.set_weights(net.get_weights())
+        return inference_model(twin, info.normalization)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def evaluate(net: keras.Model, info: DatasetInfo, loss_spec: LossSpec, batch_size: int, split: str = "val"):
@@ -151,6 +166,11 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
         write_saved_model(model, f"{staging}/{mc.SAVED_MODEL_DIR}", spec.dtype)
         card = dataclasses.replace(card, saved_model_digest=saved_model_digest(f"{staging}/{mc.SAVED_MODEL_DIR}"),
                                    versions=library_versions())
+        if cfg.export_bf16:
+            variant = mc.VARIANT_DIRS["bfloat16"]
+            write_saved_model(bfloat16_twin(cfg, info, net), f"{staging}/{variant}", spec.dtype)
+            card = dataclasses.replace(card, variants={"bfloat16": {
+                "dir": variant, "digest": saved_model_digest(f"{staging}/{variant}")}})
         model.save(f"{staging}/{mc.KERAS_FILE}")
         with tf.io.gfile.GFile(f"{staging}/{mc.MODEL_CARD_FILE}", "w") as handle:
             handle.write(card.to_json())

@@ -49,6 +49,7 @@ from pipelines.predict import models as inference
 from pipelines.predict import transforms as pt
 from pipelines.predict import tta as predict_tta
 from schemas import layout as names
+from schemas import model_card
 from schemas.crashpoints import crashpoint
 
 
@@ -59,6 +60,7 @@ class PredictConfig:
     output: str
     ensemble: str = "mean"
     threshold: float = -1.0           # binary models: decide P(foreground) >= this (-1: the model card's)
+    precision: str = "float32"        # the models' SavedModel computing in float32, or their bfloat16 export
     tta: str = "none"
     batch_size: int = 16
     overlap: float = 0.0
@@ -86,6 +88,8 @@ class PredictConfig:
         if self.ensemble not in inference.ENSEMBLES:
             raise ValueError(f"--ensemble must be one of {inference.ENSEMBLES}")
         predict_tta.transforms(self.tta)
+        if self.precision not in model_card.PRECISIONS:
+            raise ValueError(f"--precision must be one of {model_card.PRECISIONS}, got {self.precision!r}")
         if self.threshold != -1.0 and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"--threshold must be in (0, 1), got {self.threshold}")
         plan.stride_for(1, self.overlap)
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a `tessera train` model directory; repeat for an ensemble")
     p.add_argument("--ensemble", choices=inference.ENSEMBLES, default=d.ensemble,
                    help="combine several models by mean probability or majority vote")
+    p.add_argument("--precision", choices=model_card.PRECISIONS, default=d.precision,
+                   help="bfloat16: run the models' bfloat16 export (train --export-bf16), faster on CPUs with "
+                        "AMX / AVX512-BF16; probabilities differ from float32 by about 1e-2")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="binary models: foreground where P >= this, instead of the model card's calibrated one (-1)")
     p.add_argument("--input", required=True, help="folder, glob, or .txt list of images (local or gs://)")
@@ -163,8 +170,8 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     cards = [card for card, _ in read]
     inference.check_compatible(cards, config.model_dirs)
     for model_dir, card in zip(config.model_dirs, cards):
-        inference.check_saved_model(model_dir, card)
-        inference.verify_model(model_dir, card)
+        inference.check_saved_model(model_dir, card, config.precision)
+        inference.verify_model(model_dir, card, config.precision)
     card = cards[0]
     if config.binary_255 and card.num_classes != 2:
         raise ValueError(f"--binary-255 needs a binary model; {config.model_dirs[0]} has {card.num_classes} classes")
@@ -177,7 +184,7 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
         binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation",
         connectivity=config.connectivity, mask_format=config.mask_format,
         instances=config.instances if card.task == "segmentation" else "none", min_distance=config.min_distance,
-        threshold=config.threshold)
+        threshold=config.threshold, precision=config.precision)
     geometry = plan.Geometry(card.task, card.core, card.margin, card.channels, 2 if card.input_dtype == "uint16" else 1,
                              card.num_classes, plan.stride_for(card.core, config.overlap), config.batch_size,
                              settings.save_probabilities, settings.instances != "none")
@@ -220,7 +227,7 @@ def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, to
     """Ordinary images in strips; large region-readable ones block by block (pipelines.predict.large).
     Each path keeps its pixels inside one fused stage: only small records cross a shuffle."""
     handler = inference.TileModelHandler(config.model_dirs, config.tta, config.ensemble, config.batch_size,
-                                         config.model_copies)
+                                         config.model_copies, config.precision)
     cut = (p | "Inputs" >> beam.Create(todo) | "Spread" >> beam.Reshuffle() | "CutStrips" >> pt.CutStrips(spec))
     _ = cut.tasks | "PredictTiles" >> pt.PredictTiles(handler) | "StitchImages" >> pt.StitchImages(spec)
     _ = cut[pt.LARGE] | "PredictLargeImages" >> large.PredictLargeImages(spec, handler)

@@ -49,15 +49,16 @@ def read_card(model_dir: str) -> tuple[ModelCard, str]:
     return card, model_card.model_id(card, raw)
 
 
-def check_saved_model(model_dir: str, card: ModelCard) -> None:
-    """Refuse, before any worker loads it, a model directory without its SavedModel, or whose
-    card names another SavedModel (``saved_model_digest``): a card and a model from two
-    different exports would predict with the wrong geometry or threshold."""
-    saved = f"{model_dir.rstrip('/')}/{SAVED_MODEL_DIR}"
+def check_saved_model(model_dir: str, card: ModelCard, precision: str = "float32") -> None:
+    """Refuse, before any worker loads it, a model directory without its SavedModel (of
+    ``precision``), or whose card names another SavedModel (``saved_model_digest``): a card and
+    a model from two different exports would predict with the wrong geometry or threshold."""
+    saved = f"{model_dir.rstrip('/')}/{card.saved_model_dir(precision)}"
     if not FileSystems.exists(f"{saved}/saved_model.pb"):
-        raise FileNotFoundError(f"{model_dir}: no {SAVED_MODEL_DIR}/saved_model.pb; "
+        raise FileNotFoundError(f"{model_dir}: no {card.saved_model_dir(precision)}/saved_model.pb; "
                                 "is this a complete `tessera train` model directory?")
-    if not card.saved_model_digest:
+    expected = card.saved_model_digest_of(precision)
+    if not expected:
         print(f"tessera predict: warning: {model_dir}/{MODEL_CARD_FILE} names no SavedModel digest "
               "(exported by an older Tessera); the card and the model are not checked against each other",
               file=sys.stderr)
@@ -66,9 +67,9 @@ def check_saved_model(model_dir: str, card: ModelCard) -> None:
         digest = model_card.saved_model_digest(lambda name: read_bytes(f"{saved}/{name}"))
     except OSError as e:
         raise ValueError(f"{model_dir}: the SavedModel is incomplete ({e})") from e
-    if digest != card.saved_model_digest:
+    if digest != expected:
         raise ValueError(f"{model_dir}: {MODEL_CARD_FILE} belongs to another SavedModel (digest "
-                         f"{card.saved_model_digest[:12]}, found {digest[:12]}): the model directory is damaged "
+                         f"{expected[:12]}, found {digest[:12]}): the model directory is damaged "
                          "or mixes two exports; export it again")
 
 
@@ -94,13 +95,13 @@ def check_signature(signatures, card: ModelCard, model_dir: str):
     return serve
 
 
-def verify_model(model_dir: str, card: ModelCard) -> None:
+def verify_model(model_dir: str, card: ModelCard, precision: str = "float32") -> None:
     """Load the SavedModel once in the launcher and check it against its card, so a damaged or
     mismatched model fails the job with a clear message (exit 2) instead of in every worker."""
     import tensorflow as tf
 
     try:
-        loaded = tf.saved_model.load(local_model_dir(model_dir))
+        loaded = tf.saved_model.load(local_model_dir(model_dir, card.saved_model_dir(precision)))
     except (tf.errors.OpError, OSError, ValueError, KeyError, RuntimeError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{model_dir}: the SavedModel cannot be loaded ({type(e).__name__}: {first_line[:300]})") from e
@@ -122,13 +123,13 @@ def check_compatible(cards: Sequence[ModelCard], model_dirs: Sequence[str]) -> N
                 f"{key(card)}")
 
 
-def local_model_dir(model_dir: str) -> str:
+def local_model_dir(model_dir: str, saved_model_dir: str = SAVED_MODEL_DIR) -> str:
     """A local path of the SavedModel: the directory itself, or a temp copy of a remote one.
 
     TensorFlow's own gs:// support cannot be redirected (emulators, other clouds), so
     remote SavedModels are copied through Beam's FileSystems once per worker.
     """
-    saved = f"{model_dir.rstrip('/')}/{SAVED_MODEL_DIR}"
+    saved = f"{model_dir.rstrip('/')}/{saved_model_dir}"
     if FileSystems.get_scheme(saved) in (None, "file"):
         return saved
     target = tempfile.mkdtemp(prefix="tessera-model-")
@@ -208,13 +209,14 @@ class EnsemblePredictor:
         return ",".join(m.model_id for m in self.models)
 
 
-def load_predictor(model_dirs: Sequence[str], tta: str, combine: str) -> EnsemblePredictor:
+def load_predictor(model_dirs: Sequence[str], tta: str, combine: str, precision: str = "float32"
+                   ) -> EnsemblePredictor:
     tf = quiet.tensorflow()  # in a fresh worker process, the first import of TensorFlow
 
     models = []
     for model_dir in model_dirs:
         card, model_id = read_card(model_dir)
-        loaded = tf.saved_model.load(local_model_dir(model_dir))
+        loaded = tf.saved_model.load(local_model_dir(model_dir, card.saved_model_dir(precision)))
         models.append(LoadedModel(card, model_id, check_signature(loaded.signatures, card, model_dir)))
     return EnsemblePredictor(models, tta, combine)
 
@@ -243,12 +245,12 @@ class TileModelHandler(ModelHandler[StripTask, PredictionResult, EnsemblePredict
     """
 
     def __init__(self, model_dirs: Sequence[str], tta: str = "none", combine: str = "mean",
-                 batch_size: int = 16, model_copies: int = 0):
+                 batch_size: int = 16, model_copies: int = 0, precision: str = "float32"):
         if batch_size < 1 or model_copies < 0:
             raise ValueError(f"batch size must be >= 1 and model copies >= 0, got {batch_size}, {model_copies}")
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size, element_size_fn=task_tiles)
         self.model_dirs, self.tta, self.combine, self.batch_size = list(model_dirs), tta, combine, batch_size
-        self.copies = model_copies
+        self.copies, self.precision = model_copies, precision
 
     def share_model_across_processes(self) -> bool:
         return self.copies > 0
@@ -257,7 +259,7 @@ class TileModelHandler(ModelHandler[StripTask, PredictionResult, EnsemblePredict
         return max(1, self.copies)
 
     def load_model(self) -> EnsemblePredictor:
-        return load_predictor(self.model_dirs, self.tta, self.combine)
+        return load_predictor(self.model_dirs, self.tta, self.combine, self.precision)
 
     def run_inference(self, batch: Sequence[StripTask], model: EnsemblePredictor,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:

@@ -47,11 +47,13 @@ class OutputSettings:
     instances: str = "none"        # small images: "components" or "watershed" instance labels
     min_distance: int = 5          # watershed seeds at least this far apart (px)
     threshold: float = -1.0        # --threshold (binary): instead of the model card's (-1)
+    precision: str = "float32"     # --precision: which of the models' SavedModels ran
 
     def fingerprint(self) -> str:
         values = dataclasses.asdict(self)
         for name, default in (("connectivity", 4), ("mask_format", "ome-zarr"), ("instances", "none"),
-                              ("min_distance", 5), ("threshold", -1.0)):
+                              ("min_distance", 5), ("threshold", -1.0),
+                              ("precision", "float32")):
             if values[name] == default:   # defaults leave the fingerprints of earlier runs as they were
                 del values[name]
         text = json.dumps(values, sort_keys=True)
@@ -235,7 +237,7 @@ def classification_row(settings: OutputSettings, image_id: str, source: str, hei
 
 def common_row(s: OutputSettings) -> dict:
     return {"model_ids": list(s.model_ids), "ensemble": s.ensemble if len(s.model_ids) > 1 else "none",
-            "tta": s.tta, "overlap": s.overlap, "blend": s.blend}
+            "tta": s.tta, "overlap": s.overlap, "blend": s.blend, "precision": s.precision}
 
 
 def write_parquet(path: str, rows: list[dict]) -> None:
