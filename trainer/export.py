@@ -34,10 +34,10 @@ from trainer.steps import evaluate_split, make_eval_step
 
 
 @contextlib.contextmanager
-def float32_policy():
-    """Keras layers built inside compute in float32, whatever the training's precision policy."""
+def precision_policy(name: str = "float32"):
+    """Keras layers built inside compute in ``name``'s precision, whatever the training's policy."""
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
+    keras.mixed_precision.set_global_policy(name)
     try:
         yield
     finally:
@@ -47,7 +47,7 @@ def float32_policy():
 def restore_network(cfg: TrainConfig, info: DatasetInfo, checkpoint: str) -> keras.Model:
     """A float32 copy of the network, outside any distribution strategy, with the weights of
     ``checkpoint`` (the primary output only)."""
-    with float32_policy():
+    with precision_policy():
         net = build_model(cfg.model, info.spec)
     tf.train.Checkpoint(model=net).restore(checkpoint).expect_partial().assert_existing_objects_matched()
     if isinstance(net.output, (list, tuple)):
@@ -66,16 +66,12 @@ def inference_model(net: keras.Model, normalization: dict[str, float]) -> keras.
 def bfloat16_twin(cfg: TrainConfig, info: DatasetInfo, net: keras.Model) -> keras.Model:
     """The inference model of ``net``'s weights computing in bfloat16 (mixed_bfloat16: variables
     float32, the probabilities float32)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with precision_policy("mixed_bfloat16"):
         twin = build_model(cfg.model, info.spec)
         if isinstance(twin.output, (list, tuple)):
             twin = keras.Model(twin.input, twin.outputs[0], name=twin.name)
         twin.set_weights(net.get_weights())
         return inference_model(twin, info.normalization)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def evaluate(net: keras.Model, info: DatasetInfo, loss_spec: LossSpec, batch_size: int, split: str = "val"):
@@ -129,7 +125,7 @@ def export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Loss
            extra_metrics: dict | None = None) -> mc.ModelCard:
     """Restores ``checkpoint``, calibrates and scores on validation, writes the model directory
     (staged, then ``publish``ed); all in float32, however the network was trained."""
-    with float32_policy():
+    with precision_policy():
         return _export(cfg, info, checkpoint, loss_spec, extra_metrics)
 
 
