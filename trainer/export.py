@@ -143,7 +143,8 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
             threshold, value, rule = object_threshold(net, info, cfg.calibrate, cfg.batch_size)
             metrics_.update(calibrate.scores_at(hist, threshold, cfg.beta))
             metrics_["rand_fscore" if cfg.calibrate == "rand" else "object_f1"] = value
-        calibration.update(rule=cfg.calibrate, threshold=threshold)
+        if threshold is not None:
+            calibration.update(rule=cfg.calibrate, threshold=threshold)
     elif spec.task == SEGMENTATION and spec.num_classes == 2:
         threshold, rule = 0.5, "default 0.5 (no validation split)"
     metrics_.update(extra_metrics or {})
