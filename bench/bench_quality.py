@@ -11,6 +11,8 @@ adding one thing to the one before:
          epochs in the same time)
     E  + dihedral test-time augmentation (D's model)
     F  + watershed instances (D's model, E's predictions split)
+    G  D with the best checkpoint by val_loss instead of val_dice (--monitor val_loss), with
+       dihedral TTA
 
 Printed side by side: pixel error, adapted Rand error, V_rand (ISBI protocol, from the
 probabilities), object F1 at IoU 0.5 and VI, with the epochs each training got.
@@ -57,13 +59,25 @@ def lay_out(data: str, work: str) -> None:
             shutil.copy(f"{data}/{kind}/slice_{i:02d}.png", f"{work}/test/{kind}/")
 
 
-def train(work: str, name: str, dataset: str, budget: str, precision: str) -> dict:
+def train(work: str, name: str, dataset: str, budget: str, precision: str, re_export: bool, *extra: str) -> dict:
     model = f"{work}/{name}"
     tessera("train", "--data", f"{work}/{dataset}", "--model-dir", model, "--time-budget", budget,
-            "--epochs", "100000", "--mixed-precision", precision, "--calibrate", "rand", "--verbose", "0")
+            "--epochs", "100000", "--mixed-precision", precision, "--calibrate", "rand", "--verbose", "0", *extra)
+    if re_export:
+        export_again(model)
     card = json.load(open(f"{model}/current/model_card.json"))
     history = open(f"{model}/history.csv").read().strip().splitlines()
     return {"model": model, "card": card, "epochs": len(history) - 1}
+
+
+def export_again(model_dir: str) -> None:
+    """Exports a finished training's best checkpoint again with the code as it is now."""
+    code = ("import sys, tensorflow as tf; from trainer import export; from trainer.config import from_dict; "
+            "from trainer.data import open_dataset, with_weight_map; from trainer.steps import loss_spec_for; "
+            "cfg = from_dict(export.load_card(sys.argv[1]).config); "
+            "info = with_weight_map(open_dataset(cfg.data), cfg.loss.weight_map); "
+            "export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec_for(cfg, info))")
+    subprocess.run([sys.executable, "-c", code, model_dir], cwd=REPO, check=True, capture_output=True)
 
 
 def predict_and_score(work: str, name: str, model: str, *flags: str) -> dict:
@@ -81,6 +95,8 @@ def main() -> None:
     parser.add_argument("--budget", default="25m", help="CPU time per training (tessera train --time-budget)")
     parser.add_argument("--work", default="", help="work here (default: a temporary folder); a rerun on the same "
                         "folder reuses its datasets and resumes its trainings (done ones export at once)")
+    parser.add_argument("--re-export", action="store_true",
+                        help="export the trainings found in --work again with this code (calibration changes)")
     args = parser.parse_args()
     if not os.path.isdir(f"{args.data}/images"):
         raise SystemExit(f"no ISBI slices in {args.data} (expected images/ and masks/)")
@@ -92,9 +108,10 @@ def main() -> None:
     for name, extra in (("ds", ()), ("ds-weights", ("--weight-map", "unet"))):
         if not os.path.isdir(f"{work}/{name}/current"):
             tessera("preprocess", *common, "--output", f"{work}/{name}", *extra)
-    a = train(work, "model-a", "ds", args.budget, "off")
-    c = train(work, "model-c", "ds-weights", args.budget, "off")
-    d = train(work, "model-d", "ds-weights", args.budget, "auto")
+    a = train(work, "model-a", "ds", args.budget, "off", args.re_export)
+    c = train(work, "model-c", "ds-weights", args.budget, "off", args.re_export)
+    d = train(work, "model-d", "ds-weights", args.budget, "auto", args.re_export)
+    g = train(work, "model-d2", "ds-weights", args.budget, "auto", args.re_export, "--monitor", "val_loss")
     runs = {
         "A defaults": (a, ("--threshold", str(a["card"]["calibration"]["pixel_threshold"]))),
         "B + calibrated for rand": (a, ()),
@@ -102,17 +119,19 @@ def main() -> None:
         "D + bf16": (d, ()),
         "E + dihedral TTA": (d, ("--tta", "dihedral")),
         "F + watershed": (d, ("--tta", "dihedral", "--instances", "watershed")),
+        "G D, val_loss ckpt, TTA": (g, ("--tta", "dihedral")),
     }
     results = {}
     for name, (trained, flags) in runs.items():
         results[name] = predict_and_score(work, name[0], trained["model"], *flags)
         threshold = dict(zip(flags[::2], flags[1::2])).get("--threshold", trained["card"]["threshold"])
         results[name].update(epochs=trained["epochs"], threshold=float(threshold),
+                             best_epoch=int(trained["card"]["metrics"]["best_epoch"]),
                              precision=trained["card"]["config"]["mixed_precision"])
     print(f"\nslices 20-24 of ISBI 2012, trained on 0-16 (val 17-19), {args.budget} per training")
-    print(f"{'configuration':26s}{'epochs':>7s}{'thr':>6s}" + "".join(f"{label:>14s}" for _, label in METRICS))
+    print(f"{'configuration':26s}{'epochs':>7s}{'best':>5s}{'thr':>6s}" + "".join(f"{label:>14s}" for _, label in METRICS))
     for name, scores in results.items():
-        print(f"{name:26s}{scores['epochs']:>7d}{scores['threshold']:>6.2f}"
+        print(f"{name:26s}{scores['epochs']:>7d}{scores['best_epoch']:>5d}{scores['threshold']:>6.2f}"
               + "".join(f"{scores[key]:>14.4f}" for key, _ in METRICS))
     with open(f"{work}/quality.json", "w") as handle:
         json.dump(results, handle, indent=2)

@@ -196,26 +196,6 @@ def test_training_uses_the_weights_and_the_card_says_so(weighted, tmp_path):
     assert weighted_run.step_losses[0] > 1.2 * plain_run.step_losses[0]
 
 
-def test_object_calibration_picks_the_threshold_that_keeps_touching_cells_apart():
-    from trainer.calibrate import ObjectCalibration
-
-    truth = np.zeros((20, 30), np.uint8)
-    truth[2:18, 2:14] = 1
-    truth[2:18, 16:28] = 1                      # two cells, two background columns between them
-    foreground = np.where(truth == 1, 0.9, 0.1)
-    foreground[2:18, 14:16] = 0.6               # a weak membrane: below 0.6 the cells merge
-    truth[19, :] = IGNORE_LABEL
-    for metric in ("rand", "object-f1"):
-        found = ObjectCalibration(metric)
-        found.add(foreground, truth)
-        values = found.values()
-        threshold, value, rule = found.best()
-        assert 0.6 < threshold <= 0.9 and value == values.max() == 1.0, metric
-        assert values[[t <= 0.6 for t in (0.05 * i for i in range(1, 20))]].max() < value
-        assert threshold == 0.65                # of the equal ones, the nearest 0.5
-    assert "object F1" in rule
-
-
 def test_asking_for_weights_a_dataset_does_not_have_is_refused(tmp_path):
     from tessera import synthetic_dataset
     from trainer import data

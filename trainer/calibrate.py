@@ -60,12 +60,12 @@ OBJECT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ...
 class ObjectCalibration:
     """The threshold that scores best for objects on validation (``--calibrate rand|object-f1``).
 
-    Each validation core is labelled at every candidate threshold (4-connected components
-    of the predicted foreground; the truth's objects are the components of its mask, as in
-    ``tessera evaluate``) and scored against the truth: ``rand`` by the Rand F-score (1 -
-    adapted Rand error) of all cores' tables together, ``object-f1`` by the object F1 at
-    IoU >= 0.5. Cores are scored on their own, so an object cut by a core border counts as
-    two there; what is kept per threshold grows with the objects, not the pixels."""
+    Each validation image (``SourceCanvas``: its cores put back together) is labelled at
+    every candidate threshold (4-connected components of the predicted foreground; the
+    truth's objects are the components of its mask, as in ``tessera evaluate``) and scored
+    against the truth: ``rand`` by the Rand F-score (1 - adapted Rand error) of all images'
+    tables together, ``object-f1`` by the object F1 at IoU >= 0.5. What is kept per
+    threshold grows with the objects, not the pixels."""
 
     def __init__(self, metric: str):
         if metric not in OBJECT_RULES:
@@ -75,7 +75,7 @@ class ObjectCalibration:
         self.counts: list[dict | None] = [None] * len(OBJECT_THRESHOLDS)
 
     def add(self, foreground, truth) -> None:
-        """One core: P(foreground) (H, W) and its truth class ids (H, W; 255 ignored)."""
+        """One image (or core): P(foreground) (H, W) and its truth class ids (H, W; 255 ignored)."""
         from pipelines.evaluate import objects, scores
         from schemas.example import IGNORE_LABEL
 
@@ -101,4 +101,42 @@ class ObjectCalibration:
         ties = np.nonzero(values == values.max())[0]
         best = ties[np.argmin([abs(OBJECT_THRESHOLDS[i] - 0.5) for i in ties])]
         name = "Rand F-score (1 - adapted Rand error)" if self.metric == "rand" else "object F1 at IoU 0.5"
-        return OBJECT_THRESHOLDS[best], float(values[best]), f"max {name} on val cores"
+        return OBJECT_THRESHOLDS[best], float(values[best]), f"max {name} on val images"
+
+
+class SourceCanvas:
+    """Puts the validation cores of each source back together, so objects are scored on whole
+    images as ``tessera evaluate`` scores them (scored core by core, objects cut by core
+    borders and merges across them are missed, and the threshold does not transfer). A
+    source larger than ``max_pixels`` is scored core by core; a source is complete when all
+    its cores have come (those a tile filter dropped stay ignored, given out by ``rest``)."""
+
+    def __init__(self, core: int, max_pixels: int = 16_000_000):
+        self.core, self.max_pixels = core, max_pixels
+        self.open: dict = {}
+
+    def add(self, source_id, placement, foreground, truth):
+        """Yields the (P(foreground), truth) images this core completes; ``foreground`` and
+        ``truth`` are the core (C, C), ``placement`` (y, x, h, w, source h, source w)."""
+        from schemas.example import IGNORE_LABEL
+
+        y, x, h, w, height, width = (int(v) for v in placement)
+        if height * width > self.max_pixels:
+            yield foreground[:h, :w], truth[:h, :w]
+            return
+        if source_id not in self.open:
+            cores = -(-height // self.core) * -(-width // self.core)
+            self.open[source_id] = [np.zeros((height, width), np.float32),
+                                    np.full((height, width), IGNORE_LABEL, np.uint8), 0, cores]
+        canvas = self.open[source_id]
+        canvas[0][y:y + h, x:x + w] = foreground[:h, :w]
+        canvas[1][y:y + h, x:x + w] = truth[:h, :w]
+        canvas[2] += 1
+        if canvas[2] == canvas[3]:
+            del self.open[source_id]
+            yield canvas[0], canvas[1]
+
+    def rest(self):
+        for source_id in sorted(self.open):
+            yield self.open[source_id][:2]
+        self.open = {}

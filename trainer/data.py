@@ -257,6 +257,25 @@ def eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val", input_c
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
+PLACEMENT = ("core_y", "core_x", "core_h", "core_w", "source_h", "source_w")
+
+
+def placed_eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val") -> tf.data.Dataset:
+    """One pass over ``split`` in file order, not augmented: (images, masks, source ids,
+    placements [B, 6] as ``PLACEMENT``), to put the cores of each source back together."""
+    parse = parse_fn(info.spec, info.weight_map)
+    where_spec = {"source_id": tf.io.FixedLenFeature([], tf.string),
+                  **{name: tf.io.FixedLenFeature([], tf.int64) for name in PLACEMENT}}
+
+    def decode(serialized):
+        image, mask = parse(serialized)
+        where = tf.io.parse_single_example(serialized, where_spec)
+        return image, mask, where["source_id"], tf.stack([where[name] for name in PLACEMENT])
+
+    records = _records(list(info.split_files[split]), False, 1, 0)
+    return records.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size).prefetch(AUTOTUNE)
+
+
 def sample(info: DatasetInfo, count: int, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
     """The first ``count`` examples of ``split`` as numpy (image, target) arrays (masks without weights)."""
     images, targets = [], []

@@ -26,7 +26,7 @@ from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
 from trainer.config import TrainConfig
-from trainer.data import DatasetInfo, crop_to, eval_dataset, has_examples, read_if_exists
+from trainer.data import DatasetInfo, crop_to, has_examples, placed_eval_dataset, read_if_exists
 from trainer.losses import LossSpec, combine, probabilities
 from trainer.models import build_model, output_size, primary_output
 from trainer.models.layers import ToProbabilities
@@ -97,13 +97,17 @@ def card_metrics(info: DatasetInfo, loss: float, confusion, histograms, beta: fl
 
 
 def object_threshold(net: keras.Model, info: DatasetInfo, metric: str, batch_size: int) -> tuple[float, float, str]:
-    """``calibrate.ObjectCalibration`` over the validation cores: (threshold, value, rule)."""
-    size = output_size(net)
-    found = calibrate.ObjectCalibration(metric)
-    for x, y in eval_dataset(info, batch_size):
-        foreground = probabilities(primary_output(net(x, training=False))).numpy()[..., 1]
-        for p, truth in zip(foreground, crop_to(y, size).numpy()[..., 0]):
-            found.add(p, truth)
+    """``calibrate.ObjectCalibration`` over the validation images: (threshold, value, rule)."""
+    core = info.spec.core
+    found, canvas = calibrate.ObjectCalibration(metric), calibrate.SourceCanvas(core)
+    for x, y, source_ids, placements in placed_eval_dataset(info, batch_size):
+        foreground = crop_to(probabilities(primary_output(net(x, training=False)))[..., 1:], core).numpy()[..., 0]
+        truths = crop_to(y, core).numpy()[..., 0]
+        for source_id, placement, p, truth in zip(source_ids.numpy(), placements.numpy(), foreground, truths):
+            for image in canvas.add(source_id, placement, p, truth):
+                found.add(*image)
+    for image in canvas.rest():
+        found.add(*image)
     return found.best()
 
 
