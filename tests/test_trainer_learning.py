@@ -147,6 +147,19 @@ def test_refuses_to_resume_a_backup_of_other_settings(discs, tmp_path):
         train(other, export_model=False)
 
 
+def test_a_backup_of_an_older_tessera_without_the_newer_settings_still_resumes(discs, tmp_path):
+    cfg = make_config(discs, tmp_path / "m", epochs=2, steps_per_epoch=1, batch_size=4,
+                      model={"depth": 1, "filters": 2}, image_summaries=0)
+    first = train(make_config(discs, tmp_path / "m", epochs=1, steps_per_epoch=1, batch_size=4,
+                              model={"depth": 1, "filters": 2}, image_summaries=0), export_model=False)
+    recorded_path = tmp_path / "m" / "backup" / "config.json"
+    recorded = json.loads(recorded_path.read_text())
+    del recorded["export_bf16"], recorded["loss"]["weight_map"]     # settings an older Tessera did not have
+    recorded_path.write_text(json.dumps(recorded))
+    resumed = train(cfg, export_model=False)                        # at their defaults: the same run
+    assert resumed.resumed_at == 1 and len(first.history) == 1
+
+
 @pytest.mark.parametrize("empty_splits", [(), ("val",)], ids=["no-val-split", "val-split-of-0-examples"])
 def test_a_dataset_without_validation_examples_trains_and_exports(tmp_path, empty_splits):
     # preprocess writes a val split of empty shards when it rejected every val source

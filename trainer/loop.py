@@ -150,6 +150,8 @@ def _check_backup_config(cfg: TrainConfig, fingerprint: str, backup_dir: str, ch
         with tf.io.gfile.GFile(path) as handle:
             theirs = json.load(handle)
         recorded = theirs.pop(FINGERPRINT_KEY, None)
+        theirs = {k: v for k, v in _with_defaults(theirs, json.loads(TrainConfig().to_json())).items()
+                  if k not in RESUMABLE_CHANGES}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
             raise ResumeRefused(f"{backup_dir} holds the backup of a run with different settings ({diff}); "
@@ -165,13 +167,26 @@ def _check_backup_config(cfg: TrainConfig, fingerprint: str, backup_dir: str, ch
             handle.write(json.dumps({**mine, FINGERPRINT_KEY: fingerprint}, indent=2, sort_keys=True))
 
 
+def _with_defaults(recorded: dict, defaults: dict) -> dict:
+    """A recorded configuration with the settings added since it was written at their
+    defaults, so a backup of an older Tessera still resumes when nothing was changed."""
+    out = dict(recorded)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
+
+
 def _current_export(cfg: TrainConfig, best_epoch: int):
     """The model card already exported from this configuration's best epoch, if any."""
     path = f"{cfg.model_dir}/{export.mc.MODEL_CARD_FILE}"
     if not tf.io.gfile.exists(path):
         return None
     card = export.load_card(cfg.model_dir)
-    same = card.config == json.loads(cfg.to_json()) and card.metrics.get("best_epoch") == best_epoch
+    recorded = _with_defaults(card.config, json.loads(TrainConfig().to_json()))
+    same = recorded == json.loads(cfg.to_json()) and card.metrics.get("best_epoch") == best_epoch
     return card if same else None
 
 
