@@ -74,9 +74,10 @@ def export_again(model_dir: str) -> None:
     """Exports a finished training's best checkpoint again with the code as it is now."""
     code = ("import sys, tensorflow as tf; from trainer import export; from trainer.config import from_dict; "
             "from trainer.data import open_dataset, with_weight_map; from trainer.steps import loss_spec_for; "
-            "cfg = from_dict(export.load_card(sys.argv[1]).config); "
+            "card = export.load_card(sys.argv[1]); cfg = from_dict(card.config); "
             "info = with_weight_map(open_dataset(cfg.data), cfg.loss.weight_map); "
-            "export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec_for(cfg, info))")
+            "export.export(cfg, info, tf.train.latest_checkpoint(cfg.checkpoint_dir), loss_spec_for(cfg, info), "
+            "{'best_epoch': card.metrics['best_epoch']})")
     subprocess.run([sys.executable, "-c", code, model_dir], cwd=REPO, check=True, capture_output=True)
 
 
