@@ -106,8 +106,8 @@ class ObjectCalibration:
 
 class SourceCanvas:
     """Puts the validation cores of each source back together, so objects are scored on whole
-    images as ``tessera evaluate`` scores them (scored core by core, objects cut by core
-    borders and merges across them are missed, and the threshold does not transfer). A
+    images as ``tessera evaluate`` scores them (core by core, objects cut by core borders
+    would count twice and merges across them would be missed). A
     source larger than ``max_pixels`` is scored core by core; a source is complete when all
     its cores have come (those a tile filter dropped stay ignored, given out by ``rest``)."""
 
