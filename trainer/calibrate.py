@@ -76,24 +76,24 @@ class ObjectCalibration:
 
     def add(self, foreground, truth) -> None:
         """One image (or core): P(foreground) (H, W) and its truth class ids (H, W; 255 ignored)."""
-        from pipelines.evaluate import objects, scores
+        from schemas import object_scores as scores
         from schemas.example import IGNORE_LABEL
 
         ignored = truth == IGNORE_LABEL
-        truth_ids = objects.objects_of(truth, ignored)
+        truth_ids = scores.objects_of(truth, ignored)
         for i, threshold in enumerate(OBJECT_THRESHOLDS):
-            predicted = objects.objects_of((foreground >= threshold).astype(np.uint8), ignored)
+            predicted = scores.objects_of((foreground >= threshold).astype(np.uint8), ignored)
             if self.metric == "rand":
                 self.tables[i].append(scores.ids_table(truth_ids, predicted))
             else:
-                self.counts[i] = objects.add_counts(self.counts[i], objects.object_counts(truth_ids, predicted))
+                self.counts[i] = scores.add_counts(self.counts[i], scores.object_counts(truth_ids, predicted))
 
     def values(self) -> np.ndarray:
-        from pipelines.evaluate import objects, scores
+        from schemas import object_scores as scores
 
         if self.metric == "rand":
             return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
-        return np.array([objects.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+        return np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
 
     def best(self) -> tuple[float, float, str]:
         """(threshold, value, rule); the threshold nearest 0.5 among equal values."""

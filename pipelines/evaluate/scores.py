@@ -27,11 +27,10 @@ Conventions (one rule for every ratio):
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse
-from skimage.metrics import adapted_rand_error, contingency_table
 
 from pipelines.evaluate.objects import objects_of
 from schemas.example import IGNORE_LABEL
+from schemas.object_scores import adapted_rand, combined_table, ids_table  # noqa: F401
 
 CLASS_METRICS = ("dice", "iou", "precision", "recall", "fbeta")
 
@@ -101,29 +100,6 @@ def rand_table(truth: np.ndarray, pred: np.ndarray):
     """The contingency table of truth components (rows) vs predicted components (columns)."""
     ignored = truth == IGNORE_LABEL
     return ids_table(objects_of(truth, ignored), objects_of(pred, ignored))
-
-
-def ids_table(truth_ids: np.ndarray, pred_ids: np.ndarray):
-    """The contingency table of truth objects (rows; background 0 excluded) vs predicted ones."""
-    return contingency_table(truth_ids, pred_ids, ignore_labels=(0,), sparse_type="array")
-
-
-def adapted_rand(table) -> float:
-    """skimage's adapted Rand error (alpha 0.5) of a contingency table; NaN when undefined."""
-    table = scipy.sparse.csr_array(table)
-    if table.nnz == 0:
-        return float("nan")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        error, _, _ = adapted_rand_error(table=table)
-    return float(error)
-
-
-def combined_table(tables) -> scipy.sparse.csr_array:
-    """Per-image tables side by side (block diagonal): pair counts add up across images."""
-    tables = [scipy.sparse.csr_array(t) for t in tables]
-    if not tables:
-        return scipy.sparse.csr_array((0, 0), dtype=np.int64)
-    return scipy.sparse.csr_array(scipy.sparse.block_diag(tables, format="csr"))
 
 
 def label_confusion(truth: list[str], pred: list[str], class_names: list[str]) -> np.ndarray:

@@ -1,0 +1,87 @@
+"""How objects are scored: the definitions ``tessera evaluate`` reports and the trainer's
+object calibration (``--calibrate rand|object-f1``) optimises, in one place so the threshold
+a card calibrates means what evaluate measures (pure numpy / scikit-image).
+
+Objects are the 4-connected components of equal non-zero class, or instance ids as given;
+matching at IoU >= t (t >= 0.5 makes matches unique); the adapted Rand error is
+scikit-image's (alpha 0.5, truth background excluded). ``pipelines.evaluate.objects`` and
+``scores`` define the metrics in full.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+from skimage.measure import label as connected_components
+from skimage.metrics import adapted_rand_error, contingency_table
+
+THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)
+
+
+def objects_of(labels: np.ndarray, ignored: np.ndarray, instances: bool = False) -> np.ndarray:
+    """Object ids (0 = none): instance ids as given, else components of equal non-zero class."""
+    labels = np.where(ignored, 0, labels)
+    if instances:
+        return labels.astype(np.int64)
+    return connected_components(labels, background=0, connectivity=1)
+
+
+def object_counts(truth_ids: np.ndarray, pred_ids: np.ndarray) -> dict:
+    """Truth and predicted objects and TP at each of THRESHOLDS (one image)."""
+    table = scipy.sparse.coo_array(contingency_table(truth_ids, pred_ids, sparse_type="array"))
+    areas_true = np.asarray(table.sum(axis=1)).ravel()
+    areas_pred = np.asarray(table.sum(axis=0)).ravel()
+    keep = (table.row > 0) & (table.col > 0)
+    rows, cols, overlap = table.row[keep], table.col[keep], table.data[keep].astype(np.float64)
+    iou = overlap / (areas_true[rows] + areas_pred[cols] - overlap)
+    return {"true": int(np.count_nonzero(areas_true[1:])), "pred": int(np.count_nonzero(areas_pred[1:])),
+            "tp": [int(np.count_nonzero(iou >= t)) for t in THRESHOLDS]}
+
+
+def add_counts(a: dict | None, b: dict) -> dict:
+    if a is None:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in b.items()}
+    return {"true": a["true"] + b["true"], "pred": a["pred"] + b["pred"],
+            "tp": [x + y for x, y in zip(a["tp"], b["tp"])]}
+
+
+def object_summary(counts: dict | None) -> dict:
+    """Precision, recall, F1 and AP at IoU 0.5, and F1 and AP averaged over 0.5:0.95.
+    Both sides empty: 1.0 (nothing to find, nothing claimed); else 0/0 is 0.0."""
+    if counts is None:
+        return {}
+    tp = np.asarray(counts["tp"], np.float64)
+    fp, fn = counts["pred"] - tp, counts["true"] - tp
+    empty = counts["pred"] == 0 and counts["true"] == 0
+
+    def ratio(num, den):
+        return np.where(den > 0, num / np.maximum(den, 1), 1.0 if empty else 0.0)
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    f1, ap = ratio(2 * tp, 2 * tp + fp + fn), ratio(tp, tp + fp + fn)
+    return {"object_precision": float(precision[0]), "object_recall": float(recall[0]),
+            "object_f1": float(f1[0]), "object_ap50": float(ap[0]),
+            "object_f1_50_95": float(f1.mean()), "object_ap_50_95": float(ap.mean()),
+            "objects_true": counts["true"], "objects_pred": counts["pred"]}
+
+
+def ids_table(truth_ids: np.ndarray, pred_ids: np.ndarray):
+    """The contingency table of truth objects (rows; background 0 excluded) vs predicted ones."""
+    return contingency_table(truth_ids, pred_ids, ignore_labels=(0,), sparse_type="array")
+
+
+def adapted_rand(table) -> float:
+    """skimage's adapted Rand error (alpha 0.5) of a contingency table; NaN when undefined."""
+    table = scipy.sparse.csr_array(table)
+    if table.nnz == 0:
+        return float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error, _, _ = adapted_rand_error(table=table)
+    return float(error)
+
+
+def combined_table(tables) -> scipy.sparse.csr_array:
+    """Per-image tables side by side (block diagonal): pair counts add up across images."""
+    tables = [scipy.sparse.csr_array(t) for t in tables]
+    if not tables:
+        return scipy.sparse.csr_array((0, 0), dtype=np.int64)
+    return scipy.sparse.csr_array(scipy.sparse.block_diag(tables, format="csr"))
