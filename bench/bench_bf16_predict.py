@@ -81,7 +81,7 @@ def main() -> None:
             for x in range(0, pixels.shape[1] - size + 1, size // 2):
                 tiles.append(pixels[y:y + size, x:x + size])
     tiles = np.stack(tiles)
-    speed = forward_times(target, tiles, args.rounds, args.batch)
+    speed = forward_times(export.current_export(target), tiles, args.rounds, args.batch)
     print(f"{len(tiles)} tiles of {size}^2, batch {args.batch}, {args.rounds} rounds alternating")
     print(f"  float32 {speed['float32']:.2f} tiles/s, bfloat16 {speed['bfloat16']:.2f} tiles/s: "
           f"{speed['bfloat16'] / speed['float32']:.2f}x")

@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="combine several models by mean probability or majority vote")
     p.add_argument("--precision", choices=model_card.PRECISIONS, default=d.precision,
                    help="bfloat16: run the models' bfloat16 export (train --export-bf16), faster on CPUs with "
-                        "AMX / AVX512-BF16; probabilities differ from float32 by about 1e-2")
+                        "AMX / AVX512-BF16; masks agree with float32 on ~99.9%% of pixels (docs/BENCHMARKS.md)")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="binary models: foreground where P >= this, instead of the model card's calibrated one (-1)")
     p.add_argument("--input", required=True, help="folder, glob, or .txt list of images (local or gs://)")
