@@ -12,7 +12,6 @@ is checkpointed separately and exported at the end by the chief.
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import threading
 import time
@@ -49,6 +48,7 @@ from trainer.models import (
 from trainer.models.layers import ToProbabilities
 from trainer.observe import Board, History, Progress, log, triptych
 from trainer.optim import build_optimizer, make_schedule
+from trainer.resume import check_backup_config, current_export
 from trainer.steps import (
     augment_in_pipeline,
     loss_spec_for,
@@ -56,17 +56,6 @@ from trainer.steps import (
     make_train_step,
     validate,
 )
-
-# settings that may change between a run and its resumption
-RESUMABLE_CHANGES = ("epochs", "patience", "verbose", "image_summaries", "checkpoint_every", "model_dir",
-                     "checkpoint_dir", "backup_dir", "log_dir", "keep_versions", "verify_digests")
-# the backup's record of the dataset it was trained on (_SUCCESS "fingerprint")
-FINGERPRINT_KEY = "dataset_fingerprint"
-
-
-class ResumeRefused(ValueError):
-    """The backup belongs to a run with other settings or on another dataset."""
-
 
 class Preempted(RuntimeError):
     """SIGTERM arrived: the backup was saved at the current step; rerun to resume."""
@@ -138,58 +127,6 @@ def set_backbone_trainable(model, trainable: bool) -> bool:
     return True
 
 
-def _check_backup_config(cfg: TrainConfig, fingerprint: str, backup_dir: str, chief: bool) -> None:
-    """A backup belongs to one configuration and one dataset version (``fingerprint``): refuse
-    to resume one written by another (the chief checks; the other workers follow it). A
-    backup written before fingerprints were recorded is checked on its settings only."""
-    if not chief:
-        return
-    path = f"{backup_dir}/config.json"
-    mine = {k: v for k, v in json.loads(cfg.to_json()).items() if k not in RESUMABLE_CHANGES}
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as handle:
-            theirs = json.load(handle)
-        recorded = theirs.pop(FINGERPRINT_KEY, None)
-        theirs = {k: v for k, v in _with_defaults(theirs, json.loads(TrainConfig().to_json())).items()
-                  if k not in RESUMABLE_CHANGES}
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        if diff:
-            raise ResumeRefused(f"{backup_dir} holds the backup of a run with different settings ({diff}); "
-                                f"use another --model-dir / --backup-dir or delete the backup")
-        if recorded is not None and recorded != fingerprint:
-            raise ResumeRefused(
-                f"{backup_dir} holds the backup of a run on another version of the dataset {cfg.data} "
-                f"(fingerprint {recorded!r}, now {fingerprint!r}): it was replaced since that run started; "
-                f"delete the backup to train on the new dataset, or use another --model-dir / --backup-dir")
-    else:
-        tf.io.gfile.makedirs(backup_dir)
-        with tf.io.gfile.GFile(path, "w") as handle:
-            handle.write(json.dumps({**mine, FINGERPRINT_KEY: fingerprint}, indent=2, sort_keys=True))
-
-
-def _with_defaults(recorded: dict, defaults: dict) -> dict:
-    """A recorded configuration with the settings added since it was written at their
-    defaults, so a backup of an older Tessera still resumes when nothing was changed."""
-    out = dict(recorded)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(value, dict) and isinstance(out[key], dict):
-            out[key] = _with_defaults(out[key], value)
-    return out
-
-
-def _current_export(cfg: TrainConfig, best_epoch: int):
-    """The model card already exported from this configuration's best epoch, if any."""
-    path = f"{cfg.model_dir}/{export.mc.MODEL_CARD_FILE}"
-    if not tf.io.gfile.exists(path):
-        return None
-    card = export.load_card(cfg.model_dir)
-    recorded = _with_defaults(card.config, json.loads(TrainConfig().to_json()))
-    same = recorded == json.loads(cfg.to_json()) and card.metrics.get("best_epoch") == best_epoch
-    return card if same else None
-
-
 def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, export_model: bool = True) -> TrainResult:
     """Trains (resuming from the backup if there is one) and, on the chief, exports the best
     model. ``strategy`` defaults to ``distribute.choose_strategy()``."""
@@ -231,7 +168,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
         export.clean_leftovers(cfg.model_dir)
         with tf.io.gfile.GFile(f"{cfg.model_dir}/config.json", "w") as handle:
             handle.write(cfg.to_json())
-    _check_backup_config(cfg, info.fingerprint, cfg.backup_dir, chief)
+    check_backup_config(cfg, info.fingerprint, cfg.backup_dir, chief)
 
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
@@ -396,7 +333,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
             f"rate or set --clipnorm, and delete the backup to train again")
     card = None
     if chief and export_model:
-        card = _current_export(cfg, int(best_epoch_var.numpy())) if not step_losses else None
+        card = current_export(cfg, int(best_epoch_var.numpy())) if not step_losses else None
         if card is None:
             crashpoint("train:before-export")
             verify_dataset(info, cfg.verify_digests)  # what was trained on is still what the card will name

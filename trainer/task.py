@@ -30,10 +30,10 @@ def run(argv: list[str] | None = None) -> int:
     from trainer.loop import (
         NothingToExport,
         Preempted,
-        ResumeRefused,
         XlaRefused,
         train,
     )
+    from trainer.resume import ResumeRefused
 
     try:
         train(cfg)

@@ -73,9 +73,7 @@ def tile_weights(mask_tile: np.ndarray, instance_tile: np.ndarray | None, sigma:
     """The stored border term (H, W, 1) uint8 of one (H, W, 1) mask tile, its objects from
     ``instance_tile`` when given, else from the mask's components."""
     classes = mask_tile[..., 0]
-    objects = instance_tile[..., 0].astype(np.int64) if instance_tile is not None else objects_of(classes, ignore)
-    if objects.max(initial=0) > np.iinfo(np.int32).max:
-        raise ValueError("instance ids past 2^31 - 1")
+    objects = instance_tile[..., 0] if instance_tile is not None else objects_of(classes, ignore)
     return encode(border_term(_compact(objects), classes == 0, sigma))
 
 
