@@ -24,6 +24,11 @@ CLASS_COLOURS = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 2
 SEGMENTATION = "segmentation"
 CLASSIFICATION = "classification"
 TASKS = (SEGMENTATION, CLASSIFICATION)
+# A boundary target's classes (``DatasetSpec.target == "boundary"``): what a model trained on it
+# outputs and ``schemas.decoder`` turns into objects.
+BOUNDARY_CLASSES = ("background", "boundary", "interior")
+TARGETS = ("classes", "boundary")
+DISTANCES = ("none", "boundary")
 
 # Provenance carried by every example (name -> numpy dtype name).
 PROVENANCE_FIELDS: dict[str, str] = {
@@ -58,6 +63,12 @@ class DatasetSpec:
     weight_map: str = "none"             # "unet": each example carries the border term (core.weight_map)
     weight_map_w0: float = 10.0          # ...its weight w0 in the loss...
     weight_map_sigma: float = 5.0        # ...and its sigma (px), with which the term was computed
+    # "boundary": the mask classes are BOUNDARY_CLASSES, derived from the objects of the source
+    # masks (instance ids, or components) with a boundary band of border_thickness px
+    target: str = "classes"
+    border_thickness: int = 2
+    object_class: str = ""               # target "boundary": the objects' class name (e.g. "foreground")
+    distance: str = "none"               # "boundary": each example carries a distance-to-boundary map
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -75,6 +86,15 @@ class DatasetSpec:
         if self.weight_map != "none" and (self.task != SEGMENTATION or self.weight_map_sigma <= 0
                                           or self.weight_map_w0 < 0):
             raise ValueError("a weight map needs a segmentation dataset, sigma > 0 and w0 >= 0")
+        if self.target not in TARGETS or self.distance not in DISTANCES:
+            raise ValueError(f"target must be one of {TARGETS} and distance one of {DISTANCES}, "
+                             f"got {self.target!r}, {self.distance!r}")
+        if self.target == "boundary" and (self.task != SEGMENTATION or tuple(self.class_names) != BOUNDARY_CLASSES
+                                          or self.border_thickness < 1 or not self.object_class):
+            raise ValueError(f"a boundary target needs a segmentation dataset with classes {BOUNDARY_CLASSES}, "
+                             f"border_thickness >= 1 and the objects' class name")
+        if self.distance != "none" and self.target != "boundary":
+            raise ValueError("a distance map needs the boundary target")
 
     @property
     def tile_size(self) -> int:

@@ -76,6 +76,13 @@ class ModelCard:
     # other exports of the same weights, by compute precision: {"bfloat16": {"dir": ..., "digest": ...}}
     variants: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     versions: dict[str, str] = dataclasses.field(default_factory=dict)  # libraries that exported it
+    # the SavedModel's named outputs and what they mean, e.g. {"probabilities": {"meaning": "...",
+    # "classes": [...]}, "distance": {...}}; empty on older cards (then: class probabilities)
+    heads: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # how predict turns the outputs into objects: schemas.decoder.DecoderParams as a dict, plus
+    # "rule" / "value" when calibrated on validation images; empty: connected components
+    decoder: dict[str, Any] = dataclasses.field(default_factory=dict)
+    object_class: str = ""                # boundary models: the objects' class name in masks and tables
     format_version: int = FORMAT_VERSION
 
     def saved_model_dir(self, precision: str = "float32") -> str:
@@ -103,6 +110,22 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def is_boundary_model(self) -> bool:
+        """Trained on a boundary target: its classes are background / boundary / interior."""
+        return bool(self.object_class)
+
+    @property
+    def output_class_names(self) -> tuple[str, ...]:
+        """The classes of predicted masks and object tables: a boundary model's objects are one class."""
+        return ("background", self.object_class) if self.is_boundary_model else self.class_names
+
+    def decoder_params(self):
+        """The card's decoder (``schemas.decoder.DecoderParams``; connected components when none)."""
+        from schemas.decoder import DecoderParams
+
+        return DecoderParams.from_dict(self.decoder)
 
     def geometry(self) -> tuple[int, int, int, int]:
         """(core, margin, input_size, output_size): what ensembles must agree on."""

@@ -1,0 +1,152 @@
+"""The decoder: from a model's outputs to instance labels (uint32, 0 = background, ids 1..n).
+
+One definition for ``tessera predict`` (whole images, strips and blocks of large images) and
+the trainer's calibration, so the thresholds a model card records mean what predict does
+(a contract between the two steps, like ``object_scores``). Pure numpy / scipy / scikit-image.
+
+Modes (``DecoderParams.mode``):
+
+- ``components``: the connected components of each class > 0 of a class-id mask (touching
+  objects of one class become one object); any model.
+- ``seeded``: a boundary model (classes background / boundary / interior, ``BOUNDARY_CLASSES``).
+  The foreground is P(boundary) + P(interior) >= ``foreground``; seeds are the connected
+  components of P(interior) >= ``seed`` inside it, grown over P(boundary) by a watershed
+  within the foreground (touching objects meet where the boundary is most likely); a
+  foreground component without a seed is one object. Objects under ``min_size`` px are
+  dropped.
+- ``partition``: ``seeded``, then every object expanded by up to ``expand`` px into the
+  background, the nearest object winning (``skimage.segmentation.expand_labels``): EM
+  membranes, where every pixel of a thin membrane belongs to one of the cells it separates.
+
+Numbering: objects are numbered 1..n in raster order of their first pixel (their *anchor*).
+Every step is local (components, a watershed confined to foreground components, an
+expansion of at most ``expand`` px), so a window of an image that holds an object, its
+foreground component and ``expand`` px around them decodes it to the same pixels as the
+whole image does, up to its number: what block-wise decoding of large images relies on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import expand_labels, watershed
+
+from schemas.example import BOUNDARY_CLASSES  # noqa: F401  (a boundary model's classes, in order)
+
+MODES = ("components", "seeded", "partition")
+MAX_OBJECTS = 2 ** 32 - 1                                    # uint32 ids
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderParams:
+    mode: str = "components"
+    foreground: float = 0.5     # seeded/partition: P(boundary) + P(interior) at least this is foreground
+    seed: float = 0.5           # ...and P(interior) at least this (inside the foreground) is a seed
+    min_size: int = 0           # objects smaller than this (px) are dropped
+    expand: int = 0             # partition: px an object grows into the background
+    connectivity: int = 4       # 4 or 8: components, seeds and watershed
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"decoder mode must be one of {MODES}, got {self.mode!r}")
+        if not (0.0 < self.foreground <= 1.0 and 0.0 < self.seed <= 1.0):
+            raise ValueError(f"decoder thresholds must be in (0, 1], got foreground={self.foreground}, "
+                             f"seed={self.seed}")
+        if self.min_size < 0 or self.expand < 0:
+            raise ValueError(f"min_size and expand must be >= 0, got {self.min_size}, {self.expand}")
+        if self.connectivity not in (4, 8):
+            raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity}")
+
+    @property
+    def needs_boundary_model(self) -> bool:
+        return self.mode != "components"
+
+    @property
+    def reach(self) -> int:
+        """How far (px) beyond an object's own pixels its decoding looks: the expansion."""
+        return self.expand if self.mode == "partition" else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecoderParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def decode(params: DecoderParams, probabilities: np.ndarray | None = None,
+           classes: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) uint32 instance labels. ``components`` reads ``classes`` (H, W class ids);
+    ``seeded`` / ``partition`` read ``probabilities`` (H, W, 3) of BOUNDARY_CLASSES."""
+    structure = ndimage.generate_binary_structure(2, 1 if params.connectivity == 4 else 2)
+    if params.mode == "components":
+        if classes is None:
+            raise ValueError("the components decoder needs a class-id mask")
+        return renumbered(_drop_small(class_components(classes, structure), params.min_size))
+    if probabilities is None or probabilities.ndim != 3 or probabilities.shape[-1] != len(BOUNDARY_CLASSES):
+        shape = None if probabilities is None else probabilities.shape
+        raise ValueError(f"the {params.mode} decoder needs (H, W, 3) probabilities of {BOUNDARY_CLASSES}, "
+                         f"got {shape}")
+    boundary = np.asarray(probabilities[..., 1], np.float32)
+    interior = np.asarray(probabilities[..., 2], np.float32)
+    foreground = (boundary + interior) >= params.foreground
+    seeds, n = ndimage.label((interior >= params.seed) & foreground, structure)
+    regions, m = ndimage.label(foreground, structure)
+    has_seed = np.zeros(m + 1, bool)
+    has_seed[regions[seeds > 0]] = True
+    if not has_seed[1:].all():       # a foreground component without a seed is one object
+        lone = ~has_seed[regions] & (regions > 0)
+        seeds[lone] = regions[lone] + n
+    labels = watershed(boundary, seeds, mask=foreground, connectivity=1 if params.connectivity == 4 else 2)
+    labels = _drop_small(labels, params.min_size)
+    if params.mode == "partition" and params.expand > 0:
+        labels = expand_labels(labels, params.expand)
+    return renumbered(labels)
+
+
+def class_components(classes: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Connected components of each class > 0 (int64 labels, unnumbered order)."""
+    labels = np.zeros(classes.shape, np.int64)
+    offset = 0
+    for cls in np.unique(classes[classes > 0]):
+        found, n = ndimage.label(classes == cls, structure)
+        labels[found > 0] = found[found > 0] + offset
+        offset += n
+    return labels
+
+
+def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    if min_size <= 1 or not labels.size:
+        return labels
+    areas = np.bincount(labels.ravel())
+    small = areas < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def renumbered(labels: np.ndarray) -> np.ndarray:
+    """uint32 ids 1..n in raster order of each label's first pixel (its anchor); 0 stays 0."""
+    flat = labels.ravel()
+    values, first = np.unique(flat, return_index=True)
+    first, values = first[values > 0], values[values > 0]
+    if len(values) > MAX_OBJECTS:
+        raise ValueError(f"{len(values)} objects do not fit uint32 instance ids")
+    lookup = np.zeros(int(values.max()) + 1 if len(values) else 1, np.uint32)
+    lookup[values[np.argsort(first)]] = np.arange(1, len(values) + 1, dtype=np.uint32)
+    return lookup[labels]
+
+
+def anchors(labels: np.ndarray) -> np.ndarray:
+    """(n, 2) int64 (y, x) of the first pixel in raster order of ids 1..n of renumbered labels."""
+    flat = labels.ravel()
+    values, first = np.unique(flat, return_index=True)
+    first = first[values > 0]
+    return np.stack(np.unravel_index(first, labels.shape), axis=1).astype(np.int64)
+
+
+def foreground_classes(labels: np.ndarray) -> np.ndarray:
+    """The class-id mask a boundary model's decoded objects give: 1 where an object is, else 0."""
+    return (labels > 0).astype(np.uint8)
