@@ -8,6 +8,11 @@ Modes (``DecoderParams.mode``):
 
 - ``components``: the connected components of each class > 0 of a class-id mask (touching
   objects of one class become one object); any model.
+- ``watershed``: ``components``, each split at the necks between its touching objects: seeds
+  are the maxima of the distance to the component's outside at least ``min_distance`` px
+  apart (``skimage.feature.peak_local_max``), grown over the negated distance inside the
+  component (the classic distance-transform watershed of a binary mask; a component without
+  a peak is one object); any model, no boundary head needed.
 - ``seeded``: a boundary model (classes background / boundary / interior, ``BOUNDARY_CLASSES``).
   The foreground is P(boundary) + P(interior) >= ``foreground``; seeds are the connected
   components of P(interior) >= ``seed`` inside it, grown over P(boundary) by a watershed
@@ -19,10 +24,10 @@ Modes (``DecoderParams.mode``):
   membranes, where every pixel of a thin membrane belongs to one of the cells it separates.
 
 Numbering: objects are numbered 1..n in raster order of their first pixel (their *anchor*).
-Every step is local (components, a watershed confined to foreground components, an
-expansion of at most ``expand`` px), so a window of an image that holds an object, its
-foreground component and ``expand`` px around them decodes it to the same pixels as the
-whole image does, up to its number: what block-wise decoding of large images relies on.
+Every step is local (components, a watershed confined to one foreground or class component,
+an expansion of at most ``expand`` px), so a window of an image that holds an object, its
+foreground component and ``expand`` px around them (one more px for ``watershed``'s distance)
+decodes it to the same pixels as the whole image does, up to its number: what block-wise decoding of large images relies on.
 """
 from __future__ import annotations
 
@@ -31,11 +36,14 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from skimage.feature import peak_local_max
 from skimage.segmentation import expand_labels, watershed
 
 from schemas.example import BOUNDARY_CLASSES  # noqa: F401  (a boundary model's classes, in order)
 
-MODES = ("components", "seeded", "partition")
+MODES = ("components", "watershed", "seeded", "partition")
+CLASS_MODES = ("components", "watershed")                  # read a class-id mask: any model
+BOUNDARY_MODES = ("seeded", "partition")                   # read a boundary model's probabilities
 MAX_OBJECTS = 2 ** 32 - 1                                    # uint32 ids
 
 
@@ -47,6 +55,7 @@ class DecoderParams:
     min_size: int = 0           # objects smaller than this (px) are dropped
     expand: int = 0             # partition: px an object grows into the background
     connectivity: int = 4       # 4 or 8: components, seeds and watershed
+    min_distance: int = 5       # watershed: its seeds (distance maxima) at least this many px apart
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,10 +67,12 @@ class DecoderParams:
             raise ValueError(f"min_size and expand must be >= 0, got {self.min_size}, {self.expand}")
         if self.connectivity not in (4, 8):
             raise ValueError(f"connectivity must be 4 or 8, got {self.connectivity}")
+        if self.min_distance < 1:
+            raise ValueError(f"min_distance must be >= 1, got {self.min_distance}")
 
     @property
     def needs_boundary_model(self) -> bool:
-        return self.mode != "components"
+        return self.mode in BOUNDARY_MODES
 
     @property
     def reach(self) -> int:
@@ -79,13 +90,17 @@ class DecoderParams:
 
 def decode(params: DecoderParams, probabilities: np.ndarray | None = None,
            classes: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) uint32 instance labels. ``components`` reads ``classes`` (H, W class ids);
-    ``seeded`` / ``partition`` read ``probabilities`` (H, W, 3) of BOUNDARY_CLASSES."""
+    """(H, W) uint32 instance labels. ``components`` / ``watershed`` read ``classes`` (H, W class
+    ids); ``seeded`` / ``partition`` read ``probabilities`` (H, W, 3) of BOUNDARY_CLASSES."""
     structure = ndimage.generate_binary_structure(2, 1 if params.connectivity == 4 else 2)
-    if params.mode == "components":
-        if classes is None:
-            raise ValueError("the components decoder needs a class-id mask")
-        return renumbered(_drop_small(class_components(classes, structure), params.min_size))
+    if params.mode in CLASS_MODES:
+        if classes is None or classes.ndim != 2:
+            shape = None if classes is None else classes.shape
+            raise ValueError(f"the {params.mode} decoder needs an (H, W) class-id mask, got {shape}")
+        labels = class_components(classes, structure)
+        if params.mode == "watershed":
+            labels = split_at_necks(classes, labels, params.min_distance, params.connectivity)
+        return renumbered(_drop_small(labels, params.min_size))
     if probabilities is None or probabilities.ndim != 3 or probabilities.shape[-1] != len(BOUNDARY_CLASSES):
         shape = None if probabilities is None else probabilities.shape
         raise ValueError(f"the {params.mode} decoder needs (H, W, 3) probabilities of {BOUNDARY_CLASSES}, "
@@ -105,6 +120,36 @@ def decode(params: DecoderParams, probabilities: np.ndarray | None = None,
     if params.mode == "partition" and params.expand > 0:
         labels = expand_labels(labels, params.expand)
     return renumbered(labels)
+
+
+def boundary_foreground(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(H, W) uint8 1 where P(boundary) + P(interior) >= ``threshold``: a boundary model's
+    foreground as a class-id mask (what the class modes read for such a model)."""
+    if probabilities.ndim != 3 or probabilities.shape[-1] != len(BOUNDARY_CLASSES):
+        raise ValueError(f"expected (H, W, 3) probabilities of {BOUNDARY_CLASSES}, got {probabilities.shape}")
+    total = np.asarray(probabilities[..., 1], np.float32) + np.asarray(probabilities[..., 2], np.float32)
+    return (total >= threshold).astype(np.uint8)
+
+
+def split_at_necks(classes: np.ndarray, labels: np.ndarray, min_distance: int, connectivity: int) -> np.ndarray:
+    """``labels`` (components of ``classes``) split by the distance-transform watershed of each
+    class (int64, unnumbered order; a component without a distance peak stays whole)."""
+    out = np.zeros(labels.shape, np.int64)
+    offset = 0
+    for cls in np.unique(classes[classes > 0]):
+        region = classes == cls
+        found = np.where(region, labels, 0)
+        distance = ndimage.distance_transform_edt(region)
+        peaks = peak_local_max(distance, min_distance=min_distance, labels=found, exclude_border=False)
+        seeds = np.zeros(labels.shape, np.int64)
+        seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        values, first = np.unique(found.ravel(), return_index=True)
+        unseeded = np.isin(values, found[tuple(peaks.T)], invert=True) & (values > 0)
+        seeds.ravel()[first[unseeded]] = len(peaks) + values[unseeded]
+        split = watershed(-distance, seeds, mask=region, connectivity=1 if connectivity == 4 else 2)
+        out[split > 0] = split[split > 0] + offset
+        offset += int(split.max()) if split.size else 0
+    return out
 
 
 def class_components(classes: np.ndarray, structure: np.ndarray) -> np.ndarray:
