@@ -109,6 +109,8 @@ MANIFEST_SCHEMA = pa.schema(
 #     probabilities/<image_id>.ome.zarr/  large images, --save-probabilities: (c, y, x) float16 pyramid
 #     _blocks/<settings>/<image_id>/  large images: one marker per finished block
 #     objects/<image_id>.parquet      large images: one row per object (OBJECTS_SCHEMA); all in objects.parquet
+#     geojson/<image_id>.geojson      a FeatureCollection of the objects' outlines that QuPath imports
+#                                     (pipelines.core.geojson; large images: joined from per-block parts)
 #     predictions.parquet (PREDICTIONS_SCHEMA), rejected.jsonl, config.json, _SUCCESS
 #     (sharded runs: predictions-SSSSS-of-NNNNN.parquet, rejected-..., _SUCCESS-...; merged when all are done)
 #
@@ -123,10 +125,12 @@ STRIP_PARTS_DIR = "_tmp"
 INSTANCES_DIR = "instances"  # instances/<image_id>.tif: uint32 instance ids (--instances)
 SEAMS_DIR = "seams"         # seams/<image_id>.png: where overlapping tiles disagree (overlap > 0)
 OBJECTS_DIR = "objects"     # large images, --instances: objects/<image_id>.parquet (OBJECTS_SCHEMA)
+GEOJSON_DIR = "geojson"     # geojson/<image_id>.geojson: the objects as QuPath detections (pipelines.core.geojson)
 BLOCKS_DIR = "_blocks"      # done markers of large images' blocks, per settings
 LEASES_DIR = "_leases"      # one claim + heartbeat per running run (pipelines.beam.lease)
 PREDICTIONS_FILE = "predictions.parquet"
-IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, SEAMS_DIR, INSTANCES_DIR, OBJECTS_DIR)
+IMAGE_OUTPUT_DIRS = (MASKS_DIR, OVERLAYS_DIR, PROBABILITIES_DIR, SEAMS_DIR, INSTANCES_DIR, OBJECTS_DIR,
+                     GEOJSON_DIR)
 
 
 def shard_suffix(num_shards: int, shard_index: int) -> str:
@@ -197,6 +201,11 @@ def objects_path(image_id: str) -> str:
     return f"{OBJECTS_DIR}/{image_id}.parquet"
 
 
+def geojson_path(image_id: str) -> str:
+    """The image's objects as one GeoJSON FeatureCollection (QuPath: File > Import objects)."""
+    return f"{GEOJSON_DIR}/{image_id}.geojson"
+
+
 def objects_file(suffix: str = "") -> str:
     return f"objects{suffix}.parquet"
 
@@ -213,6 +222,12 @@ def label_image_marker(image_id: str) -> str:
 
 def block_markers_dir(settings: str, image_id: str) -> str:
     return f"{BLOCKS_DIR}/{settings}/{image_id}"
+
+
+def block_features_path(settings: str, image_id: str, index: int) -> str:
+    """A large image's block's GeoJSON features (a part, no brackets: pipelines.core.geojson),
+    joined into geojson_path(image_id) when every block is done."""
+    return f"{block_markers_dir(settings, image_id)}/{index:06d}.features.json"
 
 
 def block_marker_path(settings: str, image_id: str, index: int) -> str:
@@ -250,9 +265,14 @@ PREDICTIONS_SCHEMA = pa.schema([
 # objects.parquet (large images): one row per connected object of a class > 0, counted once
 # however many block borders cut it; bbox is [ymin, ymax) x [xmin, xmax) in level-0 pixels of
 # the predicted level; *_um are the centroid in micrometres when the pixel size is known.
+# outline: the object's polygon (pipelines.core.outlines) as GeoJSON Polygon coordinates:
+# rings (the exterior first, then holes), each a closed list of [x, y] vertices in pixel-corner
+# coordinates of the full-resolution image (x = column, y = row; pixel (r, c) covers
+# [c, c+1) x [r, r+1), QuPath's convention); null where no outline was computed.
 OBJECTS_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("object_id", pa.int64()), ("class_name", pa.string()), ("area", pa.int64()),
     ("ymin", pa.int64()), ("xmin", pa.int64()), ("ymax", pa.int64()), ("xmax", pa.int64()),
     ("centroid_y", pa.float64()), ("centroid_x", pa.float64()),
     ("centroid_y_um", pa.float64()), ("centroid_x_um", pa.float64()), ("mean_confidence", pa.float64()),
+    ("outline", pa.list_(pa.list_(pa.list_(pa.float64())))),
 ])

@@ -69,18 +69,25 @@ def finish_pyramid(path: str, name: str, pixel_size_um: float | None, labels: bo
     return levels
 
 
-def objects_table(image_id: str, found: dict, class_names, pixel_size_um: float | None) -> pa.Table:
-    """Rows of schemas.layout.OBJECTS_SCHEMA from a table of objects.block_objects fields."""
+def objects_table(image_id: str, found: dict, class_names, pixel_size_um: float | None,
+                  outlines: list | None = None) -> pa.Table:
+    """Rows of schemas.layout.OBJECTS_SCHEMA from a table of objects.block_objects fields;
+    ``outlines``: per row its rings (``pipelines.core.outlines.polygons``, in the row order)
+    or None, filling the ``outline`` column (null without them)."""
     area = found["area"].astype(np.float64)
     safe = np.maximum(area, 1)
     cy, cx = found["sum_y"] / safe, found["sum_x"] / safe
     um = pixel_size_um if pixel_size_um else np.nan
+    if outlines is not None and len(outlines) != len(area):
+        raise ValueError(f"{image_id}: {len(outlines)} outlines for {len(area)} objects")
     return pa.table({
         "image_id": [image_id] * len(area), "object_id": np.asarray(found["object_id"], np.int64),
         "class_name": [class_names[int(c)] for c in found["cls"]], "area": found["area"].astype(np.int64),
         **{k: found[k].astype(np.int64) for k in ("ymin", "xmin", "ymax", "xmax")},
         "centroid_y": cy, "centroid_x": cx, "centroid_y_um": cy * um, "centroid_x_um": cx * um,
         "mean_confidence": found["confidence"] / safe,
+        "outline": [None if rings is None else [np.asarray(r, np.float64).tolist() for r in rings]
+                    for rings in (outlines if outlines is not None else [None] * len(area))],
     }, schema=names.OBJECTS_SCHEMA)
 
 
