@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -44,10 +45,12 @@ from pipelines.beam.progress import ProgressPrinter
 from pipelines.core import images
 from pipelines.predict import blocks, large, outputs, plan
 from pipelines.predict import finish as predict_finish
+from pipelines.predict import instances as predict_instances
 from pipelines.predict import inputs as predict_inputs
 from pipelines.predict import models as inference
 from pipelines.predict import transforms as pt
 from pipelines.predict import tta as predict_tta
+from schemas import decoder as dec
 from schemas import layout as names
 from schemas import model_card
 from schemas.crashpoints import crashpoint
@@ -75,9 +78,15 @@ class PredictConfig:
     lease_wait_s: float = 120.0       # how long to wait for a conflicting run (a killed one's lease expiring)
     large_image_pixels: int = 64_000_000  # tiled TIFF / zarr inputs larger than this go block by block
     pixel_size_um: float = 0.0        # predict the pyramid level of this pixel size (0: the model card's, else 0)
-    connectivity: int = 4             # objects (and instances): 4- or 8-connected
-    instances: str = "none"           # none | components | watershed: instance labels of small images
-    min_distance: int = 5             # watershed: seeds at least this many px apart
+    connectivity: int = 0             # objects (and instances): 4- or 8-connected (0: the card's decoder's, else 4)
+    instances: str = "auto"           # auto | none | components | watershed (predict_instances.resolve_decoder)
+    # the decoder's settings; unset (-1 / ""): the model card's (predict_instances.resolve_decoder)
+    decoder: str = ""                 # components | watershed | seeded | partition
+    seed_threshold: float = -1.0
+    foreground_threshold: float = -1.0
+    min_size: int = -1
+    expand: int = -1
+    min_distance: int = -1            # watershed: seeds at least this many px apart (5 unless the card says)
     model_copies: int = 0             # > 0: copies per machine shared by its processes (0: one per process)
     mask_format: str = "ome-zarr"     # large images: ome-zarr, or ome-tiff (an OME-TIFF beside the zarr)
     follow_symlinks: bool = False
@@ -99,6 +108,18 @@ class PredictConfig:
             raise ValueError("--batch-size, --memory-limit-mb and --max-image-pixels must be positive")
         if self.lease_ttl_s <= 0 or self.lease_wait_s < 0:
             raise ValueError("--lease-ttl-s must be positive and --lease-wait-s not negative")
+        if self.instances not in predict_instances.METHODS or self.decoder not in ("", *dec.MODES):
+            raise ValueError(f"--instances must be one of {predict_instances.METHODS} and --decoder one of "
+                             f"{dec.MODES}, got {self.instances!r}, {self.decoder!r}")
+        for name, value in (("--seed-threshold", self.seed_threshold), ("--foreground-threshold",
+                                                                       self.foreground_threshold)):
+            if value != -1.0 and not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if self.min_size < -1 or self.expand < -1 or self.min_distance not in (-1,) and self.min_distance < 1:
+            raise ValueError(f"--min-size and --expand must be >= 0 and --min-distance >= 1, got "
+                             f"{self.min_size}, {self.expand}, {self.min_distance}")
+        if self.connectivity not in (0, 4, 8):
+            raise ValueError(f"--connectivity must be 4 or 8, got {self.connectivity}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"--shard-index must be in [0, --num-shards={self.num_shards}), got {self.shard_index}")
 
@@ -141,13 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Beam large_model; 0: one copy per worker process)")
     p.add_argument("--mask-format", choices=("ome-zarr", "ome-tiff"), default=d.mask_format,
                    help="large images' masks: an OME-Zarr label pyramid, or that and a tiled pyramidal OME-TIFF")
-    p.add_argument("--connectivity", type=int, choices=(4, 8), default=d.connectivity,
-                   help="objects (objects.parquet of large images, --instances): 4- or 8-connected")
-    p.add_argument("--instances", choices=("none", "components", "watershed"), default=d.instances,
-                   help="write instances/<id>.tif (an id per object) and objects/<id>.parquet: connected "
-                        "components per class, or split at the necks between touching objects (watershed)")
+    p.add_argument("--connectivity", type=int, choices=(0, 4, 8), default=d.connectivity,
+                   help="objects (objects.parquet of large images, instances): 4- or 8-connected "
+                        "(0: the model card's decoder's, 4 without one)")
+    p.add_argument("--instances", choices=predict_instances.METHODS, default=d.instances,
+                   help="write instances/<id>.tif (an id per object) and objects/<id>.parquet: auto = the model "
+                        "card's decoder for a boundary model (or when a decoder setting is given), none for "
+                        "others; components = connected components per class; watershed = split at the necks "
+                        "between touching objects")
+    p.add_argument("--decoder", choices=dec.MODES, default=None,
+                   help="the decoder instead of the card's: components | watershed (any model) | seeded | "
+                        "partition (boundary models: seeds of P(interior) grown over P(boundary); partition "
+                        "also assigns the boundary to the cells) (default: the card's)")
+    p.add_argument("--seed-threshold", type=float, default=d.seed_threshold,
+                   help="seeded/partition: seeds where P(interior) >= this (-1: the card's)")
+    p.add_argument("--foreground-threshold", type=float, default=d.foreground_threshold,
+                   help="boundary models: foreground where P(boundary) + P(interior) >= this (-1: the card's)")
+    p.add_argument("--min-size", type=int, default=d.min_size,
+                   help="objects smaller than this many px are dropped from instances and masks (-1: the card's)")
+    p.add_argument("--expand", type=int, default=d.expand,
+                   help="partition: px an object grows into the background (-1: the card's)")
     p.add_argument("--min-distance", type=int, default=d.min_distance,
-                   help="--instances watershed: seeds (distance maxima) at least this many px apart")
+                   help="watershed: seeds (distance maxima) at least this many px apart (-1: the card's, else 5)")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinked inputs whose target lies outside the input folder (refused by default)")
     p.add_argument("--lease-ttl-s", type=float, default=d.lease_ttl_s,
@@ -159,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PredictConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PredictConfig)}
+    values["decoder"] = values["decoder"] or ""
     # each model directory's current export, resolved once: every worker loads the same one
     return PredictConfig(**{**values, "model_dirs": tuple(resolve_version(d) for d in args.model_dirs),
                             "output": predict_inputs.absolute(args.output)})
@@ -178,29 +215,47 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
     if config.threshold != -1.0 and (card.num_classes != 2 or config.ensemble == "vote"):
         raise ValueError("--threshold applies to a binary model's (or a mean ensemble's) P(foreground); "
                          f"{config.model_dirs[0]} has {card.num_classes} classes, --ensemble {config.ensemble}")
+    decoder = predict_instances.resolve_decoder(config.instances, cards, decoder_overrides(config),
+                                                config.model_dirs[0])
+    connectivity = config.connectivity or (decoder or card.decoder_params()).connectivity
+    boundary = decoder is not None and card.is_boundary_model
+    if config.binary_255 and boundary:
+        raise ValueError("--binary-255 needs a binary model; a boundary model's decoded masks are already 0/1 "
+                         "(multiply by 255 for a 0/255 image)")
     settings = outputs.OutputSettings(
-        task=card.task, class_names=card.class_names, model_ids=tuple(model_id for _, model_id in read),
+        task=card.task, class_names=card.output_class_names if boundary else card.class_names,
+        model_ids=tuple(model_id for _, model_id in read),
         ensemble=config.ensemble, tta=config.tta, overlap=config.overlap, blend=config.blend,
         binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation",
-        connectivity=config.connectivity, mask_format=config.mask_format,
-        instances=config.instances if card.task == "segmentation" else "none", min_distance=config.min_distance,
-        threshold=config.threshold, precision=config.precision)
+        connectivity=connectivity, mask_format=config.mask_format,
+        instances=decoder.mode if decoder else "none",
+        decoder=json.dumps(decoder.to_dict(), sort_keys=True) if decoder else "",
+        threshold=config.threshold, precision=config.precision, head_classes=card.class_names if boundary else ())
     geometry = plan.Geometry(card.task, card.core, card.margin, card.channels, 2 if card.input_dtype == "uint16" else 1,
                              card.num_classes, plan.stride_for(card.core, config.overlap), config.batch_size,
-                             settings.save_probabilities, settings.instances != "none")
+                             settings.save_probabilities, decoder is not None,
+                             decoder.mode if decoder else "components", boundary)
     policy = images.ImagePolicy(color_mode="rgb" if card.channels == 3 else "grayscale",
                                 bit_depth="keep16" if card.input_dtype == "uint16" else "scale8",
                                 max_pixels=config.max_image_pixels, intensity=card.intensity)
     threshold = config.threshold if config.threshold != -1.0 else inference.ensemble_threshold(cards, config.ensemble)
     spec = pt.JobSpec(geometry, policy, outputs.OutputLayout(config.output, settings), config.memory_limit_mb * 2**20,
                       threshold, card.fit, card.input_size,
-                      whole_image=card.task == "classification" and card.whole_image)
+                      whole_image=card.task == "classification" and card.whole_image,
+                      connectivity=connectivity, decoder=decoder, boundary=boundary)
     if card.task == "segmentation" and config.large_image_pixels:
         spec = dataclasses.replace(spec, large_image_pixels=config.large_image_pixels,
                                    block_side=blocks.block_side(geometry, spec.memory_limit_bytes),
-                                   pixel_size_um=config.pixel_size_um or card.pixel_size_um or None,
-                                   connectivity=config.connectivity)
+                                   pixel_size_um=config.pixel_size_um or card.pixel_size_um or None)
     return spec, cards
+
+
+def decoder_overrides(config: PredictConfig) -> dict:
+    """The decoder settings the user gave (None: the model card's)."""
+    given = {"mode": config.decoder or None, "seed": config.seed_threshold, "foreground": config.foreground_threshold,
+             "min_size": config.min_size, "expand": config.expand, "min_distance": config.min_distance,
+             "connectivity": config.connectivity or None}
+    return {k: (None if v in (-1, -1.0) else v) for k, v in given.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,9 +23,11 @@ from apache_beam.metrics import Metrics
 from pipelines.beam.files import atomic_create, read_bytes, write_atomically
 from pipelines.core.pixels import PNG_SIGNATURE, encode_png, heat, overlay, png_chunk
 from pipelines.predict import label_outputs
-from pipelines.predict.instances import instance_labels, instance_table
+from pipelines.predict import instances as predict_instances
+from pipelines.predict.instances import DecodedImage, instance_table
 from pipelines.predict.stitch import ComponentCounter, StripResult, preview_step, seam_columns
 from schemas import layout as names
+from schemas.decoder import DecoderParams
 from schemas.layout import PREDICTIONS_SCHEMA
 
 
@@ -34,7 +36,7 @@ class OutputSettings:
     """What changes the per-image outputs (and therefore the settings fingerprint)."""
 
     task: str
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...]      # of masks, rows and objects (a decoded boundary model: its output classes)
     model_ids: tuple[str, ...]
     ensemble: str = "mean"
     tta: str = "none"
@@ -44,15 +46,29 @@ class OutputSettings:
     save_probabilities: bool = False
     connectivity: int = 4          # objects of large images
     mask_format: str = "ome-zarr"  # large images: "ome-zarr", or "ome-tiff" (the zarr and an OME-TIFF)
-    instances: str = "none"        # small images: "components" or "watershed" instance labels
-    min_distance: int = 5          # watershed seeds at least this far apart (px)
+    instances: str = "none"        # the decoder's mode (schemas.decoder.MODES) when instances are written
+    decoder: str = ""              # with instances: the DecoderParams (JSON) that decode them
     threshold: float = -1.0        # --threshold (binary): instead of the model card's (-1)
     precision: str = "float32"     # --precision: which of the models' SavedModels ran
+    head_classes: tuple[str, ...] = ()   # a decoded boundary model: its classes (the probabilities' channels)
+
+    @property
+    def probability_classes(self) -> tuple[str, ...]:
+        """The channels of the probabilities (--save-probabilities): the model's classes."""
+        return self.head_classes or self.class_names
+
+    @property
+    def decodes_boundary(self) -> bool:
+        """Instances decoded from a boundary model's probabilities (strips keep them in float32)."""
+        return self.instances != "none" and bool(self.head_classes)
+
+    def decoder_params(self) -> DecoderParams | None:
+        return DecoderParams.from_dict(json.loads(self.decoder)) if self.instances != "none" else None
 
     def fingerprint(self) -> str:
         values = dataclasses.asdict(self)
         for name, default in (("connectivity", 4), ("mask_format", "ome-zarr"), ("instances", "none"),
-                              ("min_distance", 5), ("threshold", -1.0),
+                              ("decoder", ""), ("threshold", -1.0), ("head_classes", ()),
                               ("precision", "float32")):
             if values[name] == default:   # defaults leave the fingerprints of earlier runs as they were
                 del values[name]
@@ -146,7 +162,10 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     """
     s, first = layout.settings, None
     counts, confidence, tiles, previews, masks, heats = np.zeros(len(s.class_names), np.int64), 0.0, 0, [], [], []
-    masks_full, confidences = [], []    # with --instances: the whole mask, labelled at the end
+    decoded = None
+    if s.instances != "none":     # decoded whole first: the masks written are the decoded objects' classes
+        decoded = predict_instances.decode_image(s.decoder_params(), s.decodes_boundary, strips)
+        strips = predict_instances.with_decoded_masks(strips, decoded, len(s.class_names))
     seams = np.zeros(3, np.float64)
     components = ComponentCounter(len(s.class_names))
 
@@ -160,9 +179,6 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
             previews.append(r.preview_image)
             masks.append(r.preview_mask)
             heats.append((r.rows[0], r.preview_seams))
-            if s.instances != "none":
-                masks_full.append(r.mask)
-                confidences.append(r.confidence)
             components.add(r.mask)
             yield r.mask * np.uint8(255 if s.binary_255 else 1)
 
@@ -172,15 +188,13 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
         write_png_rows(handle, width, height, mask_rows())
     if s.save_probabilities:
         with atomic_create(layout.path(layout.probabilities(image_id))) as handle:
-            handle.write(npy_header((height, width, len(s.class_names)), np.float16))
+            handle.write(npy_header((height, width, len(s.probability_classes)), np.float16))
             for r in strips():
                 handle.write(np.ascontiguousarray(r.probabilities, "<f2").tobytes())
     tinted = overlay(np.concatenate(previews), np.concatenate(masks), alpha=0.5)
     with atomic_create(layout.path(layout.overlay(image_id))) as handle:
         write_png_rows(handle, tinted.shape[1], tinted.shape[0], [tinted], level=1)
-    instances = None
-    if s.instances != "none":
-        instances = write_instances(layout, image_id, np.concatenate(masks_full), np.concatenate(confidences))
+    instances = write_instances(layout, image_id, decoded) if decoded is not None else None
     seam_map = None
     if s.overlap > 0:
         seam_map = names.seam_map_path(image_id)
@@ -200,14 +214,15 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     }
 
 
-def write_instances(layout: OutputLayout, image_id: str, mask: np.ndarray, confidence: np.ndarray) -> str:
-    """instances/<id>.tif (uint32 ids, zlib) and objects/<id>.parquet, one row per instance."""
+def write_instances(layout: OutputLayout, image_id: str, decoded: DecodedImage) -> str:
+    """instances/<id>.tif (uint32 ids, zlib) and objects/<id>.parquet, one row per instance
+    (object_id = its id in the tif, class_name = its class in the mask)."""
     s = layout.settings
-    labels = instance_labels(mask, s.instances, s.connectivity, s.min_distance)
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, labels, compression="zlib", photometric="minisblack")
+    tifffile.imwrite(buffer, decoded.labels, compression="zlib", photometric="minisblack")
     write_atomically(layout.path(names.instances_path(image_id)), buffer.getvalue())
-    table = label_outputs.objects_table(image_id, instance_table(labels, mask, confidence), s.class_names, None)
+    found = instance_table(decoded.labels, decoded.mask, decoded.confidence)
+    table = label_outputs.objects_table(image_id, found, s.class_names, None)
     write_atomically(layout.path(names.objects_path(image_id)), label_outputs.parquet_bytes(table))
     return names.instances_path(image_id)
 

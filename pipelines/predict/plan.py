@@ -11,13 +11,18 @@ K classes, T = core + 2 margin, S = stride between cores, B = --batch-size):
   2 x (e + 2 margin) W C itemsize      strip pixels (one strip buffered for batching + the next),
   r n_cols core^2 K 4                  per-tile probabilities (float32) of the strip,
   e W (K + 1) 4                        the blending accumulator (Stitcher),
-  o W (9 + 2K if probabilities saved)  mask, confidence, component labels, float16 probabilities,
+  o W (9 + 2K if probabilities saved,  mask, confidence, component labels, float16 probabilities
+       + 4K if decoded (boundary))     (float32 for a boundary model's decoder),
   B T^2 (2 C itemsize + 3 K 4)         one inference batch with its TTA/ensemble sums.
 
 Peak = max(decoding, decoded array + the largest strip). The largest number of core rows
 per strip that fits is used; an image whose decoding, or decoded array plus a one-core-row
 strip, exceeds the bound is rejected with reason ``too_large_for_memory`` before it is
-decoded. The model's own memory (weights, TF runtime, activations of one batch) comes on
+decoded. With instances (``--instances``, or a boundary model) the whole image is decoded
+at the end: ``instance_bytes`` per pixel (the decoder's measured peak, the whole-image inputs
+it reads and what is held meanwhile) plus the decoded image must fit too, else the image is
+rejected with that reason (large region-readable images are decoded block by block instead).
+The model's own memory (weights, TF runtime, activations of one batch) comes on
 top; ``--batch-size`` controls the latter.
 """
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Geometry:
     batch_size: int = 16
     save_probabilities: bool = False
     instances: bool = False          # --instances: the finishing step labels the whole mask
+    decoder_mode: str = "components"     # ...with this schemas.decoder mode
+    boundary: bool = False           # ...reading a boundary model's (H, W, 3) float32 probabilities
 
     @property
     def tile(self) -> int:
@@ -85,7 +92,19 @@ def image_bytes(height: int, width: int, g: Geometry) -> int:
     return height * width * g.channels * g.itemsize
 
 
-INSTANCE_BYTES = 40   # per pixel: mask, confidence, labels, distance map, watershed's work arrays
+# Per pixel, decoding a whole image: the peak of schemas.decoder.decode beyond its inputs
+# (ru_maxrss on a 2000 x 2000 image of ~2000 objects, rounded up), the whole-image inputs it
+# reads (class mask 1 + confidence 2; a boundary model's float32 probabilities 12), and its
+# results held while the outputs are written (labels 4, mask 1, confidence 2); the objects
+# table (``objects.label_table``, ~40) runs after the decoder's work arrays are freed.
+DECODE_BYTES = {"components": 48, "watershed": 80, "seeded": 40, "partition": 60}
+DECODE_INPUT_BYTES = {False: 3, True: 12}
+DECODE_HELD_BYTES = 7
+
+
+def instance_bytes(g: Geometry) -> int:
+    """Bytes per pixel of decoding a whole image with ``g``'s decoder."""
+    return DECODE_BYTES[g.decoder_mode] + DECODE_INPUT_BYTES[g.boundary] + DECODE_HELD_BYTES
 
 
 def decode_cost(height: int, width: int, file_bytes: int, g: Geometry) -> int:
@@ -97,7 +116,8 @@ def strip_cost(width: int, n_rows: int, extent: int, out_rows: int, n_cols: int,
     pixels = 2 * (extent + 2 * g.margin) * width * g.channels * g.itemsize
     predictions = n_rows * n_cols * g.core * g.core * k * 4
     accumulator = extent * width * (k + 1) * 4
-    outputs = out_rows * width * (9 + (2 * k if g.save_probabilities else 0))
+    kept = 4 * k if g.instances and g.boundary else 2 * k if g.save_probabilities else 0
+    outputs = out_rows * width * (9 + kept)
     batch = g.batch_size * g.tile * g.tile * (2 * g.channels * g.itemsize + 3 * k * 4)
     return pixels + predictions + accumulator + outputs + batch
 
@@ -128,11 +148,12 @@ def plan_strips(height: int, width: int, file_bytes: int, g: Geometry, limit_byt
     def fits(k: int) -> bool:
         return peak_bytes(height, width, file_bytes, g, strip_rows(height, g, k)) <= limit_bytes
 
-    if g.instances and height * width * INSTANCE_BYTES > limit_bytes:
+    decoding = height * width * instance_bytes(g) + image_bytes(height, width, g) if g.instances else 0
+    if decoding > limit_bytes:
         raise RejectedInput("too_large_for_memory", (
-            f"{name}: {height}x{width} is labelled whole for --instances (about "
-            f"{height * width * INSTANCE_BYTES / 2**20:.0f} MiB, --memory-limit-mb {limit_bytes / 2**20:.0f}); "
-            "raise the limit, or save it as a tiled TIFF: large images get objects.parquet block by block"))
+            f"{name}: {height}x{width} is decoded whole for its instances ({g.decoder_mode} decoder, about "
+            f"{decoding / 2**20:.0f} MiB, --memory-limit-mb {limit_bytes / 2**20:.0f}); raise the limit, or save "
+            "it as a tiled TIFF / OME-Zarr: large region-readable images are decoded block by block"))
     n = len(row_starts(height, g))
     if fits(n):
         return strip_rows(height, g, n)

@@ -35,7 +35,7 @@ class StripResult:
     mask: np.ndarray                   # (o, W) uint8 class ids
     class_counts: tuple[int, ...]
     confidence_sum: float
-    probabilities: np.ndarray | None   # (o, W, K) float16 when kept
+    probabilities: np.ndarray | None   # (o, W, K) float16 when kept (float32 when a boundary model is decoded)
     preview_image: np.ndarray          # (po, pw, 3) uint8, every ``preview_step``-th row/column
     preview_mask: np.ndarray           # (po, pw) uint8
     tiles: int
@@ -131,7 +131,9 @@ def preview_rows(a: int, b: int, step: int) -> slice:
 
 
 def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarray], np.ndarray],
-                 blend: str, keep_probabilities: bool, keep_confidence: bool = False) -> StripResult:
+                 blend: str, keep_probabilities: bool, keep_confidence: bool = False,
+                 exact_probabilities: bool = False) -> StripResult:
+    """``exact_probabilities``: keep them as float32 (what the decoder of a boundary model reads)."""
     seams = [0, 0.0, 0, None]
     stitched = stitch_strip(task, scores, blend, seams)
     mask = decide(stitched)
@@ -144,7 +146,8 @@ def strip_result(task: StripTask, scores: np.ndarray, decide: Callable[[np.ndarr
         mask=mask,
         class_counts=tuple(int(c) for c in np.bincount(mask.ravel(), minlength=classes)[:classes]),
         confidence_sum=float(confidence.sum(dtype=np.float64)),
-        probabilities=stitched.astype(np.float16) if keep_probabilities else None,
+        probabilities=(stitched.astype(np.float32) if exact_probabilities
+                       else stitched.astype(np.float16) if keep_probabilities else None),
         preview_image=to_rgb8(task.image_rows()[rows, ::step]),
         preview_mask=mask[rows, ::step],
         tiles=task.num_tiles, started=task.started, seams=tuple(seams[:3]),

@@ -24,6 +24,7 @@ from pipelines.beam.files import read_bytes
 from pipelines.core import images, pixels
 from pipelines.predict import large, models, outputs, plan
 from pipelines.predict.stitch import StripResult, strip_result
+from schemas.decoder import DecoderParams
 from schemas.rejected import RejectedInput, rejected_record
 
 REJECTED = "rejected"
@@ -63,6 +64,8 @@ class JobSpec:
     block_side: int = 0              # output pixels per side of a block (pipelines.predict.blocks)
     pixel_size_um: float | None = None  # the pyramid level to predict is the one of this pixel size
     connectivity: int = 4            # large images' objects: 4- or 8-connected components
+    decoder: DecoderParams | None = None   # instances: the decoder (None: no instances)
+    boundary: bool = False           # a boundary model: decoded from its background/boundary/interior probabilities
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return models.decide(scores, self.threshold)
@@ -175,8 +178,9 @@ class _StitchStrip(beam.DoFn):
                                              task.width, image_scores, decision, task.num_tiles)
             yield outputs.finish_row(layout, row, task.started, task.source_signature)
             return
-        strip = strip_result(task, scores, self.spec.decide, layout.settings.blend,
-                             layout.settings.save_probabilities, layout.settings.instances != "none")
+        s = layout.settings
+        strip = strip_result(task, scores, self.spec.decide, s.blend, s.save_probabilities,
+                             s.instances != "none" and not s.decodes_boundary, s.decodes_boundary)
         if task.strips == 1:
             yield outputs.finish_row(layout, outputs.write_image_outputs(layout, lambda: iter([strip])), task.started,
                              task.source_signature)
