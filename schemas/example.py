@@ -4,7 +4,9 @@ A dataset holds examples of one task:
 
 - ``segmentation``: ``image`` (T, T, C) and ``mask`` (T, T, 1) with class ids, 255 = ignore;
   with a weight map (``weight_map = "unet"``) also ``weight`` (T, T, 1) uint8, the U-Net
-  border term scaled so 255 = 1 (``pipelines.core.weight_map``).
+  border term scaled so 255 = 1 (``pipelines.core.weight_map``); with a boundary target and
+  ``distance = "boundary"`` also ``distance`` (T, T, 1) uint8, each object pixel's distance to
+  its object's edge scaled so 255 = ``distance_max`` px (``pipelines.core.targets``).
 - ``classification``: ``image`` (T, T, C) and ``label`` (class index).
 
 T is the network input size: ``core + 2 * margin`` for tiles, the set size for whole images.
@@ -69,6 +71,7 @@ class DatasetSpec:
     border_thickness: int = 2
     object_class: str = ""               # target "boundary": the objects' class name (e.g. "foreground")
     distance: str = "none"               # "boundary": each example carries a distance-to-boundary map
+    distance_max: float = 32.0           # ...as uint8 ``round(min(d, distance_max) / distance_max * 255)``, d in px
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -93,8 +96,8 @@ class DatasetSpec:
                                           or self.border_thickness < 1 or not self.object_class):
             raise ValueError(f"a boundary target needs a segmentation dataset with classes {BOUNDARY_CLASSES}, "
                              f"border_thickness >= 1 and the objects' class name")
-        if self.distance != "none" and self.target != "boundary":
-            raise ValueError("a distance map needs the boundary target")
+        if self.distance != "none" and (self.target != "boundary" or self.distance_max <= 0):
+            raise ValueError("a distance map needs the boundary target and distance_max > 0")
 
     @property
     def tile_size(self) -> int:
@@ -132,6 +135,8 @@ def tfds_features(spec: DatasetSpec):
         feats["mask"] = tfds.features.Image(shape=(t, t, 1), dtype=np.uint8, encoding_format="png")
         if spec.weight_map != "none":
             feats["weight"] = tfds.features.Image(shape=(t, t, 1), dtype=np.uint8, encoding_format="png")
+        if spec.distance == "boundary":
+            feats["distance"] = tfds.features.Image(shape=(t, t, 1), dtype=np.uint8, encoding_format="png")
     else:
         feats["label"] = tfds.features.ClassLabel(names=list(spec.class_names))
     for name, dtype in PROVENANCE_FIELDS.items():
