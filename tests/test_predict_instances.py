@@ -69,3 +69,121 @@ def test_predict_writes_instance_images_and_one_object_row_each(tmp_path, method
     (row,) = pq.read_table(tmp_path / "report.parquet").to_pylist()
     assert row["pred_objects"] == "instances" and row["objects_pred"] == expected
     assert (report["overall"]["micro"]["object_f1"] == 1.0) == (method == "watershed")
+
+
+def rimmed_discs(height: int = 96, width: int = 120) -> tuple[np.ndarray, np.ndarray]:
+    """(image, truth ids): two touching discs and a small one, drawn bright with a mid-grey rim
+    (also along the line where the two touch), as a boundary model's toy sees objects."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[0:height, 0:width]
+    truth = np.zeros((height, width), np.int32)
+    truth[((yy - 44) ** 2 + (xx - 30) ** 2) < 17 ** 2] = 1
+    truth[((yy - 44) ** 2 + (xx - 62) ** 2) < 17 ** 2] = 2          # overlaps 1: they touch along a line
+    truth[((yy - 12) ** 2 + (xx - 100) ** 2) < 7 ** 2] = 3
+    rim = (truth > 0) & ((ndimage.maximum_filter(truth, 3) != truth) | (ndimage.minimum_filter(truth, 3) != truth))
+    image = np.where(truth > 0, 255, 0).astype(np.uint8)
+    image[rim] = 128
+    return image, truth
+
+
+def predict_boundary(tmp_path, *flags, decoder=None, size=(96, 120)):
+    export_model(str(tmp_path / "model"), kind="boundary", core=16, margin=4, channels=1, decoder=decoder)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    image, truth = rimmed_discs(*size)
+    Image.fromarray(image).save(tmp_path / "in" / "cells.png")
+    out = tmp_path / ("out" + "".join(f.strip("-") for f in flags))
+    assert predict.run(["--model-dir", str(tmp_path / "model"), "--input", str(tmp_path / "in"), "--output",
+                        str(out), *flags]) == 0
+    return out, truth
+
+
+def outputs_of(out):
+    row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
+    labels = tifffile.imread(out / row["instances_path"])
+    mask = np.asarray(Image.open(out / row["mask_path"]))
+    objects = pq.read_table(out / names.objects_file()).to_pylist()
+    return row, labels, mask, objects
+
+
+def test_a_boundary_model_decodes_touching_objects_apart_and_its_outputs_agree(tmp_path):
+    out, truth = predict_boundary(tmp_path, "--save-probabilities")
+    row, labels, mask, objects = outputs_of(out)
+    assert labels.dtype == np.uint32 and labels.max() == 3               # seeded: the touching discs apart
+    for i in range(1, 4):                                                # each object is one disc
+        overlap = np.bincount(labels[truth == i], minlength=4)
+        j = int(overlap.argmax())
+        iou = overlap[j] / np.count_nonzero((truth == i) | (labels == j))
+        assert j > 0 and iou > 0.9, (i, j, iou)
+    # mask = the output classes (0 background, 1 the object class), where the objects are
+    assert row["class_names"] == ["background", "cell"] and mask.max() == 1
+    np.testing.assert_array_equal(mask, (labels > 0).astype(np.uint8))
+    # one object row per id of the tif, its area the tif's, its class the object class
+    assert sorted(o["object_id"] for o in objects) == list(range(1, 4))
+    areas = np.bincount(labels.ravel())
+    assert all(o["area"] == areas[o["object_id"]] and o["class_name"] == "cell" for o in objects)
+    assert row["class_fractions"][1] == pytest.approx(np.count_nonzero(labels) / labels.size)
+    probabilities = np.load(out / row["probabilities_path"])
+    assert probabilities.shape == (*truth.shape, 3)                      # the model's own classes
+    # components of the same foreground merge the touching discs (what the decoder fixes)
+    out, _ = predict_boundary(tmp_path, "--instances", "components")
+    row, labels, mask, objects = outputs_of(out)
+    assert labels.max() == 2 and len(objects) == 2 and row["class_names"] == ["background", "cell"]
+    np.testing.assert_array_equal(mask, (labels > 0).astype(np.uint8))
+
+
+def test_decoder_flags_override_the_card_and_none_keeps_the_raw_classes(tmp_path):
+    out, truth = predict_boundary(tmp_path, "--decoder", "partition", "--expand", "3", "--min-size", "200")
+    row, labels, mask, objects = outputs_of(out)
+    assert labels.max() == 2 and len(objects) == 2             # the small disc (~150 px) is dropped...
+    assert not mask[truth == 3].any()                          # ...from the mask too
+    config = json.loads((out / names.CONFIG_FILE).read_text())
+    decoder = json.loads(config["settings"]["decoder"])
+    assert decoder["mode"] == "partition" and decoder["expand"] == 3 and decoder["seed"] == 0.5
+    out, _ = predict_boundary(tmp_path, "--instances", "none")
+    row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
+    mask = np.asarray(Image.open(out / row["mask_path"]))
+    assert row["class_names"] == ["background", "boundary", "interior"] and mask.max() == 2
+    assert row["instances_path"] is None and not (out / names.INSTANCES_DIR).exists()
+
+
+def test_a_boundary_model_decoded_in_strips_equals_it_decoded_whole_and_too_large_is_refused(tmp_path):
+    whole, _ = predict_boundary(tmp_path, "--overlap", "0.5", size=(300, 120))    # overlap: strips cost more
+    strips, _ = predict_boundary(tmp_path, "--overlap", "0.5", "--memory-limit-mb", "3", size=(300, 120))
+    row_whole, *outputs_whole = outputs_of(whole)
+    row_strips, *outputs_strips = outputs_of(strips)
+    assert row_whole["strips"] == 1 and row_strips["strips"] > 1
+    np.testing.assert_array_equal(outputs_whole[0], outputs_strips[0])
+    np.testing.assert_array_equal(outputs_whole[1], outputs_strips[1])
+    same = lambda rows: [{k: v for k, v in o.items() if not k.endswith("_um")} for o in rows]  # noqa: E731 (NaN)
+    assert same(outputs_whole[2]) == same(outputs_strips[2])
+    refused, _ = predict_boundary(tmp_path, "--overlap", "0.5", "--memory-limit-mb", "1", size=(300, 120))
+    (rejected,) = [json.loads(line) for line in (refused / names.REJECTED_FILE).read_text().splitlines()]
+    assert rejected["reason"] == "too_large_for_memory" and "seeded decoder" in rejected["detail"]
+
+
+def test_decoder_settings_a_model_cannot_use_exit_2_with_the_reason(tmp_path, capsys):
+    export_model(str(tmp_path / "plain"), kind="bright", core=16, margin=4, channels=1)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(touching_discs() * 255).save(tmp_path / "in" / "cells.png")
+    for flags, reason in ((["--decoder", "seeded"], "boundary target"),
+                          (["--instances", "components", "--decoder", "watershed"], "disagree"),
+                          (["--instances", "none", "--min-size", "5"], "drop --instances none"),
+                          (["--seed-threshold", "1.5"], "--seed-threshold")):
+        assert predict.run(["--model-dir", str(tmp_path / "plain"), "--input", str(tmp_path / "in"),
+                            "--output", str(tmp_path / "out"), *flags]) == 2, flags
+        assert reason in capsys.readouterr().err, flags
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plain_model_with_a_decoder_setting_gets_instances_and_min_size_leaves_the_mask(tmp_path):
+    export_model(str(tmp_path / "model"), kind="bright", core=16, margin=4, channels=1)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(touching_discs() * 255).save(tmp_path / "in" / "cells.png")
+    out = tmp_path / "out"
+    assert predict.run(["--model-dir", str(tmp_path / "model"), "--input", str(tmp_path / "in"), "--output",
+                        str(out), "--min-size", "200"]) == 0          # instances auto + a decoder setting
+    row, labels, mask, objects = outputs_of(out)
+    assert labels.max() == 1 and [o["area"] for o in objects] == [int(np.count_nonzero(labels))]
+    np.testing.assert_array_equal(mask, (labels > 0).astype(np.uint8))   # the small disc left the mask too
+    assert row["class_names"] == ["background", "foreground"]
