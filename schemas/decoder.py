@@ -115,7 +115,7 @@ def decode(params: DecoderParams, probabilities: np.ndarray | None = None,
     if not has_seed[1:].all():       # a foreground component without a seed is one object
         lone = ~has_seed[regions] & (regions > 0)
         seeds[lone] = regions[lone] + n
-    labels = watershed(boundary, seeds, mask=foreground, connectivity=1 if params.connectivity == 4 else 2)
+    labels = watershed_by_region(boundary, seeds, regions, params.connectivity)
     labels = _drop_small(labels, params.min_size)
     if params.mode == "partition" and params.expand > 0:
         labels = expand_labels(labels, params.expand)
@@ -146,9 +146,35 @@ def split_at_necks(classes: np.ndarray, labels: np.ndarray, min_distance: int, c
         values, first = np.unique(found.ravel(), return_index=True)
         unseeded = np.isin(values, found[tuple(peaks.T)], invert=True) & (values > 0)
         seeds.ravel()[first[unseeded]] = len(peaks) + values[unseeded]
-        split = watershed(-distance, seeds, mask=region, connectivity=1 if connectivity == 4 else 2)
+        split = watershed_by_region(-distance, seeds, found, connectivity)
         out[split > 0] = split[split > 0] + offset
         offset += int(split.max()) if split.size else 0
+    return out
+
+
+def watershed_by_region(priority: np.ndarray, seeds: np.ndarray, regions: np.ndarray,
+                        connectivity: int) -> np.ndarray:
+    """skimage's watershed of ``seeds`` over ``priority``, run on each region (a connected
+    component of the mask, every one holding a seed) alone: a region with one seed is that
+    seed's. skimage breaks ties between equal values of its seeds by their places in one heap,
+    which depend on every seed of the image; alone, a region floods alike wherever it is
+    decoded (a window of a large image, or the whole image)."""
+    out = np.zeros(regions.shape, np.int64)
+    inside = (regions > 0) & (seeds > 0)
+    pairs = np.unique(np.stack([regions[inside], seeds[inside]]), axis=1)
+    count = np.bincount(pairs[0], minlength=int(regions.max(initial=0)) + 1)
+    single = np.zeros(len(count), np.int64)
+    one = count[pairs[0]] == 1
+    single[pairs[0][one]] = pairs[1][one]
+    out[regions > 0] = single[regions[regions > 0]]
+    boxes = ndimage.find_objects(np.where(count[regions] > 1, regions, 0))
+    for region, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        mask = regions[box] == region
+        flooded = watershed(priority[box], np.where(mask, seeds[box], 0), mask=mask,
+                            connectivity=1 if connectivity == 4 else 2)
+        out[box][mask] = flooded[mask]
     return out
 
 
