@@ -95,3 +95,121 @@ def test_truth_instances_keep_touching_cells_apart(tmp_path):
     assert report["components"]["object_f1"] == 1.0 and report["components"]["vi"] == 0.0   # fused truth too
     assert report["components"]["vrand_isbi"] == pytest.approx(1.0)
     assert report["instances"]["adapted_rand_error"] > 0.2       # the merge shows in the Rand error too
+
+
+def pq_case():
+    """Truth A matched exactly (IoU 1), B at IoU 24/32 = 0.75, C at exactly 0.5 (a match for
+    F1 at t = 0.5, IoU >= t, but not for PQ, IoU > 0.5), D missed, one false positive."""
+    truth = np.zeros((30, 40), np.int64)
+    truth[1:5, 1:5] = 1              # A, 16 px
+    truth[8:12, 1:9] = 2             # B, 32 px
+    truth[15:19, 1:5] = 3            # C, 16 px
+    truth[22:26, 30:34] = 4          # D
+    pred = np.zeros_like(truth)
+    pred[1:5, 1:5] = 7
+    pred[8:12, 1:7] = 8              # 24 of B
+    pred[15:19, 1:3] = 9             # 8 of C: IoU 8 / 16
+    pred[1:4, 20:28] = 5             # false positive
+    return truth, pred
+
+
+def test_panoptic_quality_f1_and_dsb_accuracy_by_hand():
+    truth, pred = pq_case()
+    counts = objects.object_counts(truth, pred)
+    assert counts["pq_tp"] == 2 and counts["pq_iou"] == pytest.approx(1.75)
+    assert counts["tp"] == [3] + [2] * 5 + [1] * 4              # 0.5 | 0.55-0.75 (B: 0.75 >= 0.75) | 0.8-0.95
+    s = objects.object_summary(counts)
+    # PQ: TP 2 (A, B), FP 2 (C's and the stray prediction), FN 2 (C, D)
+    assert s["object_sq"] == pytest.approx(1.75 / 2) and s["object_rq"] == pytest.approx(2 / (2 + 1 + 1))
+    assert s["object_pq"] == pytest.approx(1.75 / 4) == pytest.approx(s["object_sq"] * s["object_rq"])
+    # at IoU 0.5: TP 3, FP 1, FN 1
+    assert s["object_precision"] == s["object_recall"] == s["object_f1"] == pytest.approx(0.75)
+    assert s["object_ap50"] == pytest.approx(3 / 5)             # DSB 2018 "accuracy": TP / (TP + FP + FN)
+    assert s["object_ap_50_95"] == pytest.approx((3 / 5 + 5 * 2 / 6 + 4 * 1 / 7) / 10)
+    assert s["object_f1_50_95"] == pytest.approx((3 / 4 + 5 * 2 / 4 + 4 * 1 / 4) / 10)
+    assert objects.object_summary(objects.object_counts(truth * 0, pred * 0))["object_pq"] == 1.0   # both empty
+    nothing = objects.object_summary(objects.object_counts(truth, pred * 0))
+    assert nothing["object_pq"] == nothing["object_sq"] == nothing["object_rq"] == 0.0
+
+
+def test_panoptic_quality_over_images_is_computed_from_summed_counts():
+    truth, pred = pq_case()
+    second_truth = np.zeros((6, 6), np.int64)
+    second_truth[0:2, 0:5] = 1                                   # 10 px
+    second_pred = np.zeros_like(second_truth)
+    second_pred[0:2, 0:3] = 1                                    # IoU 6 / 10
+    first, second = objects.object_counts(truth, pred), objects.object_counts(second_truth, second_pred)
+    assert objects.object_summary(second)["object_pq"] == pytest.approx(0.6)
+    both = objects.object_summary(objects.add_counts(objects.add_counts(None, first), second))
+    assert both["object_pq"] == pytest.approx((1.75 + 0.6) / (3 + 2 / 2 + 2 / 2))   # not the mean 0.51875
+    assert both["object_sq"] == pytest.approx(2.35 / 3) and both["object_rq"] == pytest.approx(3 / 5)
+    assert first["tp"] == [3] + [2] * 5 + [1] * 4                # add_counts left its inputs alone
+
+
+def _instances_dir(tmp_path, truth, pred_labels, name, instances):
+    """A prediction directory whose row names ``instances`` (a path under it) as the image's instance labels."""
+    _png(tmp_path / "truth" / "a.png", truth.astype(np.uint16))
+    pred = tmp_path / name
+    _png(pred / names.MASKS_DIR / "a.png", (pred_labels > 0).astype(np.uint8))
+    pq.write_table(pa.table({"image_id": ["a"], "mask_path": [names.mask_path("a")], "instances_path": [instances]}),
+                   pred / names.PREDICTIONS_FILE)
+    (pred / names.SUCCESS_FILE).write_text("{}")
+    return pred
+
+
+def _zarr_labels(path, labels):
+    import zarr
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=labels.shape, chunks=(16, 16), dtype=labels.dtype, fill_value=0)[:] = labels
+    group.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}]}]
+
+
+def test_evaluate_scores_small_and_large_instance_predictions_with_pq(tmp_path, capsys):
+    import tifffile
+    truth, pred = pq_case()
+    truth16 = truth.astype(np.uint16)
+    expected = objects.object_summary(objects.object_counts(truth, pred))
+    reports = {}
+    small = _instances_dir(tmp_path, truth16, pred, "small", "instances/a.tif")
+    (small / names.INSTANCES_DIR).mkdir()
+    tifffile.imwrite(small / "instances" / "a.tif", pred.astype(np.uint32))
+    large = _instances_dir(tmp_path, truth16, pred, "large", "instances/a.ome.zarr")
+    _zarr_labels(large / "instances" / "a.ome.zarr", pred.astype(np.uint32))
+    for name, folder in (("small", small), ("large", large)):
+        out = tmp_path / f"{name}.json"
+        assert evaluate.run(["--predictions", str(folder), "--truth", str(tmp_path / "truth"), "--truth-instances",
+                             "--output", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "object_pq" in printed and f"{expected['object_pq']:.4f}" in printed
+    for report in reports.values():
+        micro = report["overall"]["micro"]
+        assert micro["object_pq"] == pytest.approx(1.75 / 4) and micro["object_sq"] == pytest.approx(0.875)
+        assert micro["object_f1"] == pytest.approx(0.75) and micro["object_ap50"] == pytest.approx(0.6)
+        assert report["overall"]["per_image_mean"]["object_pq"] == pytest.approx(1.75 / 4)
+    rows = pq.read_table(tmp_path / "large.parquet").to_pylist()
+    assert rows[0]["pred_objects"] == "instances" and rows[0]["object_rq"] == pytest.approx(0.5)
+
+
+def test_instance_predictions_too_large_or_not_integer_are_rejected(tmp_path):
+    import tifffile
+
+    from pipelines.evaluate.inputs import read_instance_labels
+    from schemas.rejected import RejectedInput
+    truth, pred = pq_case()
+    path = tmp_path / "big.ome.zarr"
+    _zarr_labels(path, pred.astype(np.uint32))
+    assert read_instance_labels(str(path), truth.size).dtype == np.int64
+    with pytest.raises(RejectedInput, match="--max-pixels"):
+        read_instance_labels(str(path), truth.size - 1)
+    tifffile.imwrite(tmp_path / "big.tif", pred.astype(np.uint32))
+    with pytest.raises(RejectedInput, match="--max-pixels"):
+        read_instance_labels(str(tmp_path / "big.tif"), truth.size - 1)
+    folder = _instances_dir(tmp_path, truth, pred, "floats", "instances/a.tif")
+    (folder / names.INSTANCES_DIR).mkdir()
+    tifffile.imwrite(folder / "instances" / "a.tif", pred.astype(np.float32))
+    out = tmp_path / "floats.json"
+    assert evaluate.run(["--predictions", str(folder), "--truth", str(tmp_path / "truth"), "--truth-instances",
+                         "--output", str(out)]) == 1                           # nothing evaluated
+    [rejected] = json.loads(out.read_text())["rejected"]
+    assert rejected["reason"] == "instances_not_integer" and "float32" in rejected["detail"]

@@ -18,7 +18,7 @@ import tifffile
 import zarr
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.beam.files import exists, read_bytes
+from pipelines.beam.files import exists, file_bytes_limit, read_bytes, read_input
 from pipelines.beam.zarr_store import store_for
 from pipelines.core.images import decode_png
 from pipelines.core.sources import (
@@ -126,21 +126,30 @@ def is_label_image(path: str) -> bool:
 
 
 def label_image_exists(path: str) -> bool:
-    return exists(f"{path.rstrip('/')}/.zattrs")
+    """Whether the OME-Zarr at ``path`` has its group metadata (zarr v2 .zattrs or v3 zarr.json)."""
+    return any(exists(f"{path.rstrip('/')}/{name}") for name in (".zattrs", "zarr.json"))
+
+
+def full_resolution_level(path: str, max_pixels: int) -> np.ndarray:
+    """Level 0 (the full resolution) of the OME-Zarr pyramid at ``path``, read whole when it has
+    at most ``max_pixels`` (its header is checked first)."""
+    try:
+        level = zarr.open_group(store_for(path.rstrip("/"), read_only=True), mode="r")["0"]
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise RejectedInput("unreadable", f"{path}: not an OME-Zarr label image ({type(e).__name__}: {e})") from e
+    if len(level.shape) != 2:
+        raise RejectedInput("unreadable", f"{path}: level 0 has shape {level.shape}; expected (y, x) labels")
+    height, width = level.shape
+    if height * width > max_pixels:
+        raise RejectedInput("too_large", f"{path}: {height}x{width} label image is more than --max-pixels "
+                            f"{max_pixels}; raise it to evaluate this image (it is read whole)")
+    return np.asarray(level[:])
 
 
 def read_label_image(path: str, num_classes: int, max_pixels: int) -> np.ndarray:
     """Class ids of a large image's predicted label pyramid (its full-resolution level), read
     whole when it has at most ``max_pixels`` (the header is checked first)."""
-    try:
-        level = zarr.open_group(store_for(path.rstrip("/"), read_only=True), mode="r")["0"]
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        raise RejectedInput("unreadable", f"{path}: not an OME-Zarr label image ({type(e).__name__}: {e})") from e
-    height, width = level.shape
-    if height * width > max_pixels:
-        raise RejectedInput("too_large", f"{path}: {height}x{width} label image is more than --max-pixels "
-                            f"{max_pixels}; raise it to evaluate this image (it is read whole)")
-    mask = np.asarray(level[:])
+    mask = full_resolution_level(path, max_pixels)
     if mask.size and int(mask.max()) >= num_classes:
         raise RejectedInput("prediction_out_of_range", f"{path}: class id {int(mask.max())} but only "
                             f"{num_classes} classes; pass --class-names")
@@ -153,23 +162,49 @@ def probability_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
 
 
 def instance_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
-    """{image id: its instance labels .tif} for the images predicted with --instances."""
-    return row_paths(pred_dir, table, "instances_path", ".tif")
+    """{image id: its instance labels} for the images predicted with --instances: a uint32
+    TIFF (instances/<id>.tif) or, for large images, an OME-Zarr label pyramid (instances/<id>.ome.zarr)."""
+    return row_paths(pred_dir, table, "instances_path", (".tif", ".ome.zarr"))
 
 
-def row_paths(pred_dir: str, table: pa.Table | None, column: str, suffix: str) -> dict[str, str]:
+def row_paths(pred_dir: str, table: pa.Table | None, column: str, suffix: str | tuple[str, ...]) -> dict[str, str]:
     if table is None or column not in table.column_names:
         return {}
     return {i: (p if "://" in p or p.startswith("/") else FileSystems.join(pred_dir, p))
             for i, p in zip(table["image_id"].to_pylist(), table[column].to_pylist())
-            if p and p.endswith(suffix)}
+            if p and p.rstrip("/").endswith(suffix)}
 
 
-def read_instances(data: bytes, name: str) -> np.ndarray:
-    """The ids of an instance label TIFF written by ``tessera predict --instances``."""
+def instances_exist(path: str) -> bool:
+    return label_image_exists(path) if is_label_image(path) else exists(path)
+
+
+def read_instance_labels(path: str, max_pixels: int) -> np.ndarray:
+    """The predicted instance ids (int64, 0 background) at ``path`` (.tif or .ome.zarr), at most
+    ``max_pixels`` (checked from the header); non-integer labels are refused."""
+    if is_label_image(path):
+        ids = full_resolution_level(path, max_pixels)
+    else:
+        ids = read_instances(read_input(path, file_bytes_limit(max_pixels) * 2), path, max_pixels)   # 32-bit ids
+    if ids.dtype.kind not in "iu":
+        raise RejectedInput("instances_not_integer", f"{path}: instance labels of type {ids.dtype}; expected "
+                            "integer ids (0 background), as tessera predict --instances writes")
+    if ids.size and int(ids.min()) < 0:
+        raise RejectedInput("instances_negative", f"{path}: negative instance id {int(ids.min())}")
+    return ids.astype(np.int64)
+
+
+def read_instances(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """The ids of an instance label TIFF written by ``tessera predict --instances`` (as stored;
+    its size is checked from the header against ``max_pixels`` before decoding)."""
     try:
-        return tifffile.imread(io.BytesIO(data)).astype(np.int64)
-    except (ValueError, OSError, tifffile.TiffFileError) as error:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            shape = tiff.series[0].shape
+            if max_pixels is not None and int(np.prod(shape[:2])) > max_pixels:
+                raise RejectedInput("too_large", f"{name}: {shape} instance image is more than --max-pixels "
+                                    f"{max_pixels}; raise it to evaluate this image")
+            return tiff.asarray()
+    except (ValueError, OSError, IndexError, tifffile.TiffFileError) as error:
         raise RejectedInput("undecodable", f"{name}: not an instance label TIFF ({error})") from error
 
 

@@ -44,6 +44,7 @@ from pipelines.evaluate.inputs import (
     check_complete,
     detect_task,
     instance_paths,
+    instances_exist,
     is_label_image,
     label_image_exists,
     list_files,
@@ -51,7 +52,7 @@ from pipelines.evaluate.inputs import (
     predicted_labels,
     prediction_mask_paths,
     probability_paths,
-    read_instances,
+    read_instance_labels,
     read_label_image,
     read_prediction,
     read_predictions_table,
@@ -63,7 +64,7 @@ from schemas.layout import CONFIG_FILE, PREDICTIONS_FILE
 from schemas.rejected import RejectedInput, rejected_record
 
 OBJECT_METRICS = ("object_precision", "object_recall", "object_f1", "object_ap50", "object_f1_50_95",
-                  "object_ap_50_95")
+                  "object_ap_50_95", "object_pq", "object_sq", "object_rq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +137,7 @@ class PairTask:
     grid: tuple[int, int, int] | None = None   # (core, stride, band px) of the prediction run's tiles
     probabilities_path: str | None = None      # the image's class probabilities (.npy), when saved
     truth_instances: bool = False
-    instances_path: str | None = None          # predicted instance labels (.tif): the predicted objects
+    instances_path: str | None = None          # predicted instance labels (.tif, .ome.zarr): the predicted objects
 
 
 def score_pair(task: PairTask) -> dict:
@@ -174,9 +175,9 @@ def score_pair(task: PairTask) -> dict:
     ignored = objects.ignored_of(truth)
     truth_ids = objects.objects_of(truth if truth_ids is None else truth_ids, ignored, truth_ids is not None)
     pred_ids, pred_objects = objects.objects_of(pred, ignored), "components"
-    if task.instances_path and exists(task.instances_path):
+    if task.instances_path and instances_exist(task.instances_path):
         try:
-            instances = read_instances(read_input(task.instances_path, limit), task.instances_path)
+            instances = read_instance_labels(task.instances_path, task.policy.max_pixels)
         except RejectedInput as e:
             return {"image_id": task.image_id, "status": "rejected", "source": task.instances_path,
                     "reason": e.reason, "detail": e.detail}

@@ -11,6 +11,14 @@ scores:
   precision TP/(TP+FP), recall TP/(TP+FN), F1, and the cell-segmentation literature's
   AP(t) = TP/(TP+FP+FN) (StarDist's "accuracy"), at t = 0.5 and averaged over
   t = 0.50, 0.55, ..., 0.95. Sums over images give the overall values.
+- **Panoptic quality** (Kirillov et al. 2019, one "thing" class): matching at IoU > 0.5
+  (strictly: unique matches), PQ = SQ x RQ with SQ = the mean IoU of the matched pairs and
+  RQ = TP / (TP + FP/2 + FN/2), i.e. PQ = (sum of matched IoUs) / (TP + FP/2 + FN/2); the
+  overall value from the summed TP, FP, FN and IoU sum of all images.
+- **Predicted objects** are the ids of the predicted instance labels when the prediction has
+  them (``instances_path``: ``instances/<id>.tif``, or a large image's
+  ``instances/<id>.ome.zarr`` pyramid, its full-resolution level read within --max-pixels),
+  else the components of the predicted mask.
 - **Variation of information** (Meila 2003, in bits), split into false merges H(truth|pred)
   and false splits H(pred|truth), truth background excluded (what
   ``skimage.metrics.variation_of_information`` computes, from the summed tables).
