@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from skimage.metrics import variation_of_information
 
@@ -213,3 +215,21 @@ def test_instance_predictions_too_large_or_not_integer_are_rejected(tmp_path):
                          "--output", str(out)]) == 1                           # nothing evaluated
     [rejected] = json.loads(out.read_text())["rejected"]
     assert rejected["reason"] == "instances_not_integer" and "float32" in rejected["detail"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=48, max_size=48), st.lists(st.integers(0, 4), min_size=48, max_size=48))
+def test_matching_counts_equal_a_brute_force_over_every_pair(truth_values, pred_values):
+    truth = np.array(truth_values).reshape(6, 8)
+    pred = np.array(pred_values).reshape(6, 8)
+    truth_ids, pred_ids = np.unique(truth[truth > 0]), np.unique(pred[pred > 0])
+    ious = np.array([[np.sum((truth == t) & (pred == p)) / np.sum((truth == t) | (pred == p))
+                      for p in pred_ids] for t in truth_ids]).reshape(len(truth_ids), len(pred_ids))
+    counts = objects.object_counts(truth, pred)
+    assert counts["pq_tp"] == int(np.sum(ious > 0.5))
+    assert counts["pq_iou"] == pytest.approx(float(ious[ious > 0.5].sum()))
+    assert counts["tp"] == [int(np.sum(ious >= t)) for t in objects.THRESHOLDS]
+    assert (ious > 0.5).sum(axis=0).max(initial=0) <= 1 and (ious > 0.5).sum(axis=1).max(initial=0) <= 1
+    s = objects.object_summary(counts)
+    assert s["object_pq"] == pytest.approx(s["object_sq"] * s["object_rq"])
+    assert objects.object_summary(objects.object_counts(truth, truth))["object_pq"] == 1.0
