@@ -4,6 +4,11 @@
 pixels whose P(foreground) falls in bin i = [i/B, (i+1)/B). A pixel is predicted
 foreground when p >= t, and the candidate thresholds are the bin edges i/B, so the counts
 at each threshold are exact for those edges.
+
+Object rules (``--calibrate rand|object-f1``) score whole validation images put back
+together (``SourceCanvas``): a binary model's threshold (``ObjectCalibration``), or a
+boundary model's decoder, thresholds and mode (``DecoderCalibration``, ``schemas.decoder``:
+the decoder predict runs).
 """
 from __future__ import annotations
 
@@ -107,8 +112,9 @@ class ObjectCalibration:
 class SourceCanvas:
     """Puts the validation cores of each source back together, so objects are scored on whole
     images as ``tessera evaluate`` scores them (core by core, objects cut by core borders
-    would count twice and merges across them would be missed). A
-    source larger than ``max_pixels`` is scored core by core; a source is complete when all
+    would count twice and merges across them would be missed). The scores put together are
+    P(foreground) (C, C) or class probabilities (C, C, K). A source whose values (pixels x
+    channels) exceed ``max_pixels`` is scored core by core; a source is complete when all
     its cores have come (those a tile filter dropped stay ignored, given out by ``rest``)."""
 
     def __init__(self, core: int, max_pixels: int = 16_000_000):
@@ -116,17 +122,19 @@ class SourceCanvas:
         self.open: dict = {}
 
     def add(self, source_id, placement, foreground, truth):
-        """Yields the (P(foreground), truth) images this core completes; ``foreground`` and
-        ``truth`` are the core (C, C), ``placement`` (y, x, h, w, source h, source w)."""
+        """Yields the (scores, truth) images this core completes; ``foreground`` is the core's
+        scores (C, C) or (C, C, K), ``truth`` its class ids (C, C), ``placement`` (y, x, h, w,
+        source h, source w)."""
         from schemas.example import IGNORE_LABEL
 
         y, x, h, w, height, width = (int(v) for v in placement)
-        if height * width > self.max_pixels:
+        channels = int(np.prod(foreground.shape[2:], dtype=np.int64))
+        if height * width * channels > self.max_pixels:
             yield foreground[:h, :w], truth[:h, :w]
             return
         if source_id not in self.open:
             cores = -(-height // self.core) * -(-width // self.core)
-            self.open[source_id] = [np.zeros((height, width), np.float32),
+            self.open[source_id] = [np.zeros((height, width, *foreground.shape[2:]), np.float32),
                                     np.full((height, width), IGNORE_LABEL, np.uint8), 0, cores]
         canvas = self.open[source_id]
         canvas[0][y:y + h, x:x + w] = foreground[:h, :w]
@@ -140,3 +148,94 @@ class SourceCanvas:
         for source_id in sorted(self.open):
             yield self.open[source_id][:2]
         self.open = {}
+
+
+SEED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+FOREGROUND_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+OBJECT_RULE_NAMES = {"rand": "Rand F-score (1 - adapted Rand error)", "object-f1": "object F1 at IoU 0.5"}
+
+
+def calibration_rule(requested: str, spec, data: str = "the dataset") -> str:
+    """The ``--calibrate`` rule a dataset gets: ``auto`` is ``rand`` for a boundary target (its
+    decoder's thresholds), else ``fbeta`` (a binary model's pixel threshold); a rule that makes
+    no sense for the dataset is refused with the ones that do."""
+    from schemas.example import SEGMENTATION
+
+    boundary = spec.target == "boundary"
+    if requested in ("", "auto"):
+        return "rand" if boundary else "fbeta"
+    if boundary and requested not in OBJECT_RULES:
+        raise ValueError(f"--calibrate {requested} chooses a binary model's pixel threshold; {data} has a boundary "
+                         f"target, whose decoder is calibrated for objects: use --calibrate rand (the default) "
+                         f"or object-f1")
+    if requested != "fbeta" and not boundary and not (spec.task == SEGMENTATION and spec.num_classes == 2):
+        raise ValueError(f"--calibrate {requested} chooses a binary segmentation model's threshold; "
+                         f"{data} has {spec.num_classes} classes ({spec.task})")
+    return requested
+
+
+def decoder_candidates(border_thickness: int) -> list:
+    """The decoders tried: seeded and partition (growing ``2 * border_thickness`` px, the band
+    the target drew inside each outline, on both sides of a membrane) over seed x foreground."""
+    from schemas.decoder import DecoderParams
+
+    return [DecoderParams(mode, foreground=f, seed=s, expand=2 * border_thickness if mode == "partition" else 0)
+            for mode in ("seeded", "partition") for f in FOREGROUND_THRESHOLDS for s in SEED_THRESHOLDS]
+
+
+def truth_objects(truth: np.ndarray) -> np.ndarray:
+    """A boundary target's objects: the seeded decoder of its one-hot classes (ignored pixels are
+    no object): its interiors grown over its boundary band."""
+    from schemas.decoder import DecoderParams, decode
+
+    one_hot = (truth[..., None] == np.arange(3, dtype=truth.dtype)).astype(np.float32)
+    return decode(DecoderParams("seeded"), probabilities=one_hot)
+
+
+class DecoderCalibration:
+    """The decoder that scores best for objects on validation images (a boundary model's
+    ``--calibrate rand|object-f1``): every ``decoder_candidates`` decoder applied to each
+    image's probabilities (H, W, 3), scored against ``truth_objects`` as ``ObjectCalibration``
+    scores (what is kept per candidate grows with the objects, not the pixels)."""
+
+    def __init__(self, metric: str, border_thickness: int):
+        if metric not in OBJECT_RULES:
+            raise ValueError(f"decoder calibration is {OBJECT_RULES}, got {metric!r}")
+        self.metric, self.candidates = metric, decoder_candidates(border_thickness)
+        self.tables: list[list] = [[] for _ in self.candidates]
+        self.counts: list[dict | None] = [None] * len(self.candidates)
+
+    def add(self, probabilities, truth) -> None:
+        """One image: probabilities (H, W, 3) of background / boundary / interior and its truth
+        classes (H, W; 255 ignored)."""
+        from schemas import object_scores as scores
+        from schemas.decoder import decode
+        from schemas.example import IGNORE_LABEL
+
+        ignored = truth == IGNORE_LABEL
+        truth_ids = scores.objects_of(truth_objects(truth), ignored, instances=True)
+        for i, params in enumerate(self.candidates):
+            predicted = scores.objects_of(decode(params, probabilities=probabilities), ignored, instances=True)
+            if self.metric == "rand":
+                self.tables[i].append(scores.ids_table(truth_ids, predicted))
+            else:
+                self.counts[i] = scores.add_counts(self.counts[i], scores.object_counts(truth_ids, predicted))
+
+    def values(self) -> np.ndarray:
+        from schemas import object_scores as scores
+
+        if self.metric == "rand":
+            return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
+        return np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+
+    def best(self) -> tuple:
+        """(DecoderParams, value, rule); among equal values seeded before partition, then the
+        thresholds nearest 0.5."""
+        values = np.nan_to_num(self.values(), nan=-1.0)
+        ties = np.nonzero(values == values.max())[0]
+        best = min(ties, key=lambda i: (self.candidates[i].mode != "seeded",
+                                        abs(self.candidates[i].seed - 0.5) + abs(self.candidates[i].foreground - 0.5),
+                                        i))
+        rule = (f"max {OBJECT_RULE_NAMES[self.metric]} on val images over seeded/partition x seed x foreground "
+                f"in {SEED_THRESHOLDS[0]}..{SEED_THRESHOLDS[-1]}")
+        return self.candidates[best], float(values[best]), rule
