@@ -148,12 +148,18 @@ def test_panoptic_quality_over_images_is_computed_from_summed_counts():
     assert first["tp"] == [3] + [2] * 5 + [1] * 4                # add_counts left its inputs alone
 
 
-def _instances_dir(tmp_path, truth, pred_labels, name, instances):
-    """A prediction directory whose row names ``instances`` (a path under it) as the image's instance labels."""
+def _instances_dir(tmp_path, truth, pred_labels, name, instances, large=False):
+    """A prediction directory whose row names ``instances`` (a path under it) as the image's
+    instance labels; ``large``: its mask an OME-Zarr label pyramid, as predict writes for large images."""
     _png(tmp_path / "truth" / "a.png", truth.astype(np.uint16))
     pred = tmp_path / name
-    _png(pred / names.MASKS_DIR / "a.png", (pred_labels > 0).astype(np.uint8))
-    pq.write_table(pa.table({"image_id": ["a"], "mask_path": [names.mask_path("a")], "instances_path": [instances]}),
+    mask = (pred_labels > 0).astype(np.uint8)
+    if large:
+        _zarr_labels(pred / names.label_image_path("a"), mask)
+    else:
+        _png(pred / names.MASKS_DIR / "a.png", mask)
+    mask_path = names.label_image_path("a") if large else names.mask_path("a")
+    pq.write_table(pa.table({"image_id": ["a"], "mask_path": [mask_path], "instances_path": [instances]}),
                    pred / names.PREDICTIONS_FILE)
     (pred / names.SUCCESS_FILE).write_text("{}")
     return pred
@@ -175,8 +181,8 @@ def test_evaluate_scores_small_and_large_instance_predictions_with_pq(tmp_path, 
     small = _instances_dir(tmp_path, truth16, pred, "small", "instances/a.tif")
     (small / names.INSTANCES_DIR).mkdir()
     tifffile.imwrite(small / "instances" / "a.tif", pred.astype(np.uint32))
-    large = _instances_dir(tmp_path, truth16, pred, "large", "instances/a.ome.zarr")
-    _zarr_labels(large / "instances" / "a.ome.zarr", pred.astype(np.uint32))
+    large = _instances_dir(tmp_path, truth16, pred, "large", "instances/a.ome.zarr", large=True)
+    _zarr_labels(large / "instances/a.ome.zarr", pred.astype(np.uint32))
     for name, folder in (("small", small), ("large", large)):
         out = tmp_path / f"{name}.json"
         assert evaluate.run(["--predictions", str(folder), "--truth", str(tmp_path / "truth"), "--truth-instances",
