@@ -50,6 +50,9 @@ def run(argv: list[str] | None = None) -> int:
     from trainer.loop import train
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):   # help never fails, whatever else is on the line
+        build_parser().print_help()
+        return 0
     splitter = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     splitter.add_argument("--output")
     known, rest = splitter.parse_known_args(argv)
