@@ -103,3 +103,62 @@ def test_the_rule_follows_the_dataset_and_what_makes_no_sense_is_refused():
             calibration_rule(rule, boundary, "d")
     with pytest.raises(ValueError, match="binary segmentation"):
         calibration_rule("rand", three)
+
+
+def boundary_dataset(path, n_train: int = 16, n_val: int = 4, core: int = 24, margin: int = 4):
+    """Touching discs as a boundary-target dataset (each example its own source, core = source)."""
+    from pipelines.core.targets import boundary_target as target_of
+    from schemas.example import BOUNDARY_CLASSES
+    from tessera import synthetic_dataset as sd
+
+    spec = DatasetSpec(task="segmentation", core=core, margin=margin, channels=1, class_names=BOUNDARY_CLASSES,
+                       target="boundary", border_thickness=1, object_class="cell")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:spec.tile_size, :spec.tile_size]
+    splits = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        examples = []
+        for i in range(n):
+            ids = np.zeros((spec.tile_size, spec.tile_size), np.int32)
+            cy, cx = rng.uniform(10, spec.tile_size - 10, 2)
+            for k, dx in enumerate((-5.0, 5.0)):            # two discs touching
+                ids[((yy - cy) ** 2 + (xx - cx - dx) ** 2 < 36) & (ids == 0)] = k + 1
+            image = np.where(ids > 0, 200, 40) + rng.normal(0, 5, ids.shape)
+            mask = target_of(ids, 1)
+            example = sd._provenance(f"{split}/img{i:04d}", spec, float(np.mean(ids > 0)))
+            example.update(image=sd._as_channels(image, 1), mask=mask[..., None], source_h=spec.core,
+                           source_w=spec.core)
+            examples.append(example)
+        splits[split] = examples
+    sd.write_dataset(str(path), spec, splits)
+    return spec
+
+
+def test_a_boundary_dataset_gets_its_decoder_calibrated_into_the_card(tmp_path):
+    from tests.test_trainer_learning import make_config
+    from trainer import export
+    from trainer.loop import train
+
+    boundary_dataset(tmp_path / "data")
+    small = {"model": {"depth": 1, "filters": 4}, "epochs": 1, "steps_per_epoch": 2, "batch_size": 4,
+             "image_summaries": 0, "mixed_precision": "off"}
+    with pytest.raises(ValueError, match="boundary target.*--calibrate rand"):
+        train(make_config(tmp_path / "data", tmp_path / "refused", calibrate="fbeta", **small))
+    train(make_config(tmp_path / "data", tmp_path / "model", **small))          # --calibrate auto: rand
+    card = export.load_card(str(tmp_path / "model"))
+    assert card.is_boundary_model and card.object_class == "cell"
+    assert card.output_class_names == ("background", "cell")
+    assert card.heads["probabilities"]["classes"] == ["background", "boundary", "interior"]
+    decoder = card.decoder_params()
+    assert decoder in decoder_candidates(1) and card.decoder["rule"].startswith("max Rand F-score")
+    assert card.metrics["rand_fscore"] == card.decoder["value"] and 0 <= card.decoder["value"] <= 1
+    assert card.calibration["rule"] == "rand" and card.config["calibrate"] == "rand"
+    plain = tmp_path / "plain"
+    from tessera import synthetic_dataset
+
+    synthetic_dataset.segmentation_dataset(str(plain), n_train=8, n_val=2, n_test=0, core=16, margin=4)
+    train(make_config(plain, tmp_path / "plain-model", **small))
+    plain_card = export.load_card(str(tmp_path / "plain-model"))
+    assert plain_card.decoder == DecoderParams("components").to_dict() and not plain_card.is_boundary_model
+    assert plain_card.heads["probabilities"]["classes"] == ["background", "disc"]
+    assert plain_card.calibration["rule"] == "fbeta" and plain_card.config["calibrate"] == "fbeta"

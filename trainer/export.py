@@ -5,7 +5,10 @@ into a staging directory inside the model directory, published as one new versio
 (``schemas.versions``): predict reads the previous export or this one, never a mix.
 
 The exported network takes raw pixel values, normalises them itself, and returns
-per-class probabilities; under deep supervision only the fused output is kept.
+per-class probabilities; under deep supervision only the fused output is kept. The card
+lists that output (``heads``) and the decoder predict turns it into objects with: a boundary
+target's calibrated on the validation images (``calibrate.DecoderCalibration``), connected
+components for other segmentation models.
 """
 from __future__ import annotations
 
@@ -111,6 +114,51 @@ def object_threshold(net: keras.Model, info: DatasetInfo, metric: str, batch_siz
     return found.best()
 
 
+def calibrated_decoder(net: keras.Model, info: DatasetInfo, metric: str, batch_size: int):
+    """``calibrate.DecoderCalibration`` over the validation images of a boundary target:
+    (DecoderParams, value, rule)."""
+    spec = info.spec
+    found = calibrate.DecoderCalibration(metric, spec.border_thickness)
+    canvas = calibrate.SourceCanvas(spec.core)
+    for x, y, source_ids, placements in placed_eval_dataset(info, batch_size):
+        scores = crop_to(probabilities(primary_output(net(x, training=False))), spec.core).numpy()
+        truths = crop_to(y, spec.core).numpy()[..., 0]
+        for source_id, placement, p, truth in zip(source_ids.numpy(), placements.numpy(), scores, truths):
+            for image in canvas.add(source_id, placement, p, truth):
+                found.add(*image)
+    for image in canvas.rest():
+        found.add(*image)
+    return found.best()
+
+
+def card_heads(spec) -> dict:
+    """The SavedModel's named outputs and what they mean (the card's ``heads``)."""
+    if spec.target == "boundary":
+        meaning = (f"per-pixel probabilities of background / boundary (a band of {spec.border_thickness} px inside "
+                   f"each object's outline) / interior of the {spec.object_class!r} objects")
+    elif spec.task == SEGMENTATION:
+        meaning = "per-pixel class probabilities"
+    else:
+        meaning = "per-image class probabilities"
+    return {mc.SERVING_OUTPUT: {"meaning": meaning, "classes": list(spec.class_names)}}
+
+
+def card_decoder(cfg: TrainConfig, info: DatasetInfo, net: keras.Model, has_val: bool) -> tuple[dict, dict]:
+    """(the card's decoder, metrics to add): a boundary target's calibrated on validation (the
+    seeded decoder at 0.5 without a validation split), connected components for other
+    segmentation models, none for classifiers."""
+    from schemas.decoder import DecoderParams
+
+    spec = info.spec
+    if spec.target != "boundary":
+        return (DecoderParams("components").to_dict() if spec.task == SEGMENTATION else {}), {}
+    if not has_val:
+        return {**DecoderParams("seeded").to_dict(), "rule": "default (no validation split)"}, {}
+    params, value, rule = calibrated_decoder(net, info, cfg.calibrate, cfg.batch_size)
+    name = "rand_fscore" if cfg.calibrate == "rand" else "object_f1"
+    return {**params.to_dict(), "rule": rule, "value": value}, {name: value}
+
+
 def write_saved_model(model: keras.Model, path: str, input_dtype: str) -> None:
     """SavedModel whose "serving_default" maps "tiles" (integer pixels) to "probabilities"."""
     archive = keras.export.ExportArchive()
@@ -139,10 +187,11 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
     net = restore_network(cfg, info, checkpoint)
     metrics_, threshold, rule = {}, None, ""
     calibration = {}
-    if has_examples(info, "val"):
+    has_val = has_examples(info, "val")
+    if has_val:
         loss, confusion, hist = evaluate(net, info, loss_spec, cfg.batch_size)
         metrics_, threshold, rule = card_metrics(info, loss, confusion, hist, cfg.beta, cfg.target_recall)
-        if threshold is not None and cfg.calibrate in calibrate.OBJECT_RULES:
+        if threshold is not None and cfg.calibrate in calibrate.OBJECT_RULES and spec.target != "boundary":
             calibration = {"pixel_threshold": threshold, "pixel_rule": rule}
             threshold, value, rule = object_threshold(net, info, cfg.calibrate, cfg.batch_size)
             metrics_.update(calibrate.scores_at(hist, threshold, cfg.beta))
@@ -151,6 +200,10 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
             calibration.update(rule=cfg.calibrate, threshold=threshold)
     elif spec.task == SEGMENTATION and spec.num_classes == 2:
         threshold, rule = 0.5, "default 0.5 (no validation split)"
+    decoder, decoder_metrics = card_decoder(cfg, info, net, has_val)
+    if "value" in decoder:
+        calibration = {"rule": cfg.calibrate, "decoder": {k: v for k, v in decoder.items() if k != "rule"}}
+    metrics_.update(decoder_metrics)
     metrics_.update(extra_metrics or {})
     out = output_size(net) if spec.task == SEGMENTATION else spec.tile_size
     card = mc.ModelCard(
@@ -160,7 +213,8 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
         metrics={k: float(v) for k, v in metrics_.items()}, config=json.loads(cfg.to_json()),
         dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit,
         calibration=calibration, pixel_size_um=spec.pixel_size_um, intensity=spec.intensity,
-        weight_map=f"unet w0={spec.weight_map_w0:g} sigma={spec.weight_map_sigma:g}" if info.weight_map else "none")
+        weight_map=f"unet w0={spec.weight_map_w0:g} sigma={spec.weight_map_sigma:g}" if info.weight_map else "none",
+        heads=card_heads(spec), decoder=decoder, object_class=spec.object_class if spec.target == "boundary" else "")
     model = inference_model(net, info.normalization)
     staging = f"{cfg.model_dir}/{versions.STAGING_MARK}export-{uuid.uuid4().hex[:12]}"
     try:

@@ -24,6 +24,7 @@ from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import distribute, export
 from trainer.budget import TimeBudget, plan_epochs
+from trainer.calibrate import calibration_rule
 from trainer.config import TrainConfig, for_task
 from trainer.curves import learning_curves_png
 from trainer.data import (
@@ -157,9 +158,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
     if steps_per_epoch < 1 or not train_examples:
         raise ValueError(f"the train split ({train_examples} examples) is smaller than one global batch "
                          f"({global_batch}); lower --batch-size or set --steps-per-epoch")
-    if cfg.calibrate != "fbeta" and not (spec.task == SEGMENTATION and spec.num_classes == 2):
-        raise ValueError(f"--calibrate {cfg.calibrate} chooses a binary segmentation model's threshold; "
-                         f"{cfg.data} has {spec.num_classes} classes ({spec.task})")
+    cfg = dataclasses.replace(cfg, calibrate=calibration_rule(cfg.calibrate, spec, cfg.data))   # auto: by target
     loss_spec = loss_spec_for(cfg, info)
     transfer = cfg.model.name == "transfer"
     has_val = has_examples(info, "val")
