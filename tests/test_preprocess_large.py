@@ -4,6 +4,7 @@ whatever the source's size, tiles are kept or dropped by documented rules with e
 counted, instance masks keep touching objects apart, and the pixel size reaches the dataset."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -16,6 +17,7 @@ import pytest
 import tifffile
 import zarr
 from PIL import Image
+from scipy import ndimage
 
 from pipelines.core import sources, tiling
 from pipelines.preprocess import job as preprocess
@@ -293,3 +295,118 @@ def test_a_damaged_tile_rejects_its_block_only_and_every_tile_is_counted(raw, tm
     assert record["reason"] == "unreadable_region" and record["region"][0] == 0 and "big.tif" in record["source"]
     manifest = pq.read_table(version / "manifest.parquet").to_pylist()
     assert len(manifest) == tiles["kept"] and not any(r["core_y"] == 0 and r["core_x"] == 0 for r in manifest)
+
+
+def membranes(instances: np.ndarray) -> np.ndarray:
+    """A binary mask of cells with a 1 px background membrane wherever two of them touch (EM style)."""
+    cells = instances > 0
+    right = np.zeros_like(cells)
+    right[:, :-1] = (instances[:, :-1] != instances[:, 1:]) & (instances[:, 1:] > 0)
+    down = np.zeros_like(cells)
+    down[:-1] = (instances[:-1] != instances[1:]) & (instances[1:] > 0)
+    return (cells & ~right & ~down).astype(np.uint8)
+
+
+def features_of(version) -> dict[str, dict]:
+    """{example id: {feature: decoded array or scalar}} of a published dataset."""
+    import tensorflow as tf
+
+    out = {}
+    for record in records(version):
+        features = tf.train.Example.FromString(record).features.feature
+        one = {name: np.asarray(Image.open(io.BytesIO(features[name].bytes_list.value[0])))
+               for name in ("mask", "distance") if name in features}
+        one["copy"] = features["copy"].int64_list.value[0]
+        out[features["id"].bytes_list.value[0].decode()] = one
+    return out
+
+
+def test_a_boundary_target_is_the_same_on_either_path_and_derived_from_each_tiles_objects(tmp_path):
+    from pipelines.core import targets
+    from tessera.nuclei import nuclei_pair
+
+    image, instances = nuclei_pair(np.random.default_rng(3), 320, 400, clusters=10)
+    sources_of = {"instances": instances, "binary": membranes(instances)}
+    for name, mask in sources_of.items():
+        for path in ("whole", "blocks"):
+            root = tmp_path / path / name
+            (root / "images").mkdir(parents=True)
+            (root / "masks").mkdir()
+            if path == "blocks":
+                tifffile.imwrite(root / "images" / "a.tif", image, tile=(32, 32))
+                tifffile.imwrite(root / "masks" / "a.tif", mask.astype(np.uint32), tile=(32, 32))
+            else:
+                Image.fromarray(image).save(root / "images" / "a.png")
+                Image.fromarray(mask).save(root / "masks" / "a.png")
+    args = ("--tile-size", 64, "--margin", 8, "--augment-copies", 1, "--target", "boundary", "--distance-map",
+            "--distance-max", 16, "--color-mode", "grayscale")
+    for name in sources_of:
+        mode = ("--mask-values", name)
+        assert run(tmp_path / "whole" / name, tmp_path / f"w-{name}", *args, *mode) == 0
+        assert run(tmp_path / "blocks" / name, tmp_path / f"b-{name}", *args, *mode, *BLOCKS) == 0
+        whole = records(tmp_path / f"w-{name}" / "current")
+        assert set(records(tmp_path / f"b-{name}" / "current")) == set(whole)     # byte for byte
+        assert len(whole) == 2 * 5 * 7
+        assert stats(tmp_path / f"b-{name}" / "current")["per_source"]["a"]["units"] > 1
+        spec = json.loads((tmp_path / f"w-{name}" / "current" / "tessera_dataset.json").read_text())
+        assert (spec["target"], spec["class_names"], spec["object_class"], spec["border_thickness"],
+                spec["distance"], spec["distance_max"]) == ("boundary", ["background", "boundary", "interior"],
+                                                            "foreground", 2, "boundary", 16)
+        frequencies = stats(tmp_path / f"w-{name}" / "current")["class_frequencies"]
+        assert list(frequencies) == ["background", "boundary", "interior"] and min(frequencies.values()) > 0
+        config = json.loads((tmp_path / f"w-{name}" / "current" / "config.json").read_text())["preprocess"]
+        assert (config["target"], config["border_thickness"], config["distance_map"]) == ("boundary", 2, True)
+        examples = features_of(tmp_path / f"w-{name}" / "current")
+        for example_id, features in examples.items():
+            assert set(np.unique(features["mask"])) <= {0, 1, 2, 255}
+            if features["copy"]:
+                continue
+            y, x = (int(v) for v in example_id.split("#")[1][1:].split("x"))
+            ignored = np.ones((80, 80), bool)         # beyond the image
+            ignored[tiling.valid_region(y, x, 64, 8, *instances.shape)] = False
+            if name == "instances":
+                objects = tiling.cut_mask_tile(instances[..., None], y, x, 64, 8, ignore=0)[..., 0]
+            else:
+                objects = targets.objects_of_mask(tiling.cut_mask_tile(sources_of[name][..., None], y, x, 64, 8)[..., 0])
+            assert np.array_equal(features["mask"], targets.boundary_target(objects, 2, ignored)), example_id
+            expected = targets.encode_distance(targets.distance_to_boundary(objects, ignored), 16)[..., 0]
+            assert np.array_equal(features["distance"], expected)
+    whole = {k: v["mask"] for k, v in features_of(tmp_path / "w-instances" / "current").items()}
+    assert whole["a#y0x0#a0"].shape == (80, 80)
+    # touching nuclei stay apart: no interior holds two nuclei, with instance ids or membranes...
+    binary = {k: v["mask"] for k, v in features_of(tmp_path / "w-binary" / "current").items()}
+
+    def nuclei_per_interior(target, y, x):
+        nuclei = tiling.cut_mask_tile(instances[..., None], y, x, 64, 8, ignore=0)[..., 0]
+        found, n = ndimage.label(target == 2)
+        return [len(np.unique(nuclei[found == i])) for i in range(1, n + 1)]
+
+    for masks_of in (whole, binary):
+        assert all(n == 1 for k in masks_of if k.endswith("#a0")
+                   for n in nuclei_per_interior(masks_of[k], *(int(v) for v in k.split("#")[1][1:].split("x"))))
+    # ...which a binary mask without membranes cannot do: some interior holds two nuclei there
+    merged = targets.boundary_target(targets.objects_of_mask((instances > 0).astype(np.uint8)), 2)
+    found, n = ndimage.label(merged == 2)
+    assert max(len(np.unique(instances[found == i])) for i in range(1, n + 1)) > 1
+    assert run(tmp_path / "whole" / "instances", tmp_path / "again", *args, "--mask-values", "instances") == 0
+    success = [json.loads((tmp_path / d / "current" / "_SUCCESS").read_text()) for d in ("w-instances", "again")]
+    assert success[0]["shards"] == success[1]["shards"]       # a rerun writes the same bytes
+
+
+def test_instance_masks_that_are_not_integers_or_too_large_are_rejected_with_the_reason(tmp_path):
+    root = tmp_path / "raw"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name, mask in (("float", np.ones((128, 128), np.float32)), ("huge", np.full((128, 128), 2 ** 33, np.uint64)),
+                       ("fine", np.ones((128, 128), np.uint32))):
+        tifffile.imwrite(root / "images" / f"{name}.tif", texture(128, 128), tile=(32, 32), photometric="rgb")
+        tifffile.imwrite(root / "masks" / f"{name}.tif", mask, tile=(32, 32))
+    for extra in ((), BLOCKS):
+        out = tmp_path / f"out{len(extra)}"
+        assert run(root, out, "--tile-size", 32, "--margin", 0, "--mask-values", "instances", "--target", "boundary",
+                   "--max-rejected-fraction", 1, *extra) == 0
+        rejected = [json.loads(line) for line in (out / "current" / "rejected.jsonl").read_text().splitlines()]
+        reasons = {r["source"].split("/")[-1].split(".")[0]: (r["reason"], r["detail"]) for r in rejected}
+        assert set(reasons) == {"float", "huge"}          # the whole-image path: Pillow refuses them already
+    assert {r[0] for r in reasons.values()} == {"mask_values"}    # read by region: our check says why
+    assert "integers" in reasons["float"][1] and "uint32" in reasons["huge"][1]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from pipelines.beam import files
-from pipelines.core import images, masks, pixels, sources, tiling, weight_map
+from pipelines.core import images, masks, pixels, sources, targets, tiling, weight_map
 from pipelines.preprocess import static_augment
 from schemas.example import IGNORE_LABEL, DatasetSpec, example_id
 from schemas.rejected import RejectedInput, rejected_record
@@ -40,7 +40,7 @@ def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask
             policy = mask_policy or masks.MaskPolicy()
             data = read(source.mask_path, policy.max_pixels)
             if policy.mode == "instances":
-                instances = images.read_mask_values(data, source.mask_path, policy).astype(np.uint32)
+                instances = instance_ids(images.read_mask_values(data, source.mask_path, policy), source.mask_path)
                 mask = masks.class_ids(instances, policy, source.mask_path)
             else:
                 mask = images.read_mask(data, source.mask_path, policy)
@@ -48,6 +48,14 @@ def decode_source(source: sources.Source, image_policy: images.ImagePolicy, mask
     except OSError as error:  # includes Beam's BeamIOError: the file could not be read at all
         raise RejectedInput("unreadable", str(error)) from error
     return image, mask, instances
+
+
+def instance_ids(raw: np.ndarray, name: str) -> np.ndarray:
+    """An instance mask's values as uint32 ids, or RejectedInput (not integers, beyond uint32)."""
+    try:
+        return targets.check_instances(raw, name)
+    except ValueError as error:
+        raise RejectedInput("mask_values", str(error)) from None
 
 
 def rejected_source(source: sources.Source, error: RejectedInput, **context) -> dict:
@@ -137,9 +145,13 @@ def cut_examples(source: sources.Source, boxes: list[tiling.Box], cut: Cut, shap
             counts[dropped] += 1
             continue
         counts["kept"] += 1
+        boundary = spec.target == "boundary" and mask_tile is not None
+        if boundary and instance_tile is None:   # the tile's objects, before static augmentation moves them
+            instance_tile = targets.objects_of_mask(mask_tile[..., 0], IGNORE_LABEL)[..., None]
+        first_target = boundary_target(instance_tile, mask_tile, spec) if boundary else mask_tile
         if mask_tile is not None:
             counts.update({f"class_{c}": int(n) for c, n in enumerate(
-                class_pixels(mask_tile[core], spec.num_classes)) if n})
+                class_pixels(first_target[core], spec.num_classes)) if n})
         weights = None
         if spec.weight_map != "none" and mask_tile is not None:
             weights = weight_map.tile_weights(mask_tile, instance_tile, spec.weight_map_sigma, IGNORE_LABEL)
@@ -154,6 +166,14 @@ def cut_examples(source: sources.Source, boxes: list[tiling.Box], cut: Cut, shap
                 "split": source.split, "image_path": source.image_path, "mask_path": source.mask_path or "",
                 **(extra or {}),
             }
+            moved = None
+            if instance_tile is not None:
+                moved = instance_tile if copy == 0 else static_augment.move_labels(instance_tile, params)
+            if boundary:
+                if spec.distance == "boundary":
+                    distance = targets.distance_to_boundary(moved[..., 0], out_mask[..., 0] == IGNORE_LABEL)
+                    example["distance"] = targets.encode_distance(distance, spec.distance_max)
+                out_mask = first_target if copy == 0 else boundary_target(moved, out_mask, spec)
             if out_mask is not None:
                 example["mask"] = out_mask
                 example["fg_fraction"] = foreground(out_mask)
@@ -162,11 +182,16 @@ def cut_examples(source: sources.Source, boxes: list[tiling.Box], cut: Cut, shap
                 example["fg_fraction"] = 0.0
             if weights is not None:
                 example["weight"] = weights if copy == 0 else static_augment.move_map(weights, params)
-            if instance_tile is not None:
-                moved = instance_tile if copy == 0 else static_augment.move_labels(instance_tile, params)
+            if moved is not None:
                 example["instances"] = moved
                 example["objects"] = int(np.count_nonzero(np.unique(moved[core])))
             yield example
+
+
+def boundary_target(instance_tile: np.ndarray, mask_tile: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """The (T, T, 1) boundary target of a tile's (moved) objects; the mask's ignore stays ignore."""
+    return targets.boundary_target(instance_tile[..., 0], spec.border_thickness,
+                                   mask_tile[..., 0] == IGNORE_LABEL)[..., None]
 
 
 def class_pixels(mask: np.ndarray, num_classes: int) -> list[int]:

@@ -30,7 +30,7 @@ from pipelines.core.sources import has_image_extension
 from pipelines.preprocess import examples, finalise, large, publish, shards, static_augment
 from pipelines.preprocess import transforms as pt
 from schemas import layout, versions
-from schemas.example import CLASSIFICATION, SEGMENTATION, DatasetSpec
+from schemas.example import BOUNDARY_CLASSES, CLASSIFICATION, SEGMENTATION, DatasetSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +69,10 @@ class PreprocessConfig:
     weight_map: str = "none"              # unet: store the U-Net border weights of every tile
     weight_map_w0: float = 10.0
     weight_map_sigma: float = 5.0         # px
+    target: str = "classes"               # boundary: background / boundary / interior from the masks' objects
+    border_thickness: int = 2             # px of boundary inside each object's edge
+    distance_map: bool = False            # boundary: store each object pixel's distance to its edge too
+    distance_max: float = 32.0            # px: the stored distance map's clip (255 = this)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the mask's connected components (a background that separates them)")
     w.add_argument("--weight-map-w0", type=float, default=d.weight_map_w0, help="w0: the border term's weight")
     w.add_argument("--weight-map-sigma", type=float, default=d.weight_map_sigma, help="sigma in pixels")
+    o = p.add_argument_group("instance target (touching objects)")
+    o.add_argument("--target", choices=["classes", "boundary"], default=d.target,
+                   help="boundary: the mask becomes background / boundary / interior, derived per tile (after "
+                        "static augmentation) from the objects: instance ids (--mask-values instances) or the "
+                        "connected components of the one object class (a background that separates them)")
+    o.add_argument("--border-thickness", type=int, default=d.border_thickness,
+                   help="boundary: object pixels within this many px of another label are boundary")
+    o.add_argument("--distance-map", action="store_true",
+                   help="boundary: also store each object pixel's distance to its object's edge")
+    o.add_argument("--distance-max", type=float, default=d.distance_max,
+                   help="px: the stored distance map is clipped here (uint8, 255 = this)")
     return p
 
 
@@ -151,7 +166,22 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     if config.weight_map != "none" and (config.layout != SEGMENTATION or config.weight_map_sigma <= 0
                                         or config.weight_map_w0 < 0):
         raise SystemExit("--weight-map needs --layout segmentation, --weight-map-sigma > 0 and --weight-map-w0 >= 0")
+    if config.target == "boundary" and (config.layout != SEGMENTATION or config.border_thickness < 1):
+        raise SystemExit("--target boundary needs --layout segmentation and --border-thickness >= 1")
+    if config.distance_map and (config.target != "boundary" or config.distance_max <= 0):
+        raise SystemExit("--distance-map needs --target boundary and --distance-max > 0")
     return config
+
+
+def source_class_names(config: PreprocessConfig) -> tuple[str, ...]:
+    """The classes of the source masks (a segmentation input); with ``--target boundary`` one
+    object class besides the background, else refused with the remedy."""
+    names = config.class_names or ("background", "foreground")
+    if config.target == "boundary" and len(names) != 2:
+        raise SystemExit(f"tessera preprocess: --target boundary derives objects of one class, but --class-names "
+                         f"gives {len(names)} classes {names}; map the other classes to background (0) or ignore "
+                         f"with --mask-values v:c,... and pass two class names (background, then the objects')")
+    return names
 
 
 def large_settings(config: PreprocessConfig) -> large.LargeSettings:
@@ -188,9 +218,19 @@ def dataset_spec(config: PreprocessConfig, class_names: tuple[str, ...]) -> Data
         size = config.image_size or config.tile_size
         return DatasetSpec(CLASSIFICATION, size, 0, channels, dtype, class_names, whole_image=True,
                            intensity=config.intensity)
+    boundary = {}
+    if config.target == "boundary":   # class_names: the source masks' (background, the objects' class)
+        boundary = dict(target="boundary", border_thickness=config.border_thickness, object_class=class_names[1],
+                        distance="boundary" if config.distance_map else "none", distance_max=config.distance_max)
+        class_names = BOUNDARY_CLASSES
     return DatasetSpec(config.layout, config.tile_size, config.margin, channels, dtype, class_names,
                        intensity=config.intensity, weight_map=config.weight_map, weight_map_w0=config.weight_map_w0,
-                       weight_map_sigma=config.weight_map_sigma)
+                       weight_map_sigma=config.weight_map_sigma, **boundary)
+
+
+def source_classes(spec: DatasetSpec) -> int:
+    """How many classes the source masks hold: the dataset's, or background + the objects'."""
+    return 2 if spec.target == "boundary" else spec.num_classes
 
 
 def check_input(config: PreprocessConfig) -> None:
@@ -207,7 +247,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
     if config.layout == SEGMENTATION:
         listed = p | "ReadImagePairs" >> pt.ReadImagePairs(config.input)
         listed_sources, listing_rejected = listed.sources, [listed.rejected]
-        mask_policy = masks.parse_mask_values(config.mask_values, spec.num_classes)
+        mask_policy = masks.parse_mask_values(config.mask_values, source_classes(spec))
     else:
         found = p | "ReadClassFolders" >> pt.ReadClassFolders(config.input, spec.class_names)
         unique = found.sources | "RejectDuplicateIds" >> pt.RejectDuplicateIds()
@@ -261,7 +301,7 @@ def run(argv: list[str] | None = None) -> int:
         found, empty_folders = class_folders(config.input, list_files=not config.class_names)
         class_names = config.class_names or tuple(found)
     else:
-        class_names = config.class_names or ("background", "foreground")
+        class_names = source_class_names(config)
     spec = dataset_spec(config, class_names)
     work = publish.temporary_output(config.output)
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -181,7 +181,7 @@ def read_block(block: SourceBlock, spec, image_policy: images.ImagePolicy,
     if source.mask_path:
         raw = region_files.cached(source.mask_path).read(block.mask_level, y0, x0, y1 - y0, x1 - x0)[..., 0]
         mask = masks.class_ids(raw, mask_policy or masks.MaskPolicy(), source.mask_path, mode=block.mask_mode)
-        instances = raw.astype(np.uint32) if block.mask_mode == "instances" else None
+        instances = examples.instance_ids(raw, source.mask_path) if block.mask_mode == "instances" else None
     return BlockPixels((y0, x0), image, mask, instances, boxes)
 
 

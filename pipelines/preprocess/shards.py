@@ -53,6 +53,8 @@ class ExampleEncoder:
             values["label"] = self.label_ids[example["label"]]
         if "weight" in example:
             values["weight"] = pixels.encode_png(example["weight"], compress_level=self.png_compression)
+        if "distance" in example:
+            values["distance"] = pixels.encode_png(example["distance"], compress_level=self.png_compression)
         return example_proto.serialize_example(values)
 
 
