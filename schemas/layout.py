@@ -107,7 +107,10 @@ MANIFEST_SCHEMA = pa.schema(
 #     _leases/<run>.claim, .alive     the runs writing here now (one per shard, one settings)
 #     masks/<image_id>.ome.zarr/      large images: an OME-Zarr label pyramid (+ overlays/<id>.png thumbnail)
 #     probabilities/<image_id>.ome.zarr/  large images, --save-probabilities: (c, y, x) float16 pyramid
-#     _blocks/<settings>/<image_id>/  large images: one marker per finished block
+#     _blocks/<settings>/<image_id>/  large images: one marker per finished block (with a decoder also
+#                                     <block>.owned.npz: its objects' anchors; <block>.decoded.npz: its chunk
+#                                     of instances written; _blocks/<settings>/<image_id>.inputs.zarr meanwhile)
+#     instances/<image_id>.ome.zarr/  large images with a decoder: uint32 instance label pyramid (ids = object_id)
 #     objects/<image_id>.parquet      large images: one row per object (OBJECTS_SCHEMA); all in objects.parquet
 #     geojson/<image_id>.geojson      a FeatureCollection of the objects' outlines that QuPath imports
 #                                     (pipelines.core.geojson; large images: joined from per-block parts)
@@ -220,6 +223,18 @@ def label_image_marker(image_id: str) -> str:
     return f"{label_image_path(image_id)}/.zattrs"
 
 
+def instance_image_path(image_id: str) -> str:
+    """A large image's instances (a decoder): an OME-Zarr (NGFF 0.4) uint32 label pyramid whose
+    ids are objects.parquet's object_id, written block by block."""
+    return f"{INSTANCES_DIR}/{image_id}.ome.zarr"
+
+
+def block_inputs_path(settings: str, image_id: str) -> str:
+    """A large image's decoder inputs (class ids + confidence, or a boundary model's float32
+    probabilities), kept while its blocks are decoded with their halo; deleted when it is done."""
+    return f"{BLOCKS_DIR}/{settings}/{image_id}.inputs.zarr"
+
+
 def block_markers_dir(settings: str, image_id: str) -> str:
     return f"{BLOCKS_DIR}/{settings}/{image_id}"
 
@@ -230,9 +245,10 @@ def block_features_path(settings: str, image_id: str, index: int) -> str:
     return f"{block_markers_dir(settings, image_id)}/{index:06d}.features.json"
 
 
-def block_marker_path(settings: str, image_id: str, index: int) -> str:
-    """Written once a large image's block is in its label array: the block is done."""
-    return f"{block_markers_dir(settings, image_id)}/{index:06d}.npz"
+def block_marker_path(settings: str, image_id: str, index: int, stage: str = "") -> str:
+    """Written once a large image's block is in its label array: the block is done. With a
+    decoder, ``stage`` "owned" (its objects listed) and "decoded" (its instance chunk written)."""
+    return f"{block_markers_dir(settings, image_id)}/{index:06d}{'.' + stage if stage else ''}.npz"
 
 
 def rejected_path(source: str) -> str:

@@ -11,8 +11,10 @@ tiles need: its extent plus the margin, mirrored at the true image border only.
 Memory per block (bytes; E = extent side, side = block side, K classes, C channels of
 ``itemsize`` bytes, T tile, B batch): 2 (E + 2M)^2 C itemsize window pixels,
 n_tiles core^2 K 4 tile predictions, E^2 (K + 1) 4 blending, side^2 (13 + 2K) outputs and
-seam map, B T^2 (2 C itemsize + 3 K 4) one batch. ``block_side`` picks the largest multiple of the
-core that fits ``--memory-limit-mb``, whatever the image's size.
+seam map, B T^2 (2 C itemsize + 3 K 4) one batch. With instances (a decoder), decoding the
+block's window (side + 2 halo)^2 ``plan.instance_bytes`` runs in a later stage: the larger of
+the two counts. ``block_side`` picks the largest multiple of the core that fits
+``--memory-limit-mb``, whatever the image's size.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from pipelines.core import tiling
-from pipelines.predict.plan import Geometry
+from pipelines.predict.plan import Geometry, instance_bytes
 from pipelines.predict.stitch import disjoint
 
 Box = tiling.Box
@@ -42,7 +44,17 @@ def plan_blocks(height: int, width: int, side: int) -> list[Block]:
     return [Block(i, len(cells), rows, cols) for i, (rows, cols) in enumerate(cells)]
 
 
-def block_cost(side: int, g: Geometry) -> int:
+DEFAULT_HALO = 128    # px of context around a block decoded for instances (--halo)
+
+
+def block_cost(side: int, g: Geometry, halo: int = DEFAULT_HALO) -> int:
+    """Bytes of predicting a block; with instances, or of decoding its window (block + halo),
+    whichever is more (they run in different stages)."""
+    decoding = (side + 2 * halo) ** 2 * instance_bytes(g) if g.instances else 0
+    return max(decoding, _prediction_cost(side, g))
+
+
+def _prediction_cost(side: int, g: Geometry) -> int:
     extent = side + 2 * g.core            # cores reaching in from both neighbours
     tiles = (-(-extent // g.stride)) ** 2
     k = g.classes
@@ -51,13 +63,14 @@ def block_cost(side: int, g: Geometry) -> int:
             + g.batch_size * g.tile ** 2 * (2 * g.channels * g.itemsize + 3 * k * 4))
 
 
-def block_side(g: Geometry, limit_bytes: int, largest: int = 1 << 14) -> int:
+def block_side(g: Geometry, limit_bytes: int, largest: int = 1 << 14, halo: int = DEFAULT_HALO) -> int:
     """The largest multiple of the core (at most ``largest``) whose block fits the bound."""
     side = g.core
-    if block_cost(side, g) > limit_bytes:
-        raise ValueError(f"even a block of one core ({g.core} px) needs about {block_cost(side, g) / 2**20:.0f} "
-                         f"MiB; raise --memory-limit-mb above {limit_bytes / 2**20:.0f}")
-    while side + g.core <= largest and block_cost(side + g.core, g) <= limit_bytes:
+    if block_cost(side, g, halo) > limit_bytes:
+        raise ValueError(f"even a block of one core ({g.core} px) needs about {block_cost(side, g, halo) / 2**20:.0f} "
+                         f"MiB; raise --memory-limit-mb above {limit_bytes / 2**20:.0f}"
+                         + (f" (or lower --halo, {halo} px)" if g.instances else ""))
+    while side + g.core <= largest and block_cost(side + g.core, g, halo) <= limit_bytes:
         side += g.core
     return side
 

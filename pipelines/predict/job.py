@@ -89,6 +89,7 @@ class PredictConfig:
     min_distance: int = -1            # watershed: seeds at least this many px apart (5 unless the card says)
     model_copies: int = 0             # > 0: copies per machine shared by its processes (0: one per process)
     mask_format: str = "ome-zarr"     # large images: ome-zarr, or ome-tiff (an OME-TIFF beside the zarr)
+    halo: int = blocks.DEFAULT_HALO   # large images with instances: px of context decoded around each block
     follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
@@ -118,6 +119,8 @@ class PredictConfig:
         if self.min_size < -1 or self.expand < -1 or self.min_distance not in (-1,) and self.min_distance < 1:
             raise ValueError(f"--min-size and --expand must be >= 0 and --min-distance >= 1, got "
                              f"{self.min_size}, {self.expand}, {self.min_distance}")
+        if self.halo < 1:
+            raise ValueError(f"--halo must be at least 1 px, got {self.halo}")
         if self.connectivity not in (0, 4, 8):
             raise ValueError(f"--connectivity must be 4 or 8, got {self.connectivity}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -184,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partition: px an object grows into the background (-1: the card's)")
     p.add_argument("--min-distance", type=int, default=d.min_distance,
                    help="watershed: seeds (distance maxima) at least this many px apart (-1: the card's, else 5)")
+    p.add_argument("--halo", type=int, default=d.halo,
+                   help="large images with instances: px of context decoded around each block; must exceed the "
+                        "largest object (with the objects touching it), else the image is rejected (halo_too_small)")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinked inputs whose target lies outside the input folder (refused by default)")
     p.add_argument("--lease-ttl-s", type=float, default=d.lease_ttl_s,
@@ -245,7 +251,7 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
                       connectivity=connectivity, decoder=decoder, boundary=boundary)
     if card.task == "segmentation" and config.large_image_pixels:
         spec = dataclasses.replace(spec, large_image_pixels=config.large_image_pixels,
-                                   block_side=blocks.block_side(geometry, spec.memory_limit_bytes),
+                                   block_side=blocks.block_side(geometry, spec.memory_limit_bytes, halo=config.halo),
                                    pixel_size_um=config.pixel_size_um or card.pixel_size_um or None)
     return spec, cards
 
@@ -285,7 +291,7 @@ def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, to
                                          config.model_copies, config.precision)
     cut = (p | "Inputs" >> beam.Create(todo) | "Spread" >> beam.Reshuffle() | "CutStrips" >> pt.CutStrips(spec))
     _ = cut.tasks | "PredictTiles" >> pt.PredictTiles(handler) | "StitchImages" >> pt.StitchImages(spec)
-    _ = cut[pt.LARGE] | "PredictLargeImages" >> large.PredictLargeImages(spec, handler)
+    _ = cut[pt.LARGE] | "PredictLargeImages" >> large.PredictLargeImages(spec, handler, config.halo)
     _ = cut[pt.REJECTED] | "WriteRejected" >> pt.WriteRejected(spec.layout)
 
 

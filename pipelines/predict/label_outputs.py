@@ -40,10 +40,11 @@ def block_array(path: str, shape: tuple[int, ...], side: int, dtype: str, settin
     return group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
 
 
-def finish_pyramid(path: str, name: str, pixel_size_um: float | None, labels: bool) -> list:
+def finish_pyramid(path: str, name: str, pixel_size_um: float | None, labels: bool, colors: bool = True) -> list:
     """Levels 1.. (halving until one chunk covers a level) and the NGFF 0.4 metadata of the
-    pyramid at ``path``; labels are subsampled and get the image-label colours, (c, y, x)
-    probabilities are averaged. Returns the levels, full resolution first."""
+    pyramid at ``path``; labels are subsampled and get the image-label colours (``colors``:
+    of the classes; instance ids get none), (c, y, x) probabilities are averaged. Returns the
+    levels, full resolution first."""
     group = zarr.open_group(store_for(path), mode="a", zarr_format=ZARR_FORMAT)
     level0 = group["0"]
     side = level0.chunks[-1]
@@ -63,8 +64,8 @@ def finish_pyramid(path: str, name: str, pixel_size_um: float | None, labels: bo
         {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
             *scale[:-2], scale[-2] * 2 ** i, scale[-1] * 2 ** i]}]} for i in range(len(levels))]}]}
     if labels:
-        attrs["image-label"] = {"version": "0.4", "colors": [
-            {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]}
+        attrs["image-label"] = {"version": "0.4", **({"colors": [
+            {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]} if colors else {})}
     group.attrs.update(attrs)
     return levels
 

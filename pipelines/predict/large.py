@@ -29,7 +29,7 @@ from pipelines.beam import files, region_files
 from pipelines.beam.zarr_store import store_for
 from pipelines.core import images, pixels, regions, tiling
 from pipelines.core.pixels import encode_png, overlay, to_rgb8
-from pipelines.predict import blocks, label_outputs, objects, outputs
+from pipelines.predict import block_decode, blocks, label_outputs, objects, outputs
 from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step, seam_columns, seam_heat
 from schemas import layout as names
@@ -58,7 +58,8 @@ class BlockRef:
     def described(self) -> dict:
         """What the image's finishing step needs to know of its source."""
         return {"path": self.path, "signature": self.source_signature, "level": self.level,
-                "factor": self.factor, "pixel_size_um": self.pixel_size_um}
+                "factor": self.factor, "pixel_size_um": self.pixel_size_um, "height": self.height,
+                "width": self.width}
 
 
 class BlockTask:
@@ -121,8 +122,9 @@ def _block_arrays(layout, ref: BlockRef, side: int, create: bool) -> tuple:
     arrays = [label_outputs.block_array(label_path(layout, ref.image_id), (ref.height, ref.width), side, "uint8",
                                         settings.fingerprint(), create)]
     if settings.save_probabilities:
+        channels = len(getattr(settings, "probability_classes", settings.class_names))
         arrays.append(label_outputs.block_array(probabilities_path(layout, ref.image_id),
-                                                (len(settings.class_names), ref.height, ref.width), side, "float16",
+                                                (channels, ref.height, ref.width), side, "float16",
                                                 settings.fingerprint(), create))
     return tuple(arrays)
 
@@ -146,6 +148,8 @@ class PlanBlocks(beam.DoFn):
         ref = BlockRef(item.image_id, item.path, view.level, height, width, plan[0], item.signature, view.factor,
                        size, intensity)
         _block_arrays(layout, ref, spec.block_side, create=True)
+        if spec.decoder is not None:
+            block_decode.prepare_arrays(spec, item.image_id, height, width)
         done = files.children(layout.path(names.block_markers_dir(layout.settings.fingerprint(), item.image_id)))
         pending = [b for b in plan if f"{b.index:06d}.npz" not in done]
         Metrics.counter(NAMESPACE, "blocks").inc(len(pending))
@@ -175,7 +179,12 @@ class StitchBlock(beam.DoFn):
         mask = spec.decide(stitched).astype(np.uint8)
         (a, b), (c, d) = ref.block.rows, ref.block.cols
         arrays = _block_arrays(layout, ref, spec.block_side, create=False)
-        arrays[0][a:b, c:d] = mask
+        confidence = chosen(stitched, mask)
+        decoded = spec.decoder is not None       # masks and objects come from the decoder's pass
+        if decoded:
+            block_decode.write_inputs(spec, ref.image_id, ref.block.rows, ref.block.cols, stitched, mask, confidence)
+        else:
+            arrays[0][a:b, c:d] = mask
         if len(arrays) > 1:
             arrays[1][:, a:b, c:d] = np.moveaxis(stitched, -1, 0).astype(np.float16)
         step = preview_step(ref.height, ref.width)
@@ -183,14 +192,16 @@ class StitchBlock(beam.DoFn):
         oy, ox = a - task.origin[0], c - task.origin[1]
         image = task.pixels[oy:oy + (b - a), ox:ox + (d - c)]
         classes = stitched.shape[-1]
-        confidence = chosen(stitched, mask)
-        complete, opened = objects.block_objects(mask, confidence, (a, c), spec.connectivity,
-                                                 objects.faces_of(ref.block, ref.height, ref.width))
-        complete["object_id"] = np.array([objects.object_id(ref.block.index, i) for i in complete["local_id"]],
-                                         np.int64)
-        folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), ref.image_id))
-        files.write_atomically(f"{folder}/{ref.block.index:06d}.objects.parquet", label_outputs.parquet_bytes(
-            label_outputs.objects_table(ref.image_id, complete, layout.settings.class_names, ref.pixel_size_um)))
+        opened = {}
+        if not decoded:
+            complete, opened = objects.block_objects(mask, confidence, (a, c), spec.connectivity,
+                                                     objects.faces_of(ref.block, ref.height, ref.width))
+            complete["object_id"] = np.array([objects.object_id(ref.block.index, i) for i in complete["local_id"]],
+                                             np.int64)
+            folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), ref.image_id))
+            files.write_atomically(f"{folder}/{ref.block.index:06d}.objects.parquet", label_outputs.parquet_bytes(
+                label_outputs.objects_table(ref.image_id, complete, layout.settings.class_names,
+                                            ref.pixel_size_um)))
         buffer = io.BytesIO()
         np.savez(buffer, counts=np.bincount(mask.ravel(), minlength=classes)[:classes],
                  confidence=np.float64(confidence.sum(dtype=np.float64)), tiles=len(task.boxes),
@@ -206,7 +217,8 @@ class StitchBlock(beam.DoFn):
 
 
 class FinishLargeImage(beam.DoFn):
-    """All blocks done -> the label pyramid with its NGFF metadata, a thumbnail overlay, the row."""
+    """All blocks done -> the label pyramid with its NGFF metadata (and, with a decoder, the
+    instance pyramid), a thumbnail overlay, the objects table streamed from the blocks' parts, the row."""
 
     def __init__(self, spec):
         self.spec = spec
@@ -216,14 +228,16 @@ class FinishLargeImage(beam.DoFn):
         source = next(iter(described))
         path, signature, pixel_size = source["path"], source["signature"], source["pixel_size_um"]
         spec, layout, started = self.spec, self.spec.layout, time.time()
+        decoded = spec.decoder is not None
         level0 = zarr.open_array(store_for(f"{label_path(layout, image_id)}/0"), mode="r")
         height, width = level0.shape
         folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), image_id))
         listed = files.children(folder)
-        markers = sorted(n for n in listed if n.endswith(".npz"))
+        markers = sorted(n for n in listed if len(n) == 10 and n.endswith(".npz"))    # NNNNNN.npz
         count = len(blocks.plan_blocks(height, width, level0.chunks[0]))
-        if len(markers) != count:
-            raise RuntimeError(f"{image_id}: {len(markers)} of {count} blocks done")
+        done = [n for n in listed if n.endswith(".decoded.npz")] if decoded else markers
+        if len(markers) != count or len(done) != count:
+            raise RuntimeError(f"{image_id}: {len(done)} of {count} blocks done")
         classes = len(layout.settings.class_names)
         counts, confidence, tiles, seams = np.zeros(classes, np.int64), 0.0, 0, np.zeros(3, np.float64)
         step = preview_step(height, width)
@@ -234,17 +248,26 @@ class FinishLargeImage(beam.DoFn):
             with np.load(io.BytesIO(files.read_bytes(f"{folder}/{name}"))) as part:
                 parts[int(name.split(".")[0])] = {k[len("open_"):]: part[k] for k in part.files
                                                   if k.startswith("open_")}
-                counts += part["counts"]
-                confidence += float(part["confidence"])
                 tiles += int(part["tiles"])
                 seams += part["seams"]
                 a, c = (-(-int(v) // step) for v in part["at"])
                 ph, pw = part["preview_mask"].shape
                 thumb_image[a:a + ph, c:c + pw] = part["preview_image"]
-                thumb_mask[a:a + ph, c:c + pw] = part["preview_mask"]
                 if "preview_seams" in part.files:
                     heats.append((int(part["at"][0]) // step, int(part["at"][1]) // step, part["preview_seams"]))
+        for name in (sorted(done) if decoded else markers):     # the masks' counts and previews
+            with np.load(io.BytesIO(files.read_bytes(f"{folder}/{name}"))) as part:
+                counts += part["counts"]
+                confidence += float(part["confidence"])
+                a, c = (-(-int(v) // step) for v in part["at"])
+                ph, pw = part["preview_mask"].shape
+                thumb_mask[a:a + ph, c:c + pw] = part["preview_mask"]
         levels = label_outputs.finish_pyramid(label_path(layout, image_id), image_id, pixel_size, labels=True)
+        instances = None
+        if decoded:
+            label_outputs.finish_pyramid(block_decode.instances_path(layout, image_id), image_id, pixel_size,
+                                         labels=True, colors=False)
+            instances = names.instance_image_path(image_id)
         probabilities = None
         if layout.settings.save_probabilities:
             label_outputs.finish_pyramid(probabilities_path(layout, image_id), image_id, pixel_size, labels=False)
@@ -257,9 +280,12 @@ class FinishLargeImage(beam.DoFn):
         if seam_map:
             outputs.write_seam_map(layout.path(seam_map), (thumb_h, thumb_w), heats)
         side = level0.chunks[0]
-        merged = objects.merge_objects(parts, (-(-height // side), -(-width // side)), spec.connectivity)
+        merged = objects.merge_objects({} if decoded else parts, (-(-height // side), -(-width // side)),
+                                       spec.connectivity)
         per_class = label_outputs.write_objects(layout, image_id, merged, [f"{folder}/{n}" for n in sorted(listed)
                                                               if n.endswith(".objects.parquet")], pixel_size)
+        if decoded:      # the decoder's inputs are no longer needed
+            files.delete_if_present([block_decode.inputs_path(layout, image_id)])
         pixels = height * width
         row = {
             "image_id": image_id, "source": path, "task": layout.settings.task,
@@ -270,6 +296,7 @@ class FinishLargeImage(beam.DoFn):
             "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
             "probabilities_path": probabilities, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
             **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])), "seam_map_path": seam_map,
+            "instances_path": instances,
             "source_level": source["level"], "pixel_size_um": pixel_size,
             "resample_factor": None if source["factor"] == 1.0 else source["factor"],
         }
@@ -294,9 +321,11 @@ class PredictLargeImages(beam.PTransform):
     """Large ImageInputs -> one row per image: blocks planned, spread over the workers,
     each read, predicted and written in one fused stage, then each image finished."""
 
-    def __init__(self, spec, handler):
+    def __init__(self, spec, handler, halo: int = blocks.DEFAULT_HALO):
         super().__init__()
-        self.spec, self.handler = spec, handler
+        self.spec, self.handler, self.halo = spec, handler, halo
+        if spec.decoder is not None and spec.block_side:
+            block_decode.check_memory(spec, halo)
 
     def expand(self, large):
         spec = self.spec
@@ -308,5 +337,7 @@ class PredictLargeImages(beam.PTransform):
                 | "StitchBlocks" >> beam.ParDo(StitchBlock(spec))
                 | "BlocksByImage" >> beam.GroupByKey())
         ready = planned[READY] | "ReadyByImage" >> beam.Map(lambda kv: (kv[0], [kv[1]]))
-        return (done, ready) | "ImagesToFinish" >> beam.Flatten() | "FinishImages" >> beam.ParDo(
-            FinishLargeImage(spec))
+        predicted = (done, ready) | "ImagesPredicted" >> beam.Flatten()
+        if spec.decoder is not None:       # instances: the blocks decoded again, each with its halo
+            predicted = predicted | "DecodeBlocks" >> block_decode.DecodeBlocks(spec, self.halo)
+        return predicted | "FinishImages" >> beam.ParDo(FinishLargeImage(spec))
