@@ -1,6 +1,7 @@
 """The preprocessing job: composite transforms, the whole job on real runners, bad inputs, gs://."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
 
 from pipelines.beam.files import resolve_version
 from pipelines.core import images, masks, pixels, sources, tiling
@@ -432,3 +434,59 @@ def test_reject_duplicate_ids_and_write_json(tmp_path):
         _ = out.rejected | pt.WriteJson(str(tmp_path / "rejected.json"))
     written = json.loads((tmp_path / "rejected.json").read_text())
     assert [r["source"] for r in written] == ["/r/cup/a.jpg", "/r/cup/a.png"]  # sorted, one file
+
+
+# ------------------------------------------------------------------ boundary target
+
+def boundary_raw(root: pathlib.Path, masks_by_name: dict) -> pathlib.Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name, mask in masks_by_name.items():
+        Image.fromarray((np.arange(mask.size).reshape(mask.shape) % 251).astype(np.uint8)).save(
+            root / "images" / f"{name}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    return root
+
+
+def test_boundary_target_settings_are_checked_before_running(tmp_path):
+    raw = boundary_raw(tmp_path / "raw", {"a": np.zeros((40, 40), np.uint8)})
+    with pytest.raises(SystemExit, match="one class.*--mask-values v:c"):
+        run_job(raw, tmp_path / "ds", "--target", "boundary", "--class-names", "background,cell,nucleus")
+    with pytest.raises(SystemExit, match="--distance-map needs --target boundary"):
+        run_job(raw, tmp_path / "ds", "--distance-map")
+    with pytest.raises(SystemExit, match="border-thickness"):
+        run_job(raw, tmp_path / "ds", "--target", "boundary", "--border-thickness", "0")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_boundary_target_keeps_ignore_and_refuses_masks_of_two_object_classes(tmp_path):
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:20, 5:20] = 1
+    mask[5:20, 20:30] = 2                       # ignored: the object's right side is unknown
+    raw = boundary_raw(tmp_path / "raw", {"good": mask, "plain": (mask == 1).astype(np.uint8)})
+    out = tmp_path / "ds"
+    assert run_job(raw, out, "--tile-size", 40, "--margin", 0, "--split-fractions", "1,0,0", "--target", "boundary",
+                   "--mask-values", "0:0,1:1,2:ignore", "--max-rejected-fraction", 1) == 0
+    # with the map both masks are fine; as class ids, "good" holds a second object class
+    assert run_job(raw, tmp_path / "ids", "--tile-size", 40, "--margin", 0, "--split-fractions", "1,0,0",
+                   "--target", "boundary", "--mask-values", "ids", "--max-rejected-fraction", 1) == 0
+    rejected = read_rejected(tmp_path / "ids" / versions.CURRENT_LINK)
+    assert [(r["reason"], r["files"][0].split("/")[-1]) for r in rejected] == [("mask_values", "good.png")]
+    assert "--target boundary takes masks of one object class" in rejected[0]["detail"]
+    import tensorflow as tf
+
+    version = out / versions.CURRENT_LINK
+    files = sorted(str(p) for p in version.glob("tessera-*"))
+    targets_by_id = {}
+    for record in tf.data.TFRecordDataset(files):
+        features = tf.train.Example.FromString(record.numpy()).features.feature
+        png = features["mask"].bytes_list.value[0]
+        targets_by_id[features["source_id"].bytes_list.value[0].decode()] = np.asarray(Image.open(io.BytesIO(png)))
+    target = targets_by_id["good"]
+    expected = np.zeros((40, 40), np.uint8)
+    expected[5:20, 5:20] = 1
+    expected[7:18, 7:20] = 2                    # no boundary along the ignored side
+    expected[5:20, 20:30] = 255
+    assert np.array_equal(target, expected)
+    spec = DatasetSpec.from_json((version / "tessera_dataset.json").read_text())
+    assert spec.class_names == ("background", "boundary", "interior") and spec.object_class == "foreground"

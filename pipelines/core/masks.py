@@ -27,6 +27,7 @@ class MaskPolicy:
     ignore_values: tuple[int, ...] = ()   # on-disk values that become IGNORE_LABEL
     max_pixels: int = PILLOW_DEFAULT_MAX_PIXELS
     apply_exif: bool = True
+    remedy: str = ""               # added to a rejection for values outside the classes (the job's context)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -117,12 +118,15 @@ def class_ids(raw: np.ndarray, policy: MaskPolicy, name: str, *, palette: bool =
     values = np.flatnonzero(np.bincount(raw.ravel().astype(np.intp), minlength=1)).tolist()
     kept = [v for v in values if v not in policy.ignore_values]
     if mode == "auto":
-        mode = auto_mask_mode(kept, policy.num_classes, name, palette=palette)
+        try:
+            mode = auto_mask_mode(kept, policy.num_classes, name, palette=palette)
+        except RejectedInput as error:
+            raise RejectedInput(error.reason, error.detail + policy.remedy) from None
     lut = mask_lut(mode, kept, policy, name)
     bad = [v for v in values if lut[v] < 0]
     if bad:
         allowed = np.flatnonzero(lut >= 0).tolist()
         raise RejectedInput("mask_values", f"{name}: mask values {bad[:10]}{' ...' if len(bad) > 10 else ''} "
                             f"are outside the declared classes ({mode} mode, {policy.num_classes} classes "
-                            f"expects on-disk values {allowed[:20]})")
+                            f"expects on-disk values {allowed[:20]}){policy.remedy}")
     return lut[raw].astype(np.uint8)

@@ -173,6 +173,10 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return config
 
 
+BOUNDARY_REMEDY = ("; --target boundary takes masks of one object class: map every other class to 0 (background), "
+                   "1 (the objects) or ignore with --mask-values v:c,... (or pass --mask-values instances)")
+
+
 def source_class_names(config: PreprocessConfig) -> tuple[str, ...]:
     """The classes of the source masks (a segmentation input); with ``--target boundary`` one
     object class besides the background, else refused with the remedy."""
@@ -248,6 +252,8 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, spec: DatasetSpec
         listed = p | "ReadImagePairs" >> pt.ReadImagePairs(config.input)
         listed_sources, listing_rejected = listed.sources, [listed.rejected]
         mask_policy = masks.parse_mask_values(config.mask_values, source_classes(spec))
+        if spec.target == "boundary":
+            mask_policy = dataclasses.replace(mask_policy, remedy=BOUNDARY_REMEDY)
     else:
         found = p | "ReadClassFolders" >> pt.ReadClassFolders(config.input, spec.class_names)
         unique = found.sources | "RejectDuplicateIds" >> pt.RejectDuplicateIds()

@@ -106,7 +106,10 @@ def _resolve_mask_mode(mask: regions.RegionSource, policy: masks.MaskPolicy, nam
     if policy.mode != "auto":
         return policy.mode
     values = np.unique(regions.sample_values(mask)).tolist()
-    return masks.auto_mask_mode([v for v in values if v not in policy.ignore_values], policy.num_classes, name)
+    try:
+        return masks.auto_mask_mode([v for v in values if v not in policy.ignore_values], policy.num_classes, name)
+    except RejectedInput as error:
+        raise RejectedInput(error.reason, error.detail + policy.remedy) from None
 
 
 def plan_source(source: sources.Source, settings: LargeSettings, spec, mask_policy: masks.MaskPolicy | None
