@@ -123,6 +123,14 @@ def test_a_boundary_model_decodes_touching_objects_apart_and_its_outputs_agree(t
     areas = np.bincount(labels.ravel())
     assert all(o["area"] == areas[o["object_id"]] and o["class_name"] == "cell" for o in objects)
     assert row["class_fractions"][1] == pytest.approx(np.count_nonzero(labels) / labels.size)
+    # outlines: one polygon per object (area = its pixels here: convex discs), the same in the GeoJSON
+    import shapely.geometry
+
+    assert all(shapely.geometry.Polygon(o["outline"][0]).area == o["area"] for o in objects)
+    collection = json.loads((out / names.geojson_path("cells")).read_text())
+    features = collection["features"]
+    assert len(features) == 3 and {f["properties"]["classification"]["name"] for f in features} == {"cell"}
+    assert sorted(f["geometry"]["coordinates"][0] == o["outline"][0] for f, o in zip(features, objects)) == [True] * 3
     probabilities = np.load(out / row["probabilities_path"])
     assert probabilities.shape == (*truth.shape, 3)                      # the model's own classes
     # components of the same foreground merge the touching discs (what the decoder fixes)
@@ -149,7 +157,8 @@ def test_decoder_flags_override_the_card_and_none_keeps_the_raw_classes(tmp_path
 
 def test_a_boundary_model_decoded_in_strips_equals_it_decoded_whole_and_too_large_is_refused(tmp_path):
     whole, _ = predict_boundary(tmp_path, "--overlap", "0.5", size=(300, 120))    # overlap: strips cost more
-    strips, _ = predict_boundary(tmp_path, "--overlap", "0.5", "--memory-limit-mb", "3", size=(300, 120))
+    strips, _ = predict_boundary(tmp_path, "--overlap", "0.5", "--memory-limit-mb", "3", "--large-image-pixels", "0",
+                                 size=(300, 120))            # (no block path: its halo needs more than 3 MiB)
     row_whole, *outputs_whole = outputs_of(whole)
     row_strips, *outputs_strips = outputs_of(strips)
     assert row_whole["strips"] == 1 and row_strips["strips"] > 1
@@ -157,7 +166,8 @@ def test_a_boundary_model_decoded_in_strips_equals_it_decoded_whole_and_too_larg
     np.testing.assert_array_equal(outputs_whole[1], outputs_strips[1])
     same = lambda rows: [{k: v for k, v in o.items() if not k.endswith("_um")} for o in rows]  # noqa: E731 (NaN)
     assert same(outputs_whole[2]) == same(outputs_strips[2])
-    refused, _ = predict_boundary(tmp_path, "--overlap", "0.5", "--memory-limit-mb", "1", size=(300, 120))
+    refused, _ = predict_boundary(tmp_path, "--overlap", "0.5", "--memory-limit-mb", "1", "--large-image-pixels", "0",
+                                  size=(300, 120))
     (rejected,) = [json.loads(line) for line in (refused / names.REJECTED_FILE).read_text().splitlines()]
     assert rejected["reason"] == "too_large_for_memory" and "seeded decoder" in rejected["detail"]
 

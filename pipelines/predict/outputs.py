@@ -22,7 +22,8 @@ from apache_beam.metrics import Metrics
 
 from pipelines.beam.files import atomic_create, read_bytes, write_atomically
 from pipelines.core.pixels import PNG_SIGNATURE, encode_png, heat, overlay, png_chunk
-from pipelines.predict import label_outputs
+from pipelines.core.outlines import polygons
+from pipelines.predict import geojson_out, label_outputs
 from pipelines.predict import instances as predict_instances
 from pipelines.predict.instances import DecodedImage, instance_table
 from pipelines.predict.stitch import ComponentCounter, StripResult, preview_step, seam_columns
@@ -115,7 +116,7 @@ class OutputLayout:
             return []
         paths = [self.mask(image_id), self.overlay(image_id)]
         paths += [names.seam_map_path(image_id)] if self.settings.overlap > 0 else []
-        paths += [names.instances_path(image_id), names.objects_path(image_id)] \
+        paths += [names.instances_path(image_id), names.objects_path(image_id), names.geojson_path(image_id)] \
             if self.settings.instances != "none" else []
         return paths + ([self.probabilities(image_id)] if self.settings.save_probabilities else [])
 
@@ -215,15 +216,18 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
 
 
 def write_instances(layout: OutputLayout, image_id: str, decoded: DecodedImage) -> str:
-    """instances/<id>.tif (uint32 ids, zlib) and objects/<id>.parquet, one row per instance
-    (object_id = its id in the tif, class_name = its class in the mask)."""
+    """instances/<id>.tif (uint32 ids, zlib), objects/<id>.parquet, one row per instance
+    (object_id = its id in the tif, class_name = its class in the mask, outline = its polygon),
+    and geojson/<id>.geojson (the objects as QuPath detections)."""
     s = layout.settings
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, decoded.labels, compression="zlib", photometric="minisblack")
     write_atomically(layout.path(names.instances_path(image_id)), buffer.getvalue())
     found = instance_table(decoded.labels, decoded.mask, decoded.confidence)
-    table = label_outputs.objects_table(image_id, found, s.class_names, None)
+    outlines = polygons(decoded.labels, ids=found["object_id"])
+    table = label_outputs.objects_table(image_id, found, s.class_names, None, outlines)
     write_atomically(layout.path(names.objects_path(image_id)), label_outputs.parquet_bytes(table))
+    geojson_out.write_features(layout.path(names.geojson_path(image_id)), geojson_out.table_features(table, s.class_names))
     return names.instances_path(image_id)
 
 
