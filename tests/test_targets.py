@@ -223,3 +223,16 @@ def test_the_stored_distance_is_clipped_and_scaled():
     stored = targets.encode_distance(np.array([[0.0, 1.0, 16.0, 40.0, np.inf]]), 32.0)
     assert stored.shape == (1, 5, 1) and stored[0, :, 0].tolist() == [0, 8, 128, 255, 255]
     assert targets.decode_distance(stored, 32.0)[0, 2, 0] == pytest.approx(128 * 32 / 255)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 31), st.integers(1, 4))
+def test_the_boundary_band_is_where_the_distance_is_at_most_the_thickness(seed, thickness):
+    rng = np.random.default_rng(seed)
+    labels = ndimage.zoom(rng.integers(0, 5, (4, 4)), 6, order=0).astype(np.uint16)[:21, :23]
+    ignored = rng.random(labels.shape) < 0.05
+    target = targets.boundary_target(labels, thickness, ignored)
+    distance = targets.distance_to_boundary(labels, ignored)
+    objects = (labels > 0) & ~ignored
+    assert np.array_equal(target == targets.BOUNDARY, objects & (distance <= thickness))
+    assert np.array_equal(target == targets.INTERIOR, objects & (distance > thickness))
