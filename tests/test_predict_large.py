@@ -288,3 +288,100 @@ def test_probabilities_of_a_large_image_as_an_ome_zarr_pyramid(setup, tmp_path):
     assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["c", "y", "x"]
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["probabilities_path"] == names.probability_image_path("scan")
+
+
+# ---------------------------------------------------------------- instances block by block (a decoder)
+
+def boundary_model(directory, mode: str, **decoder):
+    """A toy 3-class model whose card says it predicts background / boundary / interior."""
+    export_model(str(directory), kind="same", core=16, margin=3, channels=3, classes=3)
+    card = json.loads((directory / "model_card.json").read_text())
+    card.update(class_names=["background", "boundary", "interior"], object_class="cell",
+                decoder={"mode": mode, **decoder})
+    (directory / "model_card.json").write_text(json.dumps(card))
+
+
+def same_up_to_renumbering(a, b):
+    assert ((a == 0) == (b == 0)).all()
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    assert pairs.shape[1] == len(np.unique(a[a > 0])) == len(np.unique(b[b > 0]))
+
+
+def instances_by_blocks(root, model, out, *flags) -> int:
+    return predict.run(["--model-dir", str(model), "--input", str(root / "tiff"), "--output", str(out),
+                        "--large-image-pixels", "10000", *FLAGS, *SMALL_BLOCKS, *flags])
+
+
+@pytest.mark.parametrize("kind", ["components", "seeded", "partition"])
+def test_instances_by_blocks_equal_the_whole_image_decoding(setup, tmp_path, kind):
+    import pyarrow.parquet as pq
+    import tifffile as tf
+
+    root, _ = setup
+    if kind == "components":        # a plain model, connected components of its mask
+        model, flags = root / "model", ["--instances", "components", "--halo", "40"]
+    else:                           # a boundary model, its card's decoder (sparse foreground: small objects)
+        model = tmp_path / "boundary"
+        boundary_model(model, kind, foreground=0.8, **({"expand": 1} if kind == "partition" else {}))
+        flags = ["--halo", "40"]
+    assert predict.run(["--model-dir", str(model), "--input", str(root / "png"), "--output", str(tmp_path / "whole"),
+                        *FLAGS, *flags]) == 0
+    whole = tf.imread(tmp_path / "whole" / names.instances_path("scan"))
+    whole_mask = np.asarray(Image.open(tmp_path / "whole" / names.mask_path("scan")))
+    out = tmp_path / "blocks"
+    assert instances_by_blocks(root, model, out, *flags) == 0
+    group = zarr.open_group(str(out / names.instance_image_path("scan")), mode="r")
+    labels = group["0"][:]
+    assert labels.dtype == np.uint32 and group["0"].chunks[0] < H // 4          # really in blocks
+    same_up_to_renumbering(labels, whole)
+    assert sorted(np.unique(labels[labels > 0]).tolist()) == list(range(1, int(whole.max()) + 1))
+    np.testing.assert_array_equal(group["1"][:], labels[::2, ::2])
+    assert "image-label" in group.attrs and group.attrs["multiscales"][0]["version"] == "0.4"
+    np.testing.assert_array_equal(label_image(out), whole_mask)                # masks: the decoded objects'
+    found = pq.read_table(out / names.objects_file(), use_threads=False)        # one row per object, its id
+    ids, area = (found.column(c).to_numpy() for c in ("object_id", "area"))
+    assert sorted(ids.tolist()) == list(range(1, int(labels.max()) + 1))
+    assert (area == np.bincount(labels.ravel())[ids]).all()
+    whole_found = pq.read_table(tmp_path / "whole" / names.objects_file(), use_threads=False)
+    assert sorted(area.tolist()) == sorted(whole_found.column("area").to_pylist())
+    assert found.column("mean_confidence").to_numpy().sum() == pytest.approx(
+        whole_found.column("mean_confidence").to_numpy().sum(), rel=1e-4)
+    row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
+    assert row["instances_path"] == names.instance_image_path("scan") and row["components"] == len(ids)
+    assert not list((out / names.BLOCKS_DIR).rglob("*.inputs.zarr"))           # the decoder's inputs are gone
+
+
+def test_an_object_larger_than_the_halo_rejects_the_image_with_the_remedy(setup, tmp_path):
+    root, _ = setup
+    model = tmp_path / "boundary"
+    boundary_model(model, "seeded")                # dense foreground: regions far larger than 8 px
+    out = tmp_path / "out"
+    assert instances_by_blocks(root, model, out, "--halo", "8") == 0
+    record = json.loads((out / names.REJECTED_FILE).read_text().splitlines()[0])
+    assert record["reason"] == "halo_too_small" and "raise --halo" in record["detail"]
+    assert json.loads((out / names.SUCCESS_FILE).read_text())["rejected"] == 1
+
+
+def test_a_killed_decoding_resumes_only_the_blocks_not_written(setup, tmp_path):
+    from tests.crash import kill_at
+
+    root, _ = setup
+    flags = ["--instances", "components", "--halo", "40"]
+    assert predict.run(["--model-dir", str(root / "model"), "--input", str(root / "png"), "--output",
+                        str(tmp_path / "whole"), *FLAGS, *flags]) == 0
+    out = tmp_path / "killed"
+    kill_at("predict:block-decoded", "pipelines.predict.job",
+            ["--model-dir", str(root / "model"), "--input", str(root / "tiff"), "--output", str(out),
+             "--large-image-pixels", "10000", "--lease-ttl-s", "1", *FLAGS, *SMALL_BLOCKS, *flags], tmp_path)
+    written = {p: p.stat().st_mtime_ns for p in (out / names.BLOCKS_DIR).rglob("*.decoded.npz")}
+    owned = {p: p.stat().st_mtime_ns for p in (out / names.BLOCKS_DIR).rglob("*.owned.npz")}
+    assert written and owned and not (out / names.SUCCESS_FILE).exists()
+    import time
+
+    time.sleep(1.5)
+    assert instances_by_blocks(root, root / "model", out, *flags) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in {**written, **owned}.items())   # not redone
+    import tifffile as tf
+
+    labels = zarr.open_group(str(out / names.instance_image_path("scan")), mode="r")["0"][:]
+    same_up_to_renumbering(labels, tf.imread(tmp_path / "whole" / names.instances_path("scan")))
