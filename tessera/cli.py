@@ -1,7 +1,8 @@
 """``tessera <command> [flags]``: one entry point, each command a job module's ``run(argv)``.
 
 Commands are imported lazily so ``tessera --help`` does not load TensorFlow or Beam;
-TensorFlow's start-up banners are kept off the terminal unless ``--verbose``.
+TensorFlow's start-up banners are kept off the terminal unless ``--verbose`` (before or after
+the command). A misspelt command or flag is one line with the closest name (schemas/cli.py).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import sys
 
 from pipelines.beam import quiet
+from schemas import cli
 
 # command -> (module, one-line help). Each module has build_parser() and run(argv).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,6 +31,7 @@ def job_module(command: str):
 
 def usage() -> str:
     lines = ["usage: tessera [--version] [--verbose] <command> [flags]   (tessera <command> --help for its flags)",
+             "       --verbose (before or after the command): TensorFlow's and Beam's start-up output too",
              "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
@@ -47,21 +50,57 @@ def version() -> str:
         return "unknown"
 
 
+TOP_LEVEL_FLAGS = ("--version", "--verbose", "--help", "-h")
+# Commands whose own --verbose N is the training progress level (--progress N).
+PROGRESS_LEVEL = {"train", "compare"}
+
+
+def fail(message: str, prog: str = "tessera") -> int:
+    print(f"{prog}: {message}\nsee {prog} --help", file=sys.stderr)
+    return cli.USAGE_ERROR
+
+
+def take_verbose(command: str, flags: list[str]) -> tuple[bool, list[str]]:
+    """(whether the command's flags hold a bare ``--verbose``, the flags without it):
+    ``tessera train --verbose ...`` is ``tessera --verbose train ...``. For train and compare,
+    ``--verbose N`` (a number follows) is their progress level and stays."""
+    kept, found = [], False
+    for i, token in enumerate(flags):
+        if token == "--":
+            return found, kept + flags[i:]
+        level_follows = i + 1 < len(flags) and flags[i + 1].isdigit()
+        if token == "--verbose" and not (command in PROGRESS_LEVEL and level_follows):
+            found = True
+        else:
+            kept.append(token)
+    return found, kept
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--version":
-        print(f"tessera {version()}")
-        return 0
-    if argv and argv[0] == "--verbose":   # TensorFlow's and Beam's own start-up output too
-        os.environ[quiet.VERBOSE_ENV] = "1"
-        argv = argv[1:]
-    if not argv or argv[0] in ("-h", "--help"):
+    verbose = False
+    while argv and argv[0].startswith("-"):
+        flag = argv.pop(0)
+        if flag == "--version":
+            print(f"tessera {version()}")
+            return 0
+        if flag in ("-h", "--help"):
+            print(usage())
+            return 0
+        if flag != "--verbose":
+            return fail(cli.unknown_message([flag.split("=", 1)[0]], [], TOP_LEVEL_FLAGS))
+        verbose = True
+    if not argv:
         print(usage())
-        return 0 if argv else 2
+        return cli.USAGE_ERROR
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"tessera: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        hint = cli.closest(command, COMMANDS)
+        return fail(f"unknown command {command!r} " + (f"(did you mean {hint}?)" if hint else
+                                                        f"(the commands: {', '.join(COMMANDS)})"))
+    found, rest = take_verbose(command, rest)
+    if verbose or found:   # TensorFlow's and Beam's own start-up output too
+        os.environ[quiet.VERBOSE_ENV] = "1"
     quiet.quiet_beam()
     if command in USES_TENSORFLOW:
         quiet.tensorflow()

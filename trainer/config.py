@@ -14,6 +14,8 @@ import os
 import re
 from typing import Any
 
+from schemas import cli
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -156,7 +158,7 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
 
 # (flags, dest, type or action, help). Dest "section.field" addresses a nested field.
 _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
-    (("--data",), "data", str, "dataset directory written by `tessera preprocess` (local or gs://)"),
+    (("--data",), "data", str, "dataset directory written by `tessera preprocess` (local or gs://; required)"),
     (("--model-dir",), "model_dir", str, "output model directory (default $AIP_MODEL_DIR)"),
     (("--checkpoint-dir",), "checkpoint_dir", str, "best checkpoint (default $AIP_CHECKPOINT_DIR or MODEL_DIR/checkpoints)"),
     (("--backup-dir",), "backup_dir", str, "preemption backup (default MODEL_DIR/backup)"),
@@ -174,7 +176,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--attention",), "model.attention", str, "se | eca | cbam"),
     (("--deep-supervision",), "model.deep_supervision", argparse.BooleanOptionalAction, "side outputs + learned fusion"),
     (("--backbone",), "model.backbone", str, "mobilenetv2 | resnet50 | efficientnetb0"),
-    (("--backbone-weights",), "model.backbone_weights", str, "local weights file for the backbone"),
+    (("--backbone-weights",), "model.backbone_weights", str,
+     "local weights file for the backbone (default: none, random initialisation; nothing is downloaded)"),
     (("--loss",), "loss.loss", str, "e.g. focal+dice, 0.5*ce+dice, tversky (default: ce+dice / ce)"),
     (("--class-weights",), "loss.class_weights", str, "auto | none | w0,w1,..."),
     (("--focal-gamma",), "loss.focal_gamma", float, "focal loss gamma"),
@@ -217,7 +220,7 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--static-copies",), "static_copies", argparse.BooleanOptionalAction,
      "train on the static augmentation copies written by preprocess (--no-static-copies: originals only)"),
     (("--image-summaries",), "image_summaries", int, "validation tiles drawn in TensorBoard"),
-    (("--verbose",), "verbose", int, "0 quiet, 1 progress bar, 2 a line per step"),
+    (("--progress",), "verbose", int, "0 quiet, 1 progress bar, 2 a line per step (also --verbose N)"),
     (("--augment",), "augment.enabled", argparse.BooleanOptionalAction, "dynamic augmentation"),
     (("--flips",), "augment.flips", argparse.BooleanOptionalAction, "random flips"),
     (("--rot90",), "augment.rot90", argparse.BooleanOptionalAction, "random 90 degree rotations"),
@@ -236,10 +239,10 @@ def _get(obj: Any, dest: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="tessera train", allow_abbrev=False, description="Train a segmentation or classification model on a Tessera dataset.")
     parser.add_argument("--config", dest="config_file", default=argparse.SUPPRESS,
-                        help="JSON or YAML file with (part of) a resolved config; flags override it")
+                        help="JSON or YAML file with (part of) a resolved config; flags override it (default: none)")
     for flags, dest, kind, help_ in _FLAGS:
         default = _get(TrainConfig(), dest)
         help_ = f"{help_} (default: {default!r})" if default != "" else help_
@@ -248,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             parser.add_argument(*flags, dest=dest, type=kind, default=argparse.SUPPRESS, help=help_,
                                 metavar=flags[0][2:].upper().replace("-", "_"))
+    # --verbose N is --progress N (Keras' name); a bare --verbose means what `tessera --verbose` does
+    # (TensorFlow's start-up output, handled by tessera/cli.py), so it leaves the progress alone here
+    parser.add_argument("--verbose", dest="verbose", nargs="?", type=int, const=None, default=argparse.SUPPRESS,
+                        metavar="N", help="--verbose N: the same as --progress N; a bare --verbose (no number) "
+                        "also shows TensorFlow's start-up output, as `tessera --verbose train` does (default: off)")
     return parser
 
 
@@ -262,6 +270,8 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
     """Flags (and ``--config``) -> TrainConfig with output paths resolved; validated."""
     env = os.environ if env is None else env
     given = vars(build_parser().parse_args(argv))
+    if "verbose" in given and given["verbose"] is None:   # a bare --verbose: not the progress level
+        del given["verbose"]
     values: dict[str, Any] = {}
     if "config_file" in given:
         import tensorflow as tf
@@ -308,12 +318,14 @@ _CHOICES = {
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     if not cfg.data:
-        raise ValueError("--data is required")
+        raise ValueError("--data is required: the dataset directory that `tessera preprocess` wrote")
     for dest, choices in _CHOICES.items():
         value = _get(cfg, dest)
         if value not in choices:
-            raise ValueError(f"--{dest.split('.')[-1].replace('_', '-')} must be one of "
-                             f"{[c for c in choices if c]}, got {value!r}")
+            hint = cli.closest(str(value), [c for c in choices if c])
+            flag = next(flags[0] for flags, flag_dest, _, _ in _FLAGS if flag_dest == dest)
+            raise ValueError(f"{flag} must be one of "
+                             f"{[c for c in choices if c]}, got {value!r}" + (f" (did you mean {hint}?)" if hint else ""))
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "checkpoint_every": cfg.checkpoint_every,
                 "keep_versions": cfg.keep_versions,
                 "depth": cfg.model.depth, "filters": cfg.model.filters, "learning_rate": cfg.optim.learning_rate}

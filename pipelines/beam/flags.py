@@ -9,21 +9,20 @@ flag is an error (exit 2) instead of a warning in a log that nobody reads.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
-import re
 import sys
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.beam.files import read_bytes
+from schemas import cli
 
 CONFIG_FLAG = "--config"
 
 
 def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument(CONFIG_FLAG, dest="config_file")
     known, rest = pre.parse_known_args(argv)
     return known.config_file, rest
@@ -62,11 +61,12 @@ def config_argv(values: dict) -> list[str]:
 
 
 def our_flags(parser: argparse.ArgumentParser) -> list[str]:
-    return sorted(set(re.findall(r"--[a-z0-9][a-z0-9-]*", parser.format_help())))
+    return cli.flag_names(parser)
 
 
-def unknown_beam_flags(args: list[str]) -> list[str]:
-    """The flags in ``args`` that no registered Beam option class knows."""
+def beam_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(the flags in ``args`` that no registered Beam option class knows, as typed; every flag
+    Beam knows, for suggestions)."""
     options = PipelineOptions(args)
     logger = logging.getLogger("apache_beam.options.pipeline_options")
     level = logger.level
@@ -76,12 +76,22 @@ def unknown_beam_flags(args: list[str]) -> list[str]:
         everything = set(options.get_all_options(retain_unknown_options=True))
     finally:
         logger.setLevel(level)
-    return sorted(f"--{dest}" for dest in everything - known)
+    unknown_dests = {dest.split("=", 1)[0] for dest in everything - known}  # "--a=1 b" gives dest "a=1"
+    typed = [a.split("=", 1)[0] for a in args if cli.is_flag(a)
+             and a.split("=", 1)[0].lstrip("-").replace("-", "_") in unknown_dests]
+    return list(dict.fromkeys(typed)), sorted(f"--{dest}" for dest in known)
+
+
+def unknown_beam_flags(args: list[str]) -> list[str]:
+    """The flags in ``args`` that no registered Beam option class knows (as typed)."""
+    return beam_flags(args)[0]
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, beam: bool = True
           ) -> tuple[argparse.Namespace, list[str]]:
-    """(our arguments, Beam's arguments); bad flags or config exit 2 with the parser's usage."""
+    """(our arguments, Beam's arguments); a bad flag or config exits 2 with one line naming it
+    (and the closest flag), not the usage (schemas/cli.py)."""
+    parser = cli.friendly(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     config_file, argv = _split_config(argv)
     if config_file:
@@ -92,12 +102,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, beam: bool = 
     if not beam:
         return parser.parse_args(argv), []
     args, rest = parser.parse_known_args(argv)
-    unknown = unknown_beam_flags(rest)
-    stray = [a for i, a in enumerate(rest) if not a.startswith("-") and (i == 0 or "=" in rest[i - 1]
-                                                                          or not rest[i - 1].startswith("-"))]
+    unknown, beams = beam_flags(rest)
+    stray = [a for i, a in enumerate(rest) if not cli.is_flag(a) and (
+        i == 0 or "=" in rest[i - 1] or not cli.is_flag(rest[i - 1]))]
     if unknown or stray:
-        ours = our_flags(parser)
-        hints = [f"{flag} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
-            flag.split("=")[0].replace("_", "-"), ours, n=1)) else flag for flag in unknown]
-        parser.error("unrecognized arguments (neither ours nor Beam's): " + " ".join(hints + stray))
+        parser.error(cli.unknown_message(unknown, stray, our_flags(parser), beams))
     return args, rest
