@@ -70,7 +70,7 @@ def open_dataset(path: str) -> DatasetInfo:
     path = resolve_dataset(path)
     success = f"{path}/{layout.SUCCESS_FILE}"
     if not tf.io.gfile.exists(success):
-        raise FileNotFoundError(f"{path} is not a finished Tessera dataset: {layout.SUCCESS_FILE} is missing")
+        raise NotADataset(not_a_dataset(path))
     with tf.io.gfile.GFile(f"{path}/{layout.SPEC_FILE}") as handle:
         spec = DatasetSpec.from_json(handle.read())
     stats_path = f"{path}/{layout.STATS_FILE}"
@@ -82,6 +82,23 @@ def open_dataset(path: str) -> DatasetInfo:
     config = _read_json(config_path) if tf.io.gfile.exists(config_path) else {}
     return DatasetInfo(path, spec, sizes, files, stats, _read_json(success).get("fingerprint", ""),
                        config.get("preprocess", {}).get("fit", "resize"))
+
+
+class NotADataset(FileNotFoundError):
+    """``--data`` is no finished Tessera dataset (exit 2, with the remedy: run preprocess)."""
+
+
+def not_a_dataset(path: str) -> str:
+    """Why ``path`` (without _SUCCESS) cannot be trained on, and what to run."""
+    success = layout.SUCCESS_FILE
+    if not tf.io.gfile.exists(path):
+        return (f"--data {path}: no such directory (so no {success}); create the dataset first with "
+                f"`tessera preprocess --input RAW_FOLDER --output {path}`")
+    if tf.io.gfile.exists(f"{path}/{layout.SPEC_FILE}"):
+        return (f"--data {path}: preprocess did not finish this dataset (no {success}); rerun the "
+                "`tessera preprocess` command that writes it")
+    return (f"--data {path}: not a Tessera dataset (no {success}); for a folder of raw images (and masks) run "
+            f"`tessera preprocess --input {path} --output DATASET` first and train with --data DATASET")
 
 
 def with_weight_map(info: DatasetInfo, setting: str) -> DatasetInfo:
