@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import exists, file_bytes_limit, read_bytes, read_input
 from pipelines.beam.zarr_store import store_for
-from pipelines.core.images import decode_png
+from pipelines.core.images import ImagePolicy, decode_png, image_size
 from pipelines.core.sources import (
     classification_source,
     has_image_extension,
@@ -32,6 +32,7 @@ from schemas.layout import MASKS_DIR, PREDICTIONS_FILE, SUCCESS_FILE, mask_path
 from schemas.rejected import RejectedInput, rejected_record
 
 CLASS_NAME_FILES = ("model_card.json", "config.json")
+NO_EXIF = ImagePolicy(apply_exif=False)   # predicted masks are read as stored (decode_png)
 
 
 def list_files(root: str) -> tuple[dict[str, str], list[dict]]:
@@ -130,26 +131,37 @@ def label_image_exists(path: str) -> bool:
     return any(exists(f"{path.rstrip('/')}/{name}") for name in (".zattrs", "zarr.json"))
 
 
-def full_resolution_level(path: str, max_pixels: int) -> np.ndarray:
+def check_size(name: str, shape: tuple[int, ...], max_pixels: int, expected: tuple[int, int] | None,
+               what: str = "prediction") -> None:
+    """Refuses, from a header's (height, width, ...), an image above ``max_pixels`` or of another
+    size than the truth's ``expected`` (height, width): nothing is decoded for either."""
+    height, width = int(shape[0]), int(shape[1])
+    if height * width > max_pixels:
+        raise RejectedInput("too_large", f"{name}: {height}x{width} = {height * width} pixels is more than "
+                            f"--max-pixels {max_pixels} (refused from its header); raise it to evaluate this image")
+    if expected is not None and (height, width) != tuple(expected):
+        raise RejectedInput("size_mismatch", f"truth {tuple(expected)} vs {what} {(height, width)} "
+                            "(from the headers; neither was decoded)")
+
+
+def full_resolution_level(path: str, max_pixels: int, expected: tuple[int, int] | None = None) -> np.ndarray:
     """Level 0 (the full resolution) of the OME-Zarr pyramid at ``path``, read whole when it has
-    at most ``max_pixels`` (its header is checked first)."""
+    at most ``max_pixels`` and the ``expected`` (height, width) (its header is checked first)."""
     try:
         level = zarr.open_group(store_for(path.rstrip("/"), read_only=True), mode="r")["0"]
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise RejectedInput("unreadable", f"{path}: not an OME-Zarr label image ({type(e).__name__}: {e})") from e
     if len(level.shape) != 2:
         raise RejectedInput("unreadable", f"{path}: level 0 has shape {level.shape}; expected (y, x) labels")
-    height, width = level.shape
-    if height * width > max_pixels:
-        raise RejectedInput("too_large", f"{path}: {height}x{width} label image is more than --max-pixels "
-                            f"{max_pixels}; raise it to evaluate this image (it is read whole)")
+    check_size(path, level.shape, max_pixels, expected)
     return np.asarray(level[:])
 
 
-def read_label_image(path: str, num_classes: int, max_pixels: int) -> np.ndarray:
+def read_label_image(path: str, num_classes: int, max_pixels: int,
+                     expected: tuple[int, int] | None = None) -> np.ndarray:
     """Class ids of a large image's predicted label pyramid (its full-resolution level), read
-    whole when it has at most ``max_pixels`` (the header is checked first)."""
-    mask = full_resolution_level(path, max_pixels)
+    whole when it has at most ``max_pixels`` and the ``expected`` size (the header is checked first)."""
+    mask = full_resolution_level(path, max_pixels, expected)
     if mask.size and int(mask.max()) >= num_classes:
         raise RejectedInput("prediction_out_of_range", f"{path}: class id {int(mask.max())} but only "
                             f"{num_classes} classes; pass --class-names")
@@ -179,13 +191,14 @@ def instances_exist(path: str) -> bool:
     return label_image_exists(path) if is_label_image(path) else exists(path)
 
 
-def read_instance_labels(path: str, max_pixels: int) -> np.ndarray:
+def read_instance_labels(path: str, max_pixels: int, expected: tuple[int, int] | None = None) -> np.ndarray:
     """The predicted instance ids (int64, 0 background) at ``path`` (.tif or .ome.zarr), at most
-    ``max_pixels`` (checked from the header); non-integer labels are refused."""
+    ``max_pixels`` and of the ``expected`` size (checked from the header); non-integer labels are refused."""
     if is_label_image(path):
-        ids = full_resolution_level(path, max_pixels)
+        ids = full_resolution_level(path, max_pixels, expected)
     else:
-        ids = read_instances(read_input(path, file_bytes_limit(max_pixels) * 2), path, max_pixels)   # 32-bit ids
+        ids = read_instances(read_input(path, file_bytes_limit(max_pixels) * 2), path, max_pixels,   # 32-bit ids
+                             expected)
     if ids.dtype.kind not in "iu":
         raise RejectedInput("instances_not_integer", f"{path}: instance labels of type {ids.dtype}; expected "
                             "integer ids (0 background), as tessera predict --instances writes")
@@ -194,25 +207,30 @@ def read_instance_labels(path: str, max_pixels: int) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def read_instances(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+def read_instances(data: bytes, name: str, max_pixels: int | None = None,
+                   expected: tuple[int, int] | None = None) -> np.ndarray:
     """The ids of an instance label TIFF written by ``tessera predict --instances`` (as stored;
-    its size is checked from the header against ``max_pixels`` before decoding)."""
+    its size is checked from the header against ``max_pixels`` and ``expected`` before decoding)."""
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             shape = tiff.series[0].shape
-            if max_pixels is not None and int(np.prod(shape[:2])) > max_pixels:
-                raise RejectedInput("too_large", f"{name}: {shape} instance image is more than --max-pixels "
-                                    f"{max_pixels}; raise it to evaluate this image")
+            if len(shape) < 2:
+                raise RejectedInput("undecodable", f"{name}: instance image of shape {shape}; expected (y, x)")
+            check_size(name, shape, max_pixels or int(np.prod(shape[:2])), expected, "instances")
             return tiff.asarray()
     except (ValueError, OSError, IndexError, tifffile.TiffFileError) as error:
         raise RejectedInput("undecodable", f"{name}: not an instance label TIFF ({error})") from error
 
 
-def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int) -> np.ndarray:
+def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int,
+                    expected: tuple[int, int] | None = None) -> np.ndarray:
     """Class ids of a predicted mask PNG; a binary model's 0/255 masks (--binary-255) -> 0/1.
+    Its size is checked from the header (``max_pixels``, the truth's ``expected`` (height, width))
+    before a pixel is decoded: a small PNG can hold a huge mask.
 
     A class-id mask never holds 255, so with two classes 255 can only mean foreground.
     """
+    check_size(name, image_size(data, name, NO_EXIF), max_pixels, expected)
     mask = decode_png(data, name, max_pixels)
     if mask.shape[2] != 1 or mask.dtype != np.uint8:
         raise RejectedInput("prediction_not_class_ids", f"{name}: {mask.shape[2]}-channel {mask.dtype} PNG; "

@@ -13,7 +13,7 @@ A prediction directory without ``_SUCCESS`` (an unfinished run) is refused unles
 
 Writes ``report.json``, ``report.parquet`` (one row per image id seen on either side, with
 its ``status``), ``report_confusion.parquet`` (truth, predicted, count) and
-``report_confusion.png`` beside it, and prints a table. Metric conventions: pipelines/scores.py.
+``report_confusion.png`` beside it, and prints a table. Metric conventions: pipelines/evaluate/scores.py.
 A plain Python command (no Beam pipeline); ``--workers N`` scores images in N processes.
 """
 from __future__ import annotations
@@ -36,12 +36,13 @@ from pipelines.beam.files import (
     read_bytes,
     read_input,
 )
-from pipelines.core.images import read_mask, read_mask_values
+from pipelines.core.images import image_size, read_mask, read_mask_values
 from pipelines.core.masks import MaskPolicy, parse_mask_values
 from pipelines.evaluate import objects, scores
 from pipelines.evaluate import report as report_files
 from pipelines.evaluate.inputs import (
     check_complete,
+    check_size,
     detect_task,
     instance_paths,
     instances_exist,
@@ -59,6 +60,7 @@ from pipelines.evaluate.inputs import (
     read_truth_labels,
     resolve_class_names,
 )
+from schemas import cli
 from schemas.example import CLASSIFICATION, IGNORE_LABEL, SEGMENTATION
 from schemas.layout import CONFIG_FILE, PREDICTIONS_FILE
 from schemas.rejected import RejectedInput, rejected_record
@@ -78,32 +80,42 @@ class EvaluateConfig:
     task: str = "auto"
     workers: int = 1
     allow_incomplete: bool = False
-    max_pixels: int = 400_000_000     # larger truth or predicted masks are rejected before decoding
+    max_pixels: int = 100_000_000     # larger truth or predicted masks are rejected from their header
     seam_band: int = 8                # error rate within this many px of tile core edges vs inside (0: off)
     truth_instances: bool = False     # truth masks are instance label images (an id per object, 0 none)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tessera evaluate", allow_abbrev=False, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--predictions", required=True, help="directory written by tessera predict")
-    p.add_argument("--truth", required=True, help="mask folder, class-per-folder tree, or CSV image_id,label")
-    p.add_argument("--output", default="report.json", help="report JSON; .parquet/.png are written beside it")
-    p.add_argument("--mask-values", default="auto", help="truth mask mapping, as in preprocess")
-    p.add_argument("--class-names", default="", help="a,b,...; default: from the predictions")
-    p.add_argument("--beta", type=float, default=1.0, help="beta of the F-beta score")
-    p.add_argument("--task", choices=("auto", SEGMENTATION, CLASSIFICATION), default="auto")
-    p.add_argument("--workers", type=int, default=1, help="processes scoring images (0: all cores)")
-    p.add_argument("--max-pixels", type=int, default=EvaluateConfig("", "").max_pixels,
-                   help="truth and predicted masks larger than this are rejected from their header")
-    p.add_argument("--seam-band", type=int, default=EvaluateConfig("", "").seam_band,
+    d = EvaluateConfig("", "")
+    p = cli.ArgumentParser(prog="tessera evaluate", allow_abbrev=False, description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="directory written by tessera predict (required)")
+    p.add_argument("--truth", required=True,
+                   help="mask folder, class-per-folder tree, or CSV image_id,label (required)")
+    p.add_argument("--output", default=d.output,
+                   help=f"report JSON; .parquet/.png are written beside it (default: {d.output})")
+    p.add_argument("--mask-values", default=d.mask_values,
+                   help="truth mask mapping, as in preprocess: auto | binary | ids | instances | v:c,v:c,... "
+                        f"(default: {d.mask_values})")
+    p.add_argument("--class-names", default="",
+                   help="a,b,... (default: from the predictions' table, card or config; else background,foreground)")
+    p.add_argument("--beta", type=float, default=d.beta, help=f"beta of the F-beta score (default: {d.beta})")
+    p.add_argument("--task", choices=("auto", SEGMENTATION, CLASSIFICATION), default=d.task,
+                   help=f"auto: from the predictions' table, or classification for a CSV truth (default: {d.task})")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help=f"processes scoring images (0: all cores) (default: {d.workers})")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="truth, predicted and instance masks with more pixels are rejected from their header, "
+                        "before decoding; scoring holds about 60 bytes per pixel of an image in each worker "
+                        f"(default: {d.max_pixels}, about 6 GB)")
+    p.add_argument("--seam-band", type=int, default=d.seam_band,
                    help="report the error rate within this many px of the prediction tiles' core edges vs "
-                        "the interior (from the predictions' config.json; 0: off)")
+                        f"the interior (from the predictions' config.json; 0: off) (default: {d.seam_band})")
     p.add_argument("--truth-instances", action="store_true",
                    help="truth masks hold an id per object (0 background): objects are those ids, so touching "
-                        "cells stay apart (otherwise: connected components of each class)")
+                        "cells stay apart (default: off: connected components of each class)")
     p.add_argument("--allow-incomplete", action="store_true",
-                   help="score a prediction directory without _SUCCESS (an unfinished or failed run)")
+                   help="score a prediction directory without _SUCCESS (an unfinished or failed run) (default: off)")
     return p
 
 
@@ -148,24 +160,29 @@ def score_pair(task: PairTask) -> dict:
                 "reason": "prediction_file_missing",
                 "detail": f"{PREDICTIONS_FILE} lists {task.prediction_path}, which does not exist"}
     source = task.truth_path
-    try:
+    try:   # both sizes come from the headers, checked before either image is decoded
         limit = file_bytes_limit(task.policy.max_pixels)
-        truth_ids = None
-        if task.truth_instances:
-            truth_ids = read_mask_values(read_input(source, limit), source, task.policy)
-            truth = (truth_ids > 0).astype(np.uint8)
-        else:
-            truth = read_mask(read_input(source, limit), source, task.policy)
+        truth_data = read_input(source, limit)
+        size = image_size(truth_data, source, task.policy)
+        check_size(source, size, task.policy.max_pixels, None)
         source = task.prediction_path
         if large:
-            pred = read_label_image(source, task.policy.num_classes, task.policy.max_pixels)
+            pred = read_label_image(source, task.policy.num_classes, task.policy.max_pixels, size)
         else:
             pred = read_prediction(read_input(source, limit), source, task.policy.num_classes,
-                                   task.policy.max_pixels)
+                                   task.policy.max_pixels, size)
+        source = task.truth_path
+        truth_ids = None
+        if task.truth_instances:
+            truth_ids = read_mask_values(truth_data, source, task.policy)
+            truth = (truth_ids > 0).astype(np.uint8)
+        else:
+            truth = read_mask(truth_data, source, task.policy)
+        del truth_data
     except RejectedInput as e:
         return {"image_id": task.image_id, "status": "rejected", "source": source,
                 "reason": e.reason, "detail": e.detail}
-    if truth.shape != pred.shape:
+    if truth.shape != pred.shape:   # (the headers agreed: not expected)
         return {"image_id": task.image_id, "status": "rejected", "source": source, "reason": "size_mismatch",
                 "detail": f"truth {truth.shape} vs prediction {pred.shape}"}
     seams = None
@@ -177,7 +194,7 @@ def score_pair(task: PairTask) -> dict:
     pred_ids, pred_objects = objects.objects_of(pred, ignored), "components"
     if task.instances_path and instances_exist(task.instances_path):
         try:
-            instances = read_instance_labels(task.instances_path, task.policy.max_pixels)
+            instances = read_instance_labels(task.instances_path, task.policy.max_pixels, truth.shape)
         except RejectedInput as e:
             return {"image_id": task.image_id, "status": "rejected", "source": task.instances_path,
                     "reason": e.reason, "detail": e.detail}
