@@ -236,3 +236,11 @@ def test_the_boundary_band_is_where_the_distance_is_at_most_the_thickness(seed, 
     objects = (labels > 0) & ~ignored
     assert np.array_equal(target == targets.BOUNDARY, objects & (distance <= thickness))
     assert np.array_equal(target == targets.INTERIOR, objects & (distance > thickness))
+
+
+def test_huge_and_small_ids_give_the_same_distances():
+    labels = convex_cells(5, 8, 40, (6.0, 12.0))
+    huge = np.where(labels > 0, labels.astype(np.uint64) * 500_000_000, 0).astype(np.uint32)
+    assert np.array_equal(targets.distance_to_boundary(labels), targets.distance_to_boundary(huge))
+    full = labels + 1                              # no background at all
+    assert np.array_equal(targets.distance_to_boundary(full)[labels > 0] > 0, np.ones((labels > 0).sum(), bool))

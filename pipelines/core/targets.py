@@ -112,15 +112,27 @@ def distance_to_boundary(instances: np.ndarray, ignored: np.ndarray | None = Non
     labels = check_instances(instances)
     ignored = _ignored_mask(ignored, labels.shape)
     out = np.zeros(labels.shape, np.float32)
-    compact = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)
-    if labels.size and labels.min() > 0:
-        compact += 1                          # no background: ids 1..n all the same
+    compact = _compact(labels)
     for index, box in enumerate(ndimage.find_objects(compact), start=1):
         if box is not None:
             window, distance, mine = _object_distance(compact, ignored, index, box)
             out[window][mine] = distance[mine]
     out[ignored] = 0
     return out
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """int32 ids 1..n in the order of ``labels``' ids, 0 stays 0 (``find_objects`` walks every id
+    up to the largest): a lookup table when the ids are small, else a sort."""
+    top = int(labels.max()) if labels.size else 0
+    if top <= 4 * labels.size + 1024:
+        present = np.zeros(top + 1, bool)
+        present[labels] = True
+        present[0] = False
+        return np.cumsum(present, dtype=np.int32)[labels]
+    values, inverse = np.unique(labels, return_inverse=True)
+    compact = inverse.reshape(labels.shape).astype(np.int32)
+    return compact if values[0] == 0 else compact + 1
 
 
 def _object_distance(compact: np.ndarray, ignored: np.ndarray, index: int, box: tuple[slice, slice]):
