@@ -197,3 +197,34 @@ def test_a_plain_model_with_a_decoder_setting_gets_instances_and_min_size_leaves
     assert labels.max() == 1 and [o["area"] for o in objects] == [int(np.count_nonzero(labels))]
     np.testing.assert_array_equal(mask, (labels > 0).astype(np.uint8))   # the small disc left the mask too
     assert row["class_names"] == ["background", "foreground"]
+
+
+def test_which_decoder_runs_the_card_s_with_the_settings_given_on_top():
+    from pipelines.predict.instances import resolve_decoder
+    from schemas.decoder import DecoderParams
+    from schemas.model_card import ModelCard
+
+    base = dict(task="segmentation", model_name="m", core=8, margin=0, input_size=8, output_size=8, channels=1)
+    calibrated = {**DecoderParams("partition", seed=0.7, expand=4).to_dict(), "rule": "max rand", "value": 0.9}
+    boundary = ModelCard(**base, class_names=("background", "boundary", "interior"), object_class="cell",
+                         decoder=calibrated)
+    plain = ModelCard(**base, class_names=("background", "fg"), decoder=DecoderParams().to_dict())
+    none = {}
+    assert resolve_decoder("auto", [boundary], none) == DecoderParams("partition", seed=0.7, expand=4)
+    assert resolve_decoder("auto", [plain], none) is None                       # as before: no instances
+    assert resolve_decoder("auto", [plain], {"connectivity": 8}) is None        # objects of large images only
+    assert resolve_decoder("auto", [plain], {"min_size": 3}) == DecoderParams("components", min_size=3)
+    assert resolve_decoder("watershed", [plain], {"min_distance": 2}) == DecoderParams("watershed", min_distance=2)
+    assert resolve_decoder("auto", [boundary], {"mode": "seeded", "foreground": 0.3}) == \
+        DecoderParams("seeded", seed=0.7, foreground=0.3, expand=4)
+    assert resolve_decoder("components", [boundary], none).mode == "components"
+    assert resolve_decoder("none", [boundary], {"connectivity": 8}) is None
+    older = ModelCard(**base, class_names=("background", "boundary", "interior"), object_class="cell")
+    assert resolve_decoder("auto", [older], none) == DecoderParams("seeded")   # a card without a decoder
+    other = ModelCard(**base, class_names=("background", "boundary", "interior"), object_class="cell",
+                      decoder=DecoderParams("seeded").to_dict())
+    with pytest.raises(ValueError, match="different decoders"):
+        resolve_decoder("auto", [boundary, other], none)
+    assert resolve_decoder("auto", [boundary, other], {"mode": "seeded"}).mode == "seeded"
+    with pytest.raises(ValueError, match="boundary target"):
+        resolve_decoder("auto", [plain], {"mode": "partition"})

@@ -113,13 +113,13 @@ def check_compatible(cards: Sequence[ModelCard], model_dirs: Sequence[str]) -> N
     first = cards[0]
 
     def key(c: ModelCard) -> tuple:
-        return (c.task, c.geometry(), c.channels, c.input_dtype, c.class_names, c.intensity)
+        return (c.task, c.geometry(), c.channels, c.input_dtype, c.class_names, c.intensity, c.object_class)
 
     for card, model_dir in zip(cards[1:], model_dirs[1:]):
         if key(card) != key(first):
             raise ValueError(
                 f"models disagree and cannot form an ensemble: {model_dirs[0]} has (task, (core, margin, "
-                f"input, output), channels, dtype, classes, intensity) = {key(first)} but {model_dir} has "
+                f"input, output), channels, dtype, classes, intensity, object class) = {key(first)} but {model_dir} has "
                 f"{key(card)}")
 
 

@@ -15,15 +15,15 @@ K classes, T = core + 2 margin, S = stride between cores, B = --batch-size):
        + 4K if decoded (boundary))     (float32 for a boundary model's decoder),
   B T^2 (2 C itemsize + 3 K 4)         one inference batch with its TTA/ensemble sums.
 
-Peak = max(decoding, decoded array + the largest strip). The largest number of core rows
+Peak = max(decoding, decoded array + the largest strip[, instance decoding]). The largest number of core rows
 per strip that fits is used; an image whose decoding, or decoded array plus a one-core-row
 strip, exceeds the bound is rejected with reason ``too_large_for_memory`` before it is
 decoded. With instances (``--instances``, or a boundary model) the whole image is decoded
 at the end: ``instance_bytes`` per pixel (the decoder's measured peak, the whole-image inputs
-it reads and what is held meanwhile) plus the decoded image must fit too, else the image is
-rejected with that reason (large region-readable images are decoded block by block instead).
-The model's own memory (weights, TF runtime, activations of one batch) comes on
-top; ``--batch-size`` controls the latter.
+it reads and what is held meanwhile) plus the decoded image (and, for an image in one strip,
+that strip) must fit too, else the image is rejected with that reason (large region-readable
+images are decoded block by block instead). The model's own memory (weights, TF runtime,
+activations of one batch) comes on top; ``--batch-size`` controls the latter.
 """
 from __future__ import annotations
 
@@ -134,9 +134,14 @@ def strips_cost(height: int, width: int, g: Geometry, strips: list[tuple[int, in
 
 
 def peak_bytes(height: int, width: int, file_bytes: int, g: Geometry, strips: list[tuple[int, int]]) -> int:
-    """Estimated peak bytes of a plan: what is compared with the bound."""
-    return max(decode_cost(height, width, file_bytes, g),
-               image_bytes(height, width, g) + strips_cost(height, width, g, strips))
+    """Estimated peak bytes of a plan: what is compared with the bound. With instances, the
+    whole-image decoding at the end too: the image and (a single strip's image) the strip's
+    arrays are still held while it runs."""
+    image, held = image_bytes(height, width, g), strips_cost(height, width, g, strips)
+    peak = max(decode_cost(height, width, file_bytes, g), image + held)
+    if g.instances:
+        peak = max(peak, image + height * width * instance_bytes(g) + (held if len(strips) == 1 else 0))
+    return peak
 
 
 def plan_strips(height: int, width: int, file_bytes: int, g: Geometry, limit_bytes: int,
