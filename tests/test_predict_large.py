@@ -346,6 +346,14 @@ def test_instances_by_blocks_equal_the_whole_image_decoding(setup, tmp_path, kin
     assert sorted(area.tolist()) == sorted(whole_found.column("area").to_pylist())
     assert found.column("mean_confidence").to_numpy().sum() == pytest.approx(
         whole_found.column("mean_confidence").to_numpy().sum(), rel=1e-4)
+    outlines = dict(zip(ids.tolist(), found.column("outline").to_pylist()))      # full outlines, any block
+    assert sorted(map(json.dumps, outlines.values())) == sorted(map(json.dumps, whole_found.column("outline").to_pylist()))
+    collection = json.loads((out / names.geojson_path("scan")).read_text())     # joined from the blocks' parts
+    whole_collection = json.loads((tmp_path / "whole" / names.geojson_path("scan")).read_text())
+    assert len(collection["features"]) == len(ids)
+    assert sorted(json.dumps(f["geometry"]) for f in collection["features"]) == sorted(
+        json.dumps(f["geometry"]) for f in whole_collection["features"])
+    assert all(f["geometry"]["coordinates"] == outlines[f["properties"]["object_id"]] for f in collection["features"])
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["instances_path"] == names.instance_image_path("scan") and row["components"] == len(ids)
     assert not list((out / names.BLOCKS_DIR).rglob("*.inputs.zarr"))           # the decoder's inputs are gone

@@ -4,7 +4,8 @@
     predicted image --PlanOwned--> blocks --ListOwned--> <block>.owned.npz (its objects' anchors)
         --GroupByKey(image)--PlanDecoded--> blocks (+ the id offsets of the blocks in reach)
         --WriteDecoded--> its chunks of instances/<id>.ome.zarr (uint32) and masks/<id>.ome.zarr,
-                          its owned objects' rows, <block>.decoded.npz --GroupByKey(image)--> finish
+                          its owned objects' rows (with outlines) and GeoJSON features,
+                          <block>.decoded.npz --GroupByKey(image)--> finish (joins the parts)
 
 The first pass (``StitchBlock``) stores each block's decoder inputs in
 ``_blocks/<settings>/<id>.inputs.zarr`` (class ids and float16 confidence; a boundary model's
@@ -29,7 +30,8 @@ from apache_beam.metrics import Metrics
 from pipelines.beam import files
 from pipelines.beam.zarr_store import store_for
 from pipelines.core import block_instances as bi
-from pipelines.predict import blocks, label_outputs, outputs, plan
+from pipelines.core.outlines import polygons
+from pipelines.predict import blocks, geojson_out, label_outputs, outputs, plan
 from pipelines.predict.objects import label_table
 from pipelines.predict.stitch import preview_step
 from schemas import decoder as dec
@@ -259,10 +261,14 @@ class WriteDecoded(beam.DoFn):
         table = label_table(found.labels, len(found.anchors), mask, confidence, found.origin)
         table = {k: v[owned - 1] for k, v in table.items()}
         table["object_id"] = lookup[owned].astype(np.int64)
-        folder = layout.path(names.block_markers_dir(layout.settings.fingerprint(), task.image_id))
-        files.write_atomically(f"{folder}/{task.index:06d}.objects.parquet", label_outputs.parquet_bytes(
-            label_outputs.objects_table(task.image_id, table, layout.settings.class_names,
-                                        task.described["pixel_size_um"])))
+        outlines = polygons(found.labels, ids=owned, origin=found.origin, scale=task.described.get("scale", 1.0))
+        rows = label_outputs.objects_table(task.image_id, table, layout.settings.class_names,
+                                           task.described["pixel_size_um"], outlines)
+        fingerprint = layout.settings.fingerprint()
+        folder = layout.path(names.block_markers_dir(fingerprint, task.image_id))
+        files.write_atomically(f"{folder}/{task.index:06d}.objects.parquet", label_outputs.parquet_bytes(rows))
+        geojson_out.write_part(layout.path(names.block_features_path(fingerprint, task.image_id, task.index)),
+                               geojson_out.table_features(rows, layout.settings.class_names))
         classes = len(layout.settings.class_names)
         step = preview_step(task.described["height"], width)
         block_mask = mask[inner]

@@ -29,7 +29,7 @@ from pipelines.beam import files, region_files
 from pipelines.beam.zarr_store import store_for
 from pipelines.core import images, pixels, regions, tiling
 from pipelines.core.pixels import encode_png, overlay, to_rgb8
-from pipelines.predict import block_decode, blocks, label_outputs, objects, outputs
+from pipelines.predict import block_decode, blocks, geojson_out, label_outputs, objects, outputs
 from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step, seam_columns, seam_heat
 from schemas import layout as names
@@ -51,6 +51,7 @@ class BlockRef:
     factor: float = 1.0                 # the level resampled by this factor (regions.LevelView)
     pixel_size_um: float | None = None  # of the predicted pixels, when known
     intensity_range: tuple[float, float] | None = None   # the image's, for the card's per-image intensity
+    scale: float = 1.0                  # full-resolution px per predicted px (outlines are in full resolution)
 
     def view(self, source) -> regions.LevelView:
         return regions.LevelView(source, self.level, self.factor)
@@ -59,7 +60,7 @@ class BlockRef:
         """What the image's finishing step needs to know of its source."""
         return {"path": self.path, "signature": self.source_signature, "level": self.level,
                 "factor": self.factor, "pixel_size_um": self.pixel_size_um, "height": self.height,
-                "width": self.width}
+                "width": self.width, "scale": self.scale}
 
 
 class BlockTask:
@@ -142,11 +143,12 @@ class PlanBlocks(beam.DoFn):
             view = regions.level_view(source, spec.pixel_size_um)
             height, width = view.shape
             size = view.pixel_size
+            scale = source.downsample(view.level) * view.factor
             intensity = None if spec.policy.intensity == "fixed" else pixels.intensity_range(   # one range for
                 regions.sample_values(source), spec.policy.intensity)                          # every block
         plan = blocks.plan_blocks(height, width, spec.block_side)
         ref = BlockRef(item.image_id, item.path, view.level, height, width, plan[0], item.signature, view.factor,
-                       size, intensity)
+                       size, intensity, scale)
         _block_arrays(layout, ref, spec.block_side, create=True)
         if spec.decoder is not None:
             block_decode.prepare_arrays(spec, item.image_id, height, width)
@@ -284,7 +286,9 @@ class FinishLargeImage(beam.DoFn):
                                        spec.connectivity)
         per_class = label_outputs.write_objects(layout, image_id, merged, [f"{folder}/{n}" for n in sorted(listed)
                                                               if n.endswith(".objects.parquet")], pixel_size)
-        if decoded:      # the decoder's inputs are no longer needed
+        if decoded:      # the blocks' features, joined in block order; the decoder's inputs are no longer needed
+            geojson_out.write_collection(layout.path(names.geojson_path(image_id)), [
+                f"{folder}/{n}" for n in sorted(listed) if n.endswith(".features.json")])
             files.delete_if_present([block_decode.inputs_path(layout, image_id)])
         pixels = height * width
         row = {
