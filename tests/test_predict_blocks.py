@@ -67,3 +67,19 @@ def test_the_block_side_follows_the_memory_bound_not_the_image():
     assert blocks.block_cost(small, g) <= 64 * 2**20 < blocks.block_cost(small + 64, g)
     with pytest.raises(ValueError, match="memory-limit-mb"):
         blocks.block_side(g, 2**20)
+
+
+def test_with_instances_the_block_window_with_its_halo_bounds_the_block_side():
+    import dataclasses
+
+    from pipelines.predict.plan import instance_bytes
+
+    plain = geometry(16, 3, 0.25)
+    decoded = dataclasses.replace(plain, instances=True, decoder_mode="seeded", boundary=True)
+    limit = 64 * 2**20
+    side = blocks.block_side(decoded, limit, halo=100)
+    assert side % 16 == 0 and (side + 200) ** 2 * instance_bytes(decoded) <= limit      # the window fits ...
+    assert (side + 16 + 200) ** 2 * instance_bytes(decoded) > limit                     # ... the next does not
+    assert side < blocks.block_side(plain, limit) and blocks.block_side(decoded, limit, halo=20) > side
+    with pytest.raises(ValueError, match="lower --halo"):
+        blocks.block_side(decoded, 2**20, halo=400)
