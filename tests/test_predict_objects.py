@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipelines.predict import blocks, objects
+from pipelines.core import objects
+from pipelines.predict import blocks
 
 
 def whole_objects(mask, connectivity):

@@ -32,7 +32,7 @@ from pipelines.beam.zarr_store import store_for
 from pipelines.core import block_instances as bi
 from pipelines.core.outlines import polygons
 from pipelines.predict import blocks, geojson_out, label_outputs, outputs, plan
-from pipelines.predict.objects import label_table
+from pipelines.core.objects import label_table
 from pipelines.predict.stitch import preview_step
 from schemas import decoder as dec
 from schemas import layout as names

@@ -27,9 +27,9 @@ from apache_beam.ml.inference.base import RunInference
 
 from pipelines.beam import files, region_files
 from pipelines.beam.zarr_store import store_for
-from pipelines.core import images, pixels, regions, tiling
+from pipelines.core import images, objects, pixels, regions, tiling
 from pipelines.core.pixels import encode_png, overlay, to_rgb8
-from pipelines.predict import block_decode, blocks, geojson_out, label_outputs, objects, outputs
+from pipelines.predict import block_decode, blocks, geojson_out, label_outputs, outputs
 from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step, seam_columns, seam_heat
 from schemas import layout as names
