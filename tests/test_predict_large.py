@@ -368,6 +368,11 @@ def test_an_object_larger_than_the_halo_rejects_the_image_with_the_remedy(setup,
     record = json.loads((out / names.REJECTED_FILE).read_text().splitlines()[0])
     assert record["reason"] == "halo_too_small" and "raise --halo" in record["detail"]
     assert json.loads((out / names.SUCCESS_FILE).read_text())["rejected"] == 1
+    unusable = tmp_path / "unusable"            # a halo under 3 x the expansion: refused before any block
+    assert instances_by_blocks(root, model, unusable, "--decoder", "partition", "--expand", "4", "--halo", "12") == 0
+    record = json.loads((unusable / names.REJECTED_FILE).read_text().splitlines()[0])
+    assert record["reason"] == "halo_too_small" and "3 x the decoder's expansion" in record["detail"]
+    assert not (unusable / names.BLOCKS_DIR).exists()
 
 
 def test_a_killed_decoding_resumes_only_the_blocks_not_written(setup, tmp_path):

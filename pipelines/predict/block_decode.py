@@ -41,16 +41,28 @@ from schemas.rejected import rejected_record
 
 NAMESPACE = "tessera.predict"
 READY = "ready"
-def check_memory(spec, halo: int) -> None:
-    """A block's window (block + 2 halo per side) decoded must fit --memory-limit-mb."""
-    params = spec.decoder
-    bi.check_halo(params, halo)
+def refusal(spec, halo: int) -> tuple[str, str] | None:
+    """Why no large image can be decoded with this halo, as a rejection (reason, detail), or None:
+    the halo must exceed the decoder's reach, and a block's window (block + 2 halo per side)
+    decoded must fit --memory-limit-mb."""
+    try:
+        bi.check_halo(spec.decoder, halo)
+    except ValueError as e:
+        return "halo_too_small", str(e)
     window = spec.block_side + 2 * halo
     need = window * window * plan.instance_bytes(spec.geometry)
     if need > spec.memory_limit_bytes:
-        raise ValueError(f"decoding a block of {spec.block_side} px with its halo of {halo} px needs about "
-                         f"{need / 2**20:.0f} MiB: raise --memory-limit-mb above {spec.memory_limit_bytes / 2**20:.0f}"
-                         " or lower --halo")
+        return "too_large_for_memory", (
+            f"decoding a block of {spec.block_side} px with its halo of {halo} px needs about {need / 2**20:.0f} MiB: "
+            f"raise --memory-limit-mb above {spec.memory_limit_bytes / 2**20:.0f} or lower --halo")
+    return None
+
+
+def reject(layout, image_id: str, path: str, reason: str, detail: str) -> None:
+    """A large image's rejected record (it gets no row)."""
+    Metrics.counter(NAMESPACE, f"rejected_{reason}").inc()
+    outputs.write_json(layout.path(layout.rejected(path)), {**rejected_record(path, reason, detail),
+                                                            "image_id": image_id})
 
 
 def inputs_path(layout, image_id: str) -> str:
@@ -181,17 +193,15 @@ class ListOwned(beam.DoFn):
         try:
             found, _ = _decode(spec, self.halo, task)
         except bi.HaloTooSmall as e:
-            Metrics.counter(NAMESPACE, "rejected_halo_too_small").inc()
-            path = task.described["path"]
-            outputs.write_json(spec.layout.path(spec.layout.rejected(path)),
-                               {**rejected_record(path, "halo_too_small", str(e)), "image_id": task.image_id})
-            return
-        keys = bi.anchor_keys(found.anchors[found.owned() - 1], task.described["width"])
-        buffer = io.BytesIO()
-        np.savez(buffer, count=np.int64(len(keys)), keys=keys)
-        files.write_atomically(marker(spec.layout, task.image_id, task.index, "owned"), buffer.getvalue())
-        crashpoint("predict:block-owned")
-        yield task.image_id, task.described
+            reject(spec.layout, task.image_id, task.described["path"], "halo_too_small", str(e))
+            found = None
+        if found is not None:
+            keys = bi.anchor_keys(found.anchors[found.owned() - 1], task.described["width"])
+            buffer = io.BytesIO()
+            np.savez(buffer, count=np.int64(len(keys)), keys=keys)
+            files.write_atomically(marker(spec.layout, task.image_id, task.index, "owned"), buffer.getvalue())
+            crashpoint("predict:block-owned")
+            yield task.image_id, task.described
 
 
 class PlanDecoded(beam.DoFn):

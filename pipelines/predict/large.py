@@ -132,12 +132,19 @@ def _block_arrays(layout, ref: BlockRef, side: int, create: bool) -> tuple:
 
 class PlanBlocks(beam.DoFn):
     """A large image -> BlockRefs of its blocks not done yet; ``ready``: image ids whose
-    blocks are all done (an earlier run stopped before finishing them)."""
+    blocks are all done (an earlier run stopped before finishing them). ``refusal``: (reason,
+    detail) that rejects every large image (a halo its decoder cannot use)."""
 
-    def __init__(self, spec):
-        self.spec = spec
+    def __init__(self, spec, refusal: tuple[str, str] | None = None):
+        self.spec, self.refusal = spec, refusal
 
     def process(self, item) -> Iterator[Any]:
+        if self.refusal:
+            block_decode.reject(self.spec.layout, item.image_id, item.path, *self.refusal)
+        else:
+            yield from self.planned(item)
+
+    def planned(self, item) -> Iterator[Any]:
         spec, layout = self.spec, self.spec.layout
         with region_files.opened(item.path) as source:
             view = regions.level_view(source, spec.pixel_size_um)
@@ -328,12 +335,11 @@ class PredictLargeImages(beam.PTransform):
     def __init__(self, spec, handler, halo: int = blocks.DEFAULT_HALO):
         super().__init__()
         self.spec, self.handler, self.halo = spec, handler, halo
-        if spec.decoder is not None and spec.block_side:
-            block_decode.check_memory(spec, halo)
+        self.refusal = block_decode.refusal(spec, halo) if spec.decoder is not None and spec.block_side else None
 
     def expand(self, large):
         spec = self.spec
-        planned = large | "PlanBlocks" >> beam.ParDo(PlanBlocks(spec)).with_outputs(READY, main="refs")
+        planned = large | "PlanBlocks" >> beam.ParDo(PlanBlocks(spec, self.refusal)).with_outputs(READY, main="refs")
         done = (planned.refs
                 | "SpreadBlocks" >> beam.Reshuffle()
                 | "BlockTasks" >> beam.Map(lambda ref: BlockTask(ref, spec.geometry, spec.policy))
