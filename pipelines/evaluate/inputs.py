@@ -173,6 +173,22 @@ def probability_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
     return row_paths(pred_dir, table, "probabilities_path", ".npy")
 
 
+def read_probabilities(path: str, expected: tuple[int, int]) -> np.ndarray | None:
+    """The class probabilities (H, W, K) saved at ``path`` (.npy), read only when its header says
+    (H, W) is the truth's ``expected`` size; None otherwise (no V_rand for that image)."""
+    try:
+        with FileSystems.open(path) as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape = read_header(handle)[0]
+    except (ValueError, OSError) as e:
+        raise RejectedInput("unreadable", f"{path}: not a .npy of class probabilities ({e})") from e
+    if len(shape) != 3 or tuple(shape[:2]) != tuple(expected):
+        return None
+    return np.load(io.BytesIO(read_bytes(path)))
+
+
 def instance_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
     """{image id: its instance labels} for the images predicted with --instances: a uint32
     TIFF (instances/<id>.tif) or, for large images, an OME-Zarr label pyramid (instances/<id>.ome.zarr)."""

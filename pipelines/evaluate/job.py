@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import io
 import json
 import sys
 
@@ -57,6 +56,7 @@ from pipelines.evaluate.inputs import (
     read_label_image,
     read_prediction,
     read_predictions_table,
+    read_probabilities,
     read_truth_labels,
     resolve_class_names,
 )
@@ -204,8 +204,12 @@ def score_pair(task: PairTask) -> dict:
         pred_ids, pred_objects = objects.objects_of(instances, ignored, instances=True), "instances"
     vrand = (float("nan"), float("nan"))
     if task.probabilities_path and exists(task.probabilities_path):
-        probabilities = np.load(io.BytesIO(read_bytes(task.probabilities_path)))
-        if probabilities.shape[:2] == truth.shape:
+        try:   # the header first: read only when it is this image's size
+            probabilities = read_probabilities(task.probabilities_path, truth.shape)
+        except RejectedInput as e:
+            return {"image_id": task.image_id, "status": "rejected", "source": task.probabilities_path,
+                    "reason": e.reason, "detail": e.detail}
+        if probabilities is not None:
             vrand = objects.vrand_isbi(truth_ids, objects.foreground_of(probabilities), ignored)
     return {"image_id": task.image_id, "status": "evaluated", "seams": seams,
             "confusion": scores.confusion_matrix(truth, pred, task.policy.num_classes),

@@ -74,7 +74,10 @@ def print_report(report: dict, out) -> None:
     if report["task"] == SEGMENTATION:
         w(f"\n{'metric':<20}{'overall':>10}{'per-image mean':>16}")
         for metric, value in overall["micro"].items():
-            w(f"{metric:<20}{_fmt(value):>10}{_fmt(overall['per_image_mean'][metric]):>16}")
+            mean = overall["per_image_mean"][metric]
+            if c["evaluated"] and _fmt(value) == _fmt(mean) == "n/a":
+                continue   # undefined for every image (vrand_isbi without --save-probabilities): not a row of n/a
+            w(f"{metric:<20}{_fmt(value):>10}{_fmt(mean):>16}")
         cols = (*scores.CLASS_METRICS, "support")
     else:
         w(f"\naccuracy {_fmt(overall['accuracy'])}   macro-F1 {_fmt(overall['macro_f1'])}")
