@@ -372,3 +372,65 @@ def test_evaluate_reports_errors_near_tile_seams_vs_inside(tmp_path):
     seams = json.loads(out.read_text())["overall"]["tile_seams"]
     assert seams["error_near_seams"] == pytest.approx(12 / seams["pixels_near_seams"]) and seams["error_inside"] == 0
     assert seams["pixels_near_seams"] + seams["pixels_inside"] == 144
+
+
+# ---------------------------------------------------------------- sizes from the headers
+
+def _png_header_only(path, height, width):
+    """A PNG that declares height x width 8-bit gray pixels and holds none: decoding it fails
+    (truncated), reading its header does not; so a refusal that names its size came from the header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_huge_predicted_mask_is_refused_from_its_header_before_decoding(tmp_path):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _png(truth / "a.png", TRUTH_3)
+    _png_header_only(pred / names.mask_path("a"), 16000, 16000)        # another size than its truth
+    _png(truth / "b.png", TRUTH_3)
+    _png_header_only(pred / names.mask_path("b"), 3, 3)                # the truth's size: decoded, truncated
+    _png(truth / "c.png", np.zeros((120, 100)))
+    _png_header_only(pred / names.mask_path("c"), 120, 100)            # the truth's size, over --max-pixels
+    _complete(pred)
+    out = tmp_path / "report.json"
+    assert evaluate.run(["--predictions", str(pred), "--truth", str(truth), "--output", str(out),
+                         "--mask-values", "ids", "--max-pixels", "10000"]) == 1     # nothing evaluated
+    rejected = {r["source"].split("/")[-1]: r for r in json.loads(out.read_text())["rejected"]}
+    assert rejected["a.png"]["reason"] == "size_mismatch"
+    assert rejected["a.png"]["detail"] == "truth (3, 3) vs prediction (16000, 16000) (from the headers; neither was decoded)"
+    assert rejected["b.png"]["reason"] in ("truncated", "unreadable")   # the header agreed, so it was decoded
+    assert rejected["c.png"]["reason"] == "too_large" and "12000 pixels is more than --max-pixels 10000" in \
+        rejected["c.png"]["detail"]
+    assert rejected["c.png"]["source"].endswith("truth/c.png")   # the truth is refused first, from its header
+
+
+def test_probabilities_of_another_size_give_no_vrand_and_the_table_prints_no_row_of_n_a(tmp_path, capsys):
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    _png(truth / "a.png", TRUTH_3)
+    _png(pred / names.mask_path("a"), PRED_3)
+    (pred / names.PROBABILITIES_DIR).mkdir()
+    np.save(pred / names.probabilities_path("a"), np.full((30, 30, 2), 0.5, np.float16))   # not a's size
+    pq.write_table(pa.table({"image_id": ["a"], "mask_path": [names.mask_path("a")],
+                             "probabilities_path": [names.probabilities_path("a")]}), pred / names.PREDICTIONS_FILE)
+    _complete(pred)
+    out = tmp_path / "report.json"
+    argv = ["--predictions", str(pred), "--truth", str(truth), "--output", str(out), "--mask-values", "ids"]
+    assert evaluate.run(argv) == 0
+    assert json.loads(out.read_text())["overall"]["micro"]["vrand_isbi"] is None
+    printed = capsys.readouterr().out
+    assert "dice" in printed and "vrand_isbi" not in printed and "n/a" not in printed
+    foreground = np.where(TRUTH_3 == 1, 0.9, 0.1)
+    np.save(pred / names.probabilities_path("a"), np.stack([1 - foreground, foreground], -1).astype(np.float16))
+    assert evaluate.run(argv) == 0
+    assert json.loads(out.read_text())["overall"]["micro"]["vrand_isbi"] is not None
+    assert "vrand_isbi" in capsys.readouterr().out
+    (pred / names.probabilities_path("a")).write_bytes(b"not an npy file")
+    assert evaluate.run(argv) == 1
+    assert json.loads(out.read_text())["rejected"][0]["reason"] == "unreadable"

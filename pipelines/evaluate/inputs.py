@@ -136,12 +136,12 @@ def check_size(name: str, shape: tuple[int, ...], max_pixels: int, expected: tup
     """Refuses, from a header's (height, width, ...), an image above ``max_pixels`` or of another
     size than the truth's ``expected`` (height, width): nothing is decoded for either."""
     height, width = int(shape[0]), int(shape[1])
-    if height * width > max_pixels:
-        raise RejectedInput("too_large", f"{name}: {height}x{width} = {height * width} pixels is more than "
-                            f"--max-pixels {max_pixels} (refused from its header); raise it to evaluate this image")
     if expected is not None and (height, width) != tuple(expected):
         raise RejectedInput("size_mismatch", f"truth {tuple(expected)} vs {what} {(height, width)} "
                             "(from the headers; neither was decoded)")
+    if height * width > max_pixels:
+        raise RejectedInput("too_large", f"{name}: {height}x{width} = {height * width} pixels is more than "
+                            f"--max-pixels {max_pixels} (refused from its header); raise it to evaluate this image")
 
 
 def full_resolution_level(path: str, max_pixels: int, expected: tuple[int, int] | None = None) -> np.ndarray:
