@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 ISBI = os.path.join(os.path.dirname(REPO), "shared", "data", "isbi2012-em")
 METRICS = (("adapted_rand_error", "adapted Rand"), ("object_f1", "object F1"), ("object_f1_50_95", "F1 .5:.95"),
-           ("panoptic_quality", "PQ"), ("vi", "VI (bits)"), ("pixel_error", "pixel error"))
+           ("object_pq", "PQ"), ("vi", "VI (bits)"), ("pixel_error", "pixel error"))
 # The datasets' own flags (what a user states about their data), nothing of the recipe.
 DATASETS = {
     "isbi": {"preprocess": ("--color-mode", "grayscale"), "evaluate": ()},
