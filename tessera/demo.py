@@ -16,11 +16,12 @@ import shutil
 import sys
 import time
 
+from schemas import cli
 from tessera import synthetic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tessera demo", allow_abbrev=False, description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="tessera demo", allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default="tessera-demo", help="where every output goes (replaced)")
     p.add_argument("--task", choices=["segmentation", "classification"], default="segmentation")
     p.add_argument("--epochs", type=int, default=0, help="training epochs (0: the task's default)")

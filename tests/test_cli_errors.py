@@ -154,3 +154,21 @@ def test_open_dataset_names_the_remedy_for_a_missing_or_unfinished_dataset(tmp_p
     (tmp_path / "half" / layout.SPEC_FILE).write_text("{}")
     with pytest.raises(FileNotFoundError, match="preprocess did not finish this dataset .no _SUCCESS."):
         data.open_dataset(str(tmp_path / "half"))
+
+
+def test_demo_misspelt_flag(capsys):
+    from tessera import demo
+
+    with pytest.raises(SystemExit) as e:
+        demo.build_parser().parse_args(["--quik"])
+    assert e.value.code == 2
+    assert two_lines(capsys.readouterr().err, "tessera demo") == "unknown flag --quik (did you mean --quick?)"
+
+
+def test_train_config_file_keys_get_suggestions_too():
+    from trainer.config import from_dict
+
+    with pytest.raises(ValueError, match=r"^unknown config keys: epoch \(did you mean epochs\?\), zzz$"):
+        from_dict({"epoch": 3, "zzz": 1})
+    with pytest.raises(ValueError, match=r"section 'model': dept \(did you mean depth\?\)$"):
+        from_dict({"model": {"dept": 2}})

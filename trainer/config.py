@@ -137,12 +137,18 @@ class TrainConfig:
 SECTIONS = {"model": ModelConfig, "loss": LossConfig, "optim": OptimConfig, "augment": AugmentConfig}
 
 
+def _described(unknown: set[str], known: set[str]) -> str:
+    """``epoch (did you mean epochs?), zzz``"""
+    return ", ".join(f"{key} (did you mean {hint}?)" if (hint := cli.closest(key, known)) else key
+                     for key in sorted(unknown))
+
+
 def from_dict(values: dict[str, Any]) -> TrainConfig:
     """Builds a TrainConfig from a (possibly partial) nested dict; unknown keys are an error."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        raise ValueError(f"unknown config keys: {_described(unknown, known)}")
     top = dict(values)
     for section, cls in SECTIONS.items():
         sub = top.get(section, {})
@@ -151,7 +157,7 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         bad = set(sub) - fields
         if bad:
-            raise ValueError(f"unknown keys in config section {section!r}: {sorted(bad)}")
+            raise ValueError(f"unknown keys in config section {section!r}: {_described(bad, fields)}")
         top[section] = cls(**sub)
     return TrainConfig(**top)
 

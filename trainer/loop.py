@@ -323,7 +323,8 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
             handle.write(learning_curves_png({"training": history.rows}, cfg.monitor))
     checksum = float(sum(np.abs(w).sum() for w in model.get_weights()))
     log(f"Finished at epoch {int(epoch_var.numpy())}; best {cfg.monitor} {float(best_var.numpy()):.4f} at epoch "
-        f"{int(best_epoch_var.numpy())}; weights checksum {checksum:.6f}")
+        f"{int(best_epoch_var.numpy())}" + (f"; weights checksum {checksum:.6f} (sum of |w|: the same on every worker "
+                                            "and after a resume)" if cfg.verbose >= 2 else ""))   # --progress 2 only
     if export_model and int(best_epoch_var.numpy()) < 1:   # every worker stops here, none waits for the chief
         raise NothingToExport(
             f"nothing to export: {cfg.monitor if has_val else 'the training loss'} was never finite in "
