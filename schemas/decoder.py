@@ -27,7 +27,8 @@ Numbering: objects are numbered 1..n in raster order of their first pixel (their
 Every step is local (components, a watershed confined to one foreground or class component,
 an expansion of at most ``expand`` px), so a window of an image that holds an object, its
 foreground component and ``expand`` px around them (one more px for ``watershed``'s distance)
-decodes it to the same pixels as the whole image does, up to its number: what block-wise decoding of large images relies on.
+decodes it to the same pixels as the whole image does, up to its number: what block-wise
+decoding of large images relies on.
 """
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ def check_compatible(cards: Sequence[ModelCard], model_dirs: Sequence[str]) -> N
         if key(card) != key(first):
             raise ValueError(
                 f"models disagree and cannot form an ensemble: {model_dirs[0]} has (task, (core, margin, "
-                f"input, output), channels, dtype, classes, intensity, object class) = {key(first)} but {model_dir} has "
+                f"input, output), channels, dtype, classes, intensity, object class) = {key(first)} "
+                f"but {model_dir} has "
                 f"{key(card)}")
 
 

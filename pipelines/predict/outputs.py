@@ -227,7 +227,8 @@ def write_instances(layout: OutputLayout, image_id: str, decoded: DecodedImage) 
     outlines = polygons(decoded.labels, ids=found["object_id"])
     table = label_outputs.objects_table(image_id, found, s.class_names, None, outlines)
     write_atomically(layout.path(names.objects_path(image_id)), label_outputs.parquet_bytes(table))
-    geojson_out.write_features(layout.path(names.geojson_path(image_id)), geojson_out.table_features(table, s.class_names))
+    geojson_out.write_features(layout.path(names.geojson_path(image_id)),
+                               geojson_out.table_features(table, s.class_names))
     return names.instances_path(image_id)
 
 
