@@ -228,3 +228,22 @@ def test_which_decoder_runs_the_card_s_with_the_settings_given_on_top():
     assert resolve_decoder("auto", [boundary, other], {"mode": "seeded"}).mode == "seeded"
     with pytest.raises(ValueError, match="boundary target"):
         resolve_decoder("auto", [plain], {"mode": "partition"})
+
+
+def test_the_defaults_keep_the_settings_fingerprint_of_earlier_runs(tmp_path):
+    """--instances auto and --connectivity 0 resolve, for a plain model, to what the old defaults
+    (none, 4) wrote: a finished run is not predicted again after the upgrade."""
+    from pipelines.predict import outputs
+
+    export_model(str(tmp_path / "model"), kind="bright", core=16, margin=4, channels=1)
+
+    def spec_of(*flags):
+        args = predict.build_parser().parse_args(["--model-dir", str(tmp_path / "model"), "--input", "x",
+                                                  "--output", str(tmp_path / "out"), *flags])
+        return predict.job_spec(predict.config_from_args(args))[0]
+
+    default, old = spec_of(), spec_of("--instances", "none", "--connectivity", "4")
+    assert default.decoder is None and default.connectivity == 4
+    assert default.layout.settings.fingerprint() == old.layout.settings.fingerprint()
+    s = default.layout.settings
+    assert s.fingerprint() == outputs.OutputSettings(s.task, s.class_names, s.model_ids).fingerprint()
