@@ -72,3 +72,19 @@ def test_train_reads_a_yaml_config(tmp_path):
     config.write_text("epochs: 7\nmodel:\n  depth: 2\n")
     cfg = parse_config(["--config", str(config), "--data", "d", "--model-dir", str(tmp_path / "m"), "--depth", "3"])
     assert (cfg.epochs, cfg.model.depth) == (7, 3)
+
+
+def test_a_misspelt_config_key_is_named_as_written_there_with_the_closest_key(tmp_path, capsys):
+    from pipelines.preprocess.job import build_parser
+
+    config = tmp_path / "job.yaml"
+    config.write_text("input: a\noutput: b\ntile_sise: 3\nrunner: DirectRunner\ndirect_num_workerz: 2\n")
+    with pytest.raises(SystemExit) as e:
+        flags.parse(build_parser(), ["--config", str(config)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"tessera preprocess: --config {config}: unknown keys tile_sise (did you mean tile_size?), "
+        "direct_num_workerz (did you mean direct_num_workers?)", "see tessera preprocess --help"]
+    config.write_text("input: a\noutput: b\ntile_size: 3\nrunner: DirectRunner\n")   # Beam's keys pass
+    args, beam = flags.parse(build_parser(), ["--config", str(config)])
+    assert args.tile_size == 3 and beam == ["--runner", "DirectRunner"]

@@ -60,6 +60,21 @@ def config_argv(values: dict) -> list[str]:
     return tokens
 
 
+def _key(name) -> str:
+    return str(name).lstrip("-").replace("-", "_")
+
+
+def check_config_keys(values: dict, path: str, ours: list[str], beams: list[str]) -> None:
+    """A key of ``--config FILE`` that names none of our flags nor Beam's is an error naming it as
+    written there, with the closest key (ours first)."""
+    known = {_key(f) for f in [*ours, *beams]}
+    bad = [str(k) for k in values if k != "beam" and _key(k) not in known]
+    if bad:
+        keys = [[_key(f) for f in ours], [_key(f) for f in beams]]
+        described = [f"{k} (did you mean {hint}?)" if (hint := cli.closest_flag(k, *keys)) else k for k in bad]
+        raise ValueError(f"{CONFIG_FLAG} {path}: unknown key{'s' if len(bad) > 1 else ''} {', '.join(described)}")
+
+
 def our_flags(parser: argparse.ArgumentParser) -> list[str]:
     return cli.flag_names(parser)
 
@@ -96,7 +111,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, beam: bool = 
     config_file, argv = _split_config(argv)
     if config_file:
         try:
-            argv = config_argv(load_config(config_file)) + argv
+            values = load_config(config_file)
+            check_config_keys(values, config_file, our_flags(parser), beam_flags([])[1] if beam else [])
+            argv = config_argv(values) + argv
         except ValueError as e:
             parser.error(str(e))
     if not beam:
