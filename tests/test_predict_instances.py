@@ -148,6 +148,9 @@ def test_decoder_flags_override_the_card_and_none_keeps_the_raw_classes(tmp_path
     config = json.loads((out / names.CONFIG_FILE).read_text())
     decoder = json.loads(config["settings"]["decoder"])
     assert decoder["mode"] == "partition" and decoder["expand"] == 3 and decoder["seed"] == 0.5
+    out, _ = predict_boundary(tmp_path, "--binary-255")
+    row, labels, mask, objects = outputs_of(out)
+    np.testing.assert_array_equal(mask, np.where(labels > 0, 255, 0))        # the decoded objects as 0/255
     out, _ = predict_boundary(tmp_path, "--instances", "none")
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
     mask = np.asarray(Image.open(out / row["mask_path"]))

@@ -216,20 +216,21 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
         inference.check_saved_model(model_dir, card, config.precision)
         inference.verify_model(model_dir, card, config.precision)
     card = cards[0]
-    if config.binary_255 and card.num_classes != 2:
-        raise ValueError(f"--binary-255 needs a binary model; {config.model_dirs[0]} has {card.num_classes} classes")
     if config.threshold != -1.0 and (card.num_classes != 2 or config.ensemble == "vote"):
+        hint = " (a boundary model: --foreground-threshold, --seed-threshold)" if card.is_boundary_model else ""
         raise ValueError("--threshold applies to a binary model's (or a mean ensemble's) P(foreground); "
-                         f"{config.model_dirs[0]} has {card.num_classes} classes, --ensemble {config.ensemble}")
+                         f"{config.model_dirs[0]} has {card.num_classes} classes, --ensemble {config.ensemble}{hint}")
     decoder = predict_instances.resolve_decoder(config.instances, cards, decoder_overrides(config),
                                                 config.model_dirs[0])
     connectivity = config.connectivity or (decoder or card.decoder_params()).connectivity
-    boundary = decoder is not None and card.is_boundary_model
-    if config.binary_255 and boundary:
-        raise ValueError("--binary-255 needs a binary model; a boundary model's decoded masks are already 0/1 "
-                         "(multiply by 255 for a 0/255 image)")
+    boundary = decoder is not None and card.is_boundary_model     # masks: its output classes, decoded
+    classes = card.output_class_names if boundary else card.class_names
+    if config.binary_255 and len(classes) != 2:
+        raise ValueError(f"--binary-255 needs binary masks; {config.model_dirs[0]} predicts {len(classes)} classes"
+                         + (" (without --instances none a boundary model's masks are binary)"
+                            if card.is_boundary_model else ""))
     settings = outputs.OutputSettings(
-        task=card.task, class_names=card.output_class_names if boundary else card.class_names,
+        task=card.task, class_names=classes,
         model_ids=tuple(model_id for _, model_id in read),
         ensemble=config.ensemble, tta=config.tta, overlap=config.overlap, blend=config.blend,
         binary_255=config.binary_255, save_probabilities=config.save_probabilities and card.task == "segmentation",
