@@ -172,3 +172,14 @@ def test_train_config_file_keys_get_suggestions_too():
         from_dict({"epoch": 3, "zzz": 1})
     with pytest.raises(ValueError, match=r"section 'model': dept \(did you mean depth\?\)$"):
         from_dict({"model": {"dept": 2}})
+
+
+def test_train_config_file_missing_or_not_yaml_is_one_line(tmp_path, capsys):
+    from trainer.task import run
+
+    (tmp_path / "bad.yaml").write_text("epochs: [\n")
+    for name in ("missing.yaml", "bad.yaml"):
+        assert run(["--config", str(tmp_path / name), "--data", "d", "--model-dir", "m"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tessera train: --config {tmp_path / name}: cannot read it as JSON or YAML")
+        assert "\n" not in err

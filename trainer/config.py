@@ -284,8 +284,12 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
         import yaml
 
         path = given.pop("config_file")
-        with tf.io.gfile.GFile(path) as handle:
-            values = yaml.safe_load(handle.read())  # JSON or YAML
+        try:
+            with tf.io.gfile.GFile(path) as handle:
+                values = yaml.safe_load(handle.read())  # JSON or YAML
+        except (tf.errors.OpError, OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ValueError(f"--config {path}: cannot read it as JSON or YAML ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())})") from e
         if not isinstance(values, dict):
             raise ValueError(f"--config {path}: expected a mapping of config keys to values")
     for dest, value in given.items():
