@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", choices=dec.MODES, default=None,
                    help="the decoder instead of the card's: components | watershed (any model) | seeded | "
                         "partition (boundary models: seeds of P(interior) grown over P(boundary); partition "
-                        "also assigns the boundary to the cells) (default: the card's)")
+                        "also assigns the boundary to the cells); None: the card's")
     p.add_argument("--seed-threshold", type=float, default=d.seed_threshold,
                    help="seeded/partition: seeds where P(interior) >= this (-1: the card's)")
     p.add_argument("--foreground-threshold", type=float, default=d.foreground_threshold,
