@@ -434,3 +434,10 @@ def test_probabilities_of_another_size_give_no_vrand_and_the_table_prints_no_row
     (pred / names.probabilities_path("a")).write_bytes(b"not an npy file")
     assert evaluate.run(argv) == 1
     assert json.loads(out.read_text())["rejected"][0]["reason"] == "unreadable"
+
+
+def test_missing_predictions_directory_says_to_run_predict(tmp_path, capsys):
+    assert evaluate.run(["--predictions", str(tmp_path / "nope"), "--truth", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tessera evaluate: error: --predictions {tmp_path / 'nope'}: no such directory, or nothing in it; "
+                   f"write it first with `tessera predict --model-dir MODEL --input IMAGES --output {tmp_path / 'nope'}`")

@@ -53,6 +53,9 @@ def list_files(root: str) -> tuple[dict[str, str], list[dict]]:
 def check_complete(pred_dir: str) -> None:
     """Refuse a prediction directory whose run did not finish (``tessera predict`` writes _SUCCESS last)."""
     if not exists(FileSystems.join(pred_dir, SUCCESS_FILE)):
+        if not FileSystems.match([FileSystems.join(pred_dir, "**")], limits=[1])[0].metadata_list:
+            raise ValueError(f"--predictions {pred_dir}: no such directory, or nothing in it; write it first with "
+                             f"`tessera predict --model-dir MODEL --input IMAGES --output {pred_dir}`")
         raise ValueError(f"{pred_dir}: no {SUCCESS_FILE}, so the prediction run there did not complete (or this is "
                          "not a `tessera predict` directory); rerun predict, or pass --allow-incomplete to score "
                          "what is there")
