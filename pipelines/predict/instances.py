@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from pipelines.predict.objects import label_table
+from pipelines.core.objects import label_table
 from pipelines.predict.stitch import StripResult, preview_rows, preview_step
 from schemas import decoder as dec
 from schemas.model_card import ModelCard
