@@ -3,8 +3,8 @@ object calibration (``--calibrate rand|object-f1``) optimises, in one place so t
 a card calibrates means what evaluate measures (pure numpy / scikit-image).
 
 Objects are the 4-connected components of equal non-zero class, or instance ids as given;
-matching at IoU >= t (t > 0.5 makes matches unique; at exactly 0.5 a truth object split in two
-equal halves would match both); the adapted Rand error is scikit-image's (alpha 0.5, truth
+matching at IoU > t, strictly, as the DSB 2018 metric (at IoU >= 0.5 a truth object split in
+two equal halves would match both, and F1 could exceed 1); the adapted Rand error is scikit-image's (alpha 0.5, truth
 background excluded). Panoptic quality (Kirillov et al. 2019) matches at IoU > 0.5 (strictly,
 so matches are unique): PQ = (sum of the matched pairs' IoU) / (TP + FP/2 + FN/2) = SQ x RQ,
 SQ = the mean IoU of the matched pairs, RQ = TP / (TP + FP/2 + FN/2). Counts (and the IoU
@@ -30,7 +30,7 @@ def objects_of(labels: np.ndarray, ignored: np.ndarray, instances: bool = False)
 
 
 def object_counts(truth_ids: np.ndarray, pred_ids: np.ndarray) -> dict:
-    """Truth and predicted objects and TP at each of THRESHOLDS (IoU >= t), and the TP and the
+    """Truth and predicted objects and TP at each of THRESHOLDS (IoU > t), and the TP and the
     sum of the matched pairs' IoU for panoptic quality (IoU > 0.5) (one image)."""
     table = scipy.sparse.coo_array(contingency_table(truth_ids, pred_ids, sparse_type="array"))
     areas_true = np.asarray(table.sum(axis=1)).ravel()
@@ -39,7 +39,7 @@ def object_counts(truth_ids: np.ndarray, pred_ids: np.ndarray) -> dict:
     rows, cols, overlap = table.row[keep], table.col[keep], table.data[keep].astype(np.float64)
     iou = overlap / (areas_true[rows] + areas_pred[cols] - overlap)
     return {"true": int(np.count_nonzero(areas_true[1:])), "pred": int(np.count_nonzero(areas_pred[1:])),
-            "tp": [int(np.count_nonzero(iou >= t)) for t in THRESHOLDS],
+            "tp": [int(np.count_nonzero(iou > t)) for t in THRESHOLDS],
             "pq_tp": int(np.count_nonzero(iou > 0.5)), "pq_iou": float(iou[iou > 0.5].sum())}
 
 

@@ -35,9 +35,9 @@ def test_matching_precision_recall_f1_and_ap_by_hand():
     assert summary["object_f1"] == pytest.approx(1 / 3) and summary["object_ap50"] == pytest.approx(1 / 5)
     assert summary["object_ap_50_95"] == pytest.approx(1 / 5)          # A matches at every threshold
     shifted = np.zeros_like(truth)
-    shifted[1:5, 2:6] = 1          # IoU 12/20 = 0.6: a match at 0.50, 0.55 and 0.60 only
+    shifted[1:5, 2:6] = 1          # IoU 12/20 = 0.6: a match at 0.50 and 0.55 only (IoU > t)
     tp = objects.object_counts(truth[:, :10] * (truth[:, :10] == 1), shifted[:, :10])["tp"]
-    assert tp == [1, 1, 1] + [0] * 7
+    assert tp == [1, 1] + [0] * 8
     assert objects.object_summary({"true": 0, "pred": 0, "tp": [0] * 10})["object_f1"] == 1.0   # both empty
 
 
@@ -100,8 +100,8 @@ def test_truth_instances_keep_touching_cells_apart(tmp_path):
 
 
 def pq_case():
-    """Truth A matched exactly (IoU 1), B at IoU 24/32 = 0.75, C at exactly 0.5 (a match for
-    F1 at t = 0.5, IoU >= t, but not for PQ, IoU > 0.5), D missed, one false positive."""
+    """Truth A matched exactly (IoU 1), B at IoU 24/32 = 0.75, C at exactly 0.5 (no match: IoU
+    must exceed the threshold, for F1 as for PQ), D missed, one false positive."""
     truth = np.zeros((30, 40), np.int64)
     truth[1:5, 1:5] = 1              # A, 16 px
     truth[8:12, 1:9] = 2             # B, 32 px
@@ -119,16 +119,16 @@ def test_panoptic_quality_f1_and_dsb_accuracy_by_hand():
     truth, pred = pq_case()
     counts = objects.object_counts(truth, pred)
     assert counts["pq_tp"] == 2 and counts["pq_iou"] == pytest.approx(1.75)
-    assert counts["tp"] == [3] + [2] * 5 + [1] * 4              # 0.5 | 0.55-0.75 (B: 0.75 >= 0.75) | 0.8-0.95
+    assert counts["tp"] == [2] * 5 + [1] * 5                    # 0.5-0.7 | 0.75 (B: 0.75 is not > 0.75)-0.95
     s = objects.object_summary(counts)
     # PQ: TP 2 (A, B), FP 2 (C's and the stray prediction), FN 2 (C, D)
     assert s["object_sq"] == pytest.approx(1.75 / 2) and s["object_rq"] == pytest.approx(2 / (2 + 1 + 1))
     assert s["object_pq"] == pytest.approx(1.75 / 4) == pytest.approx(s["object_sq"] * s["object_rq"])
-    # at IoU 0.5: TP 3, FP 1, FN 1
-    assert s["object_precision"] == s["object_recall"] == s["object_f1"] == pytest.approx(0.75)
-    assert s["object_ap50"] == pytest.approx(3 / 5)             # DSB 2018 "accuracy": TP / (TP + FP + FN)
-    assert s["object_ap_50_95"] == pytest.approx((3 / 5 + 5 * 2 / 6 + 4 * 1 / 7) / 10)
-    assert s["object_f1_50_95"] == pytest.approx((3 / 4 + 5 * 2 / 4 + 4 * 1 / 4) / 10)
+    # at IoU 0.5: TP 2, FP 2, FN 2
+    assert s["object_precision"] == s["object_recall"] == s["object_f1"] == pytest.approx(0.5)
+    assert s["object_ap50"] == pytest.approx(2 / 6)             # DSB 2018 "accuracy": TP / (TP + FP + FN)
+    assert s["object_ap_50_95"] == pytest.approx((5 * 2 / 6 + 5 * 1 / 7) / 10)
+    assert s["object_f1_50_95"] == pytest.approx((5 * 2 / 4 + 5 * 1 / 4) / 10)
     assert objects.object_summary(objects.object_counts(truth * 0, pred * 0))["object_pq"] == 1.0   # both empty
     nothing = objects.object_summary(objects.object_counts(truth, pred * 0))
     assert nothing["object_pq"] == nothing["object_sq"] == nothing["object_rq"] == 0.0
@@ -145,7 +145,7 @@ def test_panoptic_quality_over_images_is_computed_from_summed_counts():
     both = objects.object_summary(objects.add_counts(objects.add_counts(None, first), second))
     assert both["object_pq"] == pytest.approx((1.75 + 0.6) / (3 + 2 / 2 + 2 / 2))   # not the mean 0.51875
     assert both["object_sq"] == pytest.approx(2.35 / 3) and both["object_rq"] == pytest.approx(3 / 5)
-    assert first["tp"] == [3] + [2] * 5 + [1] * 4                # add_counts left its inputs alone
+    assert first["tp"] == [2] * 5 + [1] * 5                      # add_counts left its inputs alone
 
 
 def _instances_dir(tmp_path, truth, pred_labels, name, instances, large=False):
@@ -193,7 +193,7 @@ def test_evaluate_scores_small_and_large_instance_predictions_with_pq(tmp_path, 
     for report in reports.values():
         micro = report["overall"]["micro"]
         assert micro["object_pq"] == pytest.approx(1.75 / 4) and micro["object_sq"] == pytest.approx(0.875)
-        assert micro["object_f1"] == pytest.approx(0.75) and micro["object_ap50"] == pytest.approx(0.6)
+        assert micro["object_f1"] == pytest.approx(0.5) and micro["object_ap50"] == pytest.approx(2 / 6)
         assert report["overall"]["per_image_mean"]["object_pq"] == pytest.approx(1.75 / 4)
     rows = pq.read_table(tmp_path / "large.parquet").to_pylist()
     assert rows[0]["pred_objects"] == "instances" and rows[0]["object_rq"] == pytest.approx(0.5)
@@ -234,7 +234,7 @@ def test_matching_counts_equal_a_brute_force_over_every_pair(truth_values, pred_
     counts = objects.object_counts(truth, pred)
     assert counts["pq_tp"] == int(np.sum(ious > 0.5))
     assert counts["pq_iou"] == pytest.approx(float(ious[ious > 0.5].sum()))
-    assert counts["tp"] == [int(np.sum(ious >= t)) for t in objects.THRESHOLDS]
+    assert counts["tp"] == [int(np.sum(ious > t)) for t in objects.THRESHOLDS]
     assert (ious > 0.5).sum(axis=0).max(initial=0) <= 1 and (ious > 0.5).sum(axis=1).max(initial=0) <= 1
     s = objects.object_summary(counts)
     assert s["object_pq"] == pytest.approx(s["object_sq"] * s["object_rq"])

@@ -69,7 +69,7 @@ class ObjectCalibration:
     every candidate threshold (4-connected components of the predicted foreground; the
     truth's objects are the components of its mask, as in ``tessera evaluate``) and scored
     against the truth: ``rand`` by the Rand F-score (1 - adapted Rand error) of all images'
-    tables together, ``object-f1`` by the object F1 at IoU >= 0.5. What is kept per
+    tables together, ``object-f1`` by the object F1 at IoU > 0.5. What is kept per
     threshold grows with the objects, not the pixels."""
 
     def __init__(self, metric: str):

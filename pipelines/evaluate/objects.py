@@ -6,8 +6,9 @@ scores:
 - **Objects** are the 4-connected components of equal non-zero class (as for the adapted
   Rand error), or the ids of an instance label image (``--truth-instances``: touching cells
   stay apart). Truth-ignored pixels are removed from both sides first.
-- **Matching**: a predicted and a truth object match at threshold t when their IoU >= t; for
-  t >= 0.5 a match is unique, so TP(t) is the number of pairs with IoU >= t. Then
+- **Matching**: a predicted and a truth object match at threshold t when their IoU > t
+  (strictly, as DSB 2018 scores them); for t >= 0.5 a match is unique, so TP(t) is the
+  number of pairs with IoU > t. Then
   precision TP/(TP+FP), recall TP/(TP+FN), F1, and the cell-segmentation literature's
   AP(t) = TP/(TP+FP+FN) (StarDist's "accuracy"), at t = 0.5 and averaged over
   t = 0.50, 0.55, ..., 0.95. Sums over images give the overall values.
