@@ -69,6 +69,9 @@ def test_task_defaults_and_model_task_mismatch():
     seg, cls = for_task(cfg, "segmentation"), for_task(cfg, "classification")
     assert (seg.model.name, seg.loss.loss, seg.monitor) == ("unet", "ce+dice", "val_dice")
     assert (cls.model.name, cls.loss.loss, cls.monitor) == ("small-cnn", "ce", "val_accuracy")
+    # made for objects (a boundary target or a border weight map): the lowest validation loss
+    assert for_task(cfg, "segmentation", objects=True).monitor == "val_loss"
+    assert for_task(dataclasses.replace(cfg, monitor="val_dice"), "segmentation", objects=True).monitor == "val_dice"
     with pytest.raises(ValueError, match="does not fit a classification dataset"):
         for_task(dataclasses.replace(cfg, model=config.ModelConfig(name="unet")), "classification")
 

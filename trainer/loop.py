@@ -133,7 +133,7 @@ def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, expo
     model. ``strategy`` defaults to ``distribute.choose_strategy()``."""
     info = with_weight_map(open_dataset(cfg.data), cfg.loss.weight_map)
     verify_dataset(info, cfg.verify_digests)
-    cfg = for_task(cfg, info.spec.task)
+    cfg = for_task(cfg, info.spec.task, objects=info.spec.target == "boundary" or bool(info.weight_map))
     strategy = strategy or distribute.choose_strategy()
     policy = distribute.mixed_precision_policy(cfg.mixed_precision)
     previous_policy = keras.mixed_precision.global_policy()
