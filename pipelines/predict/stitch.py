@@ -17,7 +17,7 @@ from scipy import ndimage
 from pipelines.core import tiling
 from pipelines.core.pixels import to_rgb8
 from pipelines.predict.decide import chosen
-from pipelines.predict.objects import UnionFind
+from pipelines.core.objects import UnionFind
 from pipelines.predict.plan import StripTask
 
 PREVIEW_SIDE = 1024  # the overlay preview's longest side is at most this many pixels
