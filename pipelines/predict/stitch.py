@@ -15,9 +15,9 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.core import tiling
+from pipelines.core.objects import UnionFind
 from pipelines.core.pixels import to_rgb8
 from pipelines.predict.decide import chosen
-from pipelines.core.objects import UnionFind
 from pipelines.predict.plan import StripTask
 
 PREVIEW_SIDE = 1024  # the overlay preview's longest side is at most this many pixels
