@@ -398,3 +398,17 @@ def test_a_killed_decoding_resumes_only_the_blocks_not_written(setup, tmp_path):
 
     labels = zarr.open_group(str(out / names.instance_image_path("scan")), mode="r")["0"][:]
     same_up_to_renumbering(labels, tf.imread(tmp_path / "whole" / names.instances_path("scan")))
+
+
+def test_a_large_row_with_instances_vouches_for_its_instance_pyramid_and_geojson():
+    from pipelines.predict import outputs
+    from pipelines.predict.inputs import row_outputs
+
+    layout = outputs.OutputLayout("/out", outputs.OutputSettings("segmentation", ("background", "cell"), ("m",)))
+    row = {"image_id": "a/scan", "mask_path": names.label_image_path("a/scan"), "overlay_path": "overlays/a/scan.png",
+           "seam_map_path": None, "probabilities_path": None, "instances_path": names.instance_image_path("a/scan")}
+    needed = row_outputs(row, layout)
+    assert f"{names.instance_image_path('a/scan')}/.zattrs" in needed and names.geojson_path("a/scan") in needed
+    assert names.label_image_marker("a/scan") in needed
+    plain = row_outputs({**row, "instances_path": None}, layout)
+    assert not [p for p in plain if p.startswith((names.INSTANCES_DIR, names.GEOJSON_DIR))]

@@ -1,8 +1,8 @@
 """What a prediction run works on: listing the inputs, image ids, shards, and what is already done.
 
-``--input`` is a folder (every file below it), a glob (``*``, ``?``, ``[``), or a ``.txt``
-file listing one path per line (blank lines and ``#`` comments ignored); local or any
-Beam FileSystems scheme. An image's id is its path relative to the folder (the glob's
+``--input`` is a folder (every file below it), a glob (``*``, ``?``, ``[``), a ``.txt``
+file listing one path per line (blank lines and ``#`` comments ignored), or one image file
+(or zarr store); local or any Beam FileSystems scheme. An image's id is its path relative to the folder (the glob's
 fixed prefix, or the listed paths' common folder), without extension, '/'-separated; its
 outputs are named by it. Files without an image extension and files that share an id (``a.png``, ``a.tif``)
 become rejected records here.
@@ -82,21 +82,39 @@ def _listed(list_file: str) -> list[tuple[str, int, float]]:
     return found
 
 
+def _one_input(spec: str) -> list[tuple[str, int, float]] | None:
+    """``spec`` as an input of one: an existing file, or a zarr store (a folder); else None."""
+    if spec.endswith("/") and not spec.rstrip("/").lower().endswith(".zarr"):
+        return None
+    if spec.rstrip("/").lower().endswith(".zarr"):
+        return _listing(_match(f"{spec.rstrip('/')}/**")) or None
+    if FileSystems.get_scheme(spec) in (None, "file") and not os.path.isfile(spec.removeprefix("file://")):
+        return None
+    found = [m for m in _match(spec) if m.path == spec]
+    return _listing(found) or None
+
+
 def list_files(spec: str) -> tuple[list[tuple[str, int, float]], str, bool]:
-    """(sorted [(path, bytes, modified)], root folder, whether a list file named them) for ``--input``."""
+    """(sorted [(path, bytes, modified)], root folder, whether the inputs were named one by one:
+    by a list file, or ``--input`` itself is one image file or zarr store) for ``--input``."""
     spec = absolute(spec)
+    one = None if _GLOB.search(spec) or spec.endswith(".txt") else _one_input(spec)
     if _GLOB.search(spec):
         root = spec[:_GLOB.search(spec).start()].rsplit("/", 1)[0]
         files = _listing(_match(spec))
     elif spec.endswith(".txt") and not spec.endswith("/"):
         files = _listed(spec)
         root = _common_folder([p for p, _, _ in files]) if files else posixpath.dirname(spec)
+    elif one:
+        files, root = one, posixpath.dirname(spec.rstrip("/"))
     else:
         root = spec.rstrip("/")
         files = _listing(_match(f"{root}/**"))
     if not files:
-        raise FileNotFoundError(f"--input {spec}: no files found")
-    return sorted(set(files)), root, spec.endswith(".txt") and not _GLOB.search(spec)
+        raise FileNotFoundError(f"--input {spec}: no files found (a folder, a glob, a .txt list of paths, "
+                                "or one image file)")
+    named = bool(one) or (spec.endswith(".txt") and not _GLOB.search(spec))
+    return sorted(set(files)), root, named
 
 
 def _listing(found: list) -> list[tuple[str, int, float]]:
@@ -146,7 +164,7 @@ def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput],
     value is the input root (what ids are relative to, and symlinks must stay inside)."""
     files, root, from_list = list_files(spec)
     files = _zarr_stores(files)
-    if output:  # a list file's inputs are checked one by one: their common folder may hold the output
+    if output:  # inputs named one by one are checked so: their (common) folder may hold the output
         for reads in [p for p, _, _ in files] if from_list else [root]:
             check_apart(reads, output)
     bad: list[dict] = []
@@ -209,11 +227,14 @@ def completed(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> set[str
 
 
 def row_outputs(row: dict, layout: outputs.OutputLayout) -> list[str]:
-    """The files an image's row vouches for (a large image's label pyramid by its metadata)."""
+    """The files an image's row vouches for (a large image's pyramids by their metadata; with
+    instances, its instance pyramid and its GeoJSON too)."""
     if (row.get("mask_path") or "").endswith(".ome.zarr"):
         return [names.label_image_marker(row["image_id"]), row["overlay_path"],
                 *([row["seam_map_path"]] if row.get("seam_map_path") else []),
-                *([f"{row['probabilities_path']}/.zattrs"] if row.get("probabilities_path") else [])]
+                *([f"{row['probabilities_path']}/.zattrs"] if row.get("probabilities_path") else []),
+                *([f"{row['instances_path']}/.zattrs", names.geojson_path(row["image_id"])]
+                  if row.get("instances_path") else [])]
     return layout.outputs(row["image_id"])
 
 
