@@ -109,7 +109,8 @@ MANIFEST_SCHEMA = pa.schema(
 #     probabilities/<image_id>.ome.zarr/  large images, --save-probabilities: (c, y, x) float16 pyramid
 #     _blocks/<settings>/<image_id>/  large images: one marker per finished block (with a decoder also
 #                                     <block>.owned.npz: its objects' anchors; <block>.decoded.npz: its chunk
-#                                     of instances written; _blocks/<settings>/<image_id>.inputs.zarr meanwhile)
+#                                     of instances written; _blocks/<settings>/<image_id>.inputs.zarr meanwhile;
+#                                     source.json: the input they were made from; failed.json: a block unreadable)
 #     instances/<image_id>.ome.zarr/  large images with a decoder: uint32 instance label pyramid (ids = object_id)
 #     objects/<image_id>.parquet      large images: one row per object (OBJECTS_SCHEMA); all in objects.parquet
 #     geojson/<image_id>.geojson      a FeatureCollection of the objects' outlines that QuPath imports
@@ -249,6 +250,18 @@ def block_marker_path(settings: str, image_id: str, index: int, stage: str = "")
     """Written once a large image's block is in its label array: the block is done. With a
     decoder, ``stage`` "owned" (its objects listed) and "decoded" (its instance chunk written)."""
     return f"{block_markers_dir(settings, image_id)}/{index:06d}{'.' + stage if stage else ''}.npz"
+
+
+def block_source_path(settings: str, image_id: str) -> str:
+    """What a large image's block markers were made from (its input's size and modification
+    time, level, size, block side): markers of another input are deleted before planning."""
+    return f"{block_markers_dir(settings, image_id)}/source.json"
+
+
+def block_failed_path(settings: str, image_id: str) -> str:
+    """Written when a block of a large image cannot be read: the image is rejected, its other
+    blocks stop; the next run retries it."""
+    return f"{block_markers_dir(settings, image_id)}/failed.json"
 
 
 def rejected_path(source: str) -> str:
