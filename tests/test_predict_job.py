@@ -197,7 +197,7 @@ def test_a_threshold_given_replaces_the_cards_and_a_rerun_with_another_predicts_
     write_images(tmp_path / "in", {"x": (19, 23)}, seed=3)
     out, masks = tmp_path / "out", []
     for threshold in (0.3, 0.6):
-        run_job(tmp_path, out, "--binary-255", "--threshold", str(threshold))
+        run_job(tmp_path, out, "--binary-255", "--threshold", str(threshold), "--overwrite")
         mask = np.asarray(Image.open(out / names.MASKS_DIR / "x.png"))
         masks.append(mask)
         foreground = np.load(out / "probabilities" / "x.npy").astype(np.float32)[..., 1]
@@ -294,7 +294,7 @@ def test_rerun_with_other_settings_recomputes_instead_of_mixing(tmp_path):
     write_images(tmp_path / "in", {"x": (12, 9), "y": (7, 7)})
     out = run_job(tmp_path, tmp_path / "out")
     before = np.load(out / "probabilities" / "x.npy")
-    run_job(tmp_path, out, "--tta", "dihedral")
+    run_job(tmp_path, out, "--tta", "dihedral", "--overwrite")
     success = json.loads((out / names.SUCCESS_FILE).read_text())
     assert (success["predicted"], success["skipped_done"]) == (2, 0)
     assert {r["tta"] for r in rows_of(out).values()} == {"dihedral"}
@@ -346,9 +346,9 @@ def test_switching_settings_back_and_forth_never_reuses_the_other_settings_masks
     write_images(tmp_path / "in", {"x": (12, 9), "y": (7, 7)})
     out = run_job(tmp_path, tmp_path / "out")
     first = files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions"))
-    run_job(tmp_path, out, "--tta", "flips", "--overlap", "0.5")
+    run_job(tmp_path, out, "--tta", "flips", "--overlap", "0.5", "--overwrite")
     assert files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions")) != first
-    run_job(tmp_path, out)  # the first settings again: its old rows must not vouch for the newer masks
+    run_job(tmp_path, out, "--overwrite")  # the first settings again: its old rows must not vouch for the newer masks
     success = json.loads((out / names.SUCCESS_FILE).read_text())
     assert (success["predicted"], success["skipped_done"]) == (2, 0)
     assert files_of(out, skip=("config.json", names.SUCCESS_FILE, "rows", "predictions")) == first
@@ -362,7 +362,8 @@ def test_a_killed_run_with_other_settings_leaves_no_results_of_the_previous_one(
     out = run_job(tmp_path, tmp_path / "out")
     assert (out / names.PREDICTIONS_FILE).exists()
     kill_at("predict:started", "pipelines.predict.job",
-            ["--model-dir", str(tmp_path / "other"), "--input", str(tmp_path / "in"), "--output", str(out)], tmp_path)
+            ["--model-dir", str(tmp_path / "other"), "--input", str(tmp_path / "in"), "--output", str(out),
+             "--overwrite"], tmp_path)
     assert not (out / names.SUCCESS_FILE).exists() and not list(out.glob(names.predictions_file("*")))
     assert not list((out / "rows").rglob("*.json"))
 

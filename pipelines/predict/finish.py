@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import time
@@ -83,19 +84,54 @@ def previous_settings(layout: outputs.OutputLayout) -> str | None:
     return None
 
 
-def forget_other_settings(layout: outputs.OutputLayout) -> bool:
-    """When the last run here used other settings, delete its results before this run starts.
+class OtherSettings(ValueError):
+    """The directory holds results of other settings and the user did not ask to replace them."""
+
+
+def settings_changes(layout: outputs.OutputLayout) -> str:
+    """``name: before -> now`` for each output setting that differs from the last run's config.json."""
+    before = read_json(layout.path(names.CONFIG_FILE)).get("settings") if FileSystems.exists(
+        layout.path(names.CONFIG_FILE)) else None
+    if not isinstance(before, dict):
+        return "recorded only as a fingerprint"
+    now = dataclasses.asdict(layout.settings)
+    short = lambda v: (lambda t: t if len(t) <= 60 else t[:57] + "...")(json.dumps(v))  # noqa: E731
+    changed = [f"{k}: {short(before.get(k))} -> {short(now[k])}" for k in sorted(now)
+               if json.dumps(before.get(k)) != json.dumps(now[k]) and k in before]
+    return "; ".join(changed) or "recorded with fields this version does not compare"
+
+
+def has_results(layout: outputs.OutputLayout) -> bool:
+    """Whether an earlier run left anything a user could be reading (rows, outputs, tables)."""
+    summaries = (names.predictions_file("*"), names.success_file("*"), names.objects_file("*"))
+    if any(result.metadata_list for result in FileSystems.match([layout.path(p) for p in summaries])):
+        return True
+    return any(FileSystems.match([layout.path(f"{folder}/**")], limits=[1])[0].metadata_list
+               for folder in (names.ROWS_DIR, *names.IMAGE_OUTPUT_DIRS))
+
+
+def forget_other_settings(layout: outputs.OutputLayout, overwrite: bool = False) -> bool:
+    """When the last run here used other settings, refuse (OtherSettings, naming them and
+    ``--overwrite``) unless ``overwrite``; with it, delete that run's results before this run starts.
 
     Masks and overlays are shared by all settings, so another settings' rows (and Parquet,
     rejected JSONL, _SUCCESS files) would otherwise vouch for masks this run overwrites, or
     claim done images whose masks a later run replaced. Rows go last: the summaries are
-    never left pointing at deleted rows. Seam maps, probabilities and instance images that these
-    settings do not write are deleted too. Returns whether anything was forgotten.
+    never left pointing at deleted rows. Seam maps, probabilities, instance images, GeoJSON
+    and per-image object tables that these settings do not write are deleted too (every image
+    is predicted again, so a large image's objects table is rewritten). Returns whether
+    anything was forgotten.
     """
     previous, current = previous_settings(layout), layout.settings.fingerprint()
     if previous in (None, current):
         return False
-    patterns = (names.predictions_file("*"), names.rejected_file("*"), names.success_file("*"))
+    if not overwrite and has_results(layout):
+        raise OtherSettings(
+            f"--output {layout.root} holds the results of a run with other settings ({previous}; changed: "
+            f"{settings_changes(layout)}); pass --overwrite to delete them and predict with these settings, "
+            "or choose another --output")
+    patterns = (names.predictions_file("*"), names.rejected_file("*"), names.success_file("*"),
+                names.objects_file("*"))
     summaries = [m.path for result in FileSystems.match([layout.path(p) for p in patterns]) for m in result.metadata_list]
     if summaries:
         FileSystems.delete(summaries)
@@ -103,9 +139,11 @@ def forget_other_settings(layout: outputs.OutputLayout) -> bool:
              for relative in existing(layout.root, folder)
              if not relative.startswith((layout.rows_dir() + "/", layout.parts_dir() + "/",
                                          f"{names.BLOCKS_DIR}/{current}/"))]
+    decoded = layout.settings.instances != "none"
     unwritten = [folder for folder, written in ((names.SEAMS_DIR, layout.settings.overlap > 0),
                                                 (names.PROBABILITIES_DIR, layout.settings.save_probabilities),
-                                                (names.INSTANCES_DIR, layout.settings.instances != "none"))
+                                                (names.INSTANCES_DIR, decoded), (names.GEOJSON_DIR, decoded),
+                                                (names.OBJECTS_DIR, False))
                  if not written]     # outputs these settings do not make would outlive the run that made them
     stale += [layout.path(relative) for folder in unwritten for relative in existing(layout.root, folder)]
     if stale:

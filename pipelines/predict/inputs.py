@@ -2,10 +2,10 @@
 
 ``--input`` is a folder (every file below it), a glob (``*``, ``?``, ``[``), a ``.txt``
 file listing one path per line (blank lines and ``#`` comments ignored), or one image file
-(or zarr store); local or any Beam FileSystems scheme. An image's id is its path relative to the folder (the glob's
-fixed prefix, or the listed paths' common folder), without extension, '/'-separated; its
-outputs are named by it. Files without an image extension and files that share an id (``a.png``, ``a.tif``)
-become rejected records here.
+(or zarr store); local or any Beam FileSystems scheme. An image's id is its path relative
+to the folder (the glob's fixed prefix, the listed paths' common folder, the one file's
+folder), without extension, '/'-separated; its outputs are named by it. Files without an
+image extension and files that share an id (``a.png``, ``a.tif``) become rejected records here.
 
 Shards: an image belongs to shard ``int(sha256(id)[:8]) % N``. This depends on the id
 alone, so every image is in exactly one shard for any N, and pods that list the input at
@@ -34,8 +34,8 @@ _GLOB = re.compile(r"[*?\[]")
 
 
 def absolute(path: str) -> str:
-    """Local paths made absolute (FileSystems lists them so); URLs unchanged."""
-    return path if FileSystems.get_scheme(path) not in (None, "file") else os.path.abspath(path)
+    """Local paths (``file://`` ones too) made absolute (FileSystems lists them so); URLs unchanged."""
+    return path if FileSystems.get_scheme(path) not in (None, "file") else os.path.abspath(path.removeprefix("file://"))
 
 
 def _match(pattern: str) -> list:
@@ -92,6 +92,12 @@ def _one_input(spec: str) -> list[tuple[str, int, float]] | None:
         return None
     found = [m for m in _match(spec) if m.path == spec]
     return _listing(found) or None
+
+
+def comparable(path: str) -> str:
+    """``path`` as the overlap check compares it: URLs with ``.``, ``..`` and repeated or trailing
+    slashes resolved (local paths are resolved there, symlinks included)."""
+    return path if FileSystems.get_scheme(path) in (None, "file") else normalise(path.rstrip("/"))
 
 
 def list_files(spec: str) -> tuple[list[tuple[str, int, float]], str, bool]:
@@ -166,7 +172,7 @@ def list_inputs(spec: str, output: str | None = None) -> tuple[list[ImageInput],
     files = _zarr_stores(files)
     if output:  # inputs named one by one are checked so: their (common) folder may hold the output
         for reads in [p for p, _, _ in files] if from_list else [root]:
-            check_apart(reads, output)
+            check_apart(comparable(reads), comparable(output))
     bad: list[dict] = []
     by_key: dict[str, list[tuple[str, str]]] = {}
     listed = {path: (size, modified) for path, size, modified in files}

@@ -22,7 +22,8 @@ An ensemble on Dataflow (flags we do not know pass through to Beam untouched)::
         --input gs://bucket/images --output gs://bucket/pred --runner DataflowRunner ...
 
 Rerunning the same command skips images whose outputs are complete; an interrupted run
-resumes; a run with other settings first deletes the previous settings' results.
+resumes; a run with other settings is refused (exit 2) unless ``--overwrite``, which first
+deletes the previous settings' results.
 ``--num-shards N --shard-index I`` (default ``$JOB_COMPLETION_INDEX``) predicts only
 shard I of the inputs, for Kubernetes Indexed Jobs; the last shard to finish merges.
 Bad flags, model directories or inputs exit with status 2 (do not retry).
@@ -91,6 +92,7 @@ class PredictConfig:
     mask_format: str = "ome-zarr"     # large images: ome-zarr, or ome-tiff (an OME-TIFF beside the zarr)
     halo: int = blocks.DEFAULT_HALO   # large images with instances: px of context decoded around each block
     follow_symlinks: bool = False
+    overwrite: bool = False           # replace the results of a run with other settings in --output
 
     def __post_init__(self) -> None:
         if not self.model_dirs:
@@ -192,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "largest object (with the objects touching it), else the image is rejected (halo_too_small)")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinked inputs whose target lies outside the input folder (refused by default)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="when --output holds results of other settings (another model, TTA, overlap, decoder...), "
+                        "delete them and predict with these (refused by default, naming what changed)")
     p.add_argument("--lease-ttl-s", type=float, default=d.lease_ttl_s,
                    help="this run's claim on --output expires this long after its last heartbeat (if killed)")
     p.add_argument("--lease-wait-s", type=float, default=d.lease_wait_s,
@@ -348,7 +353,7 @@ def _execute(config: PredictConfig, beam_args: list[str], collect_metrics: bool,
     spec, inputs, listing_rejected = job.spec, job.inputs, job.listing_rejected
     layout = spec.layout
     suffix = names.shard_suffix(config.num_shards, config.shard_index)
-    predict_finish.forget_other_settings(layout)
+    predict_finish.forget_other_settings(layout, overwrite=config.overwrite)
     delete_if_present([layout.path(names.success_file(s)) for s in {suffix, ""}])
     crashpoint("predict:started")
     done = predict_inputs.completed(layout, inputs)
