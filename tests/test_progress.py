@@ -1,4 +1,5 @@
 import io
+import json
 import time
 
 from pipelines.beam import progress
@@ -36,3 +37,93 @@ def test_a_terminal_gets_a_bar_with_total_rate_and_time_left():
     printer.stop()
     text = out.getvalue()
     assert "job:" in text and "80/80" in text and "x" in text and "<" in text  # tqdm's elapsed<left
+
+
+def _pty_output(columns: int, rows: int, env_term: str | None, monkeypatch) -> str:
+    """What a ProgressPrinter draws on a real pseudo-terminal of the given size (0 x 0: unsized)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    if env_term is not None:
+        monkeypatch.setenv("TERM", env_term)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    with open(slave, "w", closefd=True) as stream:
+        assert stream.isatty()
+        done = iter(range(0, 100, 20))
+        printer = progress.ProgressPrinter("job", lambda: progress.Status(next(done, 80), 80, "images", "x"),
+                                           interval=0.05, stream=stream, final=True)
+        printer.start()
+        time.sleep(0.4)
+        printer.stop()
+        stream.flush()
+        time.sleep(0.2)
+    os.close(master)
+    reader.join(timeout=5)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_a_pseudo_terminal_without_a_size_still_gets_a_bar(monkeypatch):
+    text = _pty_output(0, 0, "xterm", monkeypatch)     # `script`, `docker run -t`, CI runners: 0 x 0
+    assert "80/80" in text and "\r" in text and "%|" in text
+    assert max(len(line) for line in text.replace("\r", "\n").splitlines()) <= progress.UNSIZED_TERMINAL[0]
+
+
+def test_a_sized_pseudo_terminal_gets_a_bar_of_its_width(monkeypatch):
+    text = _pty_output(60, 20, "xterm", monkeypatch)
+    lines = [line for line in text.replace("\r", "\n").splitlines() if "%|" in line]
+    assert lines and "80/80" in lines[-1] and max(len(line) for line in lines) <= 60
+
+
+def test_a_dumb_terminal_gets_lines(monkeypatch):
+    text = _pty_output(100, 30, "dumb", monkeypatch)
+    assert "%|" not in text and "job: 80/80 images (" in text
+
+
+def test_predict_reports_strips_and_blocks_before_images_finish(tmp_path):
+    from pipelines.predict import finish, outputs
+    from pipelines.predict.transforms import ImageInput
+    from schemas import layout as names
+
+    layout = outputs.OutputLayout(str(tmp_path), outputs.OutputSettings("segmentation", ("bg", "fg"), ("m",)))
+    pending = [ImageInput("a", "/in/a.png"), ImageInput("big/b", "/in/big/b.png"), ImageInput("c", "/in/c.tif")]
+    report = finish.ImagesDone(layout, pending)
+    first = report()
+    assert (first.done, first.total) == (0, 3) and "workers starting" in first.details
+
+    def touch(relative, text="{}"):
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    fingerprint = layout.settings.fingerprint()
+    touch(layout.part("big/b", 0, 4))
+    touch(layout.part("big/b", 2, 4))
+    touch(names.block_marker_path(fingerprint, "c", 0))
+    touch(names.block_marker_path(fingerprint, "c", 7))
+    touch(names.block_marker_path(fingerprint, "c", 7, "owned"))     # a decoder's stage: not another block
+    touch(names.block_marker_path("other-settings", "c", 1))           # another run's: not counted
+    moving = report()
+    assert moving.done == 0 and "workers starting" not in moving.details
+    assert "2/4 strips of 1 images in progress" in moving.details and "2 blocks of large images done" in moving.details
+    touch(layout.row("a"), json.dumps({"tiles": 6}))
+    done = report()
+    assert done.done == 1 and "6 tiles" in done.details and "workers starting" not in done.details

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import threading
 import time
@@ -81,6 +82,28 @@ def plain_line(job: str, status: Status, elapsed: float) -> str:
     return f"{job}: {status.done}{of} {status.unit} ({rate:.1f}/s{left}){details}, {elapsed:.0f} s"
 
 
+def is_terminal(stream) -> bool:
+    """Whether ``stream`` is a terminal a bar can redraw (a pseudo-terminal counts; TERM=dumb does not)."""
+    try:
+        return bool(stream.isatty()) and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):     # no isatty, or a closed stream
+        return False
+
+
+def fixed_shape(stream) -> tuple[int, int] | None:
+    """None when a bar can follow the terminal's size, else the (columns, rows) to draw it in:
+    a terminal that reports no size (a pseudo-terminal nobody sized, as ``script``, ``docker
+    run -t`` or CI runners give) gets 80 x 24, since tqdm draws nothing at 0 x 0."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, OSError, ValueError):     # not a real file (tests' stand-ins): tqdm asks itself
+        return None
+    return None if size.columns > 0 and size.lines > 0 else UNSIZED_TERMINAL
+
+
+UNSIZED_TERMINAL = (80, 24)
+
+
 class ProgressPrinter(threading.Thread):
     """Shows ``report()`` every ``interval`` seconds until stopped (and once more at :meth:`stop`
     when ``final``): a tqdm bar with total, rate and time left on a terminal, plain lines
@@ -93,19 +116,22 @@ class ProgressPrinter(threading.Thread):
         self.stream = stream or sys.stderr
         self.started, self._stopping = time.monotonic(), threading.Event()
         self.bar = None
-        if self.stream.isatty():
+        self.interactive = is_terminal(self.stream)
+        if self.interactive:
             self.interval = min(interval, 1.0)
 
     def _show(self) -> None:
         status = self.report()
         if status is None:
             return
-        if not self.stream.isatty():
+        if not self.interactive:
             print(plain_line(self.job, status, time.monotonic() - self.started), file=self.stream, flush=True)
             return
         if self.bar is None:
+            shape = fixed_shape(self.stream)
+            columns, rows = shape or (None, None)
             self.bar = tqdm.tqdm(total=status.total, unit=status.unit.rstrip("s") or "it", desc=self.job,
-                                 file=self.stream, dynamic_ncols=True)
+                                 file=self.stream, dynamic_ncols=shape is None, ncols=columns, nrows=rows)
         self.bar.total = status.total
         self.bar.update(status.done - self.bar.n)
         self.bar.set_postfix_str(status.details, refresh=True)

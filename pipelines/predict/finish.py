@@ -36,7 +36,10 @@ def _read_all(paths: list[str]) -> list:
 
 
 class ImagesDone:
-    """A progress ``report``: images done (rows written) and rejected of the pending ones, tiles/s."""
+    """A progress ``report``: images done (rows written) and rejected of the pending ones, their
+    tiles, and before images finish what shows the work moving: strips of images predicted in
+    several strips and blocks of large images done so far, or that the workers are still
+    starting (loading the models, reading the first images) while nothing is written yet."""
 
     def __init__(self, layout: outputs.OutputLayout, pending: list[ImageInput]):
         self.layout, self.pending, self.total = layout, {i.image_id: i.path for i in pending}, len(pending)
@@ -55,7 +58,25 @@ class ImagesDone:
         self.done += len(new)
         self.rejected += len(rejected)
         self.tiles += sum(r["tiles"] for r in rows)
-        return Status(self.done + self.rejected, self.total, "images", f"{self.rejected} rejected, {self.tiles} tiles")
+        details = [f"{self.rejected} rejected", f"{self.tiles} tiles", *self.in_progress()]
+        if not self.done + self.rejected and len(details) == 2:
+            details.append("workers starting: loading the model, reading the first images")
+        return Status(self.done + self.rejected, self.total, "images", ", ".join(details))
+
+    def in_progress(self) -> list[str]:
+        """Strips and blocks written of the images not done yet (their files name them)."""
+        fingerprint = self.layout.settings.fingerprint()
+        strips, of, blocks = 0, {}, 0
+        for relative in existing(self.layout.root, self.layout.parts_dir()):
+            image_id, name = relative[len(self.layout.parts_dir()) + 1:].rsplit("/", 1)
+            if image_id in self.pending and name.startswith("strip-") and "-of-" in name:
+                strips += 1
+                of[image_id] = int(name.split("-of-")[1].split(".")[0])
+        for relative in existing(self.layout.root, f"{names.BLOCKS_DIR}/{fingerprint}"):
+            image_id, _, name = relative[len(names.BLOCKS_DIR) + len(fingerprint) + 2:].rpartition("/")
+            blocks += image_id in self.pending and len(name) == 10 and name.endswith(".npz")   # NNNNNN.npz
+        return ([f"{strips}/{sum(of.values())} strips of {len(of)} images in progress"] if strips else []) + \
+            ([f"{blocks} blocks of large images done"] if blocks else [])
 
 
 def remove_leftovers(layout: outputs.OutputLayout, inputs: list[ImageInput]) -> int:
