@@ -252,14 +252,17 @@ def test_every_bad_input_is_rejected_with_its_reason_and_nothing_is_lost(tmp_pat
     assert every_file == good_files | set(reasons_by_file)  # every file is accounted for
 
 
-def test_too_many_rejections_fail_the_job_and_publish_nothing(tmp_path):
+def test_too_many_rejections_fail_the_job_and_publish_nothing(tmp_path, capsys):
     corpus.write_segmentation_corpus(tmp_path / "raw", good=2)
-    with pytest.raises(SystemExit, match="max-rejected-fraction"):
+    with pytest.raises(SystemExit, match="max-rejected-fraction") as refused:
         run_job(tmp_path / "raw", tmp_path / "ds", "--tile-size", 32, "--margin", 4, "--max-rejected-fraction", 0.1)
     assert not (tmp_path / "ds").exists()
-    kept = list(tmp_path.glob("ds.tmp-*/rejected.jsonl"))
+    kept = list(tmp_path.glob("ds.rejected-*.jsonl"))
     assert len(kept) == 1 and kept[0].read_text().count("\n") > 5
-    assert sorted(p.name for p in kept[0].parent.iterdir()) == ["config.json", "rejected.jsonl", "stats.json"]
+    assert str(kept[0]) in str(refused.value)   # the message says where the records are
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds.rejected-" + kept[0].name.split("-", 1)[1], "raw"]
+    printed = capsys.readouterr()
+    assert "dataset:" not in printed.out + printed.err and " train " not in printed.out + printed.err
 
 
 def test_classification_layout_standardises_inputs_and_stratifies(tmp_path):

@@ -92,20 +92,24 @@ def looks_like_image(prefix: bytes) -> bool:
 
 def _open(data: bytes, name: str) -> Image.Image:
     """Open lazily (header only) with the plugins of FORMATS; no Pillow bomb check."""
-    if not data:
+    return _open_handle(io.BytesIO(data), data[:HEADER_BYTES], name)
+
+
+def _open_handle(handle, prefix: bytes, name: str) -> Image.Image:
+    if not prefix:
         raise RejectedInput("empty_file", f"{name}: the file is empty (0 bytes)")
-    prefix = data[:16]
     for fmt in FORMATS:
         factory, accept = Image.OPEN[fmt]
         accepted = accept is None or accept(prefix)
         if not accepted or isinstance(accepted, str):  # a str is Pillow's "looks like, but ..."
             continue
         try:
-            return factory(io.BytesIO(data), name)
+            handle.seek(0)
+            return factory(handle, name)
         except (OSError, EOFError, SyntaxError, ValueError, IndexError, TypeError, struct.error,
                 Image.DecompressionBombError) as e:
             raise _decode_error(name, fmt, e) from e
-    if data.startswith(_MAGIC):
+    if prefix.startswith(_MAGIC):
         raise RejectedInput("unreadable", f"{name}: looks like an image but no reader accepts its header")
     raise RejectedInput("not_an_image", f"{name}: not a {'/'.join(FORMATS)} image (no known header)")
 
@@ -157,6 +161,37 @@ def image_size(data: bytes, name: str, policy: ImagePolicy | None = None) -> tup
     if (policy or ImagePolicy()).apply_exif and _orientation(im) in (5, 6, 7, 8):
         h, w = w, h
     return h, w
+
+
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "F") + _UINT16_MODES
+
+
+def header_channels(handle, name: str) -> tuple[int, str]:
+    """(1 or 3: whether the image is gray or in colour, its header's mode) from the header of the
+    open binary file ``handle`` alone (no pixel is decoded). A palette counts as colour unless
+    every entry of it is gray; RGB that happens to hold gray values counts as colour."""
+    im = _open_handle(handle, handle.read(HEADER_BYTES), name)
+    if im.mode in _GRAY_MODES:
+        return 1, im.mode
+    if im.mode in ("P", "PA"):
+        gray = _gray_palette(im)
+        return (1, f"{im.mode} (gray palette)") if gray else (3, f"{im.mode} (colour palette)")
+    return 3, im.mode
+
+
+def _gray_palette(im: Image.Image) -> bool:
+    """Whether every palette entry has R = G = B, read from the header's palette through a 1x1
+    probe image (Pillow unpacks the file's raw palette layout); an unreadable palette is colour."""
+    palette = im.palette
+    if palette is None:
+        return False
+    probe = Image.new("P", (1, 1))
+    try:
+        probe.putpalette(palette.palette, palette.rawmode or palette.mode)
+        rgb = probe.getpalette("RGB") or []
+    except (ValueError, TypeError, OSError):
+        return False
+    return all(rgb[i] == rgb[i + 1] == rgb[i + 2] for i in range(0, len(rgb) - 2, 3))
 
 
 def _wide_rawmode(im: Image.Image) -> str | None:

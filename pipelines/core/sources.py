@@ -15,8 +15,11 @@ In both, a first folder named ``train``, ``val`` or ``test`` (segmentation: righ
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
+import json
 import posixpath
 from typing import Iterable, Sequence
 
@@ -139,6 +142,42 @@ def stratified_splits(ids: Iterable[str], fractions: Sequence[float], salt: str 
         out.update({i: name for i in ids[start:start + count]})
         start += count
     return out
+
+
+def fold_splits(ids: Iterable[str], folds: int, fold: int, salt: str = "") -> dict[str, str]:
+    """k-fold: the ids in stable hash order are dealt into ``folds`` folds in turn (so even 10
+    sources fill every fold); fold ``fold`` is val, the others train. A source's fold depends
+    on the other ids (the price of folds that are never empty)."""
+    ordered = sorted(ids, key=lambda i: (hash_fraction(salt + i), i))
+    return {i: "val" if n % folds == fold else "train" for n, i in enumerate(ordered)}
+
+
+def split_table(data: bytes, name: str) -> dict[str, str]:
+    """``--split-file``: {source id: split} from JSON (``{"a": "train", ...}``) or CSV rows
+    ``id,split`` (a header row ``id,split`` is allowed). Ids are source ids (paths without
+    extension; an image extension given is dropped). ValueError naming the file and the row."""
+    text = data.decode("utf-8-sig")
+    if name.lower().endswith(".json") or text.lstrip().startswith("{"):
+        try:
+            rows = list(json.loads(text).items())
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{name}: not a JSON object of id -> split ({e})") from None
+    else:
+        rows = [tuple(cell.strip() for cell in row) for row in csv.reader(io.StringIO(text)) if any(row)]
+        if rows and [c.lower() for c in rows[0]] == ["id", "split"]:
+            rows = rows[1:]
+    table: dict[str, str] = {}
+    for n, row in enumerate(rows, 1):
+        if len(row) != 2 or not isinstance(row[1], str) or row[1].strip().lower() not in SPLITS:
+            raise ValueError(f"{name}: entry {n} {row!r} is not an id and one of {', '.join(SPLITS)}")
+        key = str(row[0]).strip().removeprefix("./")
+        key = stem_key([key]) if has_image_extension(key) else key
+        split = row[1].strip().lower()
+        if table.setdefault(key, split) != split:
+            raise ValueError(f"{name}: {key!r} is given two splits ({table[key]} and {split})")
+    if not table:
+        raise ValueError(f"{name}: names no source")
+    return table
 
 
 def has_image_extension(path: str) -> bool:

@@ -53,7 +53,7 @@ def build_stats(spec: DatasetSpec, shards: list[dict], summary: dict, rejected: 
 
 
 def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], started,
-             beam_args: list[str] = ()) -> dict:
+             beam_args: list[str] = (), decisions: dict | None = None) -> dict:
     """Writes every metadata file into ``work`` and returns the run's summary."""
     shards = read_json(f"{work}/{layout.WORK_PARTS}/shards.json") if exists(f"{work}/{layout.WORK_PARTS}/shards.json") else []
     summary = read_json(f"{work}/{layout.WORK_PARTS}/sources.json") if exists(f"{work}/{layout.WORK_PARTS}/sources.json") else {
@@ -86,7 +86,7 @@ def finalise(work: str, config, spec: DatasetSpec, empty_folders: list[str], sta
     write_bytes(f"{work}/{layout.SPEC_FILE}", spec.to_json().encode())
     write_bytes(f"{work}/{layout.CONFIG_FILE}", json.dumps(
         {"preprocess": dataclasses.asdict(config), "beam_args": list(beam_args), "dataset": json.loads(spec.to_json()),
-         "policies": _policies(config)}, indent=2, sort_keys=True).encode())
+         "policies": _policies(config), "decisions": decisions or {}}, indent=2, sort_keys=True).encode())
     if result["rejected_fraction"] <= config.max_rejected_fraction:
         write_bytes(f"{work}/{layout.SUCCESS_FILE}", json.dumps(result, indent=2, sort_keys=True).encode())
     result["stats"] = stats

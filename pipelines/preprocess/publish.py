@@ -6,7 +6,9 @@ into ``<output>/v-<time>-<fingerprint>/``, and only then does the one-object poi
 is there no complete dataset at ``--output``: before the pointer, readers find the
 previous version; after it, the new one. Older versions are kept ``--keep-versions`` deep
 and then pruned. Leftovers of crashed runs beside the output are reported by the next run
-and removed once they are older than ``versions.LEFTOVER_AGE_S``.
+and removed once they are older than ``versions.LEFTOVER_AGE_S``. A run that publishes
+nothing (too many rejections, no example) deletes its work dir and keeps only its rejected
+records, as ``<output>.rejected-<UTC time>.jsonl`` beside the output.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from schemas import layout, versions
 from schemas.crashpoints import crashpoint
 
 LEFTOVER_MARKS = (versions.STAGING_MARK, ".old-")  # ".old-": what Tessera before versions left
+REJECTED_MARK = ".rejected-"   # <output>.rejected-<time>.jsonl: the records of a refused run, kept
 
 
 def is_local(path: str) -> bool:
@@ -74,19 +77,13 @@ def clean_leftovers(output: str, now: float | None = None, stream=None) -> list[
     return removed
 
 
-def keep_only_reports(work: str) -> str:
-    """After a refused run: deletes shards and parts, keeps what explains the refusal."""
-    keep = {layout.REJECTED_FILE, layout.STATS_FILE, layout.CONFIG_FILE}
-    files = [m.path for m in FileSystems.match([f"{work}/**"])[0].metadata_list]
-    doomed = [f for f in files if f[len(work) + 1:] not in keep]
-    if doomed:
-        FileSystems.delete(doomed)
-    if is_local(work):  # empty local folders left by the parts
-        for root, dirs, _ in os.walk(work, topdown=False):
-            for d in dirs:
-                if not os.listdir(os.path.join(root, d)):
-                    os.rmdir(os.path.join(root, d))
-    return work
+def keep_rejected(work: str, output: str) -> str:
+    """After a refused run: moves its rejected records beside the output, as
+    ``<output>.rejected-<UTC time>.jsonl`` (the caller then deletes ``work``); returns that path."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept = f"{output.rstrip('/')}{REJECTED_MARK}{stamp}.jsonl"
+    FileSystems.rename([f"{work}/{layout.REJECTED_FILE}"], [kept])
+    return kept
 
 
 def _move_tree(source: str, target: str) -> None:

@@ -29,7 +29,7 @@ def reject(record: dict) -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput(REJECTED, record)
 
 
-def _match_files(pattern: str) -> list[tuple[str, int]]:
+def match_files(pattern: str) -> list[tuple[str, int]]:
     """(path, bytes) of the files matching ``pattern``; a zarr store is one entry (its chunk
     files are not inputs), its bytes summed."""
     sizes: dict[str, int] = {}
@@ -64,7 +64,7 @@ class ReadImagePairs(beam.PTransform):
         def keyed_files(kind: str):
             return (pbegin
                     | f"Match{kind}" >> beam.Create([f"{self.root}/{kind}/**"])
-                    | f"List{kind}" >> beam.FlatMap(_match_files)
+                    | f"List{kind}" >> beam.FlatMap(match_files)
                     | f"Key{kind}" >> beam.Map(lambda f: (sources.segmentation_key(f[0], self.root)[0], f)))
 
         return ({"images": keyed_files("images"), "masks": keyed_files("masks")}
@@ -83,7 +83,7 @@ class ReadClassFolders(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Match" >> beam.Create([f"{self.root}/**"])
-                | "List" >> beam.FlatMap(_match_files)
+                | "List" >> beam.FlatMap(match_files)
                 | "ToSource" >> beam.ParDo(_ClassSource(self.root, self.class_names)).with_outputs(
                     REJECTED, main="sources"))
 
@@ -133,29 +133,56 @@ class AssignSplits(beam.PTransform):
     """Sets ``Source.split``: explicit split folders win; else a stable hash of the id.
 
     ``stratify`` (classification): per class, so every class reaches every split it can.
+    ``folds`` > 0: k-fold instead (``sources.fold_splits``; per class when stratified), fold
+    ``fold`` is val. ``--split-file`` is :class:`AssignSplitsFromTable`.
     """
 
-    def __init__(self, fractions: tuple[float, ...], stratify: bool, salt: str = ""):
+    def __init__(self, fractions: tuple[float, ...], stratify: bool, salt: str = "", folds: int = 0, fold: int = 0):
         super().__init__()
-        self.fractions, self.stratify, self.salt = fractions, stratify, salt
+        self.fractions, self.stratify, self.salt, self.folds, self.fold = fractions, stratify, salt, folds, fold
 
     def expand(self, pcoll):
-        fractions, salt = self.fractions, self.salt
-        if not self.stratify:
+        fractions, salt, stratify, folds, fold = self.fractions, self.salt, self.stratify, self.folds, self.fold
+        if not stratify and not folds:
             return pcoll | "HashSplit" >> beam.Map(
                 lambda s: s if s.split else dataclasses.replace(s, split=sources.assign_split(s.id, fractions, salt)))
 
-        def stratified(keyed):
+        def grouped(keyed):
             _, group = keyed
             group = list(group)
             fixed = [s for s in group if s.split]
-            splits = sources.stratified_splits([s.id for s in group if not s.split], fractions, salt)
+            ids = [s.id for s in group if not s.split]
+            splits = sources.fold_splits(ids, folds, fold, salt) if folds else \
+                sources.stratified_splits(ids, fractions, salt)
             return fixed + [dataclasses.replace(s, split=splits[s.id]) for s in group if not s.split]
 
         return (pcoll
-                | "ByClass" >> beam.Map(lambda s: (s.label, s))
-                | "GroupByClass" >> beam.GroupByKey()
-                | "Stratify" >> beam.FlatMap(stratified))
+                | "ByGroup" >> beam.Map(lambda s: (s.label if stratify else "", s))
+                | "GroupSources" >> beam.GroupByKey()
+                | "Split" >> beam.FlatMap(grouped))
+
+
+class AssignSplitsFromTable(beam.PTransform):
+    """``--split-file``: each source's split from ``table`` (id -> split); split folders win;
+    a source the table does not name is rejected (``not_in_split_file``)."""
+
+    def __init__(self, table: dict[str, str], name: str):
+        super().__init__()
+        self.table, self.name = table, name
+
+    def expand(self, pcoll):
+        table, name = self.table, self.name
+
+        def assign(s):
+            if s.split:
+                yield s
+            elif s.id in table:
+                yield dataclasses.replace(s, split=table[s.id])
+            else:
+                yield reject(rejected_record(s.image_path, "not_in_split_file",
+                                              f"the id {s.id!r} is not in --split-file {name}; add it with its split"))
+
+        return pcoll | "SplitFromTable" >> beam.FlatMap(assign).with_outputs(REJECTED, main="sources")
 
 
 class PlanLargeSources(beam.DoFn):
