@@ -127,3 +127,33 @@ def test_predict_reports_strips_and_blocks_before_images_finish(tmp_path):
     touch(layout.row("a"), json.dumps({"tiles": 6}))
     done = report()
     assert done.done == 1 and "6 tiles" in done.details and "workers starting" not in done.details
+
+
+def test_training_epoch_headers_show_the_plan_under_a_time_budget():
+    from trainer.observe import epoch_header
+
+    assert epoch_header(2, 10) == "Epoch 3/10"
+    assert epoch_header(0, 10, budget=True).startswith("Epoch 1/10 at most (time budget")
+    assert epoch_header(2, 20, planned=12, budget=True) == "Epoch 3/~12 (time budget, at most 20)"
+
+
+def test_the_export_says_what_decides_masks_and_at_what_the_scores_are():
+    from schemas.decoder import DecoderParams
+    from schemas.model_card import ModelCard
+    from trainer.export import calibration_summary
+
+    base = dict(task="segmentation", model_name="unet", core=8, margin=4, input_size=16, output_size=16, channels=1)
+    binary = ModelCard(**base, class_names=("background", "foreground"), threshold=0.42,
+                       threshold_rule="max F1 on val", metrics={"dice": 0.9, "iou": 0.8, "loss": 0.1},
+                       calibration={"pixel_threshold": 0.5, "pixel_rule": "max F1 on val", "rule": "object-f1"})
+    text = "\n".join(calibration_summary(binary))
+    assert "P(foreground) >= 0.42 (max F1 on val)" in text and "the pixel rule (max F1 on val) gave 0.5" in text
+    assert "dice/iou are of the foreground at this threshold" in text
+    boundary = ModelCard(**base, class_names=("background", "boundary", "interior"), metrics={"dice": 0.7},
+                         decoder={**DecoderParams("seeded", seed=0.6, foreground=0.4, min_size=5).to_dict(),
+                                  "rule": "max Rand F-score on val images", "value": 0.83},
+                         calibration={"rule": "rand"}, object_class="cell")
+    text = "\n".join(calibration_summary(boundary))
+    assert "Decoder: seeded, seeds where P(interior) >= 0.6" in text and "objects >= 5 px" in text
+    assert "rand_fscore 0.8300 on the validation images" in text and "not of the decoded objects" in text
+    assert calibration_summary(ModelCard(**{**base, "task": "classification"}, class_names=("a", "b"))) == []

@@ -242,7 +242,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
                                                          cfg.shuffle_buffer, s, ctx, augment_here=augment_here,
                                                          originals_only=not cfg.static_copies))
         iterator, started, epoch_losses = iter(dist), time.time(), []
-        progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, first)
+        progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, first, int(clock.planned.numpy()), clock.on)
         for step in range(first, steps_per_epoch):
             if single_worker and clock.crosses(step_seconds, reserve):
                 stop = True

@@ -19,6 +19,16 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def epoch_header(epoch: int, epochs: int, planned: int = 0, budget: bool = False) -> str:
+    """``Epoch 3/10``; under ``--time-budget`` the epochs planned to fit it (refitted after every
+    epoch from the second on), with ``--epochs`` as the most: ``Epoch 3/~12 (time budget, at most 20)``."""
+    if not budget:
+        return f"Epoch {epoch + 1}/{epochs}"
+    if not planned:
+        return f"Epoch {epoch + 1}/{epochs} at most (time budget: the epochs that fit are planned once two are timed)"
+    return f"Epoch {epoch + 1}/~{planned} (time budget, at most {epochs})"
+
+
 class Progress:
     """verbose 0: nothing; 1: a Keras Progbar per epoch on a terminal (in a log: the epoch
     lines only, no bar redrawn into it); 2: one line per step."""
@@ -28,9 +38,11 @@ class Progress:
         self.bar = None
         self.interactive = sys.stdout.isatty()
 
-    def start_epoch(self, epoch: int, epochs: int, steps: int, first_step: int) -> None:
+    def start_epoch(self, epoch: int, epochs: int, steps: int, first_step: int, planned: int = 0,
+                    budget: bool = False) -> None:
         if self.verbose:
-            log(f"Epoch {epoch + 1}/{epochs}" + (f" (resuming at step {first_step})" if first_step else ""))
+            resuming = f" (resuming at step {first_step})" if first_step else ""
+            log(epoch_header(epoch, epochs, planned, budget) + resuming)
         if self.verbose == 1 and self.interactive:
             self.bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "lr"])
             if first_step:

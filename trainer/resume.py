@@ -65,8 +65,9 @@ def _with_defaults(recorded: dict, defaults: dict) -> dict:
 
 
 def current_export(cfg: TrainConfig, best_epoch: int):
-    """The model card already exported from this configuration's best epoch, if any."""
-    path = f"{cfg.model_dir}/{export.mc.MODEL_CARD_FILE}"
+    """The model card already exported from this configuration's best epoch, if any (the
+    current version's: a version an interrupted export left unpointed is no export)."""
+    path = f"{export.current_export(cfg.model_dir)}/{export.mc.MODEL_CARD_FILE}"
     if not tf.io.gfile.exists(path):
         return None
     card = export.load_card(cfg.model_dir)
