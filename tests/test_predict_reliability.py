@@ -146,3 +146,20 @@ def test_predict_refuses_an_output_inside_the_input_before_writing(setup, tmp_pa
     assert "overlap" in err and "outside the input" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "in" / "pred").exists()
     assert np.asarray(sorted(os.listdir(tmp_path / "in"))).tolist() == ["x.png"]
+
+
+def test_gs_inputs_one_object_and_an_output_inside_on_the_object_store(setup, tmp_path, gcs_prefix, capsys):
+    from apache_beam.io.filesystems import FileSystems
+
+    from tests.conftest import upload_tree
+
+    write_images(tmp_path / "in", {"x": (6, 6), "sub/y": (5, 5)})
+    upload_tree(tmp_path / "in", f"{gcs_prefix}/images")
+    for output in (f"{gcs_prefix}/images/./pred/", f"{gcs_prefix}//images/pred", f"{gcs_prefix}/x/../images/pred"):
+        assert predict.run(argv(setup, output, input_=f"{gcs_prefix}/images/")) == 2, output
+        assert "overlap" in capsys.readouterr().err
+    assert not FileSystems.match([f"{gcs_prefix}/images/pred/**"])[0].metadata_list
+    out = f"{gcs_prefix}/images/sub/pred"          # beside the one object read: nothing of it is read back
+    assert predict.run(argv(setup, out, input_=f"{gcs_prefix}/images/sub/y.png")) == 0
+    with FileSystems.open(f"{out}/{names.SUCCESS_FILE}") as handle:
+        assert json.loads(handle.read())["predicted"] == 1
