@@ -191,9 +191,17 @@ def strip_part_path(settings: str, image_id: str, strip: int, strips: int) -> st
     return f"{strip_parts_dir(settings, image_id)}/strip-{strip:05d}-of-{strips:05d}.npz"
 
 
-def label_image_path(image_id: str) -> str:
-    """The mask of a large image: an OME-Zarr (NGFF 0.4) label pyramid, written block by block."""
+def label_container_path(image_id: str) -> str:
+    """A large image's OME-Zarr (NGFF 0.4) of label images: no image of its own (the input is
+    the image; a copy would be as large), its ``labels/`` group holding ``classes`` and, with a
+    decoder, ``instances`` (label_outputs.finish_container)."""
     return f"{MASKS_DIR}/{image_id}.ome.zarr"
+
+
+def label_image_path(image_id: str) -> str:
+    """The mask of a large image: an NGFF 0.4 label pyramid of class ids (uint8, image-label
+    colours and class names), ``labels/classes`` of its container, written block by block."""
+    return f"{label_container_path(image_id)}/labels/classes"
 
 
 def probability_image_path(image_id: str) -> str:
@@ -220,14 +228,16 @@ def label_tiff_path(image_id: str) -> str:
 
 
 def label_image_marker(image_id: str) -> str:
-    """The file that exists once a large image's label pyramid is complete (its group metadata)."""
-    return f"{label_image_path(image_id)}/.zattrs"
+    """The file that exists once a large image's label pyramids are complete (its container's
+    root attributes, written last)."""
+    return f"{label_container_path(image_id)}/.zattrs"
 
 
 def instance_image_path(image_id: str) -> str:
     """A large image's instances (a decoder): an OME-Zarr (NGFF 0.4) uint32 label pyramid whose
-    ids are objects.parquet's object_id, written block by block."""
-    return f"{INSTANCES_DIR}/{image_id}.ome.zarr"
+    ids are objects.parquet's object_id, written block by block: ``labels/instances`` of the
+    image's label container, beside ``labels/classes``."""
+    return f"{label_container_path(image_id)}/labels/instances"
 
 
 def block_inputs_path(settings: str, image_id: str) -> str:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipelines.core import tiling
 from pipelines.evaluate import job as evaluate
-from pipelines.predict import blocks
+from pipelines.predict import blocks, label_outputs
 from pipelines.predict import job as predict
 from pipelines.predict.plan import Geometry, stride_for
 from schemas import layout as names
@@ -65,7 +65,7 @@ def test_blocks_equal_the_whole_image_prediction_and_open_as_ome_zarr(setup, tmp
     side = blocks.block_side(g, 2**20)
     assert group["0"].chunks == (side, side) and len(blocks.plan_blocks(H, W, side)) > 4  # really in blocks
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
-    assert row["mask_path"] == names.label_image_path("scan") and row["height"] == H and row["width"] == W
+    assert row["mask_path"] == names.label_container_path("scan") and row["height"] == H and row["width"] == W
     whole_row = json.loads(next((root / "whole" / names.ROWS_DIR).rglob("*.json")).read_text())
     # seam QA: this toy model sees its whole receptive field in every tile, so tiles agree exactly
     assert whole_row["seam_disagreement"] == pytest.approx(0, abs=1e-6) and whole_row["seam_flip_fraction"] == 0
@@ -171,7 +171,7 @@ def test_an_ome_tiff_pyramid_with_the_pixel_size_beside_the_zarr(setup, tmp_path
     assert predict.run(["--model-dir", str(root / "model"), "--input", str(tmp_path / "in"), "--output", str(out),
                         "--large-image-pixels", "10000", "--pixel-size", "0.5", "--mask-format", "ome-tiff",
                         *FLAGS, *SMALL_BLOCKS]) == 0
-    image_id = "scan.ome"
+    image_id = "scan"                  # scan.ome.tif: .ome is not part of the id
     with tifffile.TiffFile(out / names.label_tiff_path(image_id)) as tif:
         assert tif.is_ome and len(tif.series[0].levels) >= 2
         np.testing.assert_array_equal(tif.series[0].levels[0].asarray(), whole)
@@ -251,11 +251,11 @@ def test_no_level_at_the_models_pixel_size_is_resampled_and_recorded(setup, tmp_
     Image.fromarray(view.read(0, 0, *view.shape)).save(tmp_path / "png" / "scan.ome.png")
     assert predict.run(["--model-dir", str(root / "model"), "--input", str(tmp_path / "png"), "--output",
                         str(tmp_path / "whole"), *FLAGS]) == 0
-    whole = np.asarray(Image.open(tmp_path / "whole" / names.mask_path("scan.ome")))
+    whole = np.asarray(Image.open(tmp_path / "whole" / names.mask_path("scan")))
     out = tmp_path / "out"             # a small image, but not as stored: it takes the block path
     assert predict.run(["--model-dir", str(root / "model"), "--input", str(tmp_path / "in"), "--output", str(out),
                         "--pixel-size", "0.7", *FLAGS, *SMALL_BLOCKS]) == 0
-    group = zarr.open_group(str(out / names.label_image_path("scan.ome")), mode="r")
+    group = zarr.open_group(str(out / names.label_image_path("scan")), mode="r")
     np.testing.assert_array_equal(group["0"][:], whole)
     scale = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == [pytest.approx(0.7)] * 2
@@ -286,6 +286,10 @@ def test_probabilities_of_a_large_image_as_an_ome_zarr_pyramid(setup, tmp_path):
     np.testing.assert_allclose(level1[:, 10, 20], expected[20:22, 40:42].astype(np.float32).mean(axis=(0, 1)),
                                atol=1e-3)
     assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["c", "y", "x"]
+    assert [c["label"] for c in group.attrs["omero"]["channels"]] == ["background", "foreground"]
+    datasets = group.attrs["multiscales"][0]["datasets"]          # averaged: pixel centres move half a pixel
+    assert datasets[1]["coordinateTransformations"][1] == {"type": "translation", "translation": [0.0, 0.5, 0.5]}
+    assert len(datasets[0]["coordinateTransformations"]) == 1
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["probabilities_path"] == names.probability_image_path("scan")
 
@@ -342,6 +346,14 @@ def test_instances_by_blocks_equal_the_whole_image_decoding(setup, tmp_path, kin
     ids, area = (found.column(c).to_numpy() for c in ("object_id", "area"))
     assert sorted(ids.tolist()) == list(range(1, int(labels.max()) + 1))
     assert (area == np.bincount(labels.ravel())[ids]).all()
+    listed = group.attrs["image-label"].get("properties")       # per-object features up to a bound
+    if len(ids) <= label_outputs.INSTANCE_PROPERTIES_LIMIT:
+        table = {r["object_id"]: r for r in found.to_pylist()}
+        assert sorted(p["label-value"] for p in listed) == sorted(ids.tolist())
+        assert all(p["class"] == table[p["label-value"]]["class_name"] and p["area"] == table[p["label-value"]]["area"]
+                   for p in listed)
+    else:
+        assert listed is None
     whole_found = pq.read_table(tmp_path / "whole" / names.objects_file(), use_threads=False)
     assert sorted(area.tolist()) == sorted(whole_found.column("area").to_pylist())
     assert found.column("mean_confidence").to_numpy().sum() == pytest.approx(
@@ -405,7 +417,7 @@ def test_a_large_row_with_instances_vouches_for_its_instance_pyramid_and_geojson
     from pipelines.predict.inputs import row_outputs
 
     layout = outputs.OutputLayout("/out", outputs.OutputSettings("segmentation", ("background", "cell"), ("m",)))
-    row = {"image_id": "a/scan", "mask_path": names.label_image_path("a/scan"), "overlay_path": "overlays/a/scan.png",
+    row = {"image_id": "a/scan", "mask_path": names.label_container_path("a/scan"), "overlay_path": "overlays/a/scan.png",
            "seam_map_path": None, "probabilities_path": None, "instances_path": names.instance_image_path("a/scan")}
     needed = row_outputs(row, layout)
     assert f"{names.instance_image_path('a/scan')}/.zattrs" in needed and names.geojson_path("a/scan") in needed

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import posixpath
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -125,8 +126,9 @@ def prediction_mask_paths(pred_dir: str, table: pa.Table | None) -> tuple[dict[s
 
 
 def is_label_image(path: str) -> bool:
-    """Whether ``path`` is a large image's OME-Zarr label pyramid (not a PNG mask)."""
-    return path.rstrip("/").endswith(".ome.zarr")
+    """Whether ``path`` is a large image's OME-Zarr label pyramid (not a PNG mask): an OME-Zarr
+    or one of its ``labels/`` groups (``masks/<id>.ome.zarr/labels/instances``)."""
+    return re.search(r"\.ome\.zarr(/labels/[^/]+)?$", path.rstrip("/")) is not None
 
 
 def label_image_exists(path: str) -> bool:
@@ -151,7 +153,10 @@ def full_resolution_level(path: str, max_pixels: int, expected: tuple[int, int] 
     """Level 0 (the full resolution) of the OME-Zarr pyramid at ``path``, read whole when it has
     at most ``max_pixels`` and the ``expected`` (height, width) (its header is checked first)."""
     try:
-        level = zarr.open_group(store_for(path.rstrip("/"), read_only=True), mode="r")["0"]
+        group = zarr.open_group(store_for(path.rstrip("/"), read_only=True), mode="r")
+        if "0" not in group and "labels" in group:       # a label container: its class ids
+            group = group["labels"]["classes"]
+        level = group["0"]
     except (FileNotFoundError, KeyError, ValueError) as e:
         raise RejectedInput("unreadable", f"{path}: not an OME-Zarr label image ({type(e).__name__}: {e})") from e
     if len(level.shape) != 2:
@@ -194,8 +199,9 @@ def read_probabilities(path: str, expected: tuple[int, int]) -> np.ndarray | Non
 
 def instance_paths(pred_dir: str, table: pa.Table | None) -> dict[str, str]:
     """{image id: its instance labels} for the images predicted with --instances: a uint32
-    TIFF (instances/<id>.tif) or, for large images, an OME-Zarr label pyramid (instances/<id>.ome.zarr)."""
-    return row_paths(pred_dir, table, "instances_path", (".tif", ".ome.zarr"))
+    TIFF (instances/<id>.tif) or, for large images, an OME-Zarr label pyramid
+    (masks/<id>.ome.zarr/labels/instances; instances/<id>.ome.zarr before)."""
+    return row_paths(pred_dir, table, "instances_path", (".tif", ".ome.zarr", "/labels/instances"))
 
 
 def row_paths(pred_dir: str, table: pa.Table | None, column: str, suffix: str | tuple[str, ...]) -> dict[str, str]:

@@ -132,11 +132,13 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 
 def image_id(path: str, root: str) -> str:
     """The id (and output name) of the input at ``path``: its path below ``root`` without
-    extension. ValueError when it could name a file outside the prediction directory."""
+    extension, and without ``.ome`` (``slide.ome.tif`` is ``slide``, as preprocessing names it).
+    ValueError when it could name a file outside the prediction directory."""
     prefix = root.rstrip("/") + "/"
     if root and not path.startswith(prefix):
         raise ValueError(f"{path} is not below the input folder {root}")
     relative = posixpath.splitext(path[len(prefix):] if root else path)[0]
+    relative = relative[:-len(".ome")] if relative.lower().endswith(".ome") else relative
     parts = relative.split("/")
     if not relative or any(part in ("", ".", "..") for part in parts) or _UNSAFE.search(relative):
         raise ValueError(f"{path}: {relative!r} cannot name an output safely (empty, '.', '..' or control parts)")

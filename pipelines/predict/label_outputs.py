@@ -42,9 +42,11 @@ def block_array(path: str, shape: tuple[int, ...], side: int, dtype: str, settin
 
 def finish_pyramid(path: str, name: str, pixel_size_um: float | None, labels: bool, colors: bool = True) -> list:
     """Levels 1.. (halving until one chunk covers a level) and the NGFF 0.4 metadata of the
-    pyramid at ``path``; labels are subsampled and get the image-label colours (``colors``:
-    of the classes; instance ids get none), (c, y, x) probabilities are averaged. Returns the
-    levels, full resolution first."""
+    pyramid at ``path``; labels are subsampled (level n's pixel i is level 0's pixel i * 2^n: no
+    translation) and get the image-label colours (``colors``: of the classes, label 0 transparent;
+    instance ids get none: viewers pick their own, 0 transparent), (c, y, x) probabilities are
+    averaged over 2^n x 2^n pixels, so level n's pixel centres move by (2^n - 1) / 2 pixels of
+    level 0 (a translation). Returns the levels, full resolution first."""
     group = zarr.open_group(store_for(path), mode="a", zarr_format=ZARR_FORMAT)
     level0 = group["0"]
     side = level0.chunks[-1]
@@ -55,19 +57,94 @@ def finish_pyramid(path: str, name: str, pixel_size_um: float | None, labels: bo
         levels.append(group.create_array(str(len(levels)), shape=shape, chunks=level0.chunks, dtype=level0.dtype,
                                          fill_value=0, overwrite=True))
         (downsample if labels else average_down)(previous, levels[-1])
-    size = pixel_size_um or 1.0
-    unit = {"unit": "micrometer"} if pixel_size_um else {}
-    axes = ([] if labels else [{"name": "c", "type": "channel"}]) + [
-        {"name": n, "type": "space", **unit} for n in ("y", "x")]
-    scale = ([] if labels else [1.0]) + [size, size]
-    attrs = {"multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": [
-        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
-            *scale[:-2], scale[-2] * 2 ** i, scale[-1] * 2 ** i]}]} for i in range(len(levels))]}]}
+    attrs = {"multiscales": [multiscales(name, len(levels), pixel_size_um, channels=not labels,
+                                         averaged=not labels)]}
     if labels:
-        attrs["image-label"] = {"version": "0.4", **({"colors": [
-            {"label-value": i, "rgba": [*map(int, c), 255]} for i, c in enumerate(PALETTE)]} if colors else {})}
+        attrs["image-label"] = {"version": "0.4", "source": {"image": "../../"}, **(
+            {"colors": class_colors(len(PALETTE))} if colors else {})}
     group.attrs.update(attrs)
     return levels
+
+
+def multiscales(name: str, count: int, pixel_size_um: float | None, channels: bool, averaged: bool) -> dict:
+    """NGFF 0.4 ``multiscales`` of ``count`` levels halving (y, x), after a ``c`` axis when
+    ``channels``; ``averaged`` levels carry the half-pixel translation of their pixel centres."""
+    size = pixel_size_um or 1.0
+    unit = {"unit": "micrometer"} if pixel_size_um else {}
+    axes = ([{"name": "c", "type": "channel"}] if channels else []) + [
+        {"name": n, "type": "space", **unit} for n in ("y", "x")]
+    lead = [1.0] if channels else []
+    datasets = []
+    for i in range(count):
+        transforms = [{"type": "scale", "scale": [*lead, size * 2 ** i, size * 2 ** i]}]
+        if averaged and i:
+            shift = size * (2 ** i - 1) / 2
+            transforms.append({"type": "translation", "translation": [*([0.0] * len(lead)), shift, shift]})
+        datasets.append({"path": str(i), "coordinateTransformations": transforms})
+    return {"version": "0.4", "name": name, "axes": axes, "datasets": datasets}
+
+
+def class_colors(count: int) -> list[dict]:
+    """image-label colours of class ids 0..count-1: the overlay palette, class 0 (background)
+    fully transparent so that viewers show the image beneath it."""
+    return [{"label-value": i, "rgba": [*map(int, PALETTE[i % len(PALETTE)]), 0 if i == 0 else 255]}
+            for i in range(count)]
+
+
+def channel_colour(index: int) -> str:
+    return "".join(f"{int(v):02X}" for v in PALETTE[index % len(PALETTE)]) if index else "FFFFFF"
+
+
+def name_channels(path: str, channel_names) -> None:
+    """The omero ``channels`` of a (c, y, x) probability pyramid: each channel named by its
+    class, shown in its class colour over a 0..1 window (napari and QuPath read the names)."""
+    group = zarr.open_group(store_for(path), mode="a", zarr_format=ZARR_FORMAT)
+    group.attrs["omero"] = {"version": "0.4", "rdefs": {"model": "color"}, "channels": [
+        {"label": str(n), "color": channel_colour(i), "active": True,
+         "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}} for i, n in enumerate(channel_names)]}
+
+
+INSTANCE_PROPERTIES_LIMIT = 10_000   # objects whose features go into the instance labels' metadata
+PROPERTY_COLUMNS = ("object_id", "class_name", "area", "centroid_y", "centroid_x", "mean_confidence")
+
+
+def instance_properties(objects_path: str, objects: int, limit: int = INSTANCE_PROPERTIES_LIMIT) -> list[dict]:
+    """image-label ``properties`` of an instance pyramid: per object id its class and features,
+    from objects.parquet, for at most ``limit`` objects (a slide's millions would make the
+    metadata JSON larger than any viewer reads: above it, none; objects.parquet has them all)."""
+    if not objects or objects > limit:
+        return []
+    table = pq.read_table(io.BytesIO(files.read_bytes(objects_path)), columns=list(PROPERTY_COLUMNS),
+                          use_threads=False)
+    rows = table.to_pylist()
+    return [{"label-value": int(r["object_id"]), "class": r["class_name"], "area": int(r["area"]),
+             "centroid_y": float(r["centroid_y"]), "centroid_x": float(r["centroid_x"]),
+             "mean_confidence": float(r["mean_confidence"])} for r in rows]
+
+
+def finish_container(path: str, image_id: str, class_names, instances: bool,
+                     properties: list[dict] | None = None) -> None:
+    """The OME-Zarr holding a large image's label pyramids (``schemas.layout.label_container_path``):
+    its root group, the NGFF ``labels`` group listing ``classes`` (and ``instances``), the
+    classes' ``properties`` (class names) and the instances' ``properties`` (``instance_properties``);
+    a stale ``instances`` group an earlier run left is removed. The root's attributes are
+    written last: they mark the container complete (``schemas.layout.label_image_marker``)."""
+    root = zarr.open_group(store_for(path), mode="a", zarr_format=ZARR_FORMAT)
+    holder = root.require_group("labels")
+    names_ = ["classes", *(["instances"] if instances else [])]
+    for stale in set(holder.group_keys()) - set(names_):
+        del holder[stale]
+    classes = holder["classes"]
+    classes.attrs["image-label"] = {**classes.attrs["image-label"], "properties": [
+        {"label-value": i, "class": str(n)} for i, n in enumerate(class_names)],
+        "colors": class_colors(len(class_names))}
+    if instances and properties:
+        group = holder["instances"]
+        group.attrs["image-label"] = {**group.attrs["image-label"], "properties": properties}
+    holder.attrs["labels"] = names_
+    root.attrs.update({"tessera": {"image_id": image_id, "labels": [f"labels/{n}" for n in names_],
+                                   "note": "label images only (NGFF 0.4 labels/): open labels/classes or "
+                                           "labels/instances; the image is the input"}})
 
 
 def objects_table(image_id: str, found: dict, class_names, pixel_size_um: float | None,
@@ -127,18 +204,24 @@ def _tiles(level, side: int) -> Iterator[np.ndarray]:
             yield tile
 
 
-def write_ome_tiff(levels: list, path: str, pixel_size_um: float | None, side: int = 256) -> None:
-    """The label pyramid as a tiled, zlib-compressed OME-TIFF (level 0 + SubIFDs), streamed
-    from the zarr one band of tiles at a time through a local temporary file."""
-    metadata = {"axes": "YX"}
+def write_ome_tiff(levels: list, path: str, pixel_size_um: float | None, side: int = 256,
+                   channel: str = "classes") -> None:
+    """The label pyramid as a tiled, zlib-compressed OME-TIFF (level 0 + SubIFDs, the OME-TIFF
+    pyramid that Bio-Formats, QuPath, tifffile and tiffslide read as levels; OpenSlide 4 reads
+    level 0 only), streamed from the zarr one band of tiles at a time through a local temporary
+    file. Every level carries its pixel size as TIFF resolution tags (pixels per centimetre:
+    OpenSlide's and tiffslide's mpp) besides the OME-XML's PhysicalSize; the channel is named."""
+    metadata = {"axes": "YX", "Channel": {"Name": [channel]}}
     if pixel_size_um:
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeY=pixel_size_um,
                         PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
     with tempfile.NamedTemporaryFile(suffix=".ome.tif") as local:
         with tifffile.TiffWriter(local.name, bigtiff=True, ome=True) as tiff:
             for i, level in enumerate(levels):
+                resolution = {"resolution": (1e4 / (pixel_size_um * 2 ** i),) * 2, "resolutionunit": "CENTIMETER"} \
+                    if pixel_size_um else {}
                 tiff.write(_tiles(level, side), shape=level.shape, dtype=np.uint8, tile=(side, side),
-                           compression="zlib", photometric="minisblack",
+                           compression="zlib", photometric="minisblack", **resolution,
                            **({"subifds": len(levels) - 1, "metadata": metadata} if i == 0 else
                               {"subfiletype": 1, "metadata": None}))
         local.seek(0)

@@ -280,6 +280,8 @@ class FinishLargeImage(beam.DoFn):
         probabilities = None
         if layout.settings.save_probabilities:
             label_outputs.finish_pyramid(probabilities_path(layout, image_id), image_id, pixel_size, labels=False)
+            label_outputs.name_channels(probabilities_path(layout, image_id),
+                                        getattr(layout.settings, "probability_classes", layout.settings.class_names))
             probabilities = names.probability_image_path(image_id)
         if layout.settings.mask_format == "ome-tiff":
             label_outputs.write_ome_tiff(levels, layout.path(names.label_tiff_path(image_id)), pixel_size)
@@ -297,6 +299,10 @@ class FinishLargeImage(beam.DoFn):
             geojson_out.write_collection(layout.path(names.geojson_path(image_id)), [
                 f"{folder}/{n}" for n in sorted(listed) if n.endswith(".features.json")])
             files.delete_if_present([block_decode.inputs_path(layout, image_id)])
+        label_outputs.finish_container(layout.path(names.label_container_path(image_id)), image_id,
+                                       layout.settings.class_names, decoded, label_outputs.instance_properties(
+                                           layout.path(names.objects_path(image_id)), int(per_class[1:].sum()))
+                                       if decoded else None)
         pixels = height * width
         row = {
             "image_id": image_id, "source": path, "task": layout.settings.task,
@@ -304,7 +310,7 @@ class FinishLargeImage(beam.DoFn):
             "class_fractions": [float(n) / pixels for n in counts],
             "class_components": [int(n) for n in per_class], "components": int(per_class[1:].sum()),
             "mean_confidence": confidence / pixels, "label": None, "probabilities": None,
-            "mask_path": names.label_image_path(image_id), "overlay_path": overlay_path,
+            "mask_path": names.label_container_path(image_id), "overlay_path": overlay_path,
             "probabilities_path": probabilities, "tiles": tiles, "strips": count, **outputs.common_row(layout.settings),
             **seam_columns(int(seams[0]), float(seams[1]), int(seams[2])), "seam_map_path": seam_map,
             "instances_path": instances,
