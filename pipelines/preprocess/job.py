@@ -141,6 +141,9 @@ def resolve_color_mode(config: PreprocessConfig, inputs: list[str]) -> tuple[Pre
     """``--color-mode auto`` decided from the sources' headers (``colour.decide``)."""
     if config.color_mode != "auto":
         return config, {"requested": config.color_mode, "decided": config.color_mode}
+    if len(inputs) > 1000:
+        print(f"tessera preprocess: --color-mode auto: reading the headers of up to {len(inputs)} sources (pass "
+              "--color-mode rgb or grayscale to skip this)", flush=True)
     mode, record = colour.decide(inputs)
     print(f"tessera preprocess: --color-mode auto -> {mode} ({record['reason']})", flush=True)
     return dataclasses.replace(config, color_mode=mode), record

@@ -9,6 +9,7 @@ from schemas import versions
 from schemas.example import CLASSIFICATION, SEGMENTATION
 
 COLOR_MODES = ("auto", "rgb", "grayscale")
+NO_DEFAULT = " (default: none)%(default).0s"   # for flags whose default is empty (the formatter prints nothing)
 
 LAYOUTS_HELP = """\
 input layouts (--input):
@@ -95,11 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split-fractions", default="0.8,0.1,0.1",
                    help="train,val,test fractions of the stable hash split (classification: per class)")
     s.add_argument("--split-salt", default=d.split_salt, help="changes the hash split and the folds (keep it fixed "
-                                                             "across runs)")
+                                                             "across runs)" + NO_DEFAULT)
     s.add_argument("--split-file", default=d.split_file,
                    help="CSV (id,split rows) or JSON ({id: split}) giving each source's split (train, val or test) "
                         "instead of the hash; the id is the path under images/ (or the input, for classification) "
-                        "without extension, e.g. sub/a. Sources it does not name are rejected (not_in_split_file)")
+                        "without extension, e.g. sub/a. Sources it does not name are rejected (not_in_split_file)" + NO_DEFAULT)
     s.add_argument("--folds", type=int, default=d.folds,
                    help="k-fold split instead of the fractions: sources in stable hash order (per class for "
                         "classification) are dealt into K folds; fold --fold is val, the others train (0: off)")
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "0/1), ids (class ids, 255 = ignore), instances (object ids, 0 = background: one object "
                         "class), or an explicit map v:c,v:c,... (c a class id or 'ignore')")
     p.add_argument("--class-names", default="", help="comma-separated class names (segmentation: background "
-                                                     "first; empty: background,foreground, or the class folders)")
+                                                     "first; none given: background,foreground, or the class folders)" + NO_DEFAULT)
     p.add_argument("--color-mode", choices=COLOR_MODES, default=d.color_mode,
                    help="channels stored: rgb (3; gray replicated), grayscale (1; colour by ITU-R 601-2 luma) or "
                         "auto: grayscale when every source's header says gray (L, I;16, 1-channel TIFF, a gray "
@@ -170,13 +171,14 @@ def add_large_and_tile_flags(p: argparse.ArgumentParser, d: PreprocessConfig) ->
                    help="drop tiles that are empty slide glass or padding (see docs: the tissue test)")
     w = p.add_argument_group("border weight map (U-Net eq. 2), for touching objects")
     w.add_argument("--weight-map", choices=["none", "unet"], default=d.weight_map,
-                   help="unet: store w0 * exp(-(d1 + d2)^2 / 2 sigma^2) per tile, objects from instance masks "
+                   help="none, or unet: store w0 * exp(-(d1 + d2)^2 / 2 sigma^2) per tile, objects from instance masks "
                         "or the mask's connected components (a background that separates them)")
     w.add_argument("--weight-map-w0", type=float, default=d.weight_map_w0, help="w0: the border term's weight")
     w.add_argument("--weight-map-sigma", type=float, default=d.weight_map_sigma, help="sigma in pixels")
     o = p.add_argument_group("instance target (touching objects)")
     o.add_argument("--target", choices=["classes", "boundary"], default=d.target,
-                   help="boundary: the mask becomes background / boundary / interior, derived per tile (after "
+                   help="classes: the masks' class ids; boundary: the mask becomes background / boundary / "
+                        "interior, derived per tile (after "
                         "static augmentation) from the objects: instance ids (--mask-values instances) or the "
                         "connected components of the one object class (a background that separates them)")
     o.add_argument("--border-thickness", type=int, default=d.border_thickness,
