@@ -108,6 +108,19 @@ def test_auto_color_mode_reads_headers_gray_sources_give_grayscale_any_colour_gi
     assert colour.decide([str(tmp_path / "broken.png")])[0] == "rgb"   # nothing known: rgb keeps every channel
 
 
+def test_auto_color_mode_reads_headers_on_gcs_too(tmp_path, gcs_prefix):
+    from tests.conftest import upload_tree
+
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    save(tmp_path / "up" / "l.png", gray)
+    tifffile.imwrite(tmp_path / "up" / "t16.tif", gray.astype(np.uint16))
+    tifffile.imwrite(tmp_path / "up" / "tiled.tif", np.zeros((64, 64), np.uint8), tile=(16, 16))
+    upload_tree(tmp_path / "up", f"{gcs_prefix}/up")
+    paths = [f"{gcs_prefix}/up/{name}" for name in ("l.png", "t16.tif", "tiled.tif")]
+    mode, record = colour.decide(paths)
+    assert (mode, record["headers_read"]) == ("grayscale", 3), record
+
+
 def gray_folder(root, count=3, size=40):
     rng = np.random.default_rng(3)
     for i in range(count):
