@@ -21,7 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.beam.files import exists, file_bytes_limit, read_bytes, read_input
 from pipelines.beam.zarr_store import store_for
-from pipelines.core.images import ImagePolicy, decode_png, image_size
+from pipelines.core.images import ImagePolicy, decode_png, image_size, read_mask
+from pipelines.core.masks import MaskPolicy
 from pipelines.core.sources import (
     classification_source,
     has_image_extension,
@@ -247,6 +248,17 @@ def read_instances(data: bytes, name: str, max_pixels: int | None = None,
         raise RejectedInput("undecodable", f"{name}: not an instance label TIFF ({error})") from error
 
 
+def is_palette_png(data: bytes) -> bool:
+    """Whether a PNG's IHDR says colour type 3 (palette): tessera predict's class-id masks."""
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 3
+
+
+def palette_indices(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """(H, W, 1) uint8 palette indices of a palette PNG: the class ids, as stored."""
+    policy = MaskPolicy(mode="ids", num_classes=255, max_pixels=max_pixels, apply_exif=False)
+    return read_mask(data, name, policy)[..., None]
+
+
 def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int,
                     expected: tuple[int, int] | None = None) -> np.ndarray:
     """Class ids of a predicted mask PNG; a binary model's 0/255 masks (--binary-255) -> 0/1.
@@ -256,7 +268,7 @@ def read_prediction(data: bytes, name: str, num_classes: int, max_pixels: int,
     A class-id mask never holds 255, so with two classes 255 can only mean foreground.
     """
     check_size(name, image_size(data, name, NO_EXIF), max_pixels, expected)
-    mask = decode_png(data, name, max_pixels)
+    mask = palette_indices(data, name, max_pixels) if is_palette_png(data) else decode_png(data, name, max_pixels)
     if mask.shape[2] != 1 or mask.dtype != np.uint8:
         raise RejectedInput("prediction_not_class_ids", f"{name}: {mask.shape[2]}-channel {mask.dtype} PNG; "
                             "expected one 8-bit channel of class ids")

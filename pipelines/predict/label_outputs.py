@@ -141,6 +141,9 @@ def finish_container(path: str, image_id: str, class_names, instances: bool,
     if instances and properties:
         group = holder["instances"]
         group.attrs["image-label"] = {**group.attrs["image-label"], "properties": properties}
+    for name in names_:            # viewers name a layer by its multiscales name: the image id and what it is
+        group = holder[name]
+        group.attrs["multiscales"] = [{**m, "name": f"{image_id} {name}"} for m in group.attrs["multiscales"]]
     holder.attrs["labels"] = names_
     root.attrs.update({"tessera": {"image_id": image_id, "labels": [f"labels/{n}" for n in names_],
                                    "note": "label images only (NGFF 0.4 labels/): open labels/classes or "

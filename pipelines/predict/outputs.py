@@ -21,7 +21,7 @@ import tifffile
 from apache_beam.metrics import Metrics
 
 from pipelines.beam.files import atomic_create, read_bytes, write_atomically
-from pipelines.core.pixels import PNG_SIGNATURE, encode_png, heat, overlay, png_chunk
+from pipelines.core.pixels import PALETTE, PNG_SIGNATURE, encode_png, heat, overlay, png_chunk
 from pipelines.core.outlines import polygons
 from pipelines.predict import geojson_out, label_outputs
 from pipelines.predict import instances as predict_instances
@@ -125,14 +125,18 @@ def write_json(path: str, value) -> None:
     write_atomically(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndarray], level: int = 6) -> None:
-    """An 8-bit PNG streamed block by block: (rows, width) grayscale or (rows, width, 3) RGB, filter 0."""
+def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndarray], level: int = 6,
+                   palette: np.ndarray | None = None) -> None:
+    """An 8-bit PNG streamed block by block: (rows, width) grayscale or (rows, width, 3) RGB, filter 0.
+    ``palette`` ((n, 3) uint8): (rows, width) values are indices into it (a palette PNG)."""
     header, written, packer = None, 0, zlib.compressobj(level)
     for block in row_blocks:
         if header is None:
-            colour = 2 if block.ndim == 3 else 0
+            colour = 2 if block.ndim == 3 else 3 if palette is not None else 0
             header = (block.shape[1:], colour)
             handle.write(PNG_SIGNATURE + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)))
+            if colour == 3:
+                handle.write(png_chunk(b"PLTE", np.ascontiguousarray(palette, np.uint8).tobytes()))
         if block.shape[1:] != header[0] or block.shape[1] != width or block.dtype != np.uint8 \
                 or block.shape[2:] not in ((), (3,)):
             raise ValueError(f"expected (rows, {width}[, 3]) uint8 blocks, got {block.shape} {block.dtype}")
@@ -145,6 +149,14 @@ def write_png_rows(handle, width: int, height: int, row_blocks: Iterable[np.ndar
     if written != height:
         raise ValueError(f"PNG of height {height} received {written} rows")
     handle.write(png_chunk(b"IDAT", packer.flush()) + png_chunk(b"IEND", b""))
+
+
+def mask_palette(class_names) -> np.ndarray:
+    """The colours of a class-id mask PNG (a palette PNG, as PASCAL VOC's masks): its pixel values
+    stay the class ids (what Pillow's ``np.asarray(Image.open(path))`` and Tessera read; OpenCV and
+    imageio expand the palette to RGB unless asked not to), while viewers show class 0 black and
+    each other class in its overlay colour (a 0/1 grayscale PNG looks black)."""
+    return PALETTE[np.arange(len(class_names)) % len(PALETTE)]
 
 
 def npy_header(shape: tuple[int, ...], dtype) -> bytes:
@@ -186,7 +198,7 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     first = next(strips())
     image_id, height, width = first.image_id, first.height, first.width
     with atomic_create(layout.path(layout.mask(image_id))) as handle:
-        write_png_rows(handle, width, height, mask_rows())
+        write_png_rows(handle, width, height, mask_rows(), palette=None if s.binary_255 else mask_palette(s.class_names))
     if s.save_probabilities:
         with atomic_create(layout.path(layout.probabilities(image_id))) as handle:
             handle.write(npy_header((height, width, len(s.probability_classes)), np.float16))
