@@ -224,3 +224,41 @@ def test_multiscales_translate_averaged_levels_by_half_their_pixel_growth():
     assert all(len(d["coordinateTransformations"]) == 1 for d in subsampled["datasets"])
     assert "unit" not in subsampled["axes"][0]
     assert label_outputs.class_colors(3)[0]["rgba"][3] == 0 and label_outputs.class_colors(3)[2]["rgba"][3] == 255
+
+
+def test_a_reader_that_makes_the_output_root_a_zarr_group_does_not_disturb_reruns_or_evaluate(predicted, tmp_path):
+    """zarr.open_group(path) (mode "a", what a careless reader calls) makes any folder a group
+    by writing zarr.json: Tessera's outputs ignore it (it runs last: it reruns predict)."""
+    from pipelines.evaluate import job as evaluate
+
+    out = predicted
+    zarr.open_group(str(out), mode="a")
+    assert (out / "zarr.json").exists()
+    model, source = out.parent / "model", out.parent / "in"
+    assert predict.run(["--model-dir", str(model), "--input", str(source), "--output", str(out),
+                        "--pixel-size", str(PIXEL_SIZE), "--halo", "40", "--save-probabilities",
+                        "--mask-format", "ome-tiff", *FLAGS]) == 0
+    success = json.loads((out / names.SUCCESS_FILE).read_text())
+    assert (success["skipped_done"], success["rejected"]) == (2, 0)
+    (tmp_path / "truth").mkdir()
+    level0 = zarr.open_group(str(out / names.label_image_path("scan")), mode="r")["0"][:]
+    Image.fromarray(level0).save(tmp_path / "truth" / "scan.png")
+    with Image.open(out / names.mask_path("small")) as image:
+        Image.fromarray(np.asarray(image)).save(tmp_path / "truth" / "small.png")
+    assert evaluate.run(["--predictions", str(out), "--truth", str(tmp_path / "truth"), "--output",
+                         str(tmp_path / "report.json"), "--mask-values", "ids"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["counts"]["evaluated"] == 2
+
+
+def test_a_container_finished_without_instances_drops_an_earlier_runs_instances(tmp_path):
+    container = str(tmp_path / "c.ome.zarr")
+    for name, dtype in (("classes", "uint8"), ("instances", "uint32")):
+        label_outputs.block_array(f"{container}/labels/{name}", (40, 50), 16, dtype, "s", True)[:] = 1
+        label_outputs.finish_pyramid(f"{container}/labels/{name}", "c", None, labels=True, colors=name == "classes")
+    label_outputs.finish_container(container, "c", ("background", "cell"), True, [])
+    assert zarr.open_group(f"{container}/labels", mode="r").attrs["labels"] == ["classes", "instances"]
+    label_outputs.finish_container(container, "c", ("background", "cell"), False)
+    labels = zarr.open_group(f"{container}/labels", mode="r")
+    assert labels.attrs["labels"] == ["classes"] and "instances" not in labels
+    assert not (tmp_path / "c.ome.zarr" / "labels" / "instances").exists()
+    assert zarr.open_group(container, mode="r").attrs["tessera"]["labels"] == ["labels/classes"]
