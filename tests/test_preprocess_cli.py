@@ -108,6 +108,23 @@ def test_auto_color_mode_reads_headers_gray_sources_give_grayscale_any_colour_gi
     assert colour.decide([str(tmp_path / "broken.png")])[0] == "rgb"   # nothing known: rgb keeps every channel
 
 
+def test_auto_color_mode_never_opens_a_fifo_nor_follows_a_link_out_of_the_input(tmp_path):
+    import threading
+
+    save(tmp_path / "raw" / "gray.png", np.zeros((8, 8), np.uint8))
+    os.mkfifo(tmp_path / "raw" / "fifo.png")
+    save(tmp_path / "elsewhere" / "colour.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "raw" / "link.png").symlink_to(tmp_path / "elsewhere" / "colour.png")
+    paths = [str(tmp_path / "raw" / n) for n in ("fifo.png", "link.png", "gray.png")]
+    found = {}
+    reader = threading.Thread(target=lambda: found.update(zip(("mode", "record"), colour.decide(
+        paths, str(tmp_path / "raw")))), daemon=True)
+    reader.start()
+    reader.join(60)
+    assert found["mode"] == "grayscale" and found["record"]["headers_read"] == 1   # neither blocked nor followed
+    assert colour.decide(paths[1:], str(tmp_path / "raw"), follow_symlinks=True)[0] == "rgb"
+
+
 def test_auto_color_mode_reads_headers_on_gcs_too(tmp_path, gcs_prefix):
     from tests.conftest import upload_tree
 

@@ -5,12 +5,16 @@ Grayscale when every readable source is gray (L, I;16, 1-bit, a gray palette, a 
 judged by the sample count their region reader sees, the others by their Pillow header —
 the same readers that later decode them — and both paths then conform to the one decided
 mode, so large and small sources of a dataset agree. Headers that cannot be read are left
-out (the pipeline rejects those files with their reason). The launcher reads the headers
-in parallel and stops at the first colour source.
+out (the pipeline rejects those files with their reason), and so are files the job would
+not read: FIFOs and devices (opening one would block), symlinks out of the input without
+--follow-symlinks. The launcher reads the headers in parallel and stops at the first
+colour source.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import stat
 from collections import Counter
 
 from apache_beam.io.filesystems import FileSystems
@@ -22,8 +26,27 @@ from schemas.rejected import RejectedInput
 HEADER_READERS = 16
 
 
-def source_channels(path: str) -> tuple[int, str] | None:
-    """(1 gray | 3 colour, what the header says) of one source, or None when unreadable."""
+def readable_here(path: str, root: str | None, follow_symlinks: bool) -> bool:
+    """Whether the job would read ``path`` at all: locally a regular file (a FIFO would block
+    the launcher), reached through no symlink out of ``root`` unless ``follow_symlinks``
+    (as ``files.read_input``); zarr stores are folders."""
+    if FileSystems.get_scheme(path) not in (None, "file") or path.rstrip("/").lower().endswith(".zarr"):
+        return True
+    local = path.removeprefix("file://")
+    target = os.path.realpath(local)
+    if root and not follow_symlinks and target != os.path.abspath(local) and not target.startswith(
+            os.path.realpath(root.removeprefix("file://")) + os.sep):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(local).st_mode)
+    except OSError:
+        return False
+
+
+def source_channels(path: str, root: str | None = None, follow_symlinks: bool = False) -> tuple[int, str] | None:
+    """(1 gray | 3 colour, what the header says) of one source, or None when it is not read."""
+    if not readable_here(path, root, follow_symlinks):
+        return None   # the pipeline rejects it with its reason
     try:
         if regions.is_region_readable(path):
             with region_files.opened(path) as source:
@@ -35,15 +58,19 @@ def source_channels(path: str) -> tuple[int, str] | None:
         return None   # the pipeline rejects the file with its reason
 
 
-def decide(paths: list[str], readers: int = HEADER_READERS) -> tuple[str, dict]:
+def decide(paths: list[str], root: str | None = None, follow_symlinks: bool = False,
+           readers: int = HEADER_READERS) -> tuple[str, dict]:
     """(``"grayscale"`` | ``"rgb"``, the record of how it was decided, for config.json)."""
+    def channels(path: str) -> tuple[int, str] | None:
+        return source_channels(path, root, follow_symlinks)
+
     modes: Counter = Counter()
     colour_source = None
     read = 0
     with concurrent.futures.ThreadPoolExecutor(max(1, readers)) as pool:
         for start in range(0, len(paths), readers * 4):
             batch = paths[start:start + readers * 4]
-            for path, found in zip(batch, pool.map(source_channels, batch)):
+            for path, found in zip(batch, pool.map(channels, batch)):
                 if found is None:
                     continue
                 read += 1

@@ -144,7 +144,7 @@ def resolve_color_mode(config: PreprocessConfig, inputs: list[str]) -> tuple[Pre
     if len(inputs) > 1000:
         print(f"tessera preprocess: --color-mode auto: reading the headers of up to {len(inputs)} sources (pass "
               "--color-mode rgb or grayscale to skip this)", flush=True)
-    mode, record = colour.decide(inputs)
+    mode, record = colour.decide(inputs, config.input, config.follow_symlinks)
     print(f"tessera preprocess: --color-mode auto -> {mode} ({record['reason']})", flush=True)
     return dataclasses.replace(config, color_mode=mode), record
 
