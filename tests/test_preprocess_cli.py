@@ -180,10 +180,9 @@ def test_a_run_without_examples_prints_only_the_failure_and_leaves_no_work_dir(t
     with pytest.raises(SystemExit) as refused:
         run_job(tmp_path / "raw", tmp_path / "ds", *SMALL, "--min-foreground", 1.0)
     message = str(refused.value)
-    assert "no examples were written" in message and "nothing was published" in message
-    kept = list(tmp_path.glob("ds.rejected-*.jsonl"))
-    assert len(kept) == 1 and str(kept[0]) in message
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["raw", kept[0].name])   # no ds, no ds.tmp-*
+    assert "no examples were written (0 of 3 inputs rejected, 0 tiles kept)" in message
+    assert "nothing was published" in message and "Rejected records" not in message   # none to keep
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]   # no ds, no ds.tmp-*
     printed = capsys.readouterr()
     assert "dataset:" not in printed.out + printed.err and "sources written" not in printed.out + printed.err
 

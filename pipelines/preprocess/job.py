@@ -233,14 +233,15 @@ def run(argv: list[str] | None = None) -> int:
         summary = finalise.finalise(work, config, spec, empty_folders, started, beam_args,
                                     decisions={"color_mode": colour_record, "split": split_record})
         refused = refusal(summary, config)
-        kept = publish.keep_rejected(work, config.output) if refused else None
+        records = summary["rejected"] + summary["rejected_regions"]
+        kept = publish.keep_rejected(work, config.output) if refused and records else None
     except BaseException:
         printer.stop()
         publish.delete_tree(work)  # a failed run leaves nothing behind; the output is untouched
         raise
     if refused:
         publish.delete_tree(work)
-        raise SystemExit(f"tessera preprocess: {refused}. Rejected records with reasons: {kept}")
+        raise SystemExit(f"tessera preprocess: {refused}." + (f" Rejected records with reasons: {kept}" if kept else ""))
     version = publish.commit(work, config.output, config.overwrite, summary["fingerprint"], config.keep_versions)
     for line in splits.empty_warnings(summary["stats"], config, split_table):
         print(line, file=sys.stderr, flush=True)
