@@ -234,14 +234,15 @@ def test_folds_and_a_split_file_decide_the_splits_and_are_recorded(tmp_path, cap
 
     table = tmp_path / "splits.csv"
     table.write_text("id,split\n" + "".join(f"{i},{s}\n" for i, s in zip(ids[:5], ["train", "train", "val", "test",
-                                                                                     "test"])))
+                                                                                     "test"])) + "typo_1,val\n")
     assert run_job(tmp_path / "raw", tmp_path / "file", *SMALL, "--split-file", table,
                    "--max-rejected-fraction", 0.5) == 0
     assert manifest_splits(tmp_path / "file") == dict(zip(ids[:5], ["train", "train", "val", "test", "test"]))
+    assert "warning: 1 of the 6 ids in --split-file" in capsys.readouterr().err   # typo_1 matches no image
     rejected = [json.loads(line) for line in (tmp_path / "file" / "current" / "rejected.jsonl").read_text().splitlines()]
     assert [(os.path.basename(r["source"]), r["reason"]) for r in rejected] == [(f"{ids[5]}.png", "not_in_split_file")]
     recorded = published(tmp_path / "file", "config.json")["decisions"]["split"]
-    assert recorded["mode"] == "file" and recorded["ids"] == {"train": 2, "val": 1, "test": 2}
+    assert recorded["mode"] == "file" and recorded["ids"] == {"train": 2, "val": 2, "test": 2}
 
 
 @pytest.mark.parametrize("argv, says", [

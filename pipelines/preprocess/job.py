@@ -211,6 +211,9 @@ def run(argv: list[str] | None = None) -> int:
         raise SystemExit(f"tessera preprocess: {config.output} exists; pass --overwrite to publish a new version")
     inputs = list_inputs(config)
     split_table, split_record = splits.plan(config)
+    unmatched = splits.unmatched_warning(split_table, inputs, config)
+    if unmatched:
+        print(unmatched, file=sys.stderr, flush=True)
     publish.clean_leftovers(config.output)
     empty_folders: list[str] = []
     if config.layout == CLASSIFICATION:

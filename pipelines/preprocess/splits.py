@@ -37,6 +37,25 @@ def plan(config) -> tuple[dict[str, str] | None, dict]:
     return None, {"mode": "hash", "fractions": list(config.split_fractions), "salt": config.split_salt}
 
 
+def unmatched_warning(table: dict[str, str] | None, inputs: list[str], config) -> str | None:
+    """A warning naming the ``--split-file`` ids that match no listed image (typos, other folders)."""
+    if table is None:
+        return None
+    root, ids = config.input.rstrip("/"), set()
+    for path in inputs:
+        try:
+            ids.add(sources.segmentation_key(path, root)[0] if config.layout == "segmentation"
+                    else sources.classification_source(path, root).id)
+        except ValueError:
+            continue
+    unmatched = sorted(set(table) - ids)
+    if not unmatched:
+        return None
+    shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
+    return (f"tessera preprocess: warning: {len(unmatched)} of the {len(table)} ids in --split-file "
+            f"{config.split_file} match no image under --input: {shown}")
+
+
 def assign(listed, config, table: dict[str, str] | None, stratify: bool):
     """(sources with their split, rejected records or None)."""
     if table is not None:
