@@ -192,9 +192,10 @@ def strip_part_path(settings: str, image_id: str, strip: int, strips: int) -> st
 
 
 def label_container_path(image_id: str) -> str:
-    """A large image's OME-Zarr (NGFF 0.4) of label images: no image of its own (the input is
-    the image; a copy would be as large), its ``labels/`` group holding ``classes`` and, with a
-    decoder, ``instances`` (label_outputs.finish_container)."""
+    """A large image's OME-Zarr (NGFF 0.4) of label images: its ``labels/`` group holds
+    ``classes`` and, with a decoder, ``instances``; its root image is the class pyramid's own
+    arrays, referenced (the input is the real image; a copy would be as large). See
+    label_outputs.finish_container."""
     return f"{MASKS_DIR}/{image_id}.ome.zarr"
 
 

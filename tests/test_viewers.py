@@ -74,7 +74,7 @@ def test_a_large_image_is_one_ome_zarr_of_label_images_that_ome_zarr_py_opens(pr
     instances = zarr.open_group(str(out / names.instance_image_path("scan")), mode="r")
     before = tree(out)
     nodes = {n.zarr.basename(): n for n in Reader(parse_url(str(container / "labels")))() if n.data}
-    assert set(nodes) == {"classes", "instances"}                # napari: two label layers
+    assert set(nodes) == {"scan.ome.zarr", "classes", "instances"}   # napari: the image, two label layers
     np.testing.assert_array_equal(np.asarray(nodes["classes"].data[0]), classes["0"][:])
     np.testing.assert_array_equal(np.asarray(nodes["instances"].data[1]), instances["1"][:])
     colors = nodes["classes"].metadata["color"]
@@ -90,7 +90,12 @@ def test_a_large_image_is_one_ome_zarr_of_label_images_that_ome_zarr_py_opens(pr
     scale = nodes["classes"].metadata["coordinateTransformations"][1][0]["scale"]
     assert scale == [2 * PIXEL_SIZE] * 2                          # micrometres, subsampled: no translation
     direct = [n for n in Reader(parse_url(str(out / names.label_image_path("scan"))))() if n.data]
-    assert [n.zarr.basename() for n in direct] == ["classes"]      # opening one label group works too
+    assert {n.zarr.basename() for n in direct} == {"scan.ome.zarr", "classes", "instances"}   # via its source
+    whole = [n for n in Reader(parse_url(str(container)))() if n.data]          # the container: image + labels
+    assert [n.zarr.basename() for n in whole] == ["scan.ome.zarr", "classes", "instances"]
+    assert whole[0].metadata["name"] == "scan" and whole[0].metadata["channel_names"] == ["classes"]
+    np.testing.assert_array_equal(np.asarray(whole[0].data[0]), classes["0"][:])   # the same arrays, no copy
+    assert not (container / "0").exists()
     assert tree(out) == before                                    # reading wrote nothing
 
 
@@ -103,6 +108,7 @@ def test_label_groups_validate_as_ngff_04_and_a_writable_open_of_their_source_ch
     out = predicted
     container = out / names.label_container_path("scan")
     assert isinstance(ome_zarr_models.open_ome_zarr(zarr.open_group(str(container / "labels"), mode="r")), Labels)
+    assert isinstance(ome_zarr_models.open_ome_zarr(zarr.open_group(str(container), mode="r")), NgffImage)
     before = tree(out)
     for name in ("classes", "instances"):
         group = zarr.open_group(str(container / "labels" / name), mode="r")

@@ -125,10 +125,13 @@ def instance_properties(objects_path: str, objects: int, limit: int = INSTANCE_P
 def finish_container(path: str, image_id: str, class_names, instances: bool,
                      properties: list[dict] | None = None) -> None:
     """The OME-Zarr holding a large image's label pyramids (``schemas.layout.label_container_path``):
-    its root group, the NGFF ``labels`` group listing ``classes`` (and ``instances``), the
-    classes' ``properties`` (class names) and the instances' ``properties`` (``instance_properties``);
-    a stale ``instances`` group an earlier run left is removed. The root's attributes are
-    written last: they mark the container complete (``schemas.layout.label_image_marker``)."""
+    the NGFF ``labels`` group listing ``classes`` (and ``instances``), the classes' ``properties``
+    (class names) and the instances' ``properties`` (``instance_properties``); a stale
+    ``instances`` group an earlier run left is removed. The root is an NGFF image whose levels
+    are the class pyramid's own arrays (paths ``labels/classes/<n>``: no copy; a copy of the
+    input would be as large as the slide), so opening the container shows an image and its label
+    layers, and the labels' ``source`` (``../../``) is this root. Its attributes are written
+    last: they mark the container complete (``schemas.layout.label_image_marker``)."""
     root = zarr.open_group(store_for(path), mode="a", zarr_format=ZARR_FORMAT)
     holder = root.require_group("labels")
     names_ = ["classes", *(["instances"] if instances else [])]
@@ -145,9 +148,15 @@ def finish_container(path: str, image_id: str, class_names, instances: bool,
         group = holder[name]
         group.attrs["multiscales"] = [{**m, "name": f"{image_id} {name}"} for m in group.attrs["multiscales"]]
     holder.attrs["labels"] = names_
-    root.attrs.update({"tessera": {"image_id": image_id, "labels": [f"labels/{n}" for n in names_],
-                                   "note": "label images only (NGFF 0.4 labels/): open labels/classes or "
-                                           "labels/instances; the image is the input"}})
+    image = holder["classes"].attrs["multiscales"][0]      # the root's image: the class ids, not a copy
+    root.attrs.update({
+        "multiscales": [{**image, "name": image_id, "datasets": [
+            {**d, "path": f"labels/classes/{d['path']}"} for d in image["datasets"]]}],
+        "omero": {"version": "0.4", "rdefs": {"model": "greyscale"}, "channels": [
+            {"label": "classes", "color": "FFFFFF", "active": True,
+             "window": {"start": 0, "end": max(len(class_names) - 1, 1), "min": 0, "max": 255}}]},
+        "tessera": {"image_id": image_id, "labels": [f"labels/{n}" for n in names_],
+                    "image": "the class ids (labels/classes), referenced: the input is the real image"}})
 
 
 def objects_table(image_id: str, found: dict, class_names, pixel_size_um: float | None,
