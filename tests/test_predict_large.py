@@ -417,7 +417,8 @@ def test_a_large_row_with_instances_vouches_for_its_instance_pyramid_and_geojson
     from pipelines.predict.inputs import row_outputs
 
     layout = outputs.OutputLayout("/out", outputs.OutputSettings("segmentation", ("background", "cell"), ("m",)))
-    row = {"image_id": "a/scan", "mask_path": names.label_container_path("a/scan"), "overlay_path": "overlays/a/scan.png",
+    row = {"image_id": "a/scan", "mask_path": names.label_container_path("a/scan"),
+           "overlay_path": names.overlay_path("a/scan"),
            "seam_map_path": None, "probabilities_path": None, "instances_path": names.instance_image_path("a/scan")}
     needed = row_outputs(row, layout)
     assert f"{names.instance_image_path('a/scan')}/.zattrs" in needed and names.geojson_path("a/scan") in needed

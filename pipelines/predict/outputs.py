@@ -198,7 +198,8 @@ def write_image_outputs(layout: OutputLayout, strips: Callable[[], Iterator[Stri
     first = next(strips())
     image_id, height, width = first.image_id, first.height, first.width
     with atomic_create(layout.path(layout.mask(image_id))) as handle:
-        write_png_rows(handle, width, height, mask_rows(), palette=None if s.binary_255 else mask_palette(s.class_names))
+        write_png_rows(handle, width, height, mask_rows(),
+                       palette=None if s.binary_255 else mask_palette(s.class_names))
     if s.save_probabilities:
         with atomic_create(layout.path(layout.probabilities(image_id))) as handle:
             handle.write(npy_header((height, width, len(s.probability_classes)), np.float16))
