@@ -123,7 +123,7 @@ def test_predict_reports_strips_and_blocks_before_images_finish(tmp_path):
     touch(names.block_marker_path("other-settings", "c", 1))           # another run's: not counted
     moving = report()
     assert moving.done == 0 and "workers starting" not in moving.details
-    assert "2/4 strips of 1 images in progress" in moving.details and "2 blocks of large images done" in moving.details
+    assert "2/4 strips of 1 image in progress" in moving.details and "2 blocks of large images done" in moving.details
     touch(layout.row("a"), json.dumps({"tiles": 6}))
     done = report()
     assert done.done == 1 and "6 tiles" in done.details and "workers starting" not in done.details

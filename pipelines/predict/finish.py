@@ -58,10 +58,11 @@ class ImagesDone:
         self.done += len(new)
         self.rejected += len(rejected)
         self.tiles += sum(r["tiles"] for r in rows)
-        details = [f"{self.rejected} rejected", f"{self.tiles} tiles", *self.in_progress()]
-        if not self.done + self.rejected and len(details) == 2:
-            details.append("workers starting: loading the model, reading the first images")
-        return Status(self.done + self.rejected, self.total, "images", ", ".join(details))
+        moving = self.in_progress()    # first: a narrow terminal cuts the end of the line
+        if not self.done + self.rejected and not moving:
+            moving = ["workers starting: loading the model, reading the first images"]
+        return Status(self.done + self.rejected, self.total, "images",
+                      ", ".join([*moving, f"{self.rejected} rejected", f"{self.tiles} tiles"]))
 
     def in_progress(self) -> list[str]:
         """Strips and blocks written of the images not done yet (their files name them)."""
@@ -75,7 +76,8 @@ class ImagesDone:
         for relative in existing(self.layout.root, f"{names.BLOCKS_DIR}/{fingerprint}"):
             image_id, _, name = relative[len(names.BLOCKS_DIR) + len(fingerprint) + 2:].rpartition("/")
             blocks += image_id in self.pending and len(name) == 10 and name.endswith(".npz")   # NNNNNN.npz
-        return ([f"{strips}/{sum(of.values())} strips of {len(of)} images in progress"] if strips else []) + \
+        images = f"{len(of)} image{'s' if len(of) != 1 else ''}"
+        return ([f"{strips}/{sum(of.values())} strips of {images} in progress"] if strips else []) + \
             ([f"{blocks} blocks of large images done"] if blocks else [])
 
 
