@@ -140,7 +140,7 @@ def test_training_epoch_headers_show_the_plan_under_a_time_budget():
 def test_the_export_says_what_decides_masks_and_at_what_the_scores_are():
     from schemas.decoder import DecoderParams
     from schemas.model_card import ModelCard
-    from trainer.export import calibration_summary
+    from trainer.card_summary import calibration_summary
 
     base = dict(task="segmentation", model_name="unet", core=8, margin=4, input_size=16, output_size=16, channels=1)
     binary = ModelCard(**base, class_names=("background", "foreground"), threshold=0.42,

@@ -28,6 +28,7 @@ from schemas import versions
 from schemas.crashpoints import crashpoint
 from schemas.example import SEGMENTATION
 from trainer import calibrate, metrics
+from trainer.card_summary import calibration_summary
 from trainer.config import TrainConfig
 from trainer.data import DatasetInfo, crop_to, has_examples, placed_eval_dataset, read_if_exists
 from trainer.losses import LossSpec, combine, probabilities
@@ -237,41 +238,6 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
     for line in calibration_summary(card):
         print(line, flush=True)
     return card
-
-
-def calibration_summary(card: mc.ModelCard) -> list[str]:
-    """What decides predict's masks and objects, and at what the card's validation scores are
-    taken (a calibrated threshold's dice is not the dice at 0.5)."""
-    if card.task != SEGMENTATION:
-        return []
-    lines = []
-    scores = "/".join(k for k in metrics.SEGMENTATION_METRICS if k in card.metrics)
-    if card.threshold is not None:
-        line = f"Threshold: foreground where P(foreground) >= {card.threshold:.3g} ({card.threshold_rule})"
-        pixel = card.calibration.get("pixel_threshold")
-        if pixel is not None:
-            line += f"; the pixel rule ({card.calibration.get('pixel_rule')}) gave {pixel:.3g}"
-        lines.append(line)
-        if scores:
-            lines.append(f"  the card's {scores} are of the foreground at this threshold on the validation split "
-                         f"(not at 0.5); predict uses it unless --threshold")
-    elif scores:
-        lines.append(f"Masks: the most probable class; the card's {scores} are means over the foreground classes "
-                     "present in the validation split")
-    decoder = card.decoder
-    if decoder.get("mode") in ("seeded", "partition"):
-        line = (f"Decoder: {decoder['mode']}, seeds where P(interior) >= {decoder.get('seed', 0.5):.3g}, foreground "
-                f"where P(boundary) + P(interior) >= {decoder.get('foreground', 0.5):.3g}, objects >= "
-                f"{decoder.get('min_size', 0)} px, expand {decoder.get('expand', 0)} px, "
-                f"{decoder.get('connectivity', 4)}-connected ({decoder.get('rule', 'not calibrated')})")
-        if "value" in decoder:
-            name = "rand_fscore" if card.calibration.get("rule") == "rand" else "object_f1"
-            line += f": {name} {decoder['value']:.4f} on the validation images, with this decoder"
-        lines.append(line)
-        if scores:
-            lines.append(f"  the card's {scores} are per-pixel scores of the most probable of background / boundary "
-                         "/ interior (means over boundary and interior), not of the decoded objects")
-    return lines
 
 
 def saved_model_digest(saved_model_dir: str) -> str:
