@@ -219,6 +219,14 @@ def anchors(labels: np.ndarray) -> np.ndarray:
     return np.stack(np.unravel_index(first, labels.shape), axis=1).astype(np.int64)
 
 
-def foreground_classes(labels: np.ndarray) -> np.ndarray:
-    """The class-id mask a boundary model's decoded objects give: 1 where an object is, else 0."""
-    return (labels > 0).astype(np.uint8)
+def foreground_classes(labels: np.ndarray, probabilities: np.ndarray | None = None,
+                       threshold: float = 0.5) -> np.ndarray:
+    """The class-id mask a boundary model's decoded objects give: 1 where an object is and, given
+    the ``probabilities``, the model's foreground (P(boundary) + P(interior) >= ``threshold``)
+    too; else 0. So ``partition``'s expansion into the background labels every pixel of a thin
+    membrane with a cell in the instances while the mask keeps the membrane (pixel scores stay
+    the model's), and an object ``min_size`` dropped leaves the mask."""
+    mask = labels > 0
+    if probabilities is not None:
+        mask &= boundary_foreground(probabilities, threshold) > 0
+    return mask.astype(np.uint8)

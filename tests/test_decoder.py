@@ -68,6 +68,16 @@ def test_partition_labels_every_pixel_within_expand_px_and_no_further():
     assert decode(DecoderParams("partition", expand=0), probabilities=p).tolist() == seeded.tolist()
 
 
+def test_the_mask_of_a_partition_keeps_the_background_the_objects_grew_into():
+    p, _ = two_touching_disks()
+    params = DecoderParams("partition", expand=3)
+    labels = decode(params, probabilities=p)
+    foreground = (p[..., 1] + p[..., 2]) >= params.foreground
+    mask = foreground_classes(labels, p, params.foreground)
+    assert np.count_nonzero(labels) > np.count_nonzero(mask) > 0
+    np.testing.assert_array_equal(mask, ((labels > 0) & foreground).astype(np.uint8))
+
+
 def test_min_size_drops_small_objects_in_every_mode():
     mask = np.zeros((20, 20), np.uint8)
     mask[1:4, 1:4] = 1              # 9 px

@@ -86,6 +86,16 @@ class DecodedImage:
     labels: np.ndarray        # (H, W) uint32 instance ids
     mask: np.ndarray          # (H, W) uint8 output classes: an object's class where an object is, else 0
     confidence: np.ndarray    # (H, W) float16: the probability of the class in ``mask``
+    # a boundary model's objects for their table: class 1 on every object pixel (partition's
+    # expansion included, which the mask leaves background) and P(object) there
+    object_classes: np.ndarray | None = None
+    object_confidence: np.ndarray | None = None
+
+    def for_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(classes, confidence) the objects' table is computed from."""
+        if self.object_classes is None:
+            return self.mask, self.confidence
+        return self.object_classes, self.object_confidence
 
 
 def decode_image(params: dec.DecoderParams, boundary: bool, strips: Callable[[], Iterator[StripResult]]
@@ -116,10 +126,11 @@ def decode_image(params: dec.DecoderParams, boundary: bool, strips: Callable[[],
             labels = dec.decode(params, probabilities=probabilities)
         else:
             labels = dec.decode(params, classes=dec.boundary_foreground(probabilities, params.foreground))
-        mask = dec.foreground_classes(labels)
+        mask = dec.foreground_classes(labels, probabilities, params.foreground)
         background = probabilities[..., 0]
         confidence = np.where(mask > 0, 1.0 - background, background).astype(np.float16)
-        return DecodedImage(labels, mask, confidence)
+        return DecodedImage(labels, mask, confidence, dec.foreground_classes(labels),
+                            (1.0 - background).astype(np.float16))
     labels = dec.decode(params, classes=classes)
     if params.min_size > 1:
         classes = np.where(labels > 0, classes, 0).astype(np.uint8)
