@@ -66,7 +66,8 @@ class PreprocessConfig:
     weight_map: str = "none"              # unet: store the U-Net border weights of every tile
     weight_map_w0: float = 10.0
     weight_map_sigma: float = 5.0         # px
-    target: str = "classes"               # boundary: background / boundary / interior from the masks' objects
+    target: str = "auto"                  # boundary: background / boundary / interior from the masks' objects;
+    #                                       auto: boundary for segmentation masks of one object class
     border_thickness: int = 2             # px of boundary inside each object's edge
     distance_map: bool = False            # boundary: store each object pixel's distance to its edge too
     distance_max: float = 32.0            # px: the stored distance map's clip (255 = this)
@@ -176,11 +177,12 @@ def add_large_and_tile_flags(p: argparse.ArgumentParser, d: PreprocessConfig) ->
     w.add_argument("--weight-map-w0", type=float, default=d.weight_map_w0, help="w0: the border term's weight")
     w.add_argument("--weight-map-sigma", type=float, default=d.weight_map_sigma, help="sigma in pixels")
     o = p.add_argument_group("instance target (touching objects)")
-    o.add_argument("--target", choices=["classes", "boundary"], default=d.target,
+    o.add_argument("--target", choices=["auto", "classes", "boundary"], default=d.target,
                    help="classes: the masks' class ids; boundary: the mask becomes background / boundary / "
-                        "interior, derived per tile (after "
-                        "static augmentation) from the objects: instance ids (--mask-values instances) or the "
-                        "connected components of the one object class (a background that separates them)")
+                        "interior, derived per tile (after static augmentation) from the objects: instance ids "
+                        "(--mask-values instances) or the connected components of the one object class (a "
+                        "background that separates them), so touching objects come apart; auto (default): "
+                        "boundary for segmentation masks of one object class (two --class-names), else classes")
     o.add_argument("--border-thickness", type=int, default=d.border_thickness,
                    help="boundary: object pixels within this many px of another label are boundary")
     o.add_argument("--distance-map", action="store_true",
@@ -197,8 +199,18 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         raise SystemExit(f"--split-fractions must be three numbers such as 0.8,0.1,0.1, got {args.split_fractions}")
     values["class_names"] = tuple(c.strip() for c in args.class_names.split(",") if c.strip())
     config = PreprocessConfig(**values)
+    config = dataclasses.replace(config, target=resolved_target(config))
     check(config)
     return config
+
+
+def resolved_target(config: PreprocessConfig) -> str:
+    """``--target auto``: objects (``boundary``) for segmentation masks of one object class, the
+    masks' classes otherwise (several object classes, classification)."""
+    if config.target != "auto":
+        return config.target
+    one_class = len(config.class_names or ("background", "foreground")) == 2
+    return "boundary" if config.layout == SEGMENTATION and one_class else "classes"
 
 
 def check(config: PreprocessConfig) -> None:
