@@ -62,7 +62,36 @@ OBJECT_RULES = ("rand", "object-f1")
 OBJECT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ... 0.95
 
 
-class ObjectCalibration:
+class ObjectScoreboard:
+    """Object scores of ``count`` candidates over validation images, added up: per candidate
+    the contingency tables (``rand``: Rand F-score of all images' tables together) or the
+    matching counts (``object-f1``: object F1 at IoU > 0.5); what is kept grows with the
+    objects, not the pixels."""
+
+    def __init__(self, metric: str, count: int):
+        if metric not in OBJECT_RULES:
+            raise ValueError(f"object calibration is {OBJECT_RULES}, got {metric!r}")
+        self.metric = metric
+        self.tables: list[list] = [[] for _ in range(count)]
+        self.counts: list[dict | None] = [None] * count
+
+    def score(self, i: int, truth_ids, predicted_ids) -> None:
+        from schemas import object_scores as scores
+
+        if self.metric == "rand":
+            self.tables[i].append(scores.ids_table(truth_ids, predicted_ids))
+        else:
+            self.counts[i] = scores.add_counts(self.counts[i], scores.object_counts(truth_ids, predicted_ids))
+
+    def values(self) -> np.ndarray:
+        from schemas import object_scores as scores
+
+        if self.metric == "rand":
+            return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
+        return np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+
+
+class ObjectCalibration(ObjectScoreboard):
     """The threshold that scores best for objects on validation (``--calibrate rand|object-f1``).
 
     Each validation image (``SourceCanvas``: its cores put back together) is labelled at
@@ -73,11 +102,7 @@ class ObjectCalibration:
     threshold grows with the objects, not the pixels."""
 
     def __init__(self, metric: str):
-        if metric not in OBJECT_RULES:
-            raise ValueError(f"object calibration is {OBJECT_RULES}, got {metric!r}")
-        self.metric = metric
-        self.tables: list[list] = [[] for _ in OBJECT_THRESHOLDS]
-        self.counts: list[dict | None] = [None] * len(OBJECT_THRESHOLDS)
+        super().__init__(metric, len(OBJECT_THRESHOLDS))
 
     def add(self, foreground, truth) -> None:
         """One image (or core): P(foreground) (H, W) and its truth class ids (H, W; 255 ignored)."""
@@ -87,18 +112,7 @@ class ObjectCalibration:
         ignored = truth == IGNORE_LABEL
         truth_ids = scores.objects_of(truth, ignored)
         for i, threshold in enumerate(OBJECT_THRESHOLDS):
-            predicted = scores.objects_of((foreground >= threshold).astype(np.uint8), ignored)
-            if self.metric == "rand":
-                self.tables[i].append(scores.ids_table(truth_ids, predicted))
-            else:
-                self.counts[i] = scores.add_counts(self.counts[i], scores.object_counts(truth_ids, predicted))
-
-    def values(self) -> np.ndarray:
-        from schemas import object_scores as scores
-
-        if self.metric == "rand":
-            return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
-        return np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+            self.score(i, truth_ids, scores.objects_of((foreground >= threshold).astype(np.uint8), ignored))
 
     def best(self) -> tuple[float, float, str]:
         """(threshold, value, rule); the threshold nearest 0.5 among equal values."""
@@ -192,18 +206,15 @@ def truth_objects(truth: np.ndarray) -> np.ndarray:
     return decode(DecoderParams("seeded"), probabilities=one_hot)
 
 
-class DecoderCalibration:
+class DecoderCalibration(ObjectScoreboard):
     """The decoder that scores best for objects on validation images (a boundary model's
     ``--calibrate rand|object-f1``): every ``decoder_candidates`` decoder applied to each
     image's probabilities (H, W, 3), scored against ``truth_objects`` as ``ObjectCalibration``
     scores (what is kept per candidate grows with the objects, not the pixels)."""
 
     def __init__(self, metric: str, border_thickness: int):
-        if metric not in OBJECT_RULES:
-            raise ValueError(f"decoder calibration is {OBJECT_RULES}, got {metric!r}")
-        self.metric, self.candidates = metric, decoder_candidates(border_thickness)
-        self.tables: list[list] = [[] for _ in self.candidates]
-        self.counts: list[dict | None] = [None] * len(self.candidates)
+        self.candidates = decoder_candidates(border_thickness)
+        super().__init__(metric, len(self.candidates))
 
     def add(self, probabilities, truth) -> None:
         """One image: probabilities (H, W, 3) of background / boundary / interior and its truth
@@ -215,18 +226,8 @@ class DecoderCalibration:
         ignored = truth == IGNORE_LABEL
         truth_ids = scores.objects_of(truth_objects(truth), ignored, instances=True)
         for i, params in enumerate(self.candidates):
-            predicted = scores.objects_of(decode(params, probabilities=probabilities), ignored, instances=True)
-            if self.metric == "rand":
-                self.tables[i].append(scores.ids_table(truth_ids, predicted))
-            else:
-                self.counts[i] = scores.add_counts(self.counts[i], scores.object_counts(truth_ids, predicted))
-
-    def values(self) -> np.ndarray:
-        from schemas import object_scores as scores
-
-        if self.metric == "rand":
-            return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
-        return np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+            self.score(i, truth_ids, scores.objects_of(decode(params, probabilities=probabilities), ignored,
+                                                       instances=True))
 
     def best(self) -> tuple:
         """(DecoderParams, value, rule); among equal values seeded before partition, then the

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from schemas.decoder import class_components
+
 FIELDS = ("cls", "area", "ymin", "xmin", "ymax", "xmax", "sum_y", "sum_x", "confidence")
 EDGES = ("top", "bottom", "left", "right")
 
@@ -26,14 +28,8 @@ def block_objects(mask: np.ndarray, confidence: np.ndarray, origin: tuple[int, i
     object touching one of those is *open* (it may continue there) and goes to the merge with
     the block's edge labels; every other object is complete as it is (its final id is
     ``object_id(block, local_id)``)."""
-    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
-    labels = np.zeros(mask.shape, np.int64)
-    offset = 0
-    for cls in np.unique(mask[mask > 0]):
-        lab, n = ndimage.label(mask == cls, structure)
-        labels[lab > 0] = lab[lab > 0] + offset
-        offset += n
-    n = offset
+    labels = class_components(mask, ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2))
+    n = int(labels.max()) if labels.size else 0
     table = label_table(labels, n, mask, confidence, origin)
     height, width = mask.shape
     top, bottom, left, right = faces
