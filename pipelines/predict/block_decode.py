@@ -31,13 +31,12 @@ from pipelines.beam import files
 from pipelines.beam.zarr_store import store_for
 from pipelines.core import block_instances as bi
 from pipelines.core.outlines import polygons
-from pipelines.predict import blocks, geojson_out, label_outputs, outputs, plan
+from pipelines.predict import block_state, blocks, geojson_out, label_outputs, plan
 from pipelines.core.objects import label_table
 from pipelines.predict.stitch import preview_step
 from schemas import decoder as dec
 from schemas import layout as names
 from schemas.crashpoints import crashpoint
-from schemas.rejected import rejected_record
 
 NAMESPACE = "tessera.predict"
 READY = "ready"
@@ -56,13 +55,6 @@ def refusal(spec, halo: int) -> tuple[str, str] | None:
             f"decoding a block of {spec.block_side} px with its halo of {halo} px needs about {need / 2**20:.0f} MiB: "
             f"raise --memory-limit-mb above {spec.memory_limit_bytes / 2**20:.0f} or lower --halo")
     return None
-
-
-def reject(layout, image_id: str, path: str, reason: str, detail: str) -> None:
-    """A large image's rejected record (it gets no row)."""
-    Metrics.counter(NAMESPACE, f"rejected_{reason}").inc()
-    outputs.write_json(layout.path(layout.rejected(path)), {**rejected_record(path, reason, detail),
-                                                            "image_id": image_id})
 
 
 def inputs_path(layout, image_id: str) -> str:
@@ -164,7 +156,8 @@ def _listed(spec, image_id: str) -> dict[str, float]:
 
 
 class PlanOwned(beam.DoFn):
-    """A predicted image -> DecodeTasks of its blocks whose objects are not listed yet."""
+    """A predicted image -> DecodeTasks of its blocks whose objects are not listed yet (none
+    for an image rejected because a block could not be read)."""
 
     def __init__(self, spec):
         self.spec = spec
@@ -172,10 +165,11 @@ class PlanOwned(beam.DoFn):
     def process(self, keyed: tuple[str, Any]) -> Iterator[Any]:
         image_id, described = keyed
         source = next(iter(described))
-        side, listed = self.spec.block_side, _listed(self.spec, image_id)
-        pending = [b.index for b in blocks.plan_blocks(source["height"], source["width"], side)
-                   if f"{b.index:06d}.owned.npz" not in listed]
-        if not pending:
+        failed = block_state.failed(self.spec.layout, image_id)     # rejected: a block could not be read
+        side, listed = self.spec.block_side, {} if failed else _listed(self.spec, image_id)
+        pending = [] if failed else [b.index for b in blocks.plan_blocks(source["height"], source["width"], side)
+                                     if f"{b.index:06d}.owned.npz" not in listed]
+        if not pending and not failed:
             yield beam.pvalue.TaggedOutput(READY, (image_id, [source]))
         for index in pending:
             yield DecodeTask(image_id, source, index)
@@ -193,7 +187,7 @@ class ListOwned(beam.DoFn):
         try:
             found, _ = _decode(spec, self.halo, task)
         except bi.HaloTooSmall as e:
-            reject(spec.layout, task.image_id, task.described["path"], "halo_too_small", str(e))
+            block_state.reject(spec.layout, task.image_id, task.described["path"], "halo_too_small", str(e))
             found = None
         if found is not None:
             keys = bi.anchor_keys(found.anchors[found.owned() - 1], task.described["width"])

@@ -9,7 +9,8 @@ blocks is the whole-image result, bit for bit. A block reads only the source win
 tiles need: its extent plus the margin, mirrored at the true image border only.
 
 Memory per block (bytes; E = extent side, side = block side, K classes, C channels of
-``itemsize`` bytes, T tile, B batch): 2 (E + 2M)^2 C itemsize window pixels,
+``itemsize`` bytes, T tile, B batch): 3 (E + 2M)^2 C itemsize window pixels (as read, normalised,
+and the next block's, read before this one's batch is predicted),
 n_tiles core^2 K 4 tile predictions, E^2 (K + 1) 4 blending, side^2 (13 + 2K) outputs and
 seam map, B T^2 (2 C itemsize + 3 K 4) one batch. With instances (a decoder), decoding the
 block's window (side + 2 halo)^2 ``plan.instance_bytes`` runs in a later stage: the larger of
@@ -58,18 +59,25 @@ def _prediction_cost(side: int, g: Geometry) -> int:
     extent = side + 2 * g.core            # cores reaching in from both neighbours
     tiles = (-(-extent // g.stride)) ** 2
     k = g.classes
-    return (2 * (extent + 2 * g.margin) ** 2 * g.channels * g.itemsize + tiles * g.core ** 2 * k * 4
+    return (3 * (extent + 2 * g.margin) ** 2 * g.channels * g.itemsize + tiles * g.core ** 2 * k * 4
             + extent ** 2 * (k + 1) * 4 + side ** 2 * (13 + 2 * k)
             + g.batch_size * g.tile ** 2 * (2 * g.channels * g.itemsize + 3 * k * 4))
 
 
+def refusal(g: Geometry, limit_bytes: int, halo: int = DEFAULT_HALO) -> str | None:
+    """Why no block fits the bound (even one core), with the remedy; None when one does."""
+    need = block_cost(g.core, g, halo)
+    if need <= limit_bytes:
+        return None
+    return (f"even a block of one core ({g.core} px) needs about {need / 2**20:.0f} MiB; raise --memory-limit-mb "
+            f"above {limit_bytes / 2**20:.0f}" + (f" (or lower --halo, {halo} px)" if g.instances else ""))
+
+
 def block_side(g: Geometry, limit_bytes: int, largest: int = 1 << 14, halo: int = DEFAULT_HALO) -> int:
     """The largest multiple of the core (at most ``largest``) whose block fits the bound."""
-    side = g.core
-    if block_cost(side, g, halo) > limit_bytes:
-        raise ValueError(f"even a block of one core ({g.core} px) needs about {block_cost(side, g, halo) / 2**20:.0f} "
-                         f"MiB; raise --memory-limit-mb above {limit_bytes / 2**20:.0f}"
-                         + (f" (or lower --halo, {halo} px)" if g.instances else ""))
+    side, refused = g.core, refusal(g, limit_bytes, halo)
+    if refused:
+        raise ValueError(refused)
     while side + g.core <= largest and block_cost(side + g.core, g, halo) <= limit_bytes:
         side += g.core
     return side

@@ -78,6 +78,7 @@ class PredictConfig:
     lease_ttl_s: float = 60.0         # a run's claim on the output expires this long after its last heartbeat
     lease_wait_s: float = 120.0       # how long to wait for a conflicting run (a killed one's lease expiring)
     large_image_pixels: int = 64_000_000  # tiled TIFF / zarr inputs larger than this go block by block
+    max_large_image_pixels: int = large.MAX_LARGE_IMAGE_PIXELS   # ... and larger than this are rejected
     pixel_size_um: float = 0.0        # predict the pyramid level of this pixel size (0: the model card's, else 0)
     connectivity: int = 0             # objects (and instances): 4- or 8-connected (0: the card's decoder's, else 4)
     instances: str = "auto"           # auto | none | components | watershed (predict_instances.resolve_decoder)
@@ -109,6 +110,8 @@ class PredictConfig:
             raise ValueError(f"--blend must be gaussian or linear, got {self.blend!r}")
         if self.batch_size < 1 or self.memory_limit_mb < 1 or self.max_image_pixels < 1:
             raise ValueError("--batch-size, --memory-limit-mb and --max-image-pixels must be positive")
+        if self.max_large_image_pixels < 1:
+            raise ValueError(f"--max-large-image-pixels must be positive, got {self.max_large_image_pixels}")
         if self.lease_ttl_s <= 0 or self.lease_wait_s < 0:
             raise ValueError("--lease-ttl-s must be positive and --lease-wait-s not negative")
         if self.instances not in predict_instances.METHODS or self.decoder not in ("", *dec.MODES):
@@ -160,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--large-image-pixels", type=int, default=d.large_image_pixels,
                    help="region-readable inputs (tiled TIFF, OME-TIFF, SVS, OME-Zarr) with more pixels are read "
                         "by region and predicted block by block over the workers, into an OME-Zarr mask")
+    p.add_argument("--max-large-image-pixels", type=int, default=d.max_large_image_pixels,
+                   help="large (region-readable) inputs with more pixels to predict are rejected (too_large) "
+                        "before any block is planned")
     p.add_argument("--pixel-size", type=float, default=d.pixel_size_um, dest="pixel_size_um",
                    help="µm/px to predict at: the pyramid level of that size is read (0: the model card's)")
     p.add_argument("--model-copies", type=int, default=d.model_copies,
@@ -256,8 +262,10 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
                       whole_image=card.task == "classification" and card.whole_image,
                       connectivity=connectivity, decoder=decoder, boundary=boundary)
     if card.task == "segmentation" and config.large_image_pixels:
-        spec = dataclasses.replace(spec, large_image_pixels=config.large_image_pixels,
-                                   block_side=blocks.block_side(geometry, spec.memory_limit_bytes, halo=config.halo),
+        fits = blocks.refusal(geometry, spec.memory_limit_bytes, config.halo) is None   # else large images are
+        spec = dataclasses.replace(spec, large_image_pixels=config.large_image_pixels,   # rejected, not the job
+                                   block_side=blocks.block_side(geometry, spec.memory_limit_bytes, halo=config.halo)
+                                   if fits else 0,
                                    pixel_size_um=config.pixel_size_um or card.pixel_size_um or None)
     return spec, cards
 
@@ -297,7 +305,8 @@ def build_pipeline(p: beam.Pipeline, config: PredictConfig, spec: pt.JobSpec, to
                                          config.model_copies, config.precision)
     cut = (p | "Inputs" >> beam.Create(todo) | "Spread" >> beam.Reshuffle() | "CutStrips" >> pt.CutStrips(spec))
     _ = cut.tasks | "PredictTiles" >> pt.PredictTiles(handler) | "StitchImages" >> pt.StitchImages(spec)
-    _ = cut[pt.LARGE] | "PredictLargeImages" >> large.PredictLargeImages(spec, handler, config.halo)
+    _ = cut[pt.LARGE] | "PredictLargeImages" >> large.PredictLargeImages(spec, handler, config.halo,
+                                                                             config.max_large_image_pixels)
     _ = cut[pt.REJECTED] | "WriteRejected" >> pt.WriteRejected(spec.layout)
 
 

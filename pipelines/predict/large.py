@@ -1,8 +1,8 @@
 """Images larger than memory: region-readable sources predicted block by block over many workers.
 
     large ImageInput --PlanBlocks--> BlockRefs (the blocks not done yet) --Reshuffle--
-        --> BlockTasks (each reads its source window when predicted) --RunInference--
-        --StitchBlock--> the block's chunk of masks/<id>.ome.zarr + a done marker
+        --ReadBlocks--> BlockTasks (each with its source window, read in the inference stage)
+        --RunInference--StitchBlock--> the block's chunk of masks/<id>.ome.zarr + a done marker
         --GroupByKey(image)--> FinishLargeImage: pyramid, thumbnail overlay, the row
 
 A block writes whole chunks of the label array (chunk = block), so no two blocks write
@@ -11,6 +11,12 @@ the chunk) makes it done, so a rerun after a kill computes only the missing bloc
 row is written last, after the pyramid and the NGFF metadata: an image without its row
 is not done. Peak memory per worker: a few blocks (``blocks.block_side`` under
 ``--memory-limit-mb``) and the model, whatever the image's size.
+
+Markers hold only for the input they were made from (``block_state``): an input changed
+under the same name starts over. Bad inputs become rejected records, never a failed job:
+more pixels to predict than ``--max-large-image-pixels`` (refused before any block is
+planned), a header or sample that cannot be read, or a block whose window cannot be read
+(a damaged tile; read twice, then the image is rejected and its other blocks stop).
 """
 from __future__ import annotations
 
@@ -29,14 +35,17 @@ from pipelines.beam import files, region_files
 from pipelines.beam.zarr_store import store_for
 from pipelines.core import images, objects, pixels, regions, tiling
 from pipelines.core.pixels import encode_png, overlay, to_rgb8
-from pipelines.predict import block_decode, blocks, geojson_out, label_outputs, outputs
+from pipelines.predict import block_decode, block_state, blocks, geojson_out, label_outputs, outputs
 from pipelines.predict.decide import chosen
 from pipelines.predict.stitch import preview_step, seam_columns, seam_heat
 from schemas import layout as names
 from schemas.crashpoints import crashpoint
+from schemas.rejected import RejectedInput
 
 NAMESPACE = "tessera.predict"
 READY = "ready"   # PlanBlocks' tagged output: large images with every block done
+MAX_LARGE_IMAGE_PIXELS = 20_000_000_000   # --max-large-image-pixels: a whole slide of 200k x 100k px
+UNREADABLE = (OSError, ValueError, RuntimeError, KeyError, RejectedInput)   # codecs' errors are RuntimeErrors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +98,38 @@ class BlockTask:
     @property
     def pixels(self) -> np.ndarray:
         if self._pixels is None:
-            y0, y1, x0, x1 = self.window
             started = time.time()
-            window = self.ref.view(region_files.cached(self.ref.path)).read(y0, x0, y1 - y0, x1 - x0)
-            self._pixels = images.normalised(window, self.policy, self.ref.intensity_range, self.ref.path)
+            self._pixels = self.read(region_files.cached(self.ref.path))
             self.read_seconds = time.time() - started
         return self._pixels
+
+    def read(self, source) -> np.ndarray:
+        """The block's window of ``source``, normalised as the model takes it."""
+        y0, y1, x0, x1 = self.window
+        window = self.ref.view(source).read(y0, x0, y1 - y0, x1 - x0)
+        return images.normalised(window, self.policy, self.ref.intensity_range, self.ref.path)
+
+    def read_or_fail(self) -> tuple[str, str] | None:
+        """Read the window now (from the open source, then once more from a fresh one);
+        (reason, detail) when it cannot be read."""
+        try:
+            _ = self.pixels
+            return None
+        except UNREADABLE:
+            pass
+        started = time.time()
+        try:
+            with region_files.opened(self.ref.path) as source:
+                self._pixels = self.read(source)
+        except UNREADABLE as error:
+            if isinstance(error, RejectedInput):
+                return error.reason, error.detail
+            (a, b), (c, d) = self.ref.block.rows, self.ref.block.cols
+            return "unreadable_region", (f"{self.ref.path}: block {self.ref.block.index} (rows {a}-{b}, columns "
+                                         f"{c}-{d} of level {self.ref.level}) cannot be read "
+                                         f"({type(error).__name__}: {error})")
+        self.read_seconds = time.time() - started
+        return None
 
     def tile(self, i: int) -> np.ndarray:
         y, x, g = self.boxes[i][0], self.boxes[i][1], self.geometry
@@ -131,31 +166,55 @@ def _block_arrays(layout, ref: BlockRef, side: int, create: bool) -> tuple:
 
 
 class PlanBlocks(beam.DoFn):
-    """A large image -> BlockRefs of its blocks not done yet; ``ready``: image ids whose
-    blocks are all done (an earlier run stopped before finishing them). ``refusal``: (reason,
-    detail) that rejects every large image (a halo its decoder cannot use)."""
+    """A large image -> BlockRefs of its blocks not done yet (for this input: markers of
+    another are deleted first); ``ready``: image ids whose blocks are all done (an earlier run
+    stopped before finishing them). ``refusal``: (reason, detail) that rejects every large
+    image (no block fits --memory-limit-mb, a halo its decoder cannot use). An image with more
+    than ``max_pixels`` to predict, or whose header or sample cannot be read, is rejected."""
 
-    def __init__(self, spec, refusal: tuple[str, str] | None = None):
-        self.spec, self.refusal = spec, refusal
+    def __init__(self, spec, refusal: tuple[str, str] | None = None, max_pixels: int = MAX_LARGE_IMAGE_PIXELS):
+        self.spec, self.refusal, self.max_pixels = spec, refusal, max_pixels
 
     def process(self, item) -> Iterator[Any]:
-        if self.refusal:
-            block_decode.reject(self.spec.layout, item.image_id, item.path, *self.refusal)
+        refusal, ref = self.refusal, None
+        if not refusal:
+            try:
+                ref = self.first_ref(item)
+            except UNREADABLE as error:
+                refusal = ((error.reason, error.detail) if isinstance(error, RejectedInput) else
+                           ("unreadable", f"{item.path}: its header or overview cannot be read "
+                                          f"({type(error).__name__}: {error})"))
+        if refusal:
+            block_state.reject(self.spec.layout, item.image_id, item.path, *refusal)
         else:
-            yield from self.planned(item)
+            yield from self.planned(item, ref)
 
-    def planned(self, item) -> Iterator[Any]:
-        spec, layout = self.spec, self.spec.layout
+    def first_ref(self, item) -> BlockRef:
+        """The ref of the image's first block, from its header and a bounded sample
+        (RejectedInput when it has too many pixels to predict)."""
+        spec = self.spec
         with region_files.opened(item.path) as source:
             view = regions.level_view(source, spec.pixel_size_um)
             height, width = view.shape
+            if height * width > self.max_pixels:
+                raise RejectedInput("too_large", (
+                    f"{item.path}: {width}x{height} = {height * width} pixels to predict (level {view.level}) "
+                    f"exceeds --max-large-image-pixels {self.max_pixels}; raise it to predict this image"))
             size = view.pixel_size
             scale = source.downsample(view.level) * view.factor
             intensity = None if spec.policy.intensity == "fixed" else pixels.intensity_range(   # one range for
                 regions.sample_values(source), spec.policy.intensity)                          # every block
+        first = blocks.plan_blocks(height, width, spec.block_side)[0]
+        return BlockRef(item.image_id, item.path, view.level, height, width, first, item.signature, view.factor,
+                        size, intensity, scale)
+
+    def planned(self, item, ref: BlockRef) -> Iterator[Any]:
+        spec, layout = self.spec, self.spec.layout
+        height, width = ref.height, ref.width
+        made_from = block_state.identity(ref.described(), spec.block_side, ref.intensity_range)
+        block_state.start_over_if_changed(layout, item.image_id, made_from)
+        block_state.clear_failure(layout, item.image_id)          # blocks not done are tried again
         plan = blocks.plan_blocks(height, width, spec.block_side)
-        ref = BlockRef(item.image_id, item.path, view.level, height, width, plan[0], item.signature, view.factor,
-                       size, intensity, scale)
         _block_arrays(layout, ref, spec.block_side, create=True)
         if spec.decoder is not None:
             block_decode.prepare_arrays(spec, item.image_id, height, width)
@@ -166,6 +225,29 @@ class PlanBlocks(beam.DoFn):
             yield beam.pvalue.TaggedOutput(READY, (item.image_id, ref.described()))
         for block in pending:
             yield dataclasses.replace(ref, block=block)
+
+
+class ReadBlocks(beam.DoFn):
+    """A BlockRef -> its BlockTask with the window read, in the stage that predicts it; a
+    window that cannot be read rejects the image (and the blocks of a rejected image are skipped)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def process(self, ref: BlockRef) -> Iterator[BlockTask]:
+        layout = self.spec.layout
+        task = failure = None
+        if block_state.failed(layout, ref.image_id):
+            Metrics.counter(NAMESPACE, "blocks_skipped_failed").inc()
+        else:
+            task = BlockTask(ref, self.spec.geometry, self.spec.policy)
+            failure = task.read_or_fail()
+        if failure:
+            Metrics.counter(NAMESPACE, "blocks_unreadable").inc()
+            (a, b), (c, d) = ref.block.rows, ref.block.cols
+            block_state.fail(layout, ref.image_id, ref.path, *failure, region=[a, b, c, d], block=ref.block.index)
+        elif task is not None:
+            yield task
 
 
 class StitchBlock(beam.DoFn):
@@ -233,6 +315,10 @@ class FinishLargeImage(beam.DoFn):
         self.spec = spec
 
     def process(self, keyed: tuple[str, Any]) -> Iterator[dict]:
+        if not block_state.failed(self.spec.layout, keyed[0]):    # else rejected (a block unreadable): no row
+            yield from self.finished(keyed)
+
+    def finished(self, keyed: tuple[str, Any]) -> Iterator[dict]:
         image_id, described = keyed
         source = next(iter(described))
         path, signature, pixel_size = source["path"], source["signature"], source["pixel_size_um"]
@@ -338,17 +424,22 @@ class PredictLargeImages(beam.PTransform):
     """Large ImageInputs -> one row per image: blocks planned, spread over the workers,
     each read, predicted and written in one fused stage, then each image finished."""
 
-    def __init__(self, spec, handler, halo: int = blocks.DEFAULT_HALO):
+    def __init__(self, spec, handler, halo: int = blocks.DEFAULT_HALO, max_pixels: int = MAX_LARGE_IMAGE_PIXELS):
         super().__init__()
-        self.spec, self.handler, self.halo = spec, handler, halo
-        self.refusal = block_decode.refusal(spec, halo) if spec.decoder is not None and spec.block_side else None
+        self.spec, self.handler, self.halo, self.max_pixels = spec, handler, halo, max_pixels
+        if not spec.block_side:       # no block fits the memory bound: each large image is rejected
+            self.refusal = ("too_large_for_memory", blocks.refusal(spec.geometry, spec.memory_limit_bytes, halo)
+                            or "no block side was planned")
+        else:
+            self.refusal = block_decode.refusal(spec, halo) if spec.decoder is not None else None
 
     def expand(self, large):
         spec = self.spec
-        planned = large | "PlanBlocks" >> beam.ParDo(PlanBlocks(spec, self.refusal)).with_outputs(READY, main="refs")
+        planned = large | "PlanBlocks" >> beam.ParDo(PlanBlocks(spec, self.refusal, self.max_pixels)).with_outputs(
+            READY, main="refs")
         done = (planned.refs
                 | "SpreadBlocks" >> beam.Reshuffle()
-                | "BlockTasks" >> beam.Map(lambda ref: BlockTask(ref, spec.geometry, spec.policy))
+                | "ReadBlocks" >> beam.ParDo(ReadBlocks(spec))
                 | "PredictBlocks" >> RunInference(self.handler)
                 | "StitchBlocks" >> beam.ParDo(StitchBlock(spec))
                 | "BlocksByImage" >> beam.GroupByKey())
