@@ -114,7 +114,7 @@ def test_bad_tiles_and_a_giant_header_reject_only_their_images(model, tmp_path):
         assert found[name]["reason"] == "unreadable_region" and "cannot be read" in found[name]["detail"]
         assert len(found[name]["region"]) == 4 and found[name]["image_id"] == name[:-4]
     assert found["giant.tif"]["reason"] == "too_large" and "--max-large-image-pixels" in found["giant.tif"]["detail"]
-    assert not (out / names.BLOCKS_DIR).rglob("giant*") or not list((out / names.BLOCKS_DIR).rglob("giant*"))
+    assert not list((out / names.BLOCKS_DIR).rglob("giant*"))          # no block planned
     rows = sorted(p.stem for p in (out / names.ROWS_DIR).rglob("*.json"))
     assert rows == ["scan", "small"]                 # nothing of the good inputs lost, no row for the bad
     np.testing.assert_array_equal(label_image(out, "scan"), whole)
@@ -137,9 +137,7 @@ def test_a_giant_header_is_refused_by_default_before_any_block(model, tmp_path):
     write_tiff(inputs / "giant.tif", scan(3))
     claim_size(inputs / "giant.tif", 200_000, 200_000)
     out = tmp_path / "out"
-    started = time.time()
     assert run(model, inputs, out) == 0
-    assert time.time() - started < 120
     record = records(out)["giant.tif"]
     assert record["reason"] == "too_large" and "40000000000 pixels" in record["detail"]
     assert not (out / names.BLOCKS_DIR).exists()
@@ -159,12 +157,13 @@ def test_a_memory_bound_too_small_for_any_block_rejects_only_large_images(model,
     assert (out / names.mask_path("small")).exists()
 
 
-@pytest.mark.parametrize("crash, flags", [("predict:block-done", []),
-                                          ("predict:block-decoded", ["--instances", "components", "--halo", "40"])])
-def test_a_killed_run_whose_input_then_changed_starts_that_image_over(model, tmp_path, crash, flags):
+@pytest.mark.parametrize("crash, flags, rows", [
+    ("predict:block-done", [], H),                                                    # other pixels, same size
+    ("predict:block-decoded", ["--instances", "components", "--halo", "40"], H - 20)])  # ... another size
+def test_a_killed_run_whose_input_then_changed_starts_that_image_over(model, tmp_path, crash, flags, rows):
     from tests.crash import kill_at
 
-    before, after = scan(5), scan(6)[:H - 20]            # other pixels, another size
+    before, after = scan(5), scan(6)[:rows]
     whole, objects = reference(model, tmp_path, after, "scan", *flags)
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
