@@ -45,7 +45,7 @@ def test_calibration_picks_the_known_best_thresholds_of_the_grid():
     p, truth, ids = constructed_case()
     np.testing.assert_array_equal(truth_objects(truth)[:29] > 0, ids[:29] > 0)
     assert truth_objects(truth).max() == 4
-    for metric in ("rand", "object-f1"):
+    for metric in ("rand", "object-f1", "objects"):
         found = DecoderCalibration(metric, border_thickness=1)
         found.add(p, truth)
         params, value, rule = found.best()
@@ -57,7 +57,7 @@ def test_calibration_picks_the_known_best_thresholds_of_the_grid():
         merged = [i for i, c in enumerate(found.candidates) if c.seed <= 0.6 and c.foreground <= 0.4]
         missed = [i for i, c in enumerate(found.candidates) if c.foreground >= 0.5]
         assert values[merged].max() < value and values[missed].max() < value, metric
-    assert "Rand" not in rule and "object F1" in rule
+    assert rule.startswith("max mean of Rand F-score and object F1")
 
 
 def test_the_candidates_are_the_grid_and_partition_grows_by_twice_the_border():
@@ -95,11 +95,11 @@ def test_the_rule_follows_the_dataset_and_what_makes_no_sense_is_refused():
     boundary = spec("boundary", ("background", "boundary", "interior"))
     binary = spec("classes", ("background", "foreground"))
     three = spec("classes", ("a", "b", "c"))
-    assert calibration_rule("auto", boundary) == "rand" and calibration_rule("auto", binary) == "fbeta"
+    assert calibration_rule("auto", boundary) == "objects" and calibration_rule("auto", binary) == "fbeta"
     assert calibration_rule("object-f1", boundary) == "object-f1" and calibration_rule("rand", binary) == "rand"
     assert calibration_rule("auto", three) == "fbeta"
     for rule in ("fbeta", "recall"):
-        with pytest.raises(ValueError, match="boundary target.*--calibrate rand"):
+        with pytest.raises(ValueError, match="boundary target.*--calibrate objects"):
             calibration_rule(rule, boundary, "d")
     with pytest.raises(ValueError, match="binary segmentation"):
         calibration_rule("rand", three)
@@ -142,17 +142,17 @@ def test_a_boundary_dataset_gets_its_decoder_calibrated_into_the_card(tmp_path):
     boundary_dataset(tmp_path / "data")
     small = {"model": {"depth": 1, "filters": 4}, "epochs": 1, "steps_per_epoch": 2, "batch_size": 4,
              "image_summaries": 0, "mixed_precision": "off"}
-    with pytest.raises(ValueError, match="boundary target.*--calibrate rand"):
+    with pytest.raises(ValueError, match="boundary target.*--calibrate objects"):
         train(make_config(tmp_path / "data", tmp_path / "refused", calibrate="fbeta", **small))
-    train(make_config(tmp_path / "data", tmp_path / "model", **small))          # --calibrate auto: rand
+    train(make_config(tmp_path / "data", tmp_path / "model", **small))          # --calibrate auto: objects
     card = export.load_card(str(tmp_path / "model"))
     assert card.is_boundary_model and card.object_class == "cell"
     assert card.output_class_names == ("background", "cell")
     assert card.heads["probabilities"]["classes"] == ["background", "boundary", "interior"]
     decoder = card.decoder_params()
-    assert decoder in decoder_candidates(1) and card.decoder["rule"].startswith("max Rand F-score")
-    assert card.metrics["rand_fscore"] == card.decoder["value"] and 0 <= card.decoder["value"] <= 1
-    assert card.calibration["rule"] == "rand" and card.config["calibrate"] == "rand"
+    assert decoder in decoder_candidates(1) and card.decoder["rule"].startswith("max mean of Rand F-score and object F1")
+    assert card.metrics["objects_score"] == card.decoder["value"] and 0 <= card.decoder["value"] <= 1
+    assert card.calibration["rule"] == "objects" and card.config["calibrate"] == "objects"
     plain = tmp_path / "plain"
     from tessera import synthetic_dataset
 

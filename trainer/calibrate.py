@@ -58,15 +58,21 @@ def scores_at(histograms, threshold: float, beta: float = 1.0) -> dict[str, floa
     return segmentation_scores(np.array([[0.0, fp[i]], [fn[i], tp[i]]]), beta)
 
 
-OBJECT_RULES = ("rand", "object-f1")
+OBJECT_RULES = ("rand", "object-f1", "objects")
+# what each object rule maximises, and the card's metrics key for its value
+OBJECT_RULE_NAMES = {"rand": "Rand F-score (1 - adapted Rand error)", "object-f1": "object F1 at IoU 0.5",
+                     "objects": "mean of Rand F-score and object F1 at IoU 0.5"}
+OBJECT_RULE_KEYS = {"rand": "rand_fscore", "object-f1": "object_f1", "objects": "objects_score"}
 OBJECT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ... 0.95
 
 
 class ObjectScoreboard:
     """Object scores of ``count`` candidates over validation images, added up: per candidate
-    the contingency tables (``rand``: Rand F-score of all images' tables together) or the
-    matching counts (``object-f1``: object F1 at IoU > 0.5); what is kept grows with the
-    objects, not the pixels."""
+    the contingency tables (``rand``: Rand F-score of all images' tables together), the
+    matching counts (``object-f1``: object F1 at IoU > 0.5) or both (``objects``: their mean —
+    the Rand error ignores the truth's background, so alone it favours objects that spill into
+    it, while object F1 counts every fragment); what is kept grows with the objects, not the
+    pixels."""
 
     def __init__(self, metric: str, count: int):
         if metric not in OBJECT_RULES:
@@ -78,17 +84,17 @@ class ObjectScoreboard:
     def score(self, i: int, truth_ids, predicted_ids) -> None:
         from schemas import object_scores as scores
 
-        if self.metric == "rand":
+        if self.metric in ("rand", "objects"):
             self.tables[i].append(scores.ids_table(truth_ids, predicted_ids))
-        else:
+        if self.metric in ("object-f1", "objects"):
             self.counts[i] = scores.add_counts(self.counts[i], scores.object_counts(truth_ids, predicted_ids))
 
     def values(self) -> np.ndarray:
         from schemas import object_scores as scores
 
-        if self.metric == "rand":
-            return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
-        return np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+        rand = np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
+        f1 = np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
+        return {"rand": rand, "object-f1": f1, "objects": (rand + f1) / 2}[self.metric]
 
 
 class ObjectCalibration(ObjectScoreboard):
@@ -119,8 +125,7 @@ class ObjectCalibration(ObjectScoreboard):
         values = np.nan_to_num(self.values(), nan=-1.0)
         ties = np.nonzero(values == values.max())[0]
         best = ties[np.argmin([abs(OBJECT_THRESHOLDS[i] - 0.5) for i in ties])]
-        name = "Rand F-score (1 - adapted Rand error)" if self.metric == "rand" else "object F1 at IoU 0.5"
-        return OBJECT_THRESHOLDS[best], float(values[best]), f"max {name} on val images"
+        return OBJECT_THRESHOLDS[best], float(values[best]), f"max {OBJECT_RULE_NAMES[self.metric]} on val images"
 
 
 class SourceCanvas:
@@ -166,22 +171,19 @@ class SourceCanvas:
 
 SEED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 FOREGROUND_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-OBJECT_RULE_NAMES = {"rand": "Rand F-score (1 - adapted Rand error)", "object-f1": "object F1 at IoU 0.5"}
-
-
 def calibration_rule(requested: str, spec, data: str = "the dataset") -> str:
-    """The ``--calibrate`` rule a dataset gets: ``auto`` is ``rand`` for a boundary target (its
+    """The ``--calibrate`` rule a dataset gets: ``auto`` is ``objects`` for a boundary target (its
     decoder's thresholds), else ``fbeta`` (a binary model's pixel threshold); a rule that makes
     no sense for the dataset is refused with the ones that do."""
     from schemas.example import SEGMENTATION
 
     boundary = spec.target == "boundary"
     if requested in ("", "auto"):
-        return "rand" if boundary else "fbeta"
+        return "objects" if boundary else "fbeta"
     if boundary and requested not in OBJECT_RULES:
         raise ValueError(f"--calibrate {requested} chooses a binary model's pixel threshold; {data} has a boundary "
-                         f"target, whose decoder is calibrated for objects: use --calibrate rand (the default) "
-                         f"or object-f1")
+                         f"target, whose decoder is calibrated for objects: use --calibrate objects (the "
+                         f"default), rand or object-f1")
     if requested != "fbeta" and not boundary and not (spec.task == SEGMENTATION and spec.num_classes == 2):
         raise ValueError(f"--calibrate {requested} chooses a binary segmentation model's threshold; "
                          f"{data} has {spec.num_classes} classes ({spec.task})")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from schemas import model_card as mc
 from schemas.example import SEGMENTATION
 from trainer import metrics
+from trainer.calibrate import OBJECT_RULE_KEYS
 
 
 def calibration_summary(card: mc.ModelCard) -> list[str]:
@@ -34,7 +35,7 @@ def calibration_summary(card: mc.ModelCard) -> list[str]:
                 f"{decoder.get('min_size', 0)} px, expand {decoder.get('expand', 0)} px, "
                 f"{decoder.get('connectivity', 4)}-connected ({decoder.get('rule', 'not calibrated')})")
         if "value" in decoder:
-            name = "rand_fscore" if card.calibration.get("rule") == "rand" else "object_f1"
+            name = OBJECT_RULE_KEYS.get(card.calibration.get("rule"), "value")
             line += f": {name} {decoder['value']:.4f} on the validation images, with this decoder"
         lines.append(line)
         if scores:

@@ -117,8 +117,9 @@ class TrainConfig:
     monitor: str = ""               # "" = val_dice / val_accuracy; or val_loss, val_iou, ...
     beta: float = 1.0               # F-beta for metrics and threshold calibration
     target_recall: float = 0.0      # > 0: calibrate the highest threshold whose val recall reaches it
-    # the rule on val: auto (rand for a boundary target's decoder, else fbeta) | fbeta | recall (--target-recall)
-    # | rand | object-f1 (calibrate.calibration_rule; resolved before the run's config is recorded)
+    # the rule on val: auto (objects for a boundary target's decoder, else fbeta) | fbeta | recall
+    # (--target-recall) | rand | object-f1 | objects (calibrate.calibration_rule; resolved before the run's
+    # config is recorded)
     calibrate: str = "auto"
     export_bf16: bool = False       # also export a SavedModel computing in bfloat16 (predict --precision bfloat16)
     shuffle_buffer: int = 1024
@@ -220,9 +221,10 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--export-bf16",), "export_bf16", argparse.BooleanOptionalAction,
      "also export a bfloat16 SavedModel (predict --precision bfloat16: faster on CPUs with AMX / AVX512-BF16)"),
     (("--calibrate",), "calibrate", str,
-     "the rule on val: auto (rand for a boundary target, whose decoder's thresholds and mode are calibrated; "
-     "fbeta otherwise) | fbeta (max F-beta; recall with --target-recall) | recall | rand | object-f1 (binary "
-     "models: the threshold; boundary targets: the decoder)"),
+     "the rule on val: auto (objects for a boundary target, whose decoder's thresholds and mode are "
+     "calibrated; fbeta otherwise) | fbeta (max F-beta; recall with --target-recall) | recall | rand (Rand "
+     "F-score) | object-f1 (object F1 at IoU 0.5) | objects (their mean) (binary models: the threshold; "
+     "boundary targets: the decoder)"),
     (("--shuffle-buffer",), "shuffle_buffer", int, "shuffle buffer (records)"),
     (("--static-copies",), "static_copies", argparse.BooleanOptionalAction,
      "train on the static augmentation copies written by preprocess (--no-static-copies: originals only)"),
@@ -323,7 +325,7 @@ _CHOICES = {
     "optim.optimizer": ("adam", "sgd", "rmsprop"),
     "optim.schedule": ("constant", "cosine", "step"),
     "loss.weight_map": ("auto", "unet", "none"),
-    "calibrate": ("auto", "fbeta", "recall", "rand", "object-f1"),
+    "calibrate": ("auto", "fbeta", "recall", "rand", "object-f1", "objects"),
 }
 
 

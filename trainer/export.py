@@ -156,7 +156,7 @@ def card_decoder(cfg: TrainConfig, info: DatasetInfo, net: keras.Model, has_val:
     if not has_val:
         return {**DecoderParams("seeded").to_dict(), "rule": "default (no validation split)"}, {}
     params, value, rule = calibrated_decoder(net, info, cfg.calibrate, cfg.batch_size)
-    name = "rand_fscore" if cfg.calibrate == "rand" else "object_f1"
+    name = calibrate.OBJECT_RULE_KEYS[cfg.calibrate]
     return {**params.to_dict(), "rule": rule, "value": value}, {name: value}
 
 
@@ -196,7 +196,7 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
             calibration = {"pixel_threshold": threshold, "pixel_rule": rule}
             threshold, value, rule = object_threshold(net, info, cfg.calibrate, cfg.batch_size)
             metrics_.update(calibrate.scores_at(hist, threshold, cfg.beta))
-            metrics_["rand_fscore" if cfg.calibrate == "rand" else "object_f1"] = value
+            metrics_[calibrate.OBJECT_RULE_KEYS[cfg.calibrate]] = value
         if threshold is not None:
             calibration.update(rule=cfg.calibrate, threshold=threshold)
     elif spec.task == SEGMENTATION and spec.num_classes == 2:
