@@ -62,7 +62,7 @@ def test_calibration_picks_the_known_best_thresholds_of_the_grid():
 
 def test_the_candidates_are_the_grid_and_partition_grows_by_twice_the_border():
     candidates = decoder_candidates(3)
-    assert len(candidates) == 2 * 6 * 6
+    assert len(candidates) == 2 * 6 * 6 * 3 and {c.min_size for c in candidates} == {0, 16, 64}
     assert {c.expand for c in candidates if c.mode == "partition"} == {6}
     assert {c.expand for c in candidates if c.mode == "seeded"} == {0}
 

@@ -170,6 +170,7 @@ class SourceCanvas:
 
 
 SEED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_SIZES = (0, 16, 64)      # px: fragments a decoder leaves count one by one in object F1
 FOREGROUND_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 def calibration_rule(requested: str, spec, data: str = "the dataset") -> str:
     """The ``--calibrate`` rule a dataset gets: ``auto`` is ``objects`` for a boundary target (its
@@ -192,11 +193,14 @@ def calibration_rule(requested: str, spec, data: str = "the dataset") -> str:
 
 def decoder_candidates(border_thickness: int) -> list:
     """The decoders tried: seeded and partition (growing ``2 * border_thickness`` px, the band
-    the target drew inside each outline, on both sides of a membrane) over seed x foreground."""
+    the target drew inside each outline, on both sides of a membrane) over seed x foreground x
+    the smallest object kept."""
     from schemas.decoder import DecoderParams
 
-    return [DecoderParams(mode, foreground=f, seed=s, expand=2 * border_thickness if mode == "partition" else 0)
-            for mode in ("seeded", "partition") for f in FOREGROUND_THRESHOLDS for s in SEED_THRESHOLDS]
+    return [DecoderParams(mode, foreground=f, seed=s, min_size=m, expand=2 * border_thickness if mode == "partition"
+                          else 0)
+            for mode in ("seeded", "partition") for f in FOREGROUND_THRESHOLDS for s in SEED_THRESHOLDS
+            for m in MIN_SIZES]
 
 
 def truth_objects(truth: np.ndarray) -> np.ndarray:
@@ -233,12 +237,12 @@ class DecoderCalibration(ObjectScoreboard):
 
     def best(self) -> tuple:
         """(DecoderParams, value, rule); among equal values seeded before partition, then the
-        thresholds nearest 0.5."""
+        thresholds nearest 0.5, then the smallest min_size."""
         values = np.nan_to_num(self.values(), nan=-1.0)
         ties = np.nonzero(values == values.max())[0]
         best = min(ties, key=lambda i: (self.candidates[i].mode != "seeded",
                                         abs(self.candidates[i].seed - 0.5) + abs(self.candidates[i].foreground - 0.5),
-                                        i))
+                                        self.candidates[i].min_size, i))
         rule = (f"max {OBJECT_RULE_NAMES[self.metric]} on val images over seeded/partition x seed x foreground "
-                f"in {SEED_THRESHOLDS[0]}..{SEED_THRESHOLDS[-1]}")
+                f"in {SEED_THRESHOLDS[0]}..{SEED_THRESHOLDS[-1]} x min size {MIN_SIZES}")
         return self.candidates[best], float(values[best]), rule

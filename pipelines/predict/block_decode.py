@@ -110,7 +110,7 @@ class WindowReader:
     def __call__(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         if self.boundary:
             probabilities = np.moveaxis(np.asarray(self.group["0"][:, y0:y1, x0:x1]), 0, -1)
-            self.last = {"background": probabilities[..., 0]}
+            self.last = {"probabilities": probabilities}
             if self.params.needs_boundary_model:
                 return probabilities
             return dec.boundary_foreground(probabilities, self.params.foreground)
@@ -118,11 +118,18 @@ class WindowReader:
         self.last = {"classes": classes, "confidence": np.asarray(self.group["confidence"][y0:y1, x0:x1])}
         return classes
 
+    def object_classes_and_confidence(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the objects' table is computed from (``DecodedImage.for_table``), last window."""
+        if self.boundary:
+            return dec.foreground_classes(labels), (1.0 - self.last["probabilities"][..., 0]).astype(np.float16)
+        return self.mask_and_confidence(labels)
+
     def mask_and_confidence(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As ``predict.instances.decode_image`` makes them, for the last window."""
         if self.boundary:
-            mask = dec.foreground_classes(labels)
-            background = self.last["background"]
+            probabilities = self.last["probabilities"]
+            mask = dec.foreground_classes(labels, probabilities, self.params.foreground)
+            background = probabilities[..., 0]
             return mask, np.where(mask > 0, 1.0 - background, background).astype(np.float16)
         classes = self.last["classes"]
         if self.params.min_size > 1:
@@ -262,7 +269,8 @@ class WriteDecoded(beam.DoFn):
         zarr.open_array(store_for(f"{layout.path(names.label_image_path(task.image_id))}/0"), mode="r+",
                         zarr_format=label_outputs.ZARR_FORMAT)[a:b, c:d] = mask[inner]
         owned = found.owned()
-        table = label_table(found.labels, len(found.anchors), mask, confidence, found.origin)
+        table = label_table(found.labels, len(found.anchors), *reader.object_classes_and_confidence(found.labels),
+                            found.origin)
         table = {k: v[owned - 1] for k, v in table.items()}
         table["object_id"] = lookup[owned].astype(np.int64)
         outlines = polygons(found.labels, ids=owned, origin=found.origin, scale=task.described.get("scale", 1.0))
