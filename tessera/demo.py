@@ -49,7 +49,7 @@ def segmentation(work: pathlib.Path, epochs: int, quick: bool) -> dict:
                         "--mask-values", "binary"])
     step("inspect", ["inspect", str(work / "dataset"), "--output", str(work / "tiles.png")])
     step("train", ["train", "--data", str(work / "dataset"), "--model-dir", str(work / "model"),
-                   "--model", "unet", "--loss", "ce+dice", "--epochs", str(epochs or (2 if quick else 5)),
+                   "--model", "unet", "--loss", "ce+dice", "--epochs", str(epochs or (6 if quick else 12)),
                    "--batch-size", "8"])
     step("predict", ["predict", "--model-dir", str(work / "model"), "--input", str(new / "images"),
                      "--output", str(work / "predictions"), "--tta", "flips"])
