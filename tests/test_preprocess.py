@@ -146,7 +146,7 @@ def raw_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(raw_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "ds"
-    assert run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2) == 0
+    assert run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2, "--target", "classes") == 0
     return out / versions.CURRENT_LINK
 
 
@@ -192,7 +192,7 @@ def test_no_split_leakage_and_augmentation_only_in_train(dataset):
 
 def test_multi_process_run_is_byte_identical_to_in_process(dataset, raw_folder, tmp_path):
     out = tmp_path / "ds"
-    run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2, beam_args=MULTI_PROCESS)
+    run_job(raw_folder, out, "--tile-size", 24, "--margin", 8, "--augment-copies", 2, "--target", "classes", beam_args=MULTI_PROCESS)
     shards = sorted(p.name for p in dataset.glob("tessera-*.tfrecord-*"))
     assert shards == sorted(p.name for p in (out / versions.CURRENT_LINK).glob("tessera-*.tfrecord-*"))
     for name in shards:
@@ -293,7 +293,7 @@ def test_gs_input_and_output_through_the_emulator(raw_folder, dataset, gcs_prefi
     from apache_beam.io.filesystems import FileSystems
 
     upload_tree(raw_folder, f"{gcs_prefix}/raw")
-    run_job(f"{gcs_prefix}/raw", f"{gcs_prefix}/ds", "--tile-size", 24, "--margin", 8, "--augment-copies", 2)
+    run_job(f"{gcs_prefix}/raw", f"{gcs_prefix}/ds", "--tile-size", 24, "--margin", 8, "--augment-copies", 2, "--target", "classes")
     version = resolve_version(f"{gcs_prefix}/ds")
     assert version != f"{gcs_prefix}/ds"  # published as a version, pointed to by CURRENT
     listed = {m.path[len(version) + 1:] for m in FileSystems.match([f"{version}/**"])[0].metadata_list}
@@ -451,12 +451,22 @@ def boundary_raw(root: pathlib.Path, masks_by_name: dict) -> pathlib.Path:
     return root
 
 
+def test_target_auto_is_a_boundary_for_one_object_class_and_classes_otherwise():
+    from pipelines.preprocess.options import PreprocessConfig, resolved_target
+
+    assert resolved_target(PreprocessConfig(input="i", output="o")) == "boundary"
+    assert resolved_target(PreprocessConfig(input="i", output="o", class_names=("bg", "cell"))) == "boundary"
+    assert resolved_target(PreprocessConfig(input="i", output="o", class_names=("bg", "a", "b"))) == "classes"
+    assert resolved_target(PreprocessConfig(input="i", output="o", layout="classification")) == "classes"
+    assert resolved_target(PreprocessConfig(input="i", output="o", target="classes")) == "classes"
+
+
 def test_boundary_target_settings_are_checked_before_running(tmp_path):
     raw = boundary_raw(tmp_path / "raw", {"a": np.zeros((40, 40), np.uint8)})
     with pytest.raises(SystemExit, match="one class.*--mask-values v:c"):
         run_job(raw, tmp_path / "ds", "--target", "boundary", "--class-names", "background,cell,nucleus")
     with pytest.raises(SystemExit, match="--distance-map needs --target boundary"):
-        run_job(raw, tmp_path / "ds", "--distance-map")
+        run_job(raw, tmp_path / "ds", "--distance-map", "--target", "classes")
     with pytest.raises(SystemExit, match="border-thickness"):
         run_job(raw, tmp_path / "ds", "--target", "boundary", "--border-thickness", "0")
     assert not (tmp_path / "ds").exists()

@@ -200,7 +200,7 @@ def test_instance_masks_keep_touching_objects_apart(tmp_path, path):
         else:
             Image.fromarray(image).save(root / "images" / "a.png")
             Image.fromarray(mask).save(root / "masks" / "a.png")
-    extra = ("--tile-size", 32, "--margin", 4, *(BLOCKS if path == "blocks" else ()))
+    extra = ("--tile-size", 32, "--margin", 4, "--target", "classes", *(BLOCKS if path == "blocks" else ()))
     assert run(tmp_path / "instances", tmp_path / "i", *extra, "--mask-values", "instances") == 0
     assert run(tmp_path / "binary", tmp_path / "b", *extra, "--mask-values", "binary") == 0
     with_instances = decoded(tmp_path / "i" / "current")

@@ -96,7 +96,7 @@ def weighted(tmp_path_factory):
         Image.fromarray(mask).save(root / "raw" / "masks" / split / f"s{i}.png")
     assert preprocess.run(["--input", str(root / "raw"), "--output", str(root / "ds"), "--tile-size", "32",
                            "--margin", "8", "--color-mode", "grayscale", "--augment-copies", "1",
-                           "--weight-map", "unet", "--weight-map-sigma", "4",
+                           "--weight-map", "unet", "--weight-map-sigma", "4", "--target", "classes",
                            "--direct_running_mode=in_memory"]) == 0
     return root / "ds"
 
