@@ -23,13 +23,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from bench.bench_quality import tessera  # noqa: E402  (each command in a fresh process, timed)
+
 ISBI = os.path.join(os.path.dirname(REPO), "shared", "data", "isbi2012-em")
 METRICS = (("adapted_rand_error", "adapted Rand"), ("object_f1", "object F1"), ("object_f1_50_95", "F1 .5:.95"),
            ("object_pq", "PQ"), ("vi", "VI (bits)"), ("pixel_error", "pixel error"))
@@ -39,15 +39,6 @@ DATASETS = {
     "nuclei": {"preprocess": ("--color-mode", "grayscale", "--mask-values", "instances"),
                "evaluate": ("--mask-values", "instances", "--truth-instances")},
 }
-
-
-def tessera(*argv: str) -> None:
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "tessera.cli", *argv], cwd=REPO, capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(f"tessera {argv[0]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                         f"{result.stderr[-3000:]}")
-    print(f"  tessera {argv[0]}: {time.monotonic() - started:.0f} s", flush=True)
 
 
 def lay_out_isbi(work: str) -> None:
