@@ -10,6 +10,8 @@ Model directory (``tessera train`` publishes each export as a version, ``schemas
                             input  "tiles": uint8 [N, input_size, input_size, channels]
                             output "probabilities": float32 [N, output_size, output_size, K]
                                     (segmentation) or [N, K] (classification)
+                                   "distance" (models with a distance head): float32
+                                    [N, output_size, output_size, 1], px to the object's edge
         model.keras               the Keras model
       config.json                 resolved training configuration
       history.csv                 per-epoch metrics
@@ -39,6 +41,7 @@ VARIANT_DIRS = {"bfloat16": "saved_model_bf16"}
 KERAS_FILE = "model.keras"
 SERVING_INPUT = "tiles"
 SERVING_OUTPUT = "probabilities"
+DISTANCE_OUTPUT = "distance"          # a distance head's output, beside SERVING_OUTPUT (heads["distance"])
 FORMAT_VERSION = 1
 # The files whose bytes name a SavedModel: its graph and the index of its variables (which
 # holds a checksum of every variable, verified by TensorFlow when it restores them).

@@ -55,6 +55,8 @@ class ModelConfig:
     deep_supervision: bool = False  # res-attention-unet: supervised side outputs, learned fusion
     backbone: str = "mobilenetv2"   # transfer: mobilenetv2, resnet50, efficientnetb0
     backbone_weights: str = ""      # transfer: local weights file; "" = random init (never downloads)
+    distance_head: str = "auto"     # U-Nets: a second output regressing the dataset's distance map: auto (when
+                                    # the dataset stores distance maps) | on (refused without them) | off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,7 @@ class LossConfig:
     tversky_beta: float = 0.7       # weight of false negatives (> alpha favours recall)
     smooth: float = 1.0             # dice / Tversky smoothing
     weight_map: str = "auto"        # the dataset's border weights in ce / focal: auto (when it has them) | unet | none
+    distance_weight: float = 1.0    # distance head: loss = class loss + distance_weight * its mean absolute error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +188,11 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--backbone",), "model.backbone", str, "mobilenetv2 | resnet50 | efficientnetb0"),
     (("--backbone-weights",), "model.backbone_weights", str,
      "local weights file for the backbone (default: none, random initialisation; nothing is downloaded)"),
+    (("--distance-head",), "model.distance_head", str,
+     "auto | on | off: a second output (sigmoid, 1 channel) regressing each pixel's distance to its object's edge "
+     "from the dataset's distance maps (preprocess --distance-map); auto = when the dataset has them"),
+    (("--distance-weight",), "loss.distance_weight", float,
+     "weight of the distance head's loss (mean absolute error of distance / distance_max) in the total"),
     (("--loss",), "loss.loss", str, "e.g. focal+dice, 0.5*ce+dice, tversky (default: ce+dice / ce)"),
     (("--class-weights",), "loss.class_weights", str, "auto | none | w0,w1,..."),
     (("--focal-gamma",), "loss.focal_gamma", float, "focal loss gamma"),
@@ -325,6 +333,7 @@ _CHOICES = {
     "optim.optimizer": ("adam", "sgd", "rmsprop"),
     "optim.schedule": ("constant", "cosine", "step"),
     "loss.weight_map": ("auto", "unet", "none"),
+    "model.distance_head": ("auto", "on", "off"),
     "calibrate": ("auto", "fbeta", "recall", "rand", "object-f1", "objects"),
 }
 
@@ -353,6 +362,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"--target-recall must be in [0, 1), got {cfg.target_recall}")
     if cfg.calibrate == "recall" and not cfg.target_recall:
         raise ValueError("--calibrate recall needs --target-recall (e.g. 0.95)")
+    if not cfg.loss.distance_weight > 0:
+        raise ValueError(f"--distance-weight must be > 0, got {cfg.loss.distance_weight} "
+                         "(--distance-head off trains without the distance head)")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {cfg.model.dropout}")
     return cfg

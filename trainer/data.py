@@ -37,6 +37,7 @@ class DatasetInfo:
     fingerprint: str
     fit: str = "resize"          # classification: how preprocess fitted photos to the core (--fit)
     weight_map: bool = False     # segmentation targets carry the border weights as a second channel
+    distance: bool = False       # segmentation targets carry the distance map as their last channel
 
     @property
     def normalization(self) -> dict[str, float]:
@@ -110,6 +111,20 @@ def with_weight_map(info: DatasetInfo, setting: str) -> DatasetInfo:
     return dataclasses.replace(info, weight_map=has and setting != "none")
 
 
+class DistanceHeadRefused(ValueError):
+    """``--distance-head on`` for a dataset without distance maps (exit 2, with the remedy)."""
+
+
+def with_distance_head(info: DatasetInfo, setting: str) -> DatasetInfo:
+    """``--distance-head``: auto reads the dataset's distance maps when it stores them, on
+    requires them, off leaves them out."""
+    has = info.spec.distance != "none"
+    if setting == "on" and not has:
+        raise DistanceHeadRefused(f"--distance-head on: {info.path} stores no distance maps; preprocess it with "
+                                  "--target boundary --distance-map (or train with --distance-head auto|off)")
+    return dataclasses.replace(info, distance=has and setting != "off")
+
+
 class DatasetDamaged(ValueError):
     """The dataset on disk is not the one its ``_SUCCESS`` describes (exit 2: do not retry)."""
 
@@ -169,13 +184,14 @@ def locate_damage(info: DatasetInfo, error: tf.errors.DataLossError) -> DatasetD
     return DatasetDamaged(f"{info.path}: a shard is damaged ({error.message})")
 
 
-def parse_fn(spec: DatasetSpec, weight_map: bool = False) -> Callable:
+def parse_fn(spec: DatasetSpec, weight_map: bool = False, distance: bool = False) -> Callable:
     """serialized tf.train.Example -> (image float32 [T, T, C] normalised, mask uint8 [T, T, 1] | label int32);
-    with ``weight_map`` the mask is [T, T, 2]: class ids, then the stored border term."""
+    with ``weight_map`` the mask gains a channel, the stored border term; with ``distance`` a
+    last one, the stored distance map (uint8, 255 = ``spec.distance_max`` px)."""
     features = tfds_features(spec)
     target = "mask" if spec.task == SEGMENTATION else "label"
     info = features.get_serialized_info()
-    names = ("image", target) + (("weight",) if weight_map else ())
+    names = ("image", target) + (("weight",) if weight_map else ()) + (("distance",) if distance else ())
     parse_spec = {name: tf.io.FixedLenFeature(info[name].shape, info[name].tf_dtype) for name in names}
     scale = 1.0 / float(np.iinfo(spec.dtype).max)
 
@@ -184,8 +200,9 @@ def parse_fn(spec: DatasetSpec, weight_map: bool = False) -> Callable:
         image = tf.cast(features["image"].decode_example(parsed["image"]), tf.float32) * scale
         if target == "mask":
             mask = features["mask"].decode_example(parsed["mask"])
-            if weight_map:
-                mask = tf.concat([mask, features["weight"].decode_example(parsed["weight"])], axis=-1)
+            extra = [features[name].decode_example(parsed[name]) for name in names[2:]]
+            if extra:
+                mask = tf.concat([mask, *extra], axis=-1)
             return image, mask
         return image, tf.cast(parsed["label"], tf.int32)
 
@@ -248,7 +265,7 @@ def train_dataset(info: DatasetInfo, batch_size: int, epoch: int, seed: int, aug
         ds = ds.filter(_is_original)
     ds = ds.shuffle(shuffle_buffer, seed=seed * 100003 + epoch, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().skip(skip_steps * replicas * batch_size)
-    parse = parse_fn(info.spec, info.weight_map)
+    parse = parse_fn(info.spec, info.weight_map, info.distance)
     epoch_seed = tf.constant([seed, epoch], tf.int64)
 
     def decode(index, serialized):
@@ -270,7 +287,7 @@ def eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val", input_c
     pipelines, pipeline_id, _ = _context(input_context)
     files, shard_records = _shard_files(info.split_files[split], pipelines, pipeline_id)
     ds = _records(files, shard_records, pipelines, pipeline_id)
-    ds = ds.map(parse_fn(info.spec, info.weight_map), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(parse_fn(info.spec, info.weight_map, info.distance), num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
 
 
@@ -280,7 +297,7 @@ PLACEMENT = ("core_y", "core_x", "core_h", "core_w", "source_h", "source_w")
 def placed_eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val") -> tf.data.Dataset:
     """One pass over ``split`` in file order, not augmented: (images, masks, source ids,
     placements [B, 6] as ``PLACEMENT``), to put the cores of each source back together."""
-    parse = parse_fn(info.spec, info.weight_map)
+    parse = parse_fn(info.spec, info.weight_map, info.distance)
     where_spec = {"source_id": tf.io.FixedLenFeature([], tf.string),
                   **{name: tf.io.FixedLenFeature([], tf.int64) for name in PLACEMENT}}
 
@@ -294,11 +311,12 @@ def placed_eval_dataset(info: DatasetInfo, batch_size: int, split: str = "val") 
 
 
 def sample(info: DatasetInfo, count: int, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
-    """The first ``count`` examples of ``split`` as numpy (image, target) arrays (masks without weights)."""
+    """The first ``count`` examples of ``split`` as numpy (image, target) arrays (masks without weights
+    or distances)."""
     images, targets = [], []
     for image, target in eval_dataset(info, 1, split).unbatch().take(count):
         images.append(image.numpy())
-        targets.append(target.numpy()[..., :1] if info.weight_map else target.numpy())
+        targets.append(target.numpy()[..., :1] if info.weight_map or info.distance else target.numpy())
     return np.stack(images), np.stack(targets)
 
 

@@ -5,8 +5,9 @@ into a staging directory inside the model directory, published as one new versio
 (``schemas.versions``): predict reads the previous export or this one, never a mix.
 
 The exported network takes raw pixel values, normalises them itself, and returns
-per-class probabilities; under deep supervision only the fused output is kept. The card
-lists that output (``heads``) and the decoder predict turns it into objects with: a boundary
+per-class probabilities (``probabilities``) and, with a distance head, each pixel's distance
+to its object's edge in px (``distance``); under deep supervision only the fused output is
+kept. The card lists those outputs (``heads``) and the decoder predict turns it into objects with: a boundary
 target's calibrated on the validation images (``calibrate.DecoderCalibration``), connected
 components for other segmentation models.
 """
@@ -31,8 +32,8 @@ from trainer import calibrate, metrics
 from trainer.card_summary import calibration_summary
 from trainer.config import TrainConfig
 from trainer.data import DatasetInfo, crop_to, has_examples, placed_eval_dataset, read_if_exists
-from trainer.losses import LossSpec, combine, probabilities
-from trainer.models import build_model, output_size, primary_output
+from trainer.losses import LossSpec, combine, head_losses, probabilities
+from trainer.models import build_model, output_size, primary_output, split_outputs
 from trainer.models.layers import ToProbabilities
 from trainer.steps import evaluate_split, make_eval_step
 
@@ -48,44 +49,62 @@ def precision_policy(name: str = "float32"):
         keras.mixed_precision.set_global_policy(previous)
 
 
+def exported_outputs(net: keras.Model) -> keras.Model:
+    """``net`` without its deep supervision side outputs: the class logits (the fused ones), or
+    ``{"classes": logits, "distance": d}`` with a distance head."""
+    classes, distance = split_outputs(net.output)
+    if not isinstance(classes, (list, tuple)):
+        return net
+    return keras.Model(net.input, classes[0] if distance is None else {"classes": classes[0], "distance": distance},
+                       name=net.name)
+
+
 def restore_network(cfg: TrainConfig, info: DatasetInfo, checkpoint: str) -> keras.Model:
     """A float32 copy of the network, outside any distribution strategy, with the weights of
-    ``checkpoint`` (the primary output only)."""
+    ``checkpoint`` (the primary output only, and the distance head's when it has one)."""
     with precision_policy():
-        net = build_model(cfg.model, info.spec)
+        net = build_model(cfg.model, info.spec, info.distance)
     tf.train.Checkpoint(model=net).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-    if isinstance(net.output, (list, tuple)):
-        net = keras.Model(net.input, net.outputs[0], name=net.name)
-    return net
+    return exported_outputs(net)
 
 
-def inference_model(net: keras.Model, normalization: dict[str, float]) -> keras.Model:
-    """Raw pixel values (float) -> normalisation -> network -> probabilities (float32)."""
+def inference_model(net: keras.Model, normalization: dict[str, float], distance_max: float = 0.0) -> keras.Model:
+    """Raw pixel values (float) -> normalisation -> network -> probabilities (float32); with a
+    distance head ``{"probabilities": ..., "distance": sigmoid * distance_max}`` (px, float32)."""
     inputs = keras.Input(net.input_shape[1:], name="pixels")
     x = keras.layers.Rescaling(normalization["scale"], normalization["offset"], name="normalize")(inputs)
-    outputs = ToProbabilities(name="probabilities", dtype="float32")(primary_output(net(x)))
-    return keras.Model(inputs, outputs, name=f"{net.name}_inference")
+    outputs = net(x)
+    probs = ToProbabilities(name=mc.SERVING_OUTPUT, dtype="float32")(primary_output(outputs))
+    distance = split_outputs(outputs)[1]
+    if distance is not None:
+        if not distance_max > 0:
+            raise ValueError(f"a distance head's export needs the dataset's distance_max > 0, got {distance_max}")
+        distance = keras.layers.Rescaling(distance_max, name=mc.DISTANCE_OUTPUT, dtype="float32")(distance)
+        probs = {mc.SERVING_OUTPUT: probs, mc.DISTANCE_OUTPUT: distance}
+    return keras.Model(inputs, probs, name=f"{net.name}_inference")
 
 
 def bfloat16_twin(cfg: TrainConfig, info: DatasetInfo, net: keras.Model) -> keras.Model:
     """The inference model of ``net``'s weights computing in bfloat16 (mixed_bfloat16: variables
     float32, the probabilities float32)."""
     with precision_policy("mixed_bfloat16"):
-        twin = build_model(cfg.model, info.spec)
-        if isinstance(twin.output, (list, tuple)):
-            twin = keras.Model(twin.input, twin.outputs[0], name=twin.name)
+        twin = exported_outputs(build_model(cfg.model, info.spec, info.distance))
         twin.set_weights(net.get_weights())
-        return inference_model(twin, info.normalization)
+        return inference_model(twin, info.normalization, info.spec.distance_max)
 
 
-def evaluate(net: keras.Model, info: DatasetInfo, loss_spec: LossSpec, batch_size: int, split: str = "val"):
-    """(loss, confusion [K, K], histograms [2, bins] or None) of ``net`` on ``split``."""
+def evaluate(net: keras.Model, info: DatasetInfo, loss_spec: LossSpec, batch_size: int, split: str = "val",
+             heads: dict | None = None):
+    """(loss, confusion [K, K], histograms [2, bins] or None) of ``net`` on ``split``; with a
+    distance head ``heads`` (a dict given) receives each head's loss (``losses.head_losses``)."""
     spec = info.spec
     binary = spec.task == SEGMENTATION and spec.num_classes == 2
     size = output_size(net) if spec.task == SEGMENTATION else None
     strategy = tf.distribute.get_strategy()
     step = make_eval_step(strategy, net, loss_spec, spec.num_classes, size, binary)
     sums, counts, confusion, hist = evaluate_split(strategy, step, info, batch_size, split)
+    if heads is not None:
+        heads.update({k: float(v) for k, v in head_losses(sums, counts, loss_spec).items()})
     return float(combine(sums, counts, loss_spec)), confusion, (hist if binary else None)
 
 
@@ -132,7 +151,7 @@ def calibrated_decoder(net: keras.Model, info: DatasetInfo, metric: str, batch_s
     return found.best()
 
 
-def card_heads(spec) -> dict:
+def card_heads(spec, distance: bool = False) -> dict:
     """The SavedModel's named outputs and what they mean (the card's ``heads``)."""
     if spec.target == "boundary":
         meaning = (f"per-pixel probabilities of background / boundary (a band of {spec.border_thickness} px inside "
@@ -141,7 +160,13 @@ def card_heads(spec) -> dict:
         meaning = "per-pixel class probabilities"
     else:
         meaning = "per-image class probabilities"
-    return {mc.SERVING_OUTPUT: {"meaning": meaning, "classes": list(spec.class_names)}}
+    heads = {mc.SERVING_OUTPUT: {"meaning": meaning, "classes": list(spec.class_names)}}
+    if distance:
+        heads[mc.DISTANCE_OUTPUT] = {
+            "meaning": (f"per-pixel distance to the edge of the {spec.object_class!r} object it lies in (0 outside "
+                        f"objects), regressed from the dataset's distance maps; saturates at {spec.distance_max:g} px"),
+            "unit": "px", "max": float(spec.distance_max), "channels": 1}
+    return heads
 
 
 def card_decoder(cfg: TrainConfig, info: DatasetInfo, net: keras.Model, has_val: bool) -> tuple[dict, dict]:
@@ -161,12 +186,14 @@ def card_decoder(cfg: TrainConfig, info: DatasetInfo, net: keras.Model, has_val:
 
 
 def write_saved_model(model: keras.Model, path: str, input_dtype: str) -> None:
-    """SavedModel whose "serving_default" maps "tiles" (integer pixels) to "probabilities"."""
+    """SavedModel whose "serving_default" maps "tiles" (integer pixels) to "probabilities" (and
+    "distance" with a distance head)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def serve(tiles):
-        return {mc.SERVING_OUTPUT: model(tf.cast(tiles, tf.float32), training=False)}
+        outputs = model(tf.cast(tiles, tf.float32), training=False)
+        return dict(outputs) if isinstance(outputs, dict) else {mc.SERVING_OUTPUT: outputs}
 
     shape = [None, *model.input_shape[1:]]
     archive.add_endpoint("serving_default", serve,
@@ -190,8 +217,11 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
     calibration = {}
     has_val = has_examples(info, "val")
     if has_val:
-        loss, confusion, hist = evaluate(net, info, loss_spec, cfg.batch_size)
+        heads = {}
+        loss, confusion, hist = evaluate(net, info, loss_spec, cfg.batch_size, heads=heads)
         metrics_, threshold, rule = card_metrics(info, loss, confusion, hist, cfg.beta, cfg.target_recall)
+        if "distance" in heads:     # the distance head's mean absolute error on val, in px
+            metrics_["distance_mae_px"] = heads["distance"] * spec.distance_max
         if threshold is not None and cfg.calibrate in calibrate.OBJECT_RULES and spec.target != "boundary":
             calibration = {"pixel_threshold": threshold, "pixel_rule": rule}
             threshold, value, rule = object_threshold(net, info, cfg.calibrate, cfg.batch_size)
@@ -215,8 +245,9 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
         dataset_fingerprint=info.fingerprint, whole_image=spec.whole_image, fit=info.fit,
         calibration=calibration, pixel_size_um=spec.pixel_size_um, intensity=spec.intensity,
         weight_map=f"unet w0={spec.weight_map_w0:g} sigma={spec.weight_map_sigma:g}" if info.weight_map else "none",
-        heads=card_heads(spec), decoder=decoder, object_class=spec.object_class if spec.target == "boundary" else "")
-    model = inference_model(net, info.normalization)
+        heads=card_heads(spec, info.distance), decoder=decoder,
+        object_class=spec.object_class if spec.target == "boundary" else "")
+    model = inference_model(net, info.normalization, spec.distance_max)
     staging = f"{cfg.model_dir}/{versions.STAGING_MARK}export-{uuid.uuid4().hex[:12]}"
     try:
         write_saved_model(model, f"{staging}/{mc.SAVED_MODEL_DIR}", spec.dtype)

@@ -37,6 +37,7 @@ from trainer.data import (
     sample,
     train_dataset,
     verify_dataset,
+    with_distance_head,
     with_weight_map,
 )
 from trainer.models import (
@@ -131,7 +132,7 @@ def set_backbone_trainable(model, trainable: bool) -> bool:
 def train(cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None, export_model: bool = True) -> TrainResult:
     """Trains (resuming from the backup if there is one) and, on the chief, exports the best
     model. ``strategy`` defaults to ``distribute.choose_strategy()``."""
-    info = with_weight_map(open_dataset(cfg.data), cfg.loss.weight_map)
+    info = with_distance_head(with_weight_map(open_dataset(cfg.data), cfg.loss.weight_map), cfg.model.distance_head)
     verify_dataset(info, cfg.verify_digests)
     cfg = for_task(cfg, info.spec.task, objects=info.spec.target == "boundary" or bool(info.weight_map))
     strategy = strategy or distribute.choose_strategy()
@@ -171,7 +172,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
 
     keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
-        model = build_model(cfg.model, spec)
+        model = build_model(cfg.model, spec, info.distance)
         check_geometry(model, spec, cfg.model)
         schedule = make_schedule(cfg.optim, steps_per_epoch, cfg.epochs, transfer)
         optimizer = build_optimizer(cfg.optim, schedule, loss_scaling)   # float16 only: bf16 needs no scaling
@@ -241,7 +242,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
             lambda ctx, e=epoch, s=first: train_dataset(info, cfg.batch_size, e, cfg.seed, cfg.augment,
                                                          cfg.shuffle_buffer, s, ctx, augment_here=augment_here,
                                                          originals_only=not cfg.static_copies))
-        iterator, started, epoch_losses = iter(dist), time.time(), []
+        iterator, started, epoch_losses, epoch_heads = iter(dist), time.time(), [], []
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, first, int(clock.planned.numpy()), clock.on)
         for step in range(first, steps_per_epoch):
             if single_worker and clock.crosses(step_seconds, reserve):
@@ -251,7 +252,10 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
                     f"{step} of epoch {epoch + 1} to leave {reserve:.0f} s for validation and export")
                 break
             step_started = time.monotonic()
-            loss = float(train_step(iterator))
+            losses = train_step(iterator).numpy()     # the loss; with a distance head also each head's
+            loss = float(losses) if losses.ndim == 0 else float(losses[0])
+            heads = {} if losses.ndim == 0 else {"loss_classes": float(losses[1]), "loss_distance": float(losses[2])}
+            epoch_heads.append(heads)
             step_seconds = time.monotonic() - step_started if step > first else step_seconds
             trained_until = clock.seconds()
             step_var.assign(step + 1)
@@ -260,7 +264,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
             epoch_losses.append(loss)
             step_losses.append(loss)
             progress.step(epoch, step, global_step, loss, lr)
-            board.scalars("train", {"loss": loss, "learning_rate": lr}, global_step)
+            board.scalars("train", {"loss": loss, **heads, "learning_rate": lr}, global_step)
             if stop_request.signal is not None:
                 path = save(backup, backup_write)
                 log(f"SIGTERM: backup saved at global step {global_step} ({path}); exiting to be resumed")
@@ -273,6 +277,7 @@ def _train(cfg: TrainConfig, info: DatasetInfo, strategy, loss_scaling: bool, ex
             save(backup, backup_write)      # the plan, cut to the epochs done, for a resumed run
             break
         row = {"epoch": epoch + 1, "loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
+               **{k: float(np.mean([h[k] for h in epoch_heads])) for k in (epoch_heads[0] if epoch_heads else {})},
                "lr": float(schedule((epoch + 1) * steps_per_epoch - 1))}
         validated = time.monotonic()
         if has_val:

@@ -12,6 +12,16 @@ Logits have one channel for binary segmentation (sigmoid) and K channels otherwi
 labelled pixel or example by its true class. With the U-Net border weight map
 (``border_w0 > 0``) the mask has a second channel, the stored border term b (255 = 1), and a
 pixel term weighs each pixel by w_c + w0 * b / 255 (w_c its class weight, 1 without).
+
+A distance head (``distance_weight > 0``) adds one more term: the mean absolute error of the
+head's sigmoid output against the mask's last channel, the stored distance map / 255, over the
+labelled pixels (background included, whose distance is 0), weighted by ``distance_weight``:
+``loss = class loss + distance_weight * distance loss``. Absolute, not squared, error: the
+targets lie in [0, 1], where a squared error is tiny next to the class loss and its gradient
+vanishes as the error shrinks, while the absolute error keeps a gradient of constant size, is
+on the class loss's scale (so weight 1 is a sensible default), and is not led by the few
+large errors at clipped (``distance_max``) or ambiguous pixels (StarDist regresses its
+distances with it too).
 """
 from __future__ import annotations
 
@@ -54,6 +64,12 @@ class LossSpec:
     tversky_beta: float = 0.7       # false negatives
     smooth: float = 1.0
     border_w0: float = 0.0          # > 0: y_true's second channel holds the border term (weight_map)
+    distance_weight: float = 0.0    # > 0: a distance head; y_true's last channel holds the distance map
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The weight of every (sum, count) pair: the class terms', then the distance head's."""
+        return tuple(w for w, _ in self.terms) + ((self.distance_weight,) if self.distance_weight > 0 else ())
 
     @classmethod
     def from_text(cls, text: str, task: str = SEGMENTATION, **kwargs) -> "LossSpec":
@@ -164,8 +180,28 @@ def loss_sums(y_true, logits, spec: LossSpec):
     return tf.stack(sums), tf.stack(counts)
 
 
+def distance_sums(y_true, distance):
+    """(sum, count) of the distance head's absolute error over the labelled pixels: ``distance``
+    [B, H, W, 1] in [0, 1] against ``y_true``'s last channel / 255 (the stored distance map)."""
+    _, valid = split_labels(y_true)
+    truth = tf.cast(y_true[..., -1], tf.float32) / 255.0
+    error = tf.abs(tf.cast(distance[..., 0], tf.float32) - truth)
+    return tf.reduce_sum(error * valid), tf.reduce_sum(valid)
+
+
 def combine(sums, counts, spec: LossSpec):
     """sum_t w_t * sums_t / counts_t (counts should be global); empty counts contribute 0."""
-    weights = tf.constant([w for w, _ in spec.terms], tf.float32)
+    weights = tf.constant(spec.weights, tf.float32)
     return tf.reduce_sum(weights * tf.math.divide_no_nan(sums, counts))
+
+
+def head_losses(sums, counts, spec: LossSpec) -> dict:
+    """With a distance head, each head's loss for the logs: ``classes`` (the weighted class terms)
+    and ``distance`` (its mean absolute error, unweighted), so loss = classes + distance_weight *
+    distance; {} without one."""
+    if spec.distance_weight <= 0:
+        return {}
+    per_term = tf.math.divide_no_nan(sums, counts)
+    classes = tf.reduce_sum(tf.constant([w for w, _ in spec.terms], tf.float32) * per_term[:-1])
+    return {"classes": classes, "distance": per_term[-1]}
 

@@ -26,7 +26,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
     from trainer import distribute
-    from trainer.data import DatasetDamaged, NotADataset
+    from trainer.data import DatasetDamaged, DistanceHeadRefused, NotADataset
     from trainer.loop import (
         NothingToExport,
         Preempted,
@@ -37,7 +37,7 @@ def run(argv: list[str] | None = None) -> int:
 
     try:
         train(cfg)
-    except (ResumeRefused, DatasetDamaged, NotADataset, XlaRefused) as error:
+    except (ResumeRefused, DatasetDamaged, NotADataset, XlaRefused, DistanceHeadRefused) as error:
         print(f"tessera train: {error}", file=sys.stderr)
         return 2
     except Preempted as error:

@@ -3,7 +3,8 @@ gated by SE, ECA or CBAM attention, and optional deep supervision — a side out
 every decoder level, upsampled to full resolution and fused with learned weights (HED).
 
 With deep supervision the model returns ``[fused, side_1, ..., side_L]`` (coarse to fine);
-every output is supervised in training, and only ``fused`` is exported.
+every output is supervised in training, and only ``fused`` is exported. With a distance head
+the class outputs are ``{"classes": ..., "distance": d}``'s first entry (``unet.with_distance_head``).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import keras
 from keras import layers
 
 from trainer.models.layers import ATTENTION, WeightedFusion
-from trainer.models.unet import contracting_path, upsample
+from trainer.models.unet import contracting_path, upsample, with_distance_head
 
 
 def residual_block(x, filters: int, batchnorm: bool, attention: str, name: str):
@@ -35,7 +36,8 @@ def residual_block(x, filters: int, batchnorm: bool, attention: str, name: str):
 def build_res_attention_unet(input_shape: tuple[int, int, int], num_outputs: int, depth: int = 4,
                              filters: int = 32, batchnorm: bool = True, dropout: float = 0.0,
                              attention: str = "cbam", deep_supervision: bool = False,
-                             upsampling: str = "transpose", name: str = "res_attention_unet") -> keras.Model:
+                             upsampling: str = "transpose", distance: bool = False,
+                             name: str = "res_attention_unet") -> keras.Model:
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {sorted(ATTENTION)}, got {attention!r}")
     if input_shape[0] % (2 ** depth):
@@ -56,6 +58,6 @@ def build_res_attention_unet(input_shape: tuple[int, int, int], num_outputs: int
             sides.append(side)
     if not deep_supervision:
         logits = layers.Conv2D(num_outputs, 1, dtype="float32", name="logits")(x)
-        return keras.Model(inputs, logits, name=name)
+        return keras.Model(inputs, with_distance_head(logits, x, distance), name=name)
     fused = WeightedFusion(dtype="float32", name="fused_logits")(sides)
-    return keras.Model(inputs, [fused, *sides], name=name)
+    return keras.Model(inputs, with_distance_head([fused, *sides], x, distance), name=name)

@@ -95,8 +95,9 @@ def crop_like(skip, target, name: str):
 
 def build_unet(input_shape: tuple[int, int, int], num_outputs: int, depth: int = 4, filters: int = 64,
                batchnorm: bool = True, dropout: float = 0.0, padding: str = "same",
-               upsampling: str = "transpose", name: str = "unet") -> keras.Model:
-    """U-Net mapping normalised images [N, T, T, C] to float32 logits [N, O, O, num_outputs]."""
+               upsampling: str = "transpose", distance: bool = False, name: str = "unet") -> keras.Model:
+    """U-Net mapping normalised images [N, T, T, C] to float32 logits [N, O, O, num_outputs]; with
+    ``distance`` to ``{"classes": logits, "distance": [N, O, O, 1]}`` (``distance_head``)."""
     size = input_shape[0]
     if padding == "valid":
         valid_output_size(size, depth)
@@ -113,4 +114,14 @@ def build_unet(input_shape: tuple[int, int, int], num_outputs: int, depth: int =
         x = layers.Concatenate(name=f"up{level}_concat")([crop_like(skips[level], x, f"up{level}"), x])
         x = conv_block(x, filters * 2 ** level, padding, batchnorm, f"up{level}")
     logits = layers.Conv2D(num_outputs, 1, dtype="float32", name="logits")(x)
-    return keras.Model(inputs, logits, name=name)
+    return keras.Model(inputs, with_distance_head(logits, x, distance), name=name)
+
+
+def with_distance_head(classes, features, distance: bool):
+    """The model's outputs: ``classes`` alone, or with ``distance`` ``{"classes": classes,
+    "distance": d}``, d a float32 sigmoid channel from the final decoder ``features``: each
+    pixel's distance to its object's edge over the dataset's ``distance_max`` (0 outside objects)."""
+    if not distance:
+        return classes
+    return {"classes": classes,
+            "distance": layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="distance")(features)}
