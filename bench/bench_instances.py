@@ -16,6 +16,8 @@ quality, VI, pixel error and the training's epochs.
 
     python bench/bench_instances.py                      # 30 min per training, ~65 min on 2 cores
     python bench/bench_instances.py --budget 2m --only nuclei    # a quick check of the flow
+    python bench/bench_instances.py --only nuclei --distance-map  # preprocess --distance-map: the
+                                                                  # model trains a distance head too
 """
 from __future__ import annotations
 
@@ -65,12 +67,13 @@ def lay_out_nuclei(work: str) -> None:
     shutil.rmtree(f"{work}/raw-all")
 
 
-def run(name: str, work: str, budget: str) -> dict:
+def run(name: str, work: str, budget: str, preprocess_extra: tuple[str, ...] = ()) -> dict:
     flags = DATASETS[name]
     if not os.path.isdir(f"{work}/raw"):
         (lay_out_isbi if name == "isbi" else lay_out_nuclei)(work)
     if not os.path.isdir(f"{work}/ds/current"):
-        tessera("preprocess", "--input", f"{work}/raw", "--output", f"{work}/ds", *flags["preprocess"])
+        tessera("preprocess", "--input", f"{work}/raw", "--output", f"{work}/ds", *flags["preprocess"],
+                *preprocess_extra)
     tessera("train", "--data", f"{work}/ds", "--model-dir", f"{work}/model", "--time-budget", budget,
             "--epochs", "100000", "--verbose", "0")
     shutil.rmtree(f"{work}/pred", ignore_errors=True)
@@ -80,7 +83,7 @@ def run(name: str, work: str, budget: str) -> dict:
     scores = json.load(open(f"{work}/report.json"))["overall"]["micro"]
     card = json.load(open(f"{work}/model/current/model_card.json"))
     history = open(f"{work}/model/history.csv").read().strip().splitlines()
-    scores.update(epochs=len(history) - 1, decoder=card.get("decoder", {}),
+    scores.update(epochs=len(history) - 1, decoder=card.get("decoder", {}), heads=sorted(card.get("heads", {})),
                   best_epoch=int(card["metrics"].get("best_epoch", -1)))
     return scores
 
@@ -91,16 +94,19 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(DATASETS), action="append", help="run only this dataset")
     parser.add_argument("--work", default="", help="work here (default: a temporary folder); a rerun reuses "
                         "its datasets and resumes its trainings")
+    parser.add_argument("--distance-map", action="store_true", help="preprocess --distance-map: the datasets "
+                        "store distance maps, so training adds its distance head (--distance-head auto)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="tessera-instances-")
     names = args.only or list(DATASETS)
     if "isbi" in names and not os.path.isdir(f"{ISBI}/images"):
         raise SystemExit(f"no ISBI slices in {ISBI} (expected images/ and masks/)")
-    print(f"instance benchmark, {args.budget} per training, work in {work}", flush=True)
+    print(f"instance benchmark, {args.budget} per training{', distance maps' if args.distance_map else ''}, "
+          f"work in {work}", flush=True)
     results = {}
     for name in names:
         print(name, flush=True)
-        results[name] = run(name, f"{work}/{name}", args.budget)
+        results[name] = run(name, f"{work}/{name}", args.budget, ("--distance-map",) if args.distance_map else ())
     print(f"\n{'dataset':10s}{'epochs':>7s}{'best':>5s}" + "".join(f"{label:>14s}" for _, label in METRICS))
     for name, scores in results.items():
         print(f"{name:10s}{scores['epochs']:>7d}{scores['best_epoch']:>5d}"
