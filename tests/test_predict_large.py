@@ -316,7 +316,7 @@ def instances_by_blocks(root, model, out, *flags) -> int:
                         "--large-image-pixels", "10000", *FLAGS, *SMALL_BLOCKS, *flags])
 
 
-@pytest.mark.parametrize("kind", ["components", "seeded", "partition"])
+@pytest.mark.parametrize("kind", ["components", "partition"])   # partition = seeded + expansion
 def test_instances_by_blocks_equal_the_whole_image_decoding(setup, tmp_path, kind):
     import pyarrow.parquet as pq
     import tifffile as tf

@@ -118,13 +118,6 @@ def test_xla_really_compiles_the_step_and_is_refused_on_several_cpu_replicas(dis
     argv = [sys.executable, "-m", "trainer.task", "--data", str(discs), "--epochs", "1", "--steps-per-epoch", "2",
             "--batch-size", "4", "--depth", "1", "--filters", "2", "--image-summaries", "0", "--verbose", "0"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}    # TensorFlow says when XLA compiled a cluster
-    logs = {}
-    for xla in ("--xla", "--no-xla"):
-        done = subprocess.run([*argv, "--model-dir", str(tmp_path / xla), xla], capture_output=True, text=True,
-                              env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        logs[xla] = done.stderr
-    assert "Compiled cluster using XLA" in logs["--xla"] and "Compiled cluster using XLA" not in logs["--no-xla"]
     mirrored = ("import sys, tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
                 "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2); "
                 "from trainer.config import from_dict, resolve_paths; from trainer.loop import XlaRefused, train; "
@@ -132,8 +125,15 @@ def test_xla_really_compiles_the_step_and_is_refused_on_several_cpu_replicas(dis
                 "'xla': True, 'epochs': 1, 'steps_per_epoch': 1, 'verbose': 0}), {}); "
                 "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
                 "try:\n    train(cfg, strategy, export_model=False)\nexcept XlaRefused as e:\n    print(e); sys.exit(3)")
-    done = subprocess.run([sys.executable, "-c", mirrored], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    jobs = {xla: subprocess.Popen([*argv, "--model-dir", str(tmp_path / xla), xla], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env) for xla in ("--xla", "--no-xla")}
+    jobs["mirrored"] = subprocess.Popen([sys.executable, "-c", mirrored], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    outputs = {name: job.communicate(timeout=300) for name, job in jobs.items()}   # side by side: 3 start-ups at once
+    for xla in ("--xla", "--no-xla"):
+        assert jobs[xla].returncode == 0, outputs[xla][1][-2000:]
+    assert "Compiled cluster using XLA" in outputs["--xla"][1] and "Compiled cluster using XLA" not in outputs["--no-xla"][1]
+    done = subprocess.CompletedProcess(jobs["mirrored"].args, jobs["mirrored"].returncode, *outputs["mirrored"])
     assert done.returncode == 3 and "--xla is not supported with 2 CPU replicas" in done.stdout, done.stderr[-2000:]
 
 
