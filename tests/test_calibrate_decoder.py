@@ -60,6 +60,31 @@ def test_calibration_picks_the_known_best_thresholds_of_the_grid():
     assert rule.startswith("max mean of Rand F-score and object F1")
 
 
+def tiling_cells(side: int = 48, cell: int = 12):
+    """EM-like truth: square cells tiling the image, one-pixel membranes (the background) between."""
+    ids = np.zeros((side, side), np.int32)
+    for i, y in enumerate(range(0, side, cell)):
+        for j, x in enumerate(range(0, side, cell)):
+            ids[y + 1:y + cell, x + 1:x + cell] = 1 + i * (side // cell) + j
+    return ids
+
+
+def test_auto_scores_rand_where_the_background_only_separates_tiling_objects_else_objects():
+    tiles = boundary_target(tiling_cells())
+    p = np.eye(3, dtype=np.float32)[tiles]
+    for truth, probabilities, metric in ((tiles, p, "rand"), (*constructed_case()[1::-1], "objects")):
+        auto = DecoderCalibration("auto", border_thickness=1)
+        auto.add(probabilities, truth)
+        explicit = DecoderCalibration(metric, border_thickness=1)
+        explicit.add(probabilities, truth)
+        assert auto.chosen_metric() == metric
+        np.testing.assert_array_equal(auto.values(), explicit.values())
+        params, value, rule = auto.best()
+        assert (params, value) == explicit.best()[:2]
+        assert rule.startswith(explicit.best()[2]) and "(auto: " in rule
+        assert ("100% of the truth's background within 8 px" in rule) == (metric == "rand")
+
+
 def test_the_candidates_are_the_grid_and_partition_grows_by_twice_the_border():
     candidates = decoder_candidates(3)
     assert len(candidates) == 2 * 6 * 6 * 3 and {c.min_size for c in candidates} == {0, 16, 64}
@@ -95,11 +120,11 @@ def test_the_rule_follows_the_dataset_and_what_makes_no_sense_is_refused():
     boundary = spec("boundary", ("background", "boundary", "interior"))
     binary = spec("classes", ("background", "foreground"))
     three = spec("classes", ("a", "b", "c"))
-    assert calibration_rule("auto", boundary) == "objects" and calibration_rule("auto", binary) == "fbeta"
+    assert calibration_rule("auto", boundary) == "auto" and calibration_rule("auto", binary) == "fbeta"
     assert calibration_rule("object-f1", boundary) == "object-f1" and calibration_rule("rand", binary) == "rand"
     assert calibration_rule("auto", three) == "fbeta"
     for rule in ("fbeta", "recall"):
-        with pytest.raises(ValueError, match="boundary target.*--calibrate objects"):
+        with pytest.raises(ValueError, match="boundary target.*--calibrate auto"):
             calibration_rule(rule, boundary, "d")
     with pytest.raises(ValueError, match="binary segmentation"):
         calibration_rule("rand", three)
@@ -142,9 +167,9 @@ def test_a_boundary_dataset_gets_its_decoder_calibrated_into_the_card(tmp_path):
     boundary_dataset(tmp_path / "data")
     small = {"model": {"depth": 1, "filters": 4}, "epochs": 1, "steps_per_epoch": 2, "batch_size": 4,
              "image_summaries": 0, "mixed_precision": "off"}
-    with pytest.raises(ValueError, match="boundary target.*--calibrate objects"):
+    with pytest.raises(ValueError, match="boundary target.*--calibrate auto"):
         train(make_config(tmp_path / "data", tmp_path / "refused", calibrate="fbeta", **small))
-    train(make_config(tmp_path / "data", tmp_path / "model", **small))          # --calibrate auto: objects
+    train(make_config(tmp_path / "data", tmp_path / "model", **small))          # --calibrate auto: objects here
     card = export.load_card(str(tmp_path / "model"))
     assert card.is_boundary_model and card.object_class == "cell"
     assert card.output_class_names == ("background", "cell")
@@ -152,7 +177,8 @@ def test_a_boundary_dataset_gets_its_decoder_calibrated_into_the_card(tmp_path):
     decoder = card.decoder_params()
     assert decoder in decoder_candidates(1) and card.decoder["rule"].startswith("max mean of Rand F-score and object F1")
     assert card.metrics["objects_score"] == card.decoder["value"] and 0 <= card.decoder["value"] <= 1
-    assert card.calibration["rule"] == "objects" and card.config["calibrate"] == "objects"
+    assert card.calibration["rule"] == "objects" and card.config["calibrate"] == card.calibration["requested"] == "auto"
+    assert "(auto: " in card.decoder["rule"] and "open background: objects" in card.decoder["rule"]
     plain = tmp_path / "plain"
     from tessera import synthetic_dataset
 

@@ -173,18 +173,19 @@ SEED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_SIZES = (0, 16, 64)      # px: fragments a decoder leaves count one by one in object F1
 FOREGROUND_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 def calibration_rule(requested: str, spec, data: str = "the dataset") -> str:
-    """The ``--calibrate`` rule a dataset gets: ``auto`` is ``objects`` for a boundary target (its
-    decoder's thresholds), else ``fbeta`` (a binary model's pixel threshold); a rule that makes
-    no sense for the dataset is refused with the ones that do."""
+    """The ``--calibrate`` rule a dataset gets: ``auto`` stays ``auto`` for a boundary target (its
+    decoder's calibration decides from the validation truth: ``DecoderCalibration``), else is
+    ``fbeta`` (a binary model's pixel threshold); a rule that makes no sense for the dataset is
+    refused with the ones that do."""
     from schemas.example import SEGMENTATION
 
     boundary = spec.target == "boundary"
     if requested in ("", "auto"):
-        return "objects" if boundary else "fbeta"
+        return "auto" if boundary else "fbeta"
     if boundary and requested not in OBJECT_RULES:
         raise ValueError(f"--calibrate {requested} chooses a binary model's pixel threshold; {data} has a boundary "
-                         f"target, whose decoder is calibrated for objects: use --calibrate objects (the "
-                         f"default), rand or object-f1")
+                         f"target, whose decoder is calibrated for objects: use --calibrate auto (the default), "
+                         f"objects, rand or object-f1")
     if requested != "fbeta" and not boundary and not (spec.task == SEGMENTATION and spec.num_classes == 2):
         raise ValueError(f"--calibrate {requested} chooses a binary segmentation model's threshold; "
                          f"{data} has {spec.num_classes} classes ({spec.task})")
@@ -212,28 +213,60 @@ def truth_objects(truth: np.ndarray) -> np.ndarray:
     return decode(DecoderParams("seeded"), probabilities=one_hot)
 
 
+SEPARATOR_PX = 8           # auto rule: the truth's background lies this close to an object ...
+SEPARATOR_FRACTION = 0.9   # ... for at least this fraction of its pixels: it only separates objects
+
+
 class DecoderCalibration(ObjectScoreboard):
     """The decoder that scores best for objects on validation images (a boundary model's
-    ``--calibrate rand|object-f1``): every ``decoder_candidates`` decoder applied to each
-    image's probabilities (H, W, 3), scored against ``truth_objects`` as ``ObjectCalibration``
-    scores (what is kept per candidate grows with the objects, not the pixels)."""
+    ``--calibrate rand|object-f1|objects|auto``): every ``decoder_candidates`` decoder applied to
+    each image's probabilities (H, W, 3), scored against ``truth_objects`` as
+    ``ObjectCalibration`` scores (what is kept per candidate grows with the objects, not the
+    pixels). ``auto`` decides from the truth: where its background is only the thin separator
+    between objects that tile the image (EM membranes: >= 90% of it within 8 px of an object),
+    the field scores segmentations by the Rand error, so ``rand``; elsewhere (nuclei, buildings
+    on open background) ``objects``."""
 
     def __init__(self, metric: str, border_thickness: int):
         self.candidates = decoder_candidates(border_thickness)
-        super().__init__(metric, len(self.candidates))
+        self.requested = metric
+        super().__init__("objects" if metric == "auto" else metric, len(self.candidates))
+        self.background = np.zeros(2, np.int64)      # truth background pixels: near an object, all
 
     def add(self, probabilities, truth) -> None:
         """One image: probabilities (H, W, 3) of background / boundary / interior and its truth
         classes (H, W; 255 ignored)."""
+        from scipy import ndimage
+
         from schemas import object_scores as scores
         from schemas.decoder import decode
         from schemas.example import IGNORE_LABEL
 
         ignored = truth == IGNORE_LABEL
-        truth_ids = scores.objects_of(truth_objects(truth), ignored, instances=True)
+        objects = truth_objects(truth)
+        truth_ids = scores.objects_of(objects, ignored, instances=True)
+        if self.requested == "auto" and objects.any():
+            background = (objects == 0) & ~ignored
+            near = ndimage.distance_transform_edt(objects == 0)[background] <= SEPARATOR_PX
+            self.background += (int(near.sum()), int(background.sum()))
         for i, params in enumerate(self.candidates):
             self.score(i, truth_ids, scores.objects_of(decode(params, probabilities=probabilities), ignored,
                                                        instances=True))
+
+    def chosen_metric(self) -> str:
+        """The rule scored: the requested one, or ``auto``'s choice from the truths added."""
+        if self.requested != "auto":
+            return self.requested
+        near, total = self.background
+        return "rand" if total and near >= SEPARATOR_FRACTION * total else "objects"
+
+    def values(self) -> np.ndarray:
+        from schemas import object_scores as scores
+
+        metric = self.chosen_metric()
+        if metric == self.metric:
+            return super().values()
+        return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])   # auto: rand
 
     def best(self) -> tuple:
         """(DecoderParams, value, rule); among equal values seeded before partition, then the
@@ -243,6 +276,12 @@ class DecoderCalibration(ObjectScoreboard):
         best = min(ties, key=lambda i: (self.candidates[i].mode != "seeded",
                                         abs(self.candidates[i].seed - 0.5) + abs(self.candidates[i].foreground - 0.5),
                                         self.candidates[i].min_size, i))
-        rule = (f"max {OBJECT_RULE_NAMES[self.metric]} on val images over seeded/partition x seed x foreground "
+        metric = self.chosen_metric()
+        rule = (f"max {OBJECT_RULE_NAMES[metric]} on val images over seeded/partition x seed x foreground "
                 f"in {SEED_THRESHOLDS[0]}..{SEED_THRESHOLDS[-1]} x min size {MIN_SIZES}")
+        if self.requested == "auto":
+            near, total = self.background
+            share = f"{near / total:.0%}" if total else "no background"
+            rule += (f" (auto: {share} of the truth's background within {SEPARATOR_PX} px of an object, "
+                     + ("a separator of tiling objects: Rand)" if metric == "rand" else "open background: objects)"))
         return self.candidates[best], float(values[best]), rule

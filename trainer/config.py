@@ -120,9 +120,9 @@ class TrainConfig:
     monitor: str = ""               # "" = val_dice / val_accuracy; or val_loss, val_iou, ...
     beta: float = 1.0               # F-beta for metrics and threshold calibration
     target_recall: float = 0.0      # > 0: calibrate the highest threshold whose val recall reaches it
-    # the rule on val: auto (objects for a boundary target's decoder, else fbeta) | fbeta | recall
-    # (--target-recall) | rand | object-f1 | objects (calibrate.calibration_rule; resolved before the run's
-    # config is recorded)
+    # the rule on val: auto (a boundary target's decoder: rand or objects as its validation truth
+    # says, calibrate.DecoderCalibration; else fbeta) | fbeta | recall (--target-recall) | rand |
+    # object-f1 | objects (calibrate.calibration_rule; resolved before the run's config is recorded)
     calibrate: str = "auto"
     export_bf16: bool = False       # also export a SavedModel computing in bfloat16 (predict --precision bfloat16)
     shuffle_buffer: int = 1024
@@ -229,8 +229,8 @@ _FLAGS: list[tuple[tuple[str, ...], str, Any, str]] = [
     (("--export-bf16",), "export_bf16", argparse.BooleanOptionalAction,
      "also export a bfloat16 SavedModel (predict --precision bfloat16: faster on CPUs with AMX / AVX512-BF16)"),
     (("--calibrate",), "calibrate", str,
-     "the rule on val: auto (objects for a boundary target, whose decoder's thresholds and mode are "
-     "calibrated; fbeta otherwise) | fbeta (max F-beta; recall with --target-recall) | recall | rand (Rand "
+     "the rule on val: auto (a boundary target's decoder, its thresholds and mode: rand where the truth's "
+     "background only separates tiling objects (EM membranes), objects elsewhere; fbeta otherwise) | fbeta (max F-beta; recall with --target-recall) | recall | rand (Rand "
      "F-score) | object-f1 (object F1 at IoU 0.5) | objects (their mean) (binary models: the threshold; "
      "boundary targets: the decoder)"),
     (("--shuffle-buffer",), "shuffle_buffer", int, "shuffle buffer (records)"),

@@ -136,7 +136,7 @@ def object_threshold(net: keras.Model, info: DatasetInfo, metric: str, batch_siz
 
 def calibrated_decoder(net: keras.Model, info: DatasetInfo, metric: str, batch_size: int):
     """``calibrate.DecoderCalibration`` over the validation images of a boundary target:
-    (DecoderParams, value, rule)."""
+    (DecoderParams, value, rule, the metric scored: ``auto`` resolved)."""
     spec = info.spec
     found = calibrate.DecoderCalibration(metric, spec.border_thickness)
     canvas = calibrate.SourceCanvas(spec.core)
@@ -148,7 +148,7 @@ def calibrated_decoder(net: keras.Model, info: DatasetInfo, metric: str, batch_s
                 found.add(*image)
     for image in canvas.rest():
         found.add(*image)
-    return found.best()
+    return (*found.best(), found.chosen_metric())
 
 
 def card_heads(spec, distance: bool = False) -> dict:
@@ -180,9 +180,8 @@ def card_decoder(cfg: TrainConfig, info: DatasetInfo, net: keras.Model, has_val:
         return (DecoderParams("components").to_dict() if spec.task == SEGMENTATION else {}), {}
     if not has_val:
         return {**DecoderParams("seeded").to_dict(), "rule": "default (no validation split)"}, {}
-    params, value, rule = calibrated_decoder(net, info, cfg.calibrate, cfg.batch_size)
-    name = calibrate.OBJECT_RULE_KEYS[cfg.calibrate]
-    return {**params.to_dict(), "rule": rule, "value": value}, {name: value}
+    params, value, rule, metric = calibrated_decoder(net, info, cfg.calibrate, cfg.batch_size)
+    return {**params.to_dict(), "rule": rule, "value": value, "metric": metric}, {calibrate.OBJECT_RULE_KEYS[metric]: value}
 
 
 def write_saved_model(model: keras.Model, path: str, input_dtype: str) -> None:
@@ -233,7 +232,9 @@ def _export(cfg: TrainConfig, info: DatasetInfo, checkpoint: str, loss_spec: Los
         threshold, rule = 0.5, "default 0.5 (no validation split)"
     decoder, decoder_metrics = card_decoder(cfg, info, net, has_val)
     if "value" in decoder:
-        calibration = {"rule": cfg.calibrate, "decoder": {k: v for k, v in decoder.items() if k != "rule"}}
+        metric = decoder.pop("metric")
+        calibration = {"rule": metric, "requested": cfg.calibrate,
+                       "decoder": {k: v for k, v in decoder.items() if k != "rule"}}
     metrics_.update(decoder_metrics)
     metrics_.update(extra_metrics or {})
     out = output_size(net) if spec.task == SEGMENTATION else spec.tile_size
