@@ -57,7 +57,7 @@ def test_calibration_picks_the_known_best_thresholds_of_the_grid():
         merged = [i for i, c in enumerate(found.candidates) if c.seed <= 0.6 and c.foreground <= 0.4]
         missed = [i for i, c in enumerate(found.candidates) if c.foreground >= 0.5]
         assert values[merged].max() < value and values[missed].max() < value, metric
-    assert rule.startswith("max mean of Rand F-score and object F1")
+    assert rule.startswith("max mean of Rand F-score, object F1 at IoU 0.5 and foreground Dice")
 
 
 def tiling_cells(side: int = 48, cell: int = 12):
@@ -83,6 +83,20 @@ def test_auto_scores_rand_where_the_background_only_separates_tiling_objects_els
         assert (params, value) == explicit.best()[:2]
         assert rule.startswith(explicit.best()[2]) and "(auto: " in rule
         assert ("100% of the truth's background within 8 px" in rule) == (metric == "rand")
+
+
+def test_objects_is_the_mean_of_rand_object_f1_and_dice_so_a_background_blob_costs_its_pixels():
+    from trainer.calibrate import ObjectScoreboard
+
+    truth = np.zeros((20, 30), np.int64)
+    truth[2:6, 2:6], truth[10:14, 10:14] = 1, 2                   # two cells of 16 px
+    blob = truth.copy()
+    blob[16:20, :] = 3                                            # + the background as one object (120 px)
+    board = ObjectScoreboard("objects", 2)
+    board.score(0, truth, truth)
+    board.score(1, truth, blob)
+    # Rand F ignores the truth's background (1.0 both); object F1 2/2.5 = 0.8 with the blob; Dice 64 / (64 + 120)
+    np.testing.assert_allclose(board.values(), [1.0, (1.0 + 0.8 + 64 / 184) / 3])
 
 
 def test_the_candidates_are_the_grid_and_partition_grows_by_twice_the_border():
@@ -175,7 +189,7 @@ def test_a_boundary_dataset_gets_its_decoder_calibrated_into_the_card(tmp_path):
     assert card.output_class_names == ("background", "cell")
     assert card.heads["probabilities"]["classes"] == ["background", "boundary", "interior"]
     decoder = card.decoder_params()
-    assert decoder in decoder_candidates(1) and card.decoder["rule"].startswith("max mean of Rand F-score and object F1")
+    assert decoder in decoder_candidates(1) and card.decoder["rule"].startswith("max mean of Rand F-score, object F1 at IoU 0.5 and foreground Dice")
     assert card.metrics["objects_score"] == card.decoder["value"] and 0 <= card.decoder["value"] <= 1
     assert card.calibration["rule"] == "objects" and card.config["calibrate"] == card.calibration["requested"] == "auto"
     assert "(auto: " in card.decoder["rule"] and "open background: objects" in card.decoder["rule"]

@@ -61,7 +61,7 @@ def scores_at(histograms, threshold: float, beta: float = 1.0) -> dict[str, floa
 OBJECT_RULES = ("rand", "object-f1", "objects")
 # what each object rule maximises, and the card's metrics key for its value
 OBJECT_RULE_NAMES = {"rand": "Rand F-score (1 - adapted Rand error)", "object-f1": "object F1 at IoU 0.5",
-                     "objects": "mean of Rand F-score and object F1 at IoU 0.5"}
+                     "objects": "mean of Rand F-score, object F1 at IoU 0.5 and foreground Dice"}
 OBJECT_RULE_KEYS = {"rand": "rand_fscore", "object-f1": "object_f1", "objects": "objects_score"}
 OBJECT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ... 0.95
 
@@ -69,10 +69,12 @@ OBJECT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ...
 class ObjectScoreboard:
     """Object scores of ``count`` candidates over validation images, added up: per candidate
     the contingency tables (``rand``: Rand F-score of all images' tables together), the
-    matching counts (``object-f1``: object F1 at IoU > 0.5) or both (``objects``: their mean —
-    the Rand error ignores the truth's background, so alone it favours objects that spill into
-    it, while object F1 counts every fragment); what is kept grows with the objects, not the
-    pixels."""
+    matching counts (``object-f1``: object F1 at IoU > 0.5) or both and the foreground's pixel
+    counts (``objects``: the mean of Rand F-score, object F1 and foreground Dice — the Rand
+    error ignores the truth's background, so alone it favours objects that spill into it;
+    object F1 counts every fragment, but a spill into the background that forms one object of
+    its own costs it one false positive: Dice sees its pixels); what is kept grows with the
+    objects, not the pixels."""
 
     def __init__(self, metric: str, count: int):
         if metric not in OBJECT_RULES:
@@ -80,6 +82,7 @@ class ObjectScoreboard:
         self.metric = metric
         self.tables: list[list] = [[] for _ in range(count)]
         self.counts: list[dict | None] = [None] * count
+        self.pixels = np.zeros((count, 3), np.int64)     # foreground tp, fp, fn
 
     def score(self, i: int, truth_ids, predicted_ids) -> None:
         from schemas import object_scores as scores
@@ -88,13 +91,23 @@ class ObjectScoreboard:
             self.tables[i].append(scores.ids_table(truth_ids, predicted_ids))
         if self.metric in ("object-f1", "objects"):
             self.counts[i] = scores.add_counts(self.counts[i], scores.object_counts(truth_ids, predicted_ids))
+        if self.metric == "objects":
+            truth, predicted = truth_ids > 0, predicted_ids > 0
+            self.pixels[i] += (np.count_nonzero(truth & predicted), np.count_nonzero(predicted & ~truth),
+                               np.count_nonzero(truth & ~predicted))
 
     def values(self) -> np.ndarray:
         from schemas import object_scores as scores
 
         rand = np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
+        if self.metric == "rand":
+            return rand
         f1 = np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
-        return {"rand": rand, "object-f1": f1, "objects": (rand + f1) / 2}[self.metric]
+        if self.metric == "object-f1":
+            return f1
+        tp, fp, fn = self.pixels.T.astype(np.float64)
+        dice = np.divide(2 * tp, 2 * tp + fp + fn, out=np.ones_like(tp), where=2 * tp + fp + fn > 0)
+        return (rand + f1 + dice) / 3
 
 
 class ObjectCalibration(ObjectScoreboard):
