@@ -195,8 +195,10 @@ def mismatches(blocks: np.ndarray, whole: np.ndarray) -> tuple[int, int]:
 def predict(model: str, side: int, work: str, memory_mb: int) -> dict:
     """The block path with instances on the SIDE^2 TIFF, in a fresh process (2 workers)."""
     out = f"{work}/out-{side}"
+    started = time.perf_counter()
     with FolderPeak(f"{out}/{names.BLOCKS_DIR}") as temporary:
         result = run(model, f"{work}/in-{side}", out, "--memory-limit-mb", str(memory_mb), beam=WORKERS)
+    process_s = time.perf_counter() - started
     success = json.load(open(f"{out}/{names.SUCCESS_FILE}"))
     if success["rejected"]:
         raise SystemExit(f"side {side}: the image was rejected: {open(f'{out}/{names.REJECTED_FILE}').read()}")
@@ -204,7 +206,8 @@ def predict(model: str, side: int, work: str, memory_mb: int) -> dict:
     ids = np.sort(ids.column("object_id").to_numpy())
     labels = pyramid_ids(f"{out}/{names.instance_image_path('slide')}/0")
     kept = folder_bytes(f"{out}/{names.BLOCKS_DIR}") if os.path.isdir(f"{out}/{names.BLOCKS_DIR}") else 0
-    return {**result, "side": side, "objects": len(ids), "drawn": objects_drawn(side), "out": out,
+    return {**result, "process_s": process_s, "side": side, "objects": len(ids), "drawn": objects_drawn(side),
+            "out": out,
             "ids_agree": bool(len(ids) == len(labels) and (ids == labels).all()),
             "ids_dense": bool((labels == np.arange(1, len(labels) + 1)).all()),
             "temporary_bytes": temporary.peak, "blocks_left_bytes": kept,
@@ -228,19 +231,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sides", type=int, nargs="+", help="sides of the RSS comparison (default 10000 40000)")
-    parser.add_argument("--equal-side", type=int, help="side of the whole-image comparison (default 6000)")
+    parser.add_argument("--equal-side", type=int, help="side of the whole-image comparison (default 6000; 0: none)")
     parser.add_argument("--memory-limit-mb", type=int, help="per worker (default 96: blocks of 1024 px; "
                         "48 with --quick: 640 px)")
     parser.add_argument("--work", help="a folder for the inputs and outputs (default: a temporary one, deleted)")
     args = parser.parse_args()
     sides = args.sides or ([2048, 3072] if args.quick else [10_000, 40_000])
-    equal_side = args.equal_side or (1024 if args.quick else 6000)
+    equal_side = (1024 if args.quick else 6000) if args.equal_side is None else args.equal_side
     memory_mb = args.memory_limit_mb or (48 if args.quick else 96)
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         model_dir = f"{work}/model"
         model = export_model(model_dir, kind="boundary", core=CORE, margin=MARGIN, channels=1)
         results = {}
-        for side in [equal_side, *sides]:
+        for side in [equal_side, *sides] if equal_side else sides:
             started = time.perf_counter()
             os.makedirs(f"{work}/in-{side}")
             write_tiff(f"{work}/in-{side}/slide.tif", side)
@@ -267,9 +270,9 @@ def report(r: dict) -> None:
     side, gib = r["side"], 2 ** 30
     print(f"{side}^2 ({side * side / 1e6:.0f} MP, blocks of {r['chunk']} px, input {r['input_bytes'] / 2**20:.0f} MiB "
           f"generated in {r['generate_s']:.0f} s): peak RSS runner {r['peak_mib']:.0f} MiB, largest worker "
-          f"{r['children_peak_mib']:.0f} MiB; wall {r['seconds']:.0f} s; objects {r['objects']} "
-          f"({r['drawn']} drawn); objects.parquet ids = pyramid ids: {'yes' if r['ids_agree'] else 'NO'}, "
-          f"1..N: {'yes' if r['ids_dense'] else 'NO'}; temporary {r['temporary_bytes'] / gib:.2f} GiB at most "
+          f"{r['children_peak_mib']:.0f} MiB; wall {r['seconds']:.0f} s ({r['process_s']:.0f} s with the process's "
+          f"start); objects {r['objects']} ({r['drawn']} drawn, border ones by bounding box); "
+          f"objects.parquet ids = pyramid ids: {'yes' if r['ids_agree'] else 'NO'}, 1..N: {'yes' if r['ids_dense'] else 'NO'}; temporary {r['temporary_bytes'] / gib:.2f} GiB at most "
           f"({r['blocks_left_bytes'] / gib:.2f} GiB left in _blocks), output {r['output_bytes'] / gib:.2f} GiB",
           flush=True)
     stages = r["stages"]
