@@ -272,7 +272,8 @@ def report(r: dict) -> None:
           f"generated in {r['generate_s']:.0f} s): peak RSS runner {r['peak_mib']:.0f} MiB, largest worker "
           f"{r['children_peak_mib']:.0f} MiB; wall {r['seconds']:.0f} s ({r['process_s']:.0f} s with the process's "
           f"start); objects {r['objects']} ({r['drawn']} drawn, border ones by bounding box); "
-          f"objects.parquet ids = pyramid ids: {'yes' if r['ids_agree'] else 'NO'}, 1..N: {'yes' if r['ids_dense'] else 'NO'}; temporary {r['temporary_bytes'] / gib:.2f} GiB at most "
+          f"objects.parquet ids = pyramid ids: {'yes' if r['ids_agree'] else 'NO'}, "
+          f"1..N: {'yes' if r['ids_dense'] else 'NO'}; temporary {r['temporary_bytes'] / gib:.2f} GiB at most "
           f"({r['blocks_left_bytes'] / gib:.2f} GiB left in _blocks), output {r['output_bytes'] / gib:.2f} GiB",
           flush=True)
     stages = r["stages"]
