@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -46,6 +45,7 @@ from bench.bench_large import folder_bytes, run  # noqa: E402  (a predict job in
 from schemas import layout as names  # noqa: E402
 from schemas.decoder import DecoderParams, decode  # noqa: E402
 from schemas.model_card import read_card  # noqa: E402
+from tessera.peak_memory import Poller  # noqa: E402
 from tessera.toy_models import export_model, whole_image_probabilities  # noqa: E402
 
 PITCH, RIM, TILE = 70, 2, 256          # lattice cell, rim width and TIFF tile (px)
@@ -142,30 +142,18 @@ def write_tiff(path: str, side: int) -> None:
                  compressionargs={"level": 1}, photometric="minisblack")
 
 
-class FolderPeak:
+class FolderPeak(Poller):
     """The largest size a folder reaches while a job runs (polled every ``interval`` s)."""
 
     def __init__(self, path: str, interval: float = 2.0):
-        self.path, self.interval, self.peak = path, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        super().__init__(interval)
+        self.path, self.peak = path, 0
 
-    def __enter__(self) -> FolderPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
-        while True:
-            try:
-                self.peak = max(self.peak, folder_bytes(self.path))
-            except FileNotFoundError:     # a file deleted while walking: the next poll counts again
-                pass
-            if self._stop.wait(self.interval):
-                return
+    def poll(self) -> None:
+        try:
+            self.peak = max(self.peak, folder_bytes(self.path))
+        except FileNotFoundError:     # a file deleted while walking: the next poll counts again
+            pass
 
 
 def pyramid_ids(path: str) -> np.ndarray:

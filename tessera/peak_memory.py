@@ -39,17 +39,16 @@ def peak_mib(pid: int) -> float | None:
     return None if value is None else int(value.split()[0]) / 1024
 
 
-class PeakWatcher:
-    """Polls the peaks of ``root`` and its descendants every ``interval`` s until stopped:
-    ``peaks`` maps each pid seen to the last (largest) peak read, in MiB."""
+class Poller:
+    """Calls ``poll`` every ``interval`` s in a thread, from entering the ``with`` block until
+    leaving it."""
 
-    def __init__(self, root: int, interval: float = 0.05):
-        self.root, self.interval = root, interval
-        self.peaks: dict[int, float] = {}
+    def __init__(self, interval: float):
+        self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PeakWatcher:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -57,14 +56,30 @@ class PeakWatcher:
         self._stop.set()
         self._thread.join()
 
-    def _poll(self) -> None:
+    def _run(self) -> None:
         while True:
-            for pid in {self.root} | descendants(self.root):
-                peak = peak_mib(pid)
-                if peak is not None:
-                    self.peaks[pid] = max(peak, self.peaks.get(pid, 0.0))
+            self.poll()
             if self._stop.wait(self.interval):
                 return
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+
+class PeakWatcher(Poller):
+    """Polls the peaks of ``root`` and its descendants every ``interval`` s until stopped:
+    ``peaks`` maps each pid seen to the last (largest) peak read, in MiB."""
+
+    def __init__(self, root: int, interval: float = 0.05):
+        super().__init__(interval)
+        self.root = root
+        self.peaks: dict[int, float] = {}
+
+    def poll(self) -> None:
+        for pid in {self.root} | descendants(self.root):
+            peak = peak_mib(pid)
+            if peak is not None:
+                self.peaks[pid] = max(peak, self.peaks.get(pid, 0.0))
 
     def root_peak(self) -> float:
         return self.peaks.get(self.root, 0.0)
