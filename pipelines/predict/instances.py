@@ -158,3 +158,40 @@ def instance_table(labels: np.ndarray, mask: np.ndarray, confidence: np.ndarray)
     the instance id): ``objects.label_table`` of the instance image."""
     n = int(labels.max()) if labels.size else 0
     return {"object_id": np.arange(1, n + 1, dtype=np.int64), **label_table(labels, n, mask, confidence)}
+
+
+def add_flags(p, d) -> None:
+    """The instance and decoder flags of ``tessera predict`` (defaults from the PredictConfig ``d``)."""
+    p.add_argument("--connectivity", type=int, choices=(0, 4, 8), default=d.connectivity,
+                   help="objects (objects.parquet of large images, instances): 4- or 8-connected "
+                        "(0: the model card's decoder's, 4 without one)")
+    p.add_argument("--instances", choices=METHODS, default=d.instances,
+                   help="write instances/<id>.tif (an id per object) and objects/<id>.parquet: auto = the model "
+                        "card's decoder for a boundary model (or when a decoder setting is given), none for "
+                        "others; components = connected components per class; watershed = split at the necks "
+                        "between touching objects")
+    p.add_argument("--decoder", choices=dec.MODES, default=None,
+                   help="the decoder instead of the card's: components | watershed (any model) | seeded | "
+                        "partition (boundary models: seeds of P(interior) grown over P(boundary); partition "
+                        "also assigns the boundary to the cells); None: the card's")
+    p.add_argument("--seed-threshold", type=float, default=d.seed_threshold,
+                   help="seeded/partition: seeds where P(interior) >= this (-1: the card's)")
+    p.add_argument("--foreground-threshold", type=float, default=d.foreground_threshold,
+                   help="boundary models: foreground where P(boundary) + P(interior) >= this (-1: the card's)")
+    p.add_argument("--min-size", type=int, default=d.min_size,
+                   help="objects smaller than this many px are dropped from instances and masks (-1: the card's)")
+    p.add_argument("--expand", type=int, default=d.expand,
+                   help="partition: px an object grows into the background (-1: the card's)")
+    p.add_argument("--min-distance", type=int, default=d.min_distance,
+                   help="watershed: seeds (distance maxima) at least this many px apart (-1: the card's, else 5)")
+    p.add_argument("--halo", type=int, default=d.halo,
+                   help="large images with instances: px of context decoded around each block; must exceed the "
+                        "largest object (with the objects touching it), else the image is rejected (halo_too_small)")
+
+
+def decoder_overrides(config) -> dict:
+    """The decoder settings a ``PredictConfig`` gives (None: the model card's)."""
+    given = {"mode": config.decoder or None, "seed": config.seed_threshold, "foreground": config.foreground_threshold,
+             "min_size": config.min_size, "expand": config.expand, "min_distance": config.min_distance,
+             "connectivity": config.connectivity or None}
+    return {k: (None if v in (-1, -1.0) else v) for k, v in given.items()}

@@ -173,31 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(Beam large_model; 0: one copy per worker process)")
     p.add_argument("--mask-format", choices=("ome-zarr", "ome-tiff"), default=d.mask_format,
                    help="large images' masks: an OME-Zarr label pyramid, or that and a tiled pyramidal OME-TIFF")
-    p.add_argument("--connectivity", type=int, choices=(0, 4, 8), default=d.connectivity,
-                   help="objects (objects.parquet of large images, instances): 4- or 8-connected "
-                        "(0: the model card's decoder's, 4 without one)")
-    p.add_argument("--instances", choices=predict_instances.METHODS, default=d.instances,
-                   help="write instances/<id>.tif (an id per object) and objects/<id>.parquet: auto = the model "
-                        "card's decoder for a boundary model (or when a decoder setting is given), none for "
-                        "others; components = connected components per class; watershed = split at the necks "
-                        "between touching objects")
-    p.add_argument("--decoder", choices=dec.MODES, default=None,
-                   help="the decoder instead of the card's: components | watershed (any model) | seeded | "
-                        "partition (boundary models: seeds of P(interior) grown over P(boundary); partition "
-                        "also assigns the boundary to the cells); None: the card's")
-    p.add_argument("--seed-threshold", type=float, default=d.seed_threshold,
-                   help="seeded/partition: seeds where P(interior) >= this (-1: the card's)")
-    p.add_argument("--foreground-threshold", type=float, default=d.foreground_threshold,
-                   help="boundary models: foreground where P(boundary) + P(interior) >= this (-1: the card's)")
-    p.add_argument("--min-size", type=int, default=d.min_size,
-                   help="objects smaller than this many px are dropped from instances and masks (-1: the card's)")
-    p.add_argument("--expand", type=int, default=d.expand,
-                   help="partition: px an object grows into the background (-1: the card's)")
-    p.add_argument("--min-distance", type=int, default=d.min_distance,
-                   help="watershed: seeds (distance maxima) at least this many px apart (-1: the card's, else 5)")
-    p.add_argument("--halo", type=int, default=d.halo,
-                   help="large images with instances: px of context decoded around each block; must exceed the "
-                        "largest object (with the objects touching it), else the image is rejected (halo_too_small)")
+    predict_instances.add_flags(p, d)
     p.add_argument("--follow-symlinks", action="store_true",
                    help="read symlinked inputs whose target lies outside the input folder (refused by default)")
     p.add_argument("--overwrite", action="store_true",
@@ -231,7 +207,7 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
         hint = " (a boundary model: --foreground-threshold, --seed-threshold)" if card.is_boundary_model else ""
         raise ValueError("--threshold applies to a binary model's (or a mean ensemble's) P(foreground); "
                          f"{config.model_dirs[0]} has {card.num_classes} classes, --ensemble {config.ensemble}{hint}")
-    decoder = predict_instances.resolve_decoder(config.instances, cards, decoder_overrides(config),
+    decoder = predict_instances.resolve_decoder(config.instances, cards, predict_instances.decoder_overrides(config),
                                                 config.model_dirs[0])
     connectivity = config.connectivity or (decoder or card.decoder_params()).connectivity
     boundary = decoder is not None and card.is_boundary_model     # masks: its output classes, decoded
@@ -268,14 +244,6 @@ def job_spec(config: PredictConfig) -> tuple[pt.JobSpec, list]:
                                    if fits else 0,
                                    pixel_size_um=config.pixel_size_um or card.pixel_size_um or None)
     return spec, cards
-
-
-def decoder_overrides(config: PredictConfig) -> dict:
-    """The decoder settings the user gave (None: the model card's)."""
-    given = {"mode": config.decoder or None, "seed": config.seed_threshold, "foreground": config.foreground_threshold,
-             "min_size": config.min_size, "expand": config.expand, "min_distance": config.min_distance,
-             "connectivity": config.connectivity or None}
-    return {k: (None if v in (-1, -1.0) else v) for k, v in given.items()}
 
 
 @dataclasses.dataclass(frozen=True)
