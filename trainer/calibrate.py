@@ -96,14 +96,17 @@ class ObjectScoreboard:
             self.pixels[i] += (np.count_nonzero(truth & predicted), np.count_nonzero(predicted & ~truth),
                                np.count_nonzero(truth & ~predicted))
 
-    def values(self) -> np.ndarray:
+    def values(self, metric: str = "") -> np.ndarray:
+        """Each candidate's value under ``metric`` (default: the scoreboard's; ``rand`` may be
+        asked of an ``objects`` board, which keeps the tables too)."""
         from schemas import object_scores as scores
 
+        metric = metric or self.metric
         rand = np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])
-        if self.metric == "rand":
+        if metric == "rand":
             return rand
         f1 = np.array([scores.object_summary(c).get("object_f1", np.nan) for c in self.counts])
-        if self.metric == "object-f1":
+        if metric == "object-f1":
             return f1
         tp, fp, fn = self.pixels.T.astype(np.float64)
         dice = np.divide(2 * tp, 2 * tp + fp + fn, out=np.ones_like(tp), where=2 * tp + fp + fn > 0)
@@ -273,13 +276,8 @@ class DecoderCalibration(ObjectScoreboard):
         near, total = self.background
         return "rand" if total and near >= SEPARATOR_FRACTION * total else "objects"
 
-    def values(self) -> np.ndarray:
-        from schemas import object_scores as scores
-
-        metric = self.chosen_metric()
-        if metric == self.metric:
-            return super().values()
-        return np.array([1.0 - scores.adapted_rand(scores.combined_table(t)) for t in self.tables])   # auto: rand
+    def values(self, metric: str = "") -> np.ndarray:
+        return super().values(metric or self.chosen_metric())
 
     def best(self) -> tuple:
         """(DecoderParams, value, rule); among equal values seeded before partition, then the
