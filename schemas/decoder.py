@@ -106,6 +106,14 @@ def decode(params: DecoderParams, probabilities: np.ndarray | None = None,
         shape = None if probabilities is None else probabilities.shape
         raise ValueError(f"the {params.mode} decoder needs (H, W, 3) probabilities of {BOUNDARY_CLASSES}, "
                          f"got {shape}")
+    return finished(params, grown(params, probabilities))
+
+
+def grown(params: DecoderParams, probabilities: np.ndarray) -> np.ndarray:
+    """A boundary model's objects before ``finished``: the seeds grown over P(boundary) within
+    the foreground (int64, unnumbered). Depends on ``foreground``, ``seed`` and ``connectivity``
+    only, so decoders that differ in the rest share it (the calibration's grid)."""
+    structure = ndimage.generate_binary_structure(2, 1 if params.connectivity == 4 else 2)
     boundary = np.asarray(probabilities[..., 1], np.float32)
     interior = np.asarray(probabilities[..., 2], np.float32)
     foreground = (boundary + interior) >= params.foreground
@@ -116,7 +124,12 @@ def decode(params: DecoderParams, probabilities: np.ndarray | None = None,
     if not has_seed[1:].all():       # a foreground component without a seed is one object
         lone = ~has_seed[regions] & (regions > 0)
         seeds[lone] = regions[lone] + n
-    labels = watershed_by_region(boundary, seeds, regions, params.connectivity)
+    return watershed_by_region(boundary, seeds, regions, params.connectivity)
+
+
+def finished(params: DecoderParams, labels: np.ndarray) -> np.ndarray:
+    """``grown`` labels to the decoder's instances: objects under ``min_size`` dropped, a
+    partition's expansion, ids 1..n."""
     labels = _drop_small(labels, params.min_size)
     if params.mode == "partition" and params.expand > 0:
         labels = expand_labels(labels, params.expand)

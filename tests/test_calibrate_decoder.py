@@ -101,9 +101,34 @@ def test_objects_is_the_mean_of_rand_object_f1_and_dice_so_a_background_blob_cos
 
 def test_the_candidates_are_the_grid_and_partition_grows_by_twice_the_border():
     candidates = decoder_candidates(3)
-    assert len(candidates) == 2 * 6 * 6 * 3 and {c.min_size for c in candidates} == {0, 16, 64}
+    assert len(candidates) == 2 * 6 * 7 * 4 and {c.min_size for c in candidates} == {0, 16, 64, 256}
+    assert {c.seed for c in candidates} == {0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}
     assert {c.expand for c in candidates if c.mode == "partition"} == {6}
     assert {c.expand for c in candidates if c.mode == "seeded"} == {0}
+
+
+def test_sharing_one_watershed_per_threshold_pair_scores_what_each_decoder_alone_gives():
+    from schemas import object_scores
+    from schemas.decoder import decode
+    from trainer.calibrate import ObjectScoreboard
+
+    rng = np.random.default_rng(4)
+    ids = np.zeros((64, 64), np.int32)
+    for k in range(1, 12):                     # overlapping squares: touching objects of varied size
+        y, x, side = rng.integers(0, 52), rng.integers(0, 52), rng.integers(3, 18)
+        ids[y:y + side, x:x + side] = k
+    truth = boundary_target(ids)
+    probabilities = np.eye(3, dtype=np.float32)[truth] * 0.6 + rng.uniform(0, 0.4, (64, 64, 3)).astype(np.float32)
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    shared = DecoderCalibration("objects", 2)
+    shared.add(probabilities, truth)
+    alone = ObjectScoreboard("objects", len(shared.candidates))
+    truth_ids = object_scores.objects_of(truth_objects(truth), truth == IGNORE_LABEL, instances=True)
+    for i, params in enumerate(shared.candidates):
+        alone.score(i, truth_ids, decode(params, probabilities=probabilities).astype(np.int64))
+    for metric in ("rand", "object-f1", "objects"):
+        np.testing.assert_array_equal(shared.values(metric), alone.values(metric))
+    assert len(np.unique(shared.values("objects"))) > 10        # the candidates really differ
 
 
 def test_the_canvas_puts_class_probabilities_back_together_within_its_bound():

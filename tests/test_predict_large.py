@@ -369,6 +369,7 @@ def test_instances_by_blocks_equal_the_whole_image_decoding(setup, tmp_path, kin
     row = json.loads(next((out / names.ROWS_DIR).rglob("*.json")).read_text())
     assert row["instances_path"] == names.instance_image_path("scan") and row["components"] == len(ids)
     assert not list((out / names.BLOCKS_DIR).rglob("*.inputs.zarr"))           # the decoder's inputs are gone
+    assert not list((out / names.BLOCKS_DIR).rglob("*.npz"))                   # so are the blocks' markers
 
 
 def test_an_object_larger_than_the_halo_rejects_the_image_with_the_remedy(setup, tmp_path):
@@ -401,11 +402,16 @@ def test_a_killed_decoding_resumes_only_the_blocks_not_written(setup, tmp_path):
     written = {p: p.stat().st_mtime_ns for p in (out / names.BLOCKS_DIR).rglob("*.decoded.npz")}
     owned = {p: p.stat().st_mtime_ns for p in (out / names.BLOCKS_DIR).rglob("*.owned.npz")}
     assert written and owned and not (out / names.SUCCESS_FILE).exists()
+    level0 = out / names.instance_image_path("scan") / "0"
+    chunks = {p: p.stat().st_mtime_ns for p in level0.rglob("*") if p.is_file() and not p.name.startswith(".")
+              and p.name != "zarr.json"}
+    assert chunks
     import time
 
     time.sleep(1.5)
     assert instances_by_blocks(root, root / "model", out, *flags) == 0
-    assert all(p.stat().st_mtime_ns == t for p, t in {**written, **owned}.items())   # not redone
+    assert all(p.stat().st_mtime_ns == t for p, t in chunks.items())   # the decoded blocks are not redone
+    assert not list((out / names.BLOCKS_DIR).rglob("scan")) and not list((out / names.BLOCKS_DIR).rglob("*.npz"))
     import tifffile as tf
 
     labels = zarr.open_group(str(out / names.instance_image_path("scan")), mode="r")["0"][:]

@@ -185,8 +185,8 @@ class SourceCanvas:
         self.open = {}
 
 
-SEED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-MIN_SIZES = (0, 16, 64)      # px: fragments a decoder leaves count one by one in object F1
+SEED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_SIZES = (0, 16, 64, 256)      # px: fragments a decoder leaves count one by one in object F1
 FOREGROUND_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 def calibration_rule(requested: str, spec, data: str = "the dataset") -> str:
     """The ``--calibrate`` rule a dataset gets: ``auto`` stays ``auto`` for a boundary target (its
@@ -255,7 +255,7 @@ class DecoderCalibration(ObjectScoreboard):
         from scipy import ndimage
 
         from schemas import object_scores as scores
-        from schemas.decoder import decode
+        from schemas import decoder
         from schemas.example import IGNORE_LABEL
 
         ignored = truth == IGNORE_LABEL
@@ -265,8 +265,12 @@ class DecoderCalibration(ObjectScoreboard):
             background = (objects == 0) & ~ignored
             near = ndimage.distance_transform_edt(objects == 0)[background] <= SEPARATOR_PX
             self.background += (int(near.sum()), int(background.sum()))
+        grown = {}       # one watershed per (foreground, seed): the candidates differ after it
         for i, params in enumerate(self.candidates):
-            self.score(i, truth_ids, scores.objects_of(decode(params, probabilities=probabilities), ignored,
+            key = (params.foreground, params.seed, params.connectivity)
+            if key not in grown:
+                grown[key] = decoder.grown(params, probabilities)
+            self.score(i, truth_ids, scores.objects_of(decoder.finished(params, grown[key]), ignored,
                                                        instances=True))
 
     def chosen_metric(self) -> str:
@@ -288,8 +292,9 @@ class DecoderCalibration(ObjectScoreboard):
                                         abs(self.candidates[i].seed - 0.5) + abs(self.candidates[i].foreground - 0.5),
                                         self.candidates[i].min_size, i))
         metric = self.chosen_metric()
-        rule = (f"max {OBJECT_RULE_NAMES[metric]} on val images over seeded/partition x seed x foreground "
-                f"in {SEED_THRESHOLDS[0]}..{SEED_THRESHOLDS[-1]} x min size {MIN_SIZES}")
+        rule = (f"max {OBJECT_RULE_NAMES[metric]} on val images over seeded/partition x seed in "
+                f"{SEED_THRESHOLDS[0]}..{SEED_THRESHOLDS[-1]} x foreground in {FOREGROUND_THRESHOLDS[0]}.."
+                f"{FOREGROUND_THRESHOLDS[-1]} x min size {MIN_SIZES}")
         if self.requested == "auto":
             near, total = self.background
             share = f"{near / total:.0%}" if total else "no background"

@@ -9,7 +9,7 @@ A block writes whole chunks of the label array (chunk = block), so no two blocks
 one chunk; its marker (``_blocks/<settings>/<id>/<block>.npz``, written atomically after
 the chunk) makes it done, so a rerun after a kill computes only the missing blocks. The
 row is written last, after the pyramid and the NGFF metadata: an image without its row
-is not done. Peak memory per worker: a few blocks (``blocks.block_side`` under
+is not done, and one with its row has its markers and block parts deleted. Peak memory per worker: a few blocks (``blocks.block_side`` under
 ``--memory-limit-mb``) and the model, whatever the image's size.
 
 Markers hold only for the input they were made from (``block_state``): an input changed
@@ -403,7 +403,10 @@ class FinishLargeImage(beam.DoFn):
             "source_level": source["level"], "pixel_size_um": pixel_size,
             "resample_factor": None if source["factor"] == 1.0 else source["factor"],
         }
-        yield outputs.finish_row(layout, row, started, signature)
+        finished = outputs.finish_row(layout, row, started, signature)
+        # the row marks the image done; its blocks' markers and parts are no longer read
+        files.delete_if_present([f"{folder}/{name}" for name in files.children(folder)] + [folder])
+        yield finished
 
 
 def is_large(item, spec) -> bool:
