@@ -36,7 +36,16 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from schemas.decoder import CLASS_MODES, MAX_OBJECTS, DecoderParams, anchors, class_components, decode
+from schemas.decoder import (
+    CLASS_MODES,
+    MAX_OBJECTS,
+    DecoderParams,
+    anchors,
+    class_components,
+    decode,
+    finished,
+    grown,
+)
 
 Reader = Callable[[int, int, int, int], np.ndarray]   # (y0, y1, x0, x1) -> the decoder's input there
 
@@ -87,14 +96,18 @@ def decode_block(params: DecoderParams, read: Reader, rows: tuple[int, int], col
     """Decode the block's window and check that the halo holds every object meeting the block."""
     y0, y1, x0, x1 = window(rows, cols, halo, height, width)
     data = read(y0, y1, x0, x1)
+    own = None        # the objects' own pixels before a partition's expansion
     if params.mode in CLASS_MODES:
         labels = decode(params, classes=data)
     else:
-        labels = decode(params, probabilities=data)
+        unfinished = grown(params, data)
+        labels = finished(params, unfinished)
+        if params.reach:
+            own = finished(dataclasses.replace(params, mode="seeded"), unfinished) > 0
     found = BlockDecoding(labels, (y0, x0), rows, cols, anchors(labels) + np.array([y0, x0], np.int64))
     cut = (y0 > 0, y1 < height, x0 > 0, x1 < width)           # window edges that are not the image border
     if any(cut):
-        _check(params, data, found, cut, halo, name)
+        _check(params, data, found, cut, halo, name, own)
     return found
 
 
@@ -108,7 +121,7 @@ def _regions(params: DecoderParams, data: np.ndarray) -> np.ndarray:
 
 
 def _check(params: DecoderParams, data: np.ndarray, found: BlockDecoding, cut: tuple[bool, ...], halo: int,
-           name: str) -> None:
+           name: str, own: np.ndarray | None = None) -> None:
     regions = _regions(params, data)
     top, bottom, left, right = cut
     edges = [e for e, is_cut in zip((regions[0], regions[-1], regions[:, 0], regions[:, -1]), cut) if is_cut]
@@ -117,25 +130,25 @@ def _check(params: DecoderParams, data: np.ndarray, found: BlockDecoding, cut: t
     reach = params.reach
     if not len(cut_ids) and not reach:
         return
-    pads = ((int(top), int(bottom)), (int(left), int(right)))
-    inside = (slice(int(top), regions.shape[0] + int(top)), slice(int(left), regions.shape[1] + int(left)))
     cut_pixels = np.isin(regions, cut_ids)
-    to_any = ndimage.distance_transform_edt(~np.pad(cut_pixels, pads, constant_values=True))[inside]
     inner = found.inner
-    ok = to_any[inner].min() > reach
-    if ok:
-        meeting = np.unique(found.labels[inner])
-        meeting = meeting[meeting > 0]
-        if len(meeting):
-            own = found.labels
-            if reach:      # the objects' own pixels, before expansion
-                own = np.where(decode(dataclasses.replace(params, mode="seeded"), probabilities=data) > 0, own, 0)
+    meeting = np.unique(found.labels[inner])
+    meeting = meeting[meeting > 0]
+    if not reach:      # d > 0: no pixel of the block, nor of an object meeting it, in a cut region
+        ok = not cut_pixels[inner].any() and not np.isin(meeting, found.labels[cut_pixels]).any()
+    else:
+        pads = ((int(top), int(bottom)), (int(left), int(right)))
+        inside = (slice(int(top), regions.shape[0] + int(top)), slice(int(left), regions.shape[1] + int(left)))
+        to_any = ndimage.distance_transform_edt(~np.pad(cut_pixels, pads, constant_values=True))[inside]
+        ok = to_any[inner].min() > reach
+        if ok and len(meeting):
+            own_labels = np.where(own, found.labels, 0)
             # without a size filter every foreground pixel is labelled, whichever object it joins, so
             # cut neighbours cannot move an exact object's expansion; only the window's edge can
             to_edge = to_any if params.min_size > 1 else ndimage.distance_transform_edt(
                 np.pad(np.ones_like(cut_pixels), pads, constant_values=False))[inside]
-            ok = bool(np.all(np.asarray(ndimage.minimum(to_any, own, meeting)) > 0)
-                      and np.all(np.asarray(ndimage.minimum(to_edge, own, meeting)) > 2 * reach))
+            ok = bool(np.all(np.asarray(ndimage.minimum(to_any, own_labels, meeting)) > 0)
+                      and np.all(np.asarray(ndimage.minimum(to_edge, own_labels, meeting)) > 2 * reach))
     if not ok:
         sizes = ndimage.find_objects(np.where(np.isin(regions, cut_ids), regions, 0))
         extent = max(((s[0].stop - s[0].start) * (s[1].stop - s[1].start), s[0].stop - s[0].start,
