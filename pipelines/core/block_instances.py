@@ -96,17 +96,14 @@ def decode_block(params: DecoderParams, read: Reader, rows: tuple[int, int], col
     """Decode the block's window and check that the halo holds every object meeting the block."""
     y0, y1, x0, x1 = window(rows, cols, halo, height, width)
     data = read(y0, y1, x0, x1)
-    own = None        # the objects' own pixels before a partition's expansion
-    if params.mode in CLASS_MODES:
-        labels = decode(params, classes=data)
-    else:
-        unfinished = grown(params, data)
-        labels = finished(params, unfinished)
-        if params.reach:
-            own = finished(dataclasses.replace(params, mode="seeded"), unfinished) > 0
+    unfinished = None if params.mode in CLASS_MODES else grown(params, data)
+    labels = decode(params, classes=data) if unfinished is None else finished(params, unfinished)
     found = BlockDecoding(labels, (y0, x0), rows, cols, anchors(labels) + np.array([y0, x0], np.int64))
     cut = (y0 > 0, y1 < height, x0 > 0, x1 < width)           # window edges that are not the image border
     if any(cut):
+        own = None        # the objects' own pixels before a partition's expansion
+        if params.reach:
+            own = finished(dataclasses.replace(params, mode="seeded"), unfinished) > 0
         _check(params, data, found, cut, halo, name, own)
     return found
 
@@ -121,7 +118,7 @@ def _regions(params: DecoderParams, data: np.ndarray) -> np.ndarray:
 
 
 def _check(params: DecoderParams, data: np.ndarray, found: BlockDecoding, cut: tuple[bool, ...], halo: int,
-           name: str, own: np.ndarray | None = None) -> None:
+           name: str, own: np.ndarray | None) -> None:
     regions = _regions(params, data)
     top, bottom, left, right = cut
     edges = [e for e, is_cut in zip((regions[0], regions[-1], regions[:, 0], regions[:, -1]), cut) if is_cut]

@@ -9,8 +9,9 @@ A block writes whole chunks of the label array (chunk = block), so no two blocks
 one chunk; its marker (``_blocks/<settings>/<id>/<block>.npz``, written atomically after
 the chunk) makes it done, so a rerun after a kill computes only the missing blocks. The
 row is written last, after the pyramid and the NGFF metadata: an image without its row
-is not done, and one with its row has its markers and block parts deleted. Peak memory per worker: a few blocks (``blocks.block_side`` under
-``--memory-limit-mb``) and the model, whatever the image's size.
+is not done, and one with its row has its markers and block parts deleted. Peak memory
+per worker: a few blocks (``blocks.block_side`` under ``--memory-limit-mb``) and the
+model, whatever the image's size.
 
 Markers hold only for the input they were made from (``block_state``): an input changed
 under the same name starts over. Bad inputs become rejected records, never a failed job:
